@@ -1,0 +1,229 @@
+"""The embedded backend: transformers on CPU or CUDA, with our own decode loop.
+
+Why not `model.generate`: we need per-sample seeds (so a resumed stage regenerates exactly
+the rows it lost, whatever the batch), the prompt prefilled once for all its samples
+(`DynamicCache.batch_repeat_interleave`), per-row stop strings, and the structured
+judge program (a fixed suffix after the sampled text, then the next-token probabilities of
+a few choice tokens) on the same KV cache. Sampling happens inside a top-k window of the
+logits (50 by default) and falls back to the full vocabulary for any row whose window holds
+less than `top_p` of the mass, so it equals plain top-p sampling.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from mrtk.backends.base import Generation, Progress, Request, SamplingParams
+from mrtk.errors import MrtkError
+
+TOP_K_WINDOW = 50
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, model, tokenizer, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384):
+        self.model = model
+        self.tok = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_rows = max_batch_rows
+        self.max_batch_tokens = max_batch_tokens
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # -- tokens -------------------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        text = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.encode(prompt))
+
+    def _choice_ids(self, choices: dict[str, str]) -> dict[str, int]:
+        ids = {}
+        for label, piece in choices.items():
+            enc = self.tok(piece, add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                raise MrtkError(f"structured program choice {piece!r} is not a single token for this tokenizer; use free_text mode")
+            ids[label] = enc[0]
+        return ids
+
+    # -- public -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        requests: Sequence[Request],
+        params: SamplingParams,
+        *,
+        suffix: str | None = None,
+        choices: dict[str, str] | None = None,
+        on_progress: Progress | None = None,
+    ) -> list[list[Generation]]:
+        encoded = [self.encode(r.prompt) for r in requests]
+        suffix_ids = self.tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+        choice_ids = self._choice_ids(choices) if choices else None
+        results: list[list[Generation] | None] = [None] * len(requests)
+        for batch in self._batches(encoded, requests):
+            t0 = time.perf_counter()
+            outs = self._run(
+                [encoded[i] for i in batch], [requests[i].seeds for i in batch], params, suffix_ids, choice_ids
+            )
+            per_row = (time.perf_counter() - t0) / max(1, sum(len(o) for o in outs))
+            for i, gens in zip(batch, outs):
+                for g in gens:
+                    g.latency_s = per_row
+                results[i] = gens
+            if on_progress:
+                on_progress(sum(len(requests[i].seeds) for i in batch))
+        return results  # type: ignore[return-value]
+
+    def _batches(self, encoded: list[list[int]], requests: Sequence[Request]) -> list[list[int]]:
+        """Group requests of equal sample count, longest first, within row and token budgets."""
+        order = sorted(range(len(encoded)), key=lambda i: (len(requests[i].seeds), -len(encoded[i])))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            n = len(requests[i].seeds)
+            if current:
+                same_n = len(requests[current[0]].seeds) == n
+                rows = (len(current) + 1) * n
+                tokens = (len(current) + 1) * len(encoded[current[0]])  # longest is first: padded size
+                if not same_n or rows > self.max_batch_rows or tokens > self.max_batch_tokens:
+                    batches.append(current)
+                    current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    # -- the decode loop ------------------------------------------------------------------
+    def _run(self, prompts, seeds, params: SamplingParams, suffix_ids, choice_ids):
+        dev = self.device
+        n = len(seeds[0])
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):] = torch.tensor(p)
+            attn[b, width - len(p):] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]
+        if n > 1:  # prefill once, then one KV copy per sample
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            attn = attn.repeat_interleave(n, dim=0)
+        rows = len(prompts) * n
+        prompt_len = attn.sum(-1)  # [rows]
+        next_pos = prompt_len.clone()
+        gens = [torch.Generator().manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF) for row in seeds for s in row]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        cols: list[list[int]] = [[] for _ in range(rows)]  # attention column of each fed token
+        finish = ["length"] * rows
+        done = [False] * rows
+        need_tail = bool(suffix_ids)
+        for step in range(params.max_new_tokens):
+            sampled = sample_tokens(logits, gens, params.temperature, params.top_p).tolist()
+            feed = torch.full((rows,), self.pad_id, dtype=torch.long)
+            fed = torch.zeros(rows, dtype=torch.long)
+            for r in range(rows):
+                if done[r]:
+                    continue
+                t = sampled[r]
+                if t in self.eos_ids:
+                    done[r], finish[r] = True, "eos"
+                    continue
+                tokens[r].append(t)
+                if params.stop and self._hit_stop(tokens[r], params.stop):
+                    done[r], finish[r] = True, "stop"
+                    continue
+                feed[r], fed[r] = t, 1
+            last = step == params.max_new_tokens - 1
+            if all(done) or (last and not need_tail):
+                break
+            for r in range(rows):
+                if fed[r]:
+                    cols[r].append(attn.shape[1])
+            attn = torch.cat([attn, fed.to(dev)[:, None]], dim=1)
+            out = self.model(input_ids=feed.to(dev)[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            next_pos = next_pos + fed.to(dev)
+            logits = out.logits[:, -1, :]
+        texts = []
+        for r in range(rows):
+            keep = len(tokens[r])
+            if finish[r] == "stop":
+                keep = self._keep_before_stop(tokens[r], params.stop)
+                for c in cols[r][keep:]:  # hide the stop string's tokens from the suffix pass
+                    attn[r, c] = 0
+                next_pos[r] = prompt_len[r] + keep
+            tokens[r] = tokens[r][:keep]
+            texts.append(self.tok.decode(tokens[r], skip_special_tokens=True))
+        probs = self._choice_probs(cache, attn, next_pos, suffix_ids, choice_ids) if suffix_ids and choice_ids else None
+        results = []
+        for b in range(len(prompts)):
+            row_gens = []
+            for j in range(n):
+                r = b * n + j
+                row_gens.append(Generation(texts[r], len(tokens[r]), finish[r], 0.0, probs[r] if probs else None))
+            results.append(row_gens)
+        return results
+
+    def _choice_probs(self, cache, attn, next_pos, suffix_ids, choice_ids):
+        dev = self.device
+        rows = attn.shape[0]
+        s = len(suffix_ids)
+        ids = torch.tensor(suffix_ids, dtype=torch.long, device=dev).expand(rows, s)
+        attn = torch.cat([attn, torch.ones((rows, s), dtype=attn.dtype, device=dev)], dim=1)
+        pos = next_pos[:, None] + torch.arange(s, device=dev)[None, :]
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        p = out.logits[:, -1, :].float().softmax(-1)
+        labels = list(choice_ids)
+        picked = p[:, [choice_ids[k] for k in labels]].cpu().tolist()
+        return [dict(zip(labels, row)) for row in picked]
+
+    def _hit_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
+        tail = self.tok.decode(toks[-8:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _keep_before_stop(self, toks: list[int], stops: tuple[str, ...]) -> int:
+        """How many leading tokens decode to text that ends before the first stop string."""
+        text = self.tok.decode(toks, skip_special_tokens=True)
+        cut = min(i for i in (text.find(s) for s in stops) if i >= 0)
+        keep = len(toks)
+        while keep > 0 and len(self.tok.decode(toks[:keep], skip_special_tokens=True)) > cut:
+            keep -= 1
+        return keep
+
+
+def sample_tokens(logits: torch.Tensor, gens: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+    """Top-p sampling, one generator per row; computed inside a top-k window when that is exact."""
+    if temperature == 0.0:
+        return logits.argmax(-1).cpu()
+    scaled = logits.float().cpu() / temperature
+    full = scaled.softmax(-1)
+    k = min(TOP_K_WINDOW, scaled.shape[-1])
+    window_p, window_idx = full.topk(k, dim=-1)  # sorted, descending
+    exact = window_p.sum(-1) >= top_p
+    out = torch.empty(scaled.shape[0], dtype=torch.long)
+    u = torch.stack([torch.rand((), generator=g) for g in gens])
+    for rows_mask, (p, idx) in (
+        (exact, (window_p, window_idx)),
+        (~exact, full.sort(dim=-1, descending=True) if (~exact).any() else (None, None)),
+    ):
+        if not rows_mask.any():
+            continue
+        p, idx, uu = p[rows_mask], idx[rows_mask], u[rows_mask]
+        before = p.cumsum(-1) - p
+        p = torch.where(before < top_p, p, torch.zeros_like(p))
+        cdf = p.cumsum(-1)
+        pick = torch.searchsorted(cdf, (uu * cdf[:, -1])[:, None]).clamp(max=p.shape[-1] - 1)
+        out[rows_mask] = idx.gather(-1, pick).squeeze(-1)
+    return out

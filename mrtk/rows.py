@@ -1,0 +1,34 @@
+"""Row keys and seeds shared by stages, store and loop.
+
+Rows are plain dicts whose keys are the column names of the DuckDB tables (see
+`store/migrations.py`). Every row id and every sampling seed derives from the row's inputs
+(run seed, iteration, prompt, sample index, ...), so rerunning a stage after a crash
+regenerates exactly the rows that are missing, with the same seeds, and inserts only those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (no dependence on Python's hash randomisation)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
+
+
+def response_id(iteration: int, prompt_id: str, k: int) -> str:
+    return f"it{iteration}/{prompt_id}/r{k}"
+
+
+def judgement_id(response_id_: str, template_hash: str, j: int) -> str:
+    return f"{response_id_}/{template_hash}/j{j}"
+
+
+def meta_id(judgement_a: str, judgement_b: str, template_hash: str) -> str:
+    return f"{judgement_a}|{judgement_b}|{template_hash}"
+
+
+def format_score(score: float) -> str:
+    """How a structured judgement's score is written into its text (`Score: 3` or `Score: 2.37`)."""
+    return str(int(score)) if float(score).is_integer() else f"{score:.2f}"

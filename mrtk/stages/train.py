@@ -1,0 +1,138 @@
+"""Train stage: LoRA DPO with TRL on the iteration's pairs, merged into the next model.
+
+The reference model is the iteration's starting model with the adapter disabled (PEFT), so
+no second copy sits in memory. TRL drops pairs longer than `max_length` with only a progress
+bar to say so (CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
+with a recorded reason, right-size `max_length` to the longest kept pair, and check that TRL
+trained on exactly the pairs we handed it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from mrtk.config import TrainCfg, at
+from mrtk.errors import MrtkError
+from mrtk.prompts import Template
+from mrtk.stages.judge import judge_prompt
+
+
+def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: dict[str, dict],
+                        judgements: dict[str, dict], judge_template: Template) -> list[dict]:
+    """Kept pair rows -> DPO examples in chat format.
+
+    An actor pair trains on (user prompt -> chosen / rejected response); a judge pair on
+    (the judge prompt filled with the question and the response -> chosen / rejected judgement).
+    """
+    examples = []
+    for p in kept:
+        if p["kind"] == "actor":
+            prompt = questions[p["prompt_id"]]
+            chosen, rejected = responses[p["chosen_id"]]["text"], responses[p["rejected_id"]]["text"]
+        else:
+            prompt = judge_prompt(judge_template, questions[p["prompt_id"]], responses[p["response_id"]]["text"])
+            chosen, rejected = judgements[p["chosen_id"]]["text"], judgements[p["rejected_id"]]["text"]
+        examples.append({"pair_id": p["pair_id"], "kind": p["kind"], "prompt": [{"role": "user", "content": prompt}],
+                         "chosen": [{"role": "assistant", "content": chosen}],
+                         "rejected": [{"role": "assistant", "content": rejected}]})
+    return examples
+
+
+def pair_length(tokenizer, example: dict) -> int:
+    """Tokens of prompt + the longer completion, with the chat template applied."""
+    return max(len(tokenizer(tokenizer.apply_chat_template(example["prompt"] + example[side], tokenize=False),
+                             add_special_tokens=False)["input_ids"]) for side in ("chosen", "rejected"))
+
+
+def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], dict[str, str], int]:
+    """(examples that fit, {pair_id: drop reason}, longest kept length in tokens)."""
+    kept, dropped, longest = [], {}, 0
+    for ex in examples:
+        n = pair_length(tokenizer, ex)
+        if n > max_length:
+            dropped[ex["pair_id"]] = f"longer_than_max_length_{max_length}_tokens:{n}"
+        else:
+            kept.append(ex)
+            longest = max(longest, n)
+    return kept, dropped, longest
+
+
+def _use_bf16(choice: str, device: str) -> bool:
+    import torch
+
+    if choice != "auto":
+        return choice == "on"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
+              work_dir: Path, on_step=None):
+    """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    epochs = at(cfg.epochs, iteration)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    metrics: list[dict] = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                metrics.append({
+                    "iteration": iteration, "step": state.global_step, "epoch": logs.get("epoch"),
+                    "loss": logs.get("loss"), "reward_margin": logs.get("rewards/margins"),
+                    "reward_accuracy": logs.get("rewards/accuracies"), "reward_chosen": logs.get("rewards/chosen"),
+                    "reward_rejected": logs.get("rewards/rejected"), "logp_chosen": logs.get("logps/chosen"),
+                    "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
+                })
+                if on_step:
+                    on_step(state.global_step, state.max_steps, logs)
+
+    args = DPOConfig(
+        output_dir=str(work_dir), per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=max(1, cfg.batch_size // cfg.micro_batch_size), num_train_epochs=epochs,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, beta=cfg.beta,
+        loss_type=list(cfg.loss_type), max_length=None, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=_use_bf16(cfg.bf16, device), use_cpu=device == "cpu",
+        logging_steps=1, save_strategy="no", report_to=[], seed=seed % (2**31), data_seed=seed % (2**31),
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                             target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM")
+    data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
+    import datasets
+    import transformers
+    from transformers.trainer_callback import PrinterCallback
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                             peft_config=peft_config, callbacks=[Record()])
+    except ValueError as e:
+        raise MrtkError(f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section") from None
+    trainer.remove_callback(PrinterCallback)
+    if len(trainer.train_dataset) != len(examples):
+        raise MrtkError(f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set")
+    t0 = time.time()
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.eval()
+    stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
+             "steps_per_epoch": steps_per_epoch, "train_seconds": time.time() - t0, "bf16": args.bf16}
+    return merged, tokenizer, metrics, stats

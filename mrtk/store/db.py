@@ -1,0 +1,121 @@
+"""The run database: migrations, bulk writes, read-only queries.
+
+DuckDB lets one process hold a file read-write and then no other process may open it, not
+even read-only (CPU_NOTES.md). So the writer never holds the file across model work: each
+write opens a connection, runs one transaction and closes (a few ms), and `mrtk query` in
+another process retries briefly until it gets in. Bulk inserts go through Arrow tables.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from mrtk.errors import MrtkError
+from mrtk.store.migrations import MIGRATIONS
+
+DB_NAME = "mrtk.duckdb"
+_LOCK_WORDS = ("lock", "conflicting")
+
+
+def _is_lock_error(e: Exception) -> bool:
+    return any(w in str(e).lower() for w in _LOCK_WORDS)
+
+
+def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as e:
+            if _is_lock_error(e) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            if _is_lock_error(e):
+                raise MrtkError(f"database {path} stayed locked by another process for {wait_s:.0f}s; try again, or stop the other writer") from None
+            raise MrtkError(f"cannot open database {path} ({' '.join(str(e).split())[:160]}); is it a DuckDB file written by mrtk?") from None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+class RunStore:
+    """Read-write access to one run's database, a short transaction at a time."""
+
+    def __init__(self, run_dir: Path, wait_s: float = 60.0):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        self.wait_s = wait_s
+
+    @contextmanager
+    def tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = _connect(self.path, read_only=False, wait_s=self.wait_s)
+        try:
+            con.execute("BEGIN TRANSACTION").fetchall()
+            yield con
+            con.execute("COMMIT").fetchall()
+        except BaseException:
+            try:
+                con.execute("ROLLBACK").fetchall()
+            except duckdb.Error:
+                pass
+            raise
+        finally:
+            con.close()
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database lacks; refuse one from a newer mrtk."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        known = [name for name, _ in MIGRATIONS]
+        with self.tx() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)").fetchall()
+            applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+            newer = sorted(set(applied) - set(known))
+            if newer:
+                raise MrtkError(f"database {self.path} has schema {newer[-1]}, newer than this mrtk knows ({known[-1]}); upgrade mrtk to open it")
+            done = []
+            for name, sql in MIGRATIONS:
+                if name not in applied:
+                    con.execute(sql).fetchall()
+                    con.execute("INSERT INTO schema_migrations (name) VALUES (?)", [name]).fetchall()
+                    done.append(name)
+        return done
+
+    @staticmethod
+    def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> int:
+        """Bulk insert by column name; rows whose primary key exists are skipped (idempotent)."""
+        if not rows:
+            return 0
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        data = pa.Table.from_pylist([{c: _jsonable(r.get(c)) for c in cols} for r in rows])
+        con.register("_mrtk_rows", data)
+        try:
+            before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+            con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM _mrtk_rows").fetchall()
+            after = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        finally:
+            con.unregister("_mrtk_rows")
+        return after - before
+
+    def write(self, table: str, rows: list[dict]) -> int:
+        with self.tx() as con:
+            return self.insert(con, table, rows)
+
+    def fetch(self, sql: str, params: list | None = None) -> list[dict]:
+        with self.tx() as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def open_readonly(path: Path, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    if not path.is_file():
+        raise MrtkError(f"no run database at {path}; run `mrtk run` first or pass --run RUN_DIR")
+    return _connect(path, read_only=True, wait_s=wait_s)

@@ -1,0 +1,66 @@
+"""Numbered schema migrations. Never edit an applied one: add m00N below.
+
+`schema_migrations` records the names applied. A database holding a migration this mrtk
+does not know was written by a newer mrtk and is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+M001_INITIAL = """
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, created_at TIMESTAMP, updated_at TIMESTAMP,
+    config JSON, config_path VARCHAR, seed BIGINT, versions JSON, git_rev VARCHAR, base_model VARCHAR,
+    iterations INTEGER, error VARCHAR
+);
+CREATE TABLE stages (
+    iteration INTEGER, stage VARCHAR, status VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    seconds DOUBLE, summary JSON, PRIMARY KEY (iteration, stage)
+);
+CREATE TABLE prompts (
+    iteration INTEGER, prompt_id VARCHAR, text VARCHAR, source VARCHAR, n_tokens INTEGER,
+    PRIMARY KEY (iteration, prompt_id)
+);
+CREATE TABLE responses (
+    response_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
+    text VARCHAR, n_chars INTEGER, n_tokens INTEGER, finish_reason VARCHAR,
+    is_duplicate BOOLEAN, duplicate_of VARCHAR, template VARCHAR, template_hash VARCHAR,
+    model_version VARCHAR, sampling JSON, seed BIGINT, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE judgements (
+    judgement_id VARCHAR PRIMARY KEY, iteration INTEGER, response_id VARCHAR, prompt_id VARCHAR, sample_idx INTEGER,
+    raw_text VARCHAR NOT NULL, text VARCHAR, score DOUBLE, parse_status VARCHAR, parse_reason VARCHAR,
+    score_mode VARCHAR, score_probs JSON, score_mass DOUBLE, n_chars INTEGER, n_tokens INTEGER,
+    finish_reason VARCHAR, template VARCHAR, template_hash VARCHAR, model_version VARCHAR, sampling JSON,
+    seed BIGINT, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE meta_judgements (
+    meta_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, response_id VARCHAR,
+    judgement_a VARCHAR, judgement_b VARCHAR, raw_text VARCHAR NOT NULL, verdict VARCHAR, winner VARCHAR,
+    parse_status VARCHAR, parse_reason VARCHAR, p_a DOUBLE, mode VARCHAR, show_scores BOOLEAN,
+    template VARCHAR, template_hash VARCHAR, model_version VARCHAR, sampling JSON, seed BIGINT,
+    n_tokens INTEGER, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE elo (
+    iteration INTEGER, prompt_id VARCHAR, response_id VARCHAR, judgement_id VARCHAR, elo DOUBLE,
+    weighted_wins DOUBLE, weighted_losses DOUBLE, w1 DOUBLE, w2 DOUBLE, PRIMARY KEY (iteration, judgement_id)
+);
+CREATE TABLE pairs (
+    pair_id VARCHAR PRIMARY KEY, iteration INTEGER, kind VARCHAR, prompt_id VARCHAR, response_id VARCHAR,
+    chosen_id VARCHAR, rejected_id VARCHAR, chosen_score DOUBLE, rejected_score DOUBLE,
+    chosen_chars INTEGER, rejected_chars INTEGER, chosen_elo DOUBLE, rejected_elo DOUBLE,
+    status VARCHAR, reason VARCHAR, n_tokens INTEGER
+);
+CREATE TABLE train_metrics (
+    iteration INTEGER, step INTEGER, epoch DOUBLE, loss DOUBLE, reward_margin DOUBLE, reward_accuracy DOUBLE,
+    reward_chosen DOUBLE, reward_rejected DOUBLE, logp_chosen DOUBLE, logp_rejected DOUBLE,
+    learning_rate DOUBLE, grad_norm DOUBLE, logged_at DOUBLE, PRIMARY KEY (iteration, step)
+);
+CREATE TABLE lineage (
+    iteration INTEGER PRIMARY KEY, base_model VARCHAR, output_model VARCHAR, pairs_in INTEGER,
+    pairs_trained INTEGER, pairs_dropped_too_long INTEGER, stats JSON, finished_at TIMESTAMP
+);
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("m001_initial", M001_INITIAL),
+]

@@ -1,0 +1,91 @@
+"""Position weights, battle matrix, Bradley-Terry/Elo and the response pick (METHOD.md section 4)."""
+
+import numpy as np
+import pytest
+
+from mrtk.stages.meta_judge import (battle_matrix, battles, elo_ratings, fit_bradley_terry, pick_responses,
+                                    position_weights, sample_verdict, shown)
+
+
+def meta(a, b, verdict, rid="r"):
+    return {"judgement_a": a, "judgement_b": b, "verdict": verdict, "response_id": rid, "prompt_id": "p", "iteration": 1}
+
+
+def test_position_weights_hand_computed():
+    rows = [meta("x", "y", "A"), meta("y", "x", "A"), meta("x", "z", "A"), meta("z", "x", "B")]
+    # 3 first-position wins, 1 second-position win: w1 = 1/4, w2 = 3/4
+    assert position_weights(rows, "iteration")["*"] == (0.25, 0.75)
+    assert position_weights(rows, "none")["anything"] == (1.0, 1.0)
+    per = position_weights(rows + [meta("u", "v", "B", rid="s")], "response")
+    assert per["r"] == (0.25, 0.75) and per["s"] == (1.0, 0.0)
+
+
+def test_unparsed_verdicts_do_not_count():
+    rows = [meta("x", "y", "A"), meta("y", "x", None), meta("x", "y", "B")]
+    assert position_weights(rows, "iteration")["*"] == (0.5, 0.5)
+
+
+def test_battle_matrix():
+    rows = [meta("x", "y", "A"), meta("y", "x", "B"), meta("x", "z", "B")]
+    mat = battle_matrix(rows, ["x", "y", "z"], 0.25, 0.75)
+    # x beat y as A (0.25) and as B (0.75); z beat x as B (0.75)
+    assert mat.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.75, 0.0, 0.0]]
+
+
+def test_bradley_terry_orders_by_wins_and_stays_finite():
+    # x beats y and z; y beats z: a clean sweep, whose unregularised optimum diverges
+    mat = np.array([[0, 2, 2], [0, 0, 2], [0, 0, 0]], dtype=float)
+    e = fit_bradley_terry(mat, l2=0.01)
+    assert e[0] > e[1] > e[2]
+    assert np.all(np.isfinite(e)) and np.abs(e).max() < 50
+    # stronger regularisation pulls the strengths together
+    assert np.ptp(fit_bradley_terry(mat, l2=1.0)) < np.ptp(e)
+
+
+def test_bradley_terry_two_player_closed_form():
+    # one battle, x beats y with weight 1, l2 = 1: maximise log sig(d) - (ex^2+ey^2)/2 with ex = -ey = d/2
+    e = fit_bradley_terry(np.array([[0, 1.0], [0, 0]]), l2=1.0)
+    d = e[0] - e[1]
+    # stationarity: (1 - sig(d)) = d/2
+    assert (1 - 1 / (1 + np.exp(-d))) == pytest.approx(d / 2, abs=1e-8)
+
+
+def test_elo_ratings_rows():
+    js = [{"judgement_id": j, "response_id": "r", "score": s} for j, s in [("x", 4.0), ("y", 3.0), ("z", 2.0), ("bad", None)]]
+    rows = [meta("x", "y", "A"), meta("y", "x", "B"), meta("x", "z", "A"), meta("z", "x", "B"),
+            meta("y", "z", "A"), meta("z", "y", "B")]
+    out = {r["judgement_id"]: r["elo"] for r in elo_ratings(rows, js, "none", 0.01)}
+    assert set(out) == {"x", "y", "z"}  # the unparsed judgement takes no part
+    assert out["x"] > out["y"] > out["z"]
+    assert sum(out.values()) / 3 == pytest.approx(1000.0, abs=1e-6)
+
+
+def test_pick_highest_variance_response():
+    responses = [{"response_id": r, "prompt_id": "p", "is_duplicate": False} for r in ("a", "b", "c")]
+    js = [{"response_id": "a", "score": s} for s in (3.0, 3.0, 3.0)] + \
+         [{"response_id": "b", "score": s} for s in (1.0, 5.0, None)] + \
+         [{"response_id": "c", "score": s} for s in (2.0, 4.0, 3.0)]
+    assert pick_responses(responses, js, run_seed=0, iteration=1) == {"p": ("b", "ok")}
+    flat = [{"response_id": "a", "score": 3.0}, {"response_id": "a", "score": 3.0}]
+    assert pick_responses(responses[:1], flat, run_seed=0, iteration=1) == {"p": (None, "no_response_with_score_variance")}
+
+
+def test_battles_both_orders_valid_only():
+    js = [{"judgement_id": j, "score": s} for j, s in [("a", 1.0), ("b", 2.0), ("c", None), ("d", 3.0)]]
+    fights = [(x["judgement_id"], y["judgement_id"]) for x, y in battles(js)]
+    assert len(fights) == 6 and ("a", "b") in fights and ("b", "a") in fights
+    assert all("c" not in f for f in fights)
+
+
+def test_sample_verdict():
+    assert sample_verdict({"A": 0.3, "B": 0.1}, 0.0, 1).value == "A"
+    assert sample_verdict({"A": 0.0, "B": 0.0}, 0.8, 1).reason == "no_mass_on_verdict_tokens"
+    draws = [sample_verdict({"A": 0.5, "B": 0.5}, 1.0, s).value for s in range(200)]
+    assert 60 < draws.count("A") < 140
+    assert sample_verdict({"A": 0.5, "B": 0.5}, 1.0, 42) == sample_verdict({"A": 0.5, "B": 0.5}, 1.0, 42)
+
+
+def test_hidden_scores():
+    j = {"text": "Fine answer.\nScore: 4.25"}
+    assert shown(j, True).endswith("Score: 4.25")
+    assert "Score" not in shown(j, False)

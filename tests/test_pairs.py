@@ -1,0 +1,127 @@
+"""Actor pairs with rho length control and judge-pair filters (METHOD.md sections 3-4)."""
+
+import random
+
+import pytest
+
+from mrtk.config import MetaJudgeCfg, PairsCfg
+from mrtk.stages.pairs import actor_pair, actor_pairs, apply_share_cap, judge_pairs, rewards, rho_tiers
+
+
+def resp(rid, chars, dup=False, pid="p"):
+    return {"response_id": rid, "prompt_id": pid, "n_chars": chars, "is_duplicate": dup}
+
+
+def test_rho_tiers_paper_example():
+    # METHOD.md: rho=0.4, S_max=5, S_min=3 -> top tier [4.2, 5], bottom tier [3, 3.8]
+    top, bottom = rho_tiers(5.0, 3.0, 0.4)
+    assert top == pytest.approx((4.2, 5.0))
+    assert bottom == pytest.approx((3.0, 3.8))
+
+
+def test_rho_zero_is_plain_max_min():
+    top, bottom = rho_tiers(5.0, 3.0, 0.0)
+    assert top == (5.0, 5.0) and bottom == (3.0, 3.0)
+
+
+def test_actor_pair_shortest_top_longest_bottom():
+    rs = [resp("a", 900), resp("b", 300), resp("c", 500), resp("d", 1000), resp("e", 200)]
+    scored = {"a": (5.0, 3), "b": (4.4, 3), "c": (3.9, 3), "d": (3.0, 3), "e": (3.5, 3)}
+    # rho=0.4: top [4.2,5] = {a(900), b(300)} -> chosen b; bottom [3,3.8] = {d(1000), e(200)} -> rejected d
+    row = actor_pair("p", rs, scored, 0.4, None, random.Random(0), 1)
+    assert (row["chosen_id"], row["rejected_id"], row["status"]) == ("b", "d", "kept")
+    assert row["chosen_score"] == 4.4 and row["rejected_score"] == 3.0
+    # rho=0: chosen must be the max-score response a, rejected the min d
+    row0 = actor_pair("p", rs, scored, 0.0, None, random.Random(0), 1)
+    assert (row0["chosen_id"], row0["rejected_id"]) == ("a", "d")
+
+
+def test_actor_pair_all_tied_and_too_few():
+    rs = [resp("a", 10), resp("b", 20)]
+    assert actor_pair("p", rs, {"a": (3.0, 2), "b": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"] == "all_scores_tied"
+    assert actor_pair("p", rs, {"a": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"] == "fewer_than_two_scored_responses"
+
+
+def test_actor_pair_ignores_duplicates_and_unscored():
+    rs = [resp("a", 10), resp("b", 20, dup=True), resp("c", 30)]
+    scored = {"a": (5.0, 1), "b": (0.0, 1)}  # b is a duplicate, c has no valid score
+    row = actor_pair("p", rs, scored, 0.0, None, random.Random(0), 1)
+    assert row["reason"] == "fewer_than_two_scored_responses"
+
+
+def test_actor_pair_length_cap_and_length_ties():
+    rs = [resp("a", 3000), resp("b", 100)]
+    row = actor_pair("p", rs, {"a": (5.0, 1), "b": (1.0, 1)}, 0.0, 2500, random.Random(0), 1)
+    assert row["status"] == "dropped" and row["reason"] == "chosen_longer_than_2500_chars"
+    # equal lengths inside the top tier: seeded, reproducible choice
+    rs = [resp("a", 100), resp("b", 100), resp("c", 50)]
+    scored = {"a": (5.0, 1), "b": (5.0, 1), "c": (1.0, 1)}
+    picks = {actor_pair("p", rs, scored, 0.0, None, random.Random(s), 1)["chosen_id"] for s in range(20)}
+    assert picks == {"a", "b"}
+    assert actor_pair("p", rs, scored, 0.0, None, random.Random(7), 1)["chosen_id"] == \
+        actor_pair("p", rs, scored, 0.0, None, random.Random(7), 1)["chosen_id"]
+
+
+def test_rewards_mean_of_valid_scores_only():
+    js = [{"response_id": "a", "score": 4.0}, {"response_id": "a", "score": None}, {"response_id": "a", "score": 2.0},
+          {"response_id": "b", "score": None}]
+    assert rewards(js) == {"a": (3.0, 2)}
+
+
+def test_actor_pairs_one_row_per_prompt():
+    rs = [resp("p1/a", 10, pid="p1"), resp("p1/b", 20, pid="p1"), resp("p2/a", 10, pid="p2")]
+    js = [{"response_id": "p1/a", "score": 5.0}, {"response_id": "p1/b", "score": 1.0}, {"response_id": "p2/a", "score": 3.0}]
+    rows = actor_pairs(rs, js, PairsCfg(rho=[0.0]), iteration=1, run_seed=0)
+    assert [(r["prompt_id"], r["status"]) for r in rows] == [("p1", "kept"), ("p2", "dropped")]
+
+
+def judgement(jid, score, text=None, chars=100):
+    return {"judgement_id": jid, "response_id": "r", "prompt_id": "p", "score": score, "text": text or jid, "n_chars": chars}
+
+
+def elo(jid, value):
+    return {"response_id": "r", "judgement_id": jid, "elo": value}
+
+
+def run_judge_pairs(js, elos, cfg=None, meta=None):
+    return judge_pairs({"p": ("r", "ok")}, elos, js, cfg or PairsCfg(), meta or MetaJudgeCfg(max_chosen_chars=[1100]),
+                       iteration=1, run_seed=0)[0]
+
+
+def test_judge_pair_highest_vs_lowest_elo():
+    js = [judgement("j0", 4.0), judgement("j1", 2.0), judgement("j2", 3.0)]
+    row = run_judge_pairs(js, [elo("j0", 1100), elo("j1", 900), elo("j2", 1000)])
+    assert (row["chosen_id"], row["rejected_id"], row["status"]) == ("j0", "j1", "kept")
+
+
+@pytest.mark.parametrize("js, reason", [
+    ([judgement("j0", 3.0), judgement("j1", 3.0)], "same_score"),
+    ([judgement("j0", 4.0, text="same"), judgement("j1", 2.0, text="same")], "identical_text"),
+    ([judgement("j0", 4.0, chars=1200), judgement("j1", 2.0)], "chosen_longer_than_1100_chars"),
+])
+def test_judge_pair_filters(js, reason):
+    row = run_judge_pairs(js, [elo("j0", 1100), elo("j1", 900)])
+    assert row["status"] == "dropped" and row["reason"] == reason
+
+
+def test_judge_pair_filters_can_be_switched_off():
+    js = [judgement("j0", 3.0), judgement("j1", 3.0)]
+    row = run_judge_pairs(js, [elo("j0", 1100), elo("j1", 900)], cfg=PairsCfg(drop_same_score=False))
+    assert row["status"] == "kept"
+
+
+def test_judge_pair_no_spread_and_no_pick():
+    js = [judgement("j0", 4.0), judgement("j1", 2.0)]
+    assert run_judge_pairs(js, [elo("j0", 1000), elo("j1", 1000)])["reason"] == "no_elo_spread"
+    rows = judge_pairs({"p": (None, "no_response_with_score_variance")}, [], js, PairsCfg(), MetaJudgeCfg(), iteration=1, run_seed=0)
+    assert rows[0]["reason"] == "no_response_with_score_variance"
+
+
+def test_share_cap():
+    actor = [{"pair_id": f"a{i}", "status": "kept"} for i in range(17)]
+    judge = [{"pair_id": f"j{i}", "status": "kept"} for i in range(5)]
+    capped = apply_share_cap(actor, judge, 0.15, iteration=1, run_seed=0)
+    # at most 15% of all kept pairs: J <= 0.15 * 17 / 0.85 = 3
+    assert sum(r["status"] == "kept" for r in capped) == 3
+    assert all(r["reason"] == "judge_share_cap_0.15" for r in capped if r["status"] == "dropped")
+    assert apply_share_cap(actor, judge, None, iteration=1, run_seed=0) == judge

@@ -1,0 +1,64 @@
+"""The run database: migrations, idempotent bulk inserts, read-only queries (real DuckDB)."""
+
+import duckdb
+import pytest
+
+from mrtk.errors import MrtkError
+from mrtk.store import RunStore
+from mrtk.store.migrations import MIGRATIONS
+from mrtk.store.query import as_csv, as_json, run_query
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = RunStore(tmp_path / "run")
+    s.migrate()
+    return s
+
+
+def test_migrate_is_idempotent(store):
+    assert store.migrate() == []
+    names = [r["name"] for r in store.fetch("SELECT name FROM schema_migrations")]
+    assert names == [n for n, _ in MIGRATIONS]
+
+
+def test_newer_schema_refused(store):
+    store.write("schema_migrations", [{"name": "m999_from_the_future"}])
+    with pytest.raises(MrtkError, match="newer than this mrtk knows"):
+        store.migrate()
+
+
+def test_insert_skips_existing_keys(store):
+    rows = [{"judgement_id": f"j{i}", "iteration": 1, "raw_text": "x", "score": float(i), "score_probs": {"1": 0.5}}
+            for i in range(3)]
+    assert store.write("judgements", rows) == 3
+    assert store.write("judgements", rows + [dict(rows[0], judgement_id="j9")]) == 1
+    got = store.fetch("SELECT judgement_id, score, score_probs->>'1' AS p FROM judgements ORDER BY 1")
+    assert [r["judgement_id"] for r in got] == ["j0", "j1", "j2", "j9"] and got[0]["p"] == "0.5"
+
+
+def test_failed_transaction_leaves_nothing(store):
+    with pytest.raises(RuntimeError):
+        with store.tx() as con:
+            store.insert(con, "responses", [{"response_id": "r1", "iteration": 1}])
+            raise RuntimeError("boom")
+    assert store.fetch("SELECT count(*) AS n FROM responses")[0]["n"] == 0
+
+
+def test_query_read_only_and_formats(store):
+    store.write("responses", [{"response_id": "r1", "iteration": 1, "text": "a,b"}])
+    cols, rows = run_query(store.path, "SELECT response_id, text FROM responses")
+    assert as_csv(cols, rows) == 'response_id,text\nr1,"a,b"\n'
+    assert '"text": "a,b"' in as_json(cols, rows)
+    cols, rows = run_query(store.path, "SELECT count(*) AS n FROM responses WHERE iteration = $it", {"it": 1})
+    assert rows == [(1,)]
+    with pytest.raises(MrtkError, match="read-only"):
+        run_query(store.path, "DELETE FROM responses")
+    with pytest.raises(MrtkError, match="query: Parser Error"):
+        run_query(store.path, "SELEC nonsense")
+    assert duckdb.connect(str(store.path), read_only=True).execute("SELECT count(*) FROM responses").fetchall() == [(1,)]
+
+
+def test_query_missing_database(tmp_path):
+    with pytest.raises(MrtkError, match="no run database"):
+        run_query(tmp_path / "nope.duckdb", "SELECT 1")
