@@ -122,11 +122,11 @@ class Loop:
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
         self._drop_backend()
         out = self.store.run_dir / "models" / f"M{it + 1}"
-        with self.ui.stage(f"train it{it}", len(fitted)) as go:
+        steps = train.planned_steps(len(fitted), self.cfg.train, it)
+        with self.ui.stage(f"it{it} train ({len(fitted)} pairs)", steps) as go:
             model, tok, metrics, stats = train.train_dpo(
                 model_dir, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
-                work_dir=self.store.run_dir / "tmp" / f"train{it}", on_step=lambda s, total, logs: None)
-            go(len(fitted))
+                work_dir=self.store.run_dir / "tmp" / f"train{it}", on_step=lambda: go(1))
         save_model(model, tok, out)
         del model
         gc.collect()

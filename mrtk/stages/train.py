@@ -60,6 +60,12 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped, longest
 
 
+def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
+    """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
+    accumulation = max(1, cfg.batch_size // cfg.micro_batch_size)
+    return math.ceil(math.ceil(n_pairs / cfg.micro_batch_size) / accumulation) * at(cfg.epochs, iteration)
+
+
 def _use_bf16(choice: str, device: str) -> bool:
     import torch
 
@@ -86,7 +92,6 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     epochs = at(cfg.epochs, iteration)
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     metrics: list[dict] = []
 
     class Record(TrainerCallback):
@@ -101,7 +106,7 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
                     "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
                 })
                 if on_step:
-                    on_step(state.global_step, state.max_steps, logs)
+                    on_step()
 
     args = DPOConfig(
         output_dir=str(work_dir), per_device_train_batch_size=cfg.micro_batch_size,
@@ -134,5 +139,5 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     merged = trainer.model.merge_and_unload()
     merged.eval()
     stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
-             "steps_per_epoch": steps_per_epoch, "train_seconds": time.time() - t0, "bf16": args.bf16}
+             "train_seconds": time.time() - t0, "bf16": args.bf16}
     return merged, tokenizer, metrics, stats
