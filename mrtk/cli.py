@@ -124,5 +124,27 @@ def runs(root: Path = typer.Option(Path("runs"), "--root", help="Directory holdi
     out.print(table)
 
 
+@app.command()
+def report(
+    run_: Optional[str] = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the latest under ./runs)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html), or the PNG folder with --format png."),
+    fmt: str = typer.Option("html", "--format", "-f", help="html | png"),
+) -> None:
+    """Charts of a run per iteration: scores, lengths, pairs, DPO, meta-judge biases, Elo, evals."""
+    from mrtk.report import render_html, write_pngs
+    from mrtk.runs import find_run
+
+    run_dir = find_run(run_)
+    if fmt == "png":
+        written = write_pngs(run_dir, out_path or run_dir / "report")
+        out.print(f"wrote {len(written)} charts to {(out_path or run_dir / 'report')}")
+    elif fmt == "html":
+        target = out_path or run_dir / "report.html"
+        target.write_text(render_html(run_dir), encoding="utf-8")
+        out.print(f"wrote {target}")
+    else:
+        raise MrtkError(f"--format {fmt!r} is not one of html, png")
+
+
 if __name__ == "__main__":
     main()

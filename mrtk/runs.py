@@ -39,7 +39,7 @@ def versions() -> dict[str, str]:
 def git_rev() -> str | None:
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return res.stdout.strip() or None
+        return res.stdout.strip() if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 

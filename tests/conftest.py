@@ -43,3 +43,13 @@ def mrtk(*args: str, cwd: Path, check: bool = False, **kw) -> subprocess.Complet
     if check and res.returncode != 0:
         raise AssertionError(f"mrtk {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, model_dir) -> Path:
+    """One finished tiny run (2 iterations on the embedded model), shared by the tests that read it."""
+    work = tmp_path_factory.mktemp("run")
+    cfg = work / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    mrtk("run", str(cfg), "--quiet", cwd=work, check=True, timeout=900)
+    return work

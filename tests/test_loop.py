@@ -58,17 +58,6 @@ def check_complete(db: Path) -> None:
     assert [r[0] for r in rows(db, "SELECT iteration FROM lineage ORDER BY 1")] == [1, 2]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, model_dir):
-    work = tmp_path_factory.mktemp("run")
-    cfg = work / "tiny.yaml"
-    import yaml
-
-    cfg.write_text(yaml.safe_dump(TINY))
-    mrtk("run", str(cfg), "--quiet", cwd=work, check=True, timeout=900)
-    return work
-
-
 def test_run_completes_two_iterations(finished_run):
     check_complete(db_of(finished_run / "runs"))
 

@@ -1,0 +1,235 @@
+"""`mrtk report`: a run at a glance, as one self-contained HTML file or a folder of PNGs.
+
+Everything is read from the run's database (read-only) and drawn with matplotlib (Agg);
+the HTML inlines each chart as a base64 PNG and carries no script, stylesheet or font from
+anywhere else, so it opens offline and makes no network request.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mrtk.store.db import DB_NAME, open_readonly
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    points: int  # how many data values the chart shows (0: nothing to draw)
+    figure: object | None  # a matplotlib Figure, or None when there is no data
+    note: str = ""
+
+
+def _q(con, sql: str, params: list | None = None) -> list[dict]:
+    cur = con.execute(sql, params or [])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def _has_table(con, name: str) -> bool:
+    return bool(_q(con, "SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]))
+
+
+def collect(run_dir: Path) -> dict:
+    """All numbers the report shows, by SQL over the run database."""
+    con = open_readonly(Path(run_dir) / DB_NAME)
+    try:
+        d = {
+            "run": _q(con, "SELECT * FROM runs")[0],
+            "lineage": _q(con, "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1"),
+            "stages": _q(con, "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at"),
+            "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL"),
+            "unparsed": _q(con, "SELECT iteration, count(*) AS n, count(*) - count(score) AS unparsed FROM judgements GROUP BY 1 ORDER BY 1"),
+            "lengths": _q(con, "SELECT iteration, n_chars FROM responses WHERE NOT is_duplicate"),
+            "pairs": _q(con, "SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY ALL ORDER BY ALL"),
+            "pair_lengths": _q(con, """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected
+                                       FROM pairs WHERE status = 'kept' GROUP BY ALL ORDER BY ALL"""),
+            "train": _q(con, "SELECT iteration, step, loss, reward_margin FROM train_metrics ORDER BY iteration, step"),
+            "meta_bias": _q(con, """
+                SELECT m.iteration, avg((m.verdict = 'A')::INT) AS first_position_share,
+                       avg(CASE WHEN ja.score = jb.score THEN NULL
+                                ELSE ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share,
+                       count(*) AS n
+                FROM meta_judgements m JOIN judgements ja ON ja.judgement_id = m.judgement_a
+                                       JOIN judgements jb ON jb.judgement_id = m.judgement_b
+                WHERE m.verdict IS NOT NULL GROUP BY 1 ORDER BY 1"""),
+            "elo": _q(con, "SELECT iteration, response_id, max(elo) - min(elo) AS spread FROM elo GROUP BY ALL ORDER BY ALL"),
+            "eval": _q(con, "SELECT * FROM eval_results ORDER BY 1") if _has_table(con, "eval_results") else [],
+        }
+    finally:
+        con.close()
+    return d
+
+
+def _by_iteration(rows: list[dict], key: str) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for r in rows:
+        out.setdefault(r["iteration"], []).append(r[key])
+    return out
+
+
+def sections(d: dict) -> list[Section]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def fig(w=7.0, h=3.2, cols=1):
+        f, ax = plt.subplots(1, cols, figsize=(w, h), constrained_layout=True)
+        return f, ax
+
+    out: list[Section] = []
+
+    scores = _by_iteration(d["scores"], "score")
+    f, ax = fig()
+    for it, vals in sorted(scores.items()):
+        ax.hist(vals, bins=20, range=(0, max(5, max(vals))), histtype="step", linewidth=2, label=f"iteration {it}")
+    ax.set(xlabel="judge score", ylabel="judgements")
+    if scores:
+        ax.legend()
+    out.append(Section("score_hist", "Judge score distribution", sum(map(len, scores.values())), f))
+
+    f, ax = fig()
+    its = [r["iteration"] for r in d["unparsed"]]
+    ax.bar([str(i) for i in its], [r["unparsed"] / r["n"] for r in d["unparsed"]])
+    ax.set(xlabel="iteration", ylabel="share unparsed", ylim=(0, 1))
+    out.append(Section("unparsed", "Share of unparsed judgements", len(its), f,
+                       ", ".join(f"it{r['iteration']}: {r['unparsed']} of {r['n']}" for r in d["unparsed"])))
+
+    lengths = _by_iteration(d["lengths"], "n_chars")
+    f, ax = fig()
+    if lengths:
+        ax.boxplot([lengths[i] for i in sorted(lengths)], tick_labels=[str(i) for i in sorted(lengths)], showmeans=True)
+    ax.set(xlabel="iteration", ylabel="response length (characters)")
+    out.append(Section("length", "Response length", sum(map(len, lengths.values())), f,
+                       ", ".join(f"it{i}: mean {sum(v) / len(v):.0f}" for i, v in sorted(lengths.items()))))
+
+    f, ax = fig(8, 3.6)
+    labels = sorted({(r["iteration"], r["kind"]) for r in d["pairs"]})
+    reasons = sorted({r["reason"] for r in d["pairs"]}, key=lambda x: (x != "ok", x))
+    bottom = [0] * len(labels)
+    for reason in reasons:
+        vals = [sum(r["n"] for r in d["pairs"] if (r["iteration"], r["kind"]) == lab and r["reason"] == reason) for lab in labels]
+        ax.bar([f"it{i} {k}" for i, k in labels], vals, bottom=bottom, label="kept" if reason == "ok" else f"dropped: {reason}")
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set(ylabel="prompts")
+    if labels:
+        ax.legend(fontsize=7)
+    out.append(Section("pairs", "Pairs kept and dropped by reason", sum(r["n"] for r in d["pairs"]), f))
+
+    f, ax = fig()
+    pl = d["pair_lengths"]
+    xs = range(len(pl))
+    ax.bar([x - 0.2 for x in xs], [r["chosen"] for r in pl], width=0.4, label="chosen")
+    ax.bar([x + 0.2 for x in xs], [r["rejected"] for r in pl], width=0.4, label="rejected")
+    ax.set_xticks(list(xs), [f"it{r['iteration']} {r['kind']}" for r in pl])
+    ax.set(ylabel="mean length (characters)")
+    if pl:
+        ax.legend()
+    out.append(Section("chosen_rejected_length", "Chosen vs rejected length (kept pairs)", 2 * len(pl), f))
+
+    f, (a1, a2) = fig(9, 3.2, cols=2)
+    for it in sorted({r["iteration"] for r in d["train"]}):
+        rs = [r for r in d["train"] if r["iteration"] == it]
+        a1.plot([r["step"] for r in rs], [r["loss"] for r in rs], marker="o", label=f"iteration {it}")
+        a2.plot([r["step"] for r in rs], [r["reward_margin"] for r in rs], marker="o", label=f"iteration {it}")
+    a1.set(xlabel="step", ylabel="DPO loss")
+    a2.set(xlabel="step", ylabel="reward margin")
+    if d["train"]:
+        a1.legend()
+    out.append(Section("dpo", "DPO loss and reward margin per step", len(d["train"]), f))
+
+    f, ax = fig()
+    mb = d["meta_bias"]
+    ax.plot([r["iteration"] for r in mb], [r["first_position_share"] for r in mb], marker="o", label="first position wins")
+    ax.plot([r["iteration"] for r in mb], [r["higher_score_share"] for r in mb], marker="s", label="higher score wins")
+    ax.set(xlabel="iteration", ylabel="share of battles", ylim=(0, 1))
+    if mb:
+        ax.legend()
+        ax.set_xticks([r["iteration"] for r in mb])
+    out.append(Section("meta_bias", "Meta-judge biases (paper Table 5)", len(mb), f, "; ".join(
+        f"it{r['iteration']}: first {r['first_position_share']:.0%}, higher score "
+        + ("-" if r["higher_score_share"] is None else f"{r['higher_score_share']:.0%}") + f" of {r['n']}" for r in mb)))
+
+    spreads = _by_iteration(d["elo"], "spread")
+    f, ax = fig()
+    if spreads:
+        ax.boxplot([spreads[i] for i in sorted(spreads)], tick_labels=[str(i) for i in sorted(spreads)])
+    ax.set(xlabel="iteration", ylabel="Elo spread per response (max - min)")
+    out.append(Section("elo", "Elo spread", sum(map(len, spreads.values())), f))
+
+    if d["eval"]:
+        f, ax = fig()
+        keys = [k for k in d["eval"][0] if isinstance(d["eval"][0][k], (int, float)) and k != "iteration"]
+        for k in keys:
+            ax.plot([r["iteration"] for r in d["eval"]], [r[k] for r in d["eval"]], marker="o", label=k)
+        ax.legend()
+        out.append(Section("eval", "Evaluation results", len(d["eval"]) * len(keys), f))
+    else:
+        out.append(Section("eval", "Evaluation results", 0, None, "no evaluation recorded for this run yet"))
+    return out
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=110)
+    plt.close(figure)
+    return buf.getvalue()
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+pre{background:#f6f6f6;padding:8px;font-size:12px;max-height:320px;overflow:auto}section{margin:1.5em 0}
+.note{color:#555;font-size:13px}img{max-width:100%}"""
+
+
+def render_html(run_dir: Path) -> str:
+    d = collect(run_dir)
+    run = d["run"]
+    config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mrtk report {html.escape(run['run_id'])}</title>",
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>mrtk run {html.escape(run['run_id'])}</h1>",
+             f"<section id='header'><p>status <b>{html.escape(str(run['status']))}</b>, seed {run['seed']}, "
+             f"base model {html.escape(str(run['base_model']))}, created {run['created_at']}, git {html.escape(str(run['git_rev']))}</p>",
+             f"<h3>Model lineage</h3>{_table(d['lineage'])}<h3>Stage timings (s)</h3>{_table(d['stages'])}",
+             f"<h3>Config</h3><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+             f"<h3>Versions</h3><pre>{html.escape(str(run['versions']))}</pre></section>"]
+    for s in sections(d):
+        parts.append(f"<section id='{s.key}' data-points='{s.points}'><h2>{html.escape(s.title)}</h2>")
+        if s.note:
+            parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
+        if s.figure is not None:
+            parts.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{base64.b64encode(_png(s.figure)).decode()}'>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_pngs(run_dir: Path, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for s in sections(collect(run_dir)):
+        if s.figure is not None:
+            path = out_dir / f"{s.key}.png"
+            path.write_bytes(_png(s.figure))
+            written.append(path)
+    return written
