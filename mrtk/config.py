@@ -113,6 +113,16 @@ class TrainCfg(_Section):
         return v
 
 
+class SftCfg(_Section):
+    file: str | None = Field(None, description="Optional SFT before iteration 1 (the paper's EFT step): JSONL of {'prompt', 'completion'}; null skips it.")
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=16, description="Longer examples are dropped and counted, never truncated.")
+    lora: LoraCfg = LoraCfg()
+
+
 class RuntimeCfg(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     inference_dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="dtype of the generation copy (training keeps fp32).")
@@ -128,6 +138,7 @@ class RunConfig(_Section):
     backend: Literal["embedded"] = Field("embedded", description="Generation backend.")
     iterations: int = Field(2, ge=1, le=100)
     prompts: PromptsCfg = PromptsCfg()
+    sft: SftCfg = SftCfg()
     actor: ActorCfg = ActorCfg()
     judge: JudgeCfg = JudgeCfg()
     meta_judge: MetaJudgeCfg = MetaJudgeCfg()

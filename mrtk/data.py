@@ -26,23 +26,33 @@ def resolve_prompt_file(name: str, config_dir: Path | None = None) -> Path:
     raise MrtkError(f"prompts file {name!r} not found; set prompts.file to a JSONL path (the shipped pool is train_prompts.jsonl)")
 
 
-def load_pool(path: Path) -> list[dict]:
-    """[{prompt_id, text, source}] from a JSONL file, or a MrtkError naming the bad line."""
+def read_jsonl(path: Path, label: str):
+    """(line number, object) for each non-blank line; a bad line is a MrtkError naming it."""
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MrtkError(f"{label} {path} not found; check the path") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise MrtkError(f"prompts file {path}: line {line} is not UTF-8; re-encode the file as UTF-8") from None
-    pool, seen_text, seen_id = [], {}, set()
+        line = data[: e.start].count(b"\n") + 1
+        raise MrtkError(f"{label} {path}: line {line} is not UTF-8; re-encode the file as UTF-8") from None
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MrtkError(f"prompts file {path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+            raise MrtkError(f"{label} {path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
         if not isinstance(obj, dict):
-            raise MrtkError(f"prompts file {path}: line {n} must be a JSON object like {{\"prompt\": \"...\"}}")
+            raise MrtkError(f"{label} {path}: line {n} must be a JSON object like {{\"prompt\": \"...\"}}")
+        yield n, obj
+
+
+def load_pool(path: Path) -> list[dict]:
+    """[{prompt_id, text, source}] from a JSONL file, or a MrtkError naming the bad line."""
+    pool, seen_text, seen_id = [], {}, set()
+    for n, obj in read_jsonl(path, "prompts file"):
         text = next((obj[k] for k in TEXT_KEYS if k in obj), None)
         if not isinstance(text, str):
             raise MrtkError(f"prompts file {path}: line {n} has no string field 'prompt' (or 'instruction'/'text'); add one")

@@ -22,7 +22,7 @@ from mrtk.errors import MrtkError
 from mrtk.models import load_model, pick_device, resolve_model
 from mrtk.prompts import load_template
 from mrtk.runs import save_model, set_status
-from mrtk.stages import actor, judge, meta_judge, pairs, train
+from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
@@ -36,6 +36,7 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
             "meta_judge": load_template(cfg.meta_judge.template, role="meta-judge"),
         },
         "pool": load_pool(resolve_prompt_file(cfg.prompts.file, config_dir)),
+        "sft": sft.load_sft_examples(Path(cfg.sft.file)) if cfg.sft.file else None,
         "model": resolve_model(cfg.model),
     }
 
@@ -46,6 +47,7 @@ class Loop:
         self.t = inputs["templates"]
         self.pool = inputs["pool"]
         self.base_model = inputs["model"]
+        self.sft_examples = inputs["sft"]
         self.device = pick_device(cfg.runtime.device)
         self.backend = None
         self.backend_model = None
@@ -54,10 +56,14 @@ class Loop:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         set_status(self.store, "running")
+        if self.sft_examples:
+            with self._stage(0, "sft"):
+                if not self._done(0, "sft"):
+                    self._sft()
         for it in range(1, self.cfg.iterations + 1):
             if self._done(it, "train"):
                 continue
-            model_dir = self.base_model if it == 1 else self._lineage(it - 1)
+            model_dir = self.base_model if it == 1 and not self.sft_examples else self._lineage(it - 1)
             self.ui.info(f"[bold]iteration {it}[/bold]  model M{it}: {model_dir}")
             prompts = self._prompts(it, model_dir)
             with self._stage(it, "actor") as go:
@@ -130,12 +136,28 @@ class Loop:
         save_model(model, tok, out)
         del model
         gc.collect()
+        self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
+
+    def _sft(self) -> None:
+        """The optional EFT/SFT step: base model -> M1, recorded as lineage iteration 0."""
+        out = self.store.run_dir / "models" / "M1"
+        with self.ui.stage("sft", 1) as go:
+            model, tok, metrics, stats = sft.train_sft(self.base_model, self.sft_examples, self.cfg.sft, seed=self.cfg.seed,
+                                                       device=self.device, work_dir=self.store.run_dir / "tmp" / "sft")
+            go(1)
+        save_model(model, tok, out)
+        del model
+        gc.collect()
+        self._record_training(0, self.base_model, out, metrics, stats, stats["examples_in"], stats["examples_trained"],
+                              stats["dropped_too_long"])
+
+    def _record_training(self, it, base, out, metrics, stats, n_in, n_trained, n_too_long) -> None:
         with self.store.tx() as con:
             con.execute("DELETE FROM train_metrics WHERE iteration = ?", [it]).fetchall()
             self.store.insert(con, "train_metrics", metrics)
             self.store.insert(con, "lineage", [{
-                "iteration": it, "base_model": model_dir, "output_model": str(out), "pairs_in": len(examples),
-                "pairs_trained": stats["pairs_trained"], "pairs_dropped_too_long": len(too_long), "stats": stats,
+                "iteration": it, "base_model": base, "output_model": str(out), "pairs_in": n_in,
+                "pairs_trained": n_trained, "pairs_dropped_too_long": n_too_long, "stats": stats,
                 "finished_at": datetime.now()}])
 
     # -- persistence helpers ----------------------------------------------------------------
@@ -173,6 +195,8 @@ class Loop:
 
     @contextmanager
     def _stage(self, it: int, name: str):
+        """Bookkeeping around a stage body. The body runs even for a finished stage: every body
+        computes only what is missing (or recomputes deterministically), so rerunning is safe."""
         if self._done(it, name):
             yield lambda n: None
             return

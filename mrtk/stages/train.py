@@ -60,6 +60,42 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped, longest
 
 
+def quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def lora_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
+                      task_type="CAUSAL_LM")
+
+
+def metrics_callback(sink: list[dict], iteration: int, on_step=None):
+    """A TrainerCallback appending one train_metrics row per logging step to `sink`."""
+    from transformers import TrainerCallback
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                sink.append({
+                    "iteration": iteration, "step": state.global_step, "epoch": logs.get("epoch"),
+                    "loss": logs.get("loss"), "reward_margin": logs.get("rewards/margins"),
+                    "reward_accuracy": logs.get("rewards/accuracies"), "reward_chosen": logs.get("rewards/chosen"),
+                    "reward_rejected": logs.get("rewards/rejected"), "logp_chosen": logs.get("logps/chosen"),
+                    "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
+                })
+                if on_step:
+                    on_step()
+
+    return Record()
+
+
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
     accumulation = max(1, cfg.batch_size // cfg.micro_batch_size)
@@ -83,8 +119,8 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -93,21 +129,6 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     epochs = at(cfg.epochs, iteration)
     metrics: list[dict] = []
-
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                metrics.append({
-                    "iteration": iteration, "step": state.global_step, "epoch": logs.get("epoch"),
-                    "loss": logs.get("loss"), "reward_margin": logs.get("rewards/margins"),
-                    "reward_accuracy": logs.get("rewards/accuracies"), "reward_chosen": logs.get("rewards/chosen"),
-                    "reward_rejected": logs.get("rewards/rejected"), "logp_chosen": logs.get("logps/chosen"),
-                    "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
-                    "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
-                })
-                if on_step:
-                    on_step()
-
     args = DPOConfig(
         output_dir=str(work_dir), per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=max(1, cfg.batch_size // cfg.micro_batch_size), num_train_epochs=epochs,
@@ -117,18 +138,12 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         logging_steps=1, save_strategy="no", report_to=[], seed=seed % (2**31), data_seed=seed % (2**31),
         disable_tqdm=True, dataloader_num_workers=0,
     )
-    peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                             target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM")
+    peft_config = lora_config(cfg.lora)
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
-    import datasets
-    import transformers
-    from transformers.trainer_callback import PrinterCallback
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_libraries()
     try:
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=peft_config, callbacks=[Record()])
+                             peft_config=peft_config, callbacks=[metrics_callback(metrics, iteration, on_step)])
     except ValueError as e:
         raise MrtkError(f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section") from None
     trainer.remove_callback(PrinterCallback)
