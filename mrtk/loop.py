@@ -124,7 +124,7 @@ class Loop:
             for pair_id, reason in too_long.items():
                 con.execute("UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]).fetchall()
         if not fitted:
-            raise MrtkError(f"iteration {it}: no preference pairs to train on (see `mrtk query @pair_reasons`); "
+            raise MrtkError(f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
         self._drop_backend()
         out = self.store.run_dir / "models" / f"M{it + 1}"
@@ -156,7 +156,7 @@ class Loop:
             con.execute("DELETE FROM train_metrics WHERE iteration = ?", [it]).fetchall()
             self.store.insert(con, "train_metrics", metrics)
             self.store.insert(con, "lineage", [{
-                "iteration": it, "base_model": base, "output_model": str(out), "pairs_in": n_in,
+                "iteration": it, "base_model": self._in_run(base), "output_model": self._in_run(out), "pairs_in": n_in,
                 "pairs_trained": n_trained, "pairs_dropped_too_long": n_too_long, "stats": stats,
                 "finished_at": datetime.now()}])
 
@@ -220,11 +220,19 @@ class Loop:
     def _done(self, it: int, name: str) -> bool:
         return bool(self.store.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name]))
 
+    def _in_run(self, path) -> str:
+        """Paths inside the run directory are stored relative to it, so a run can be moved."""
+        try:
+            return str(Path(path).resolve().relative_to(self.store.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
     def _lineage(self, it: int) -> str:
         rows = self.store.fetch("SELECT output_model FROM lineage WHERE iteration = ?", [it])
-        if not rows or not Path(rows[0]["output_model"]).is_dir():
+        path = self.store.run_dir / rows[0]["output_model"] if rows else None  # stored relative: runs can move
+        if path is None or not path.is_dir():
             raise MrtkError(f"iteration {it} has no trained model on disk; the run directory is incomplete, start a new run")
-        return rows[0]["output_model"]
+        return str(path)
 
     # -- model handles ----------------------------------------------------------------------
     def _tokenizer(self, model_dir: str):

@@ -35,7 +35,7 @@ def test_sft_then_iteration_uses_its_model(tmp_path, model_dir):
     con.close()
     assert [row[0] for row in lineage] == [0, 1]
     assert lineage[0][3] == len(EXAMPLES)
-    assert lineage[1][1] == lineage[0][2] and lineage[0][2].endswith("models/M1")  # iteration 1 starts from the SFT model
+    assert lineage[0][2] == "models/M1" and lineage[1][1] == "models/M1"  # iteration 1 starts from the SFT model
     assert sft_steps == [(2, True)]
 
 
