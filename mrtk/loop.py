@@ -68,7 +68,7 @@ class Loop:
             prompts = self._prompts(it, model_dir)
             with self._stage(it, "actor") as go:
                 todo = self._missing(prompts, "prompt_id", "SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", it)
-                self._chunks(go, "actor", todo, self.cfg.actor.k, lambda rows, go: actor.run_actor(
+                self._chunks(go, todo, self.cfg.actor.k, lambda rows, go: actor.run_actor(
                     self._backend(model_dir), rows, self.cfg.actor, self.t["actor"], iteration=it,
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "responses")
             questions = {p["prompt_id"]: p["text"] for p in prompts}
@@ -77,7 +77,7 @@ class Loop:
                 todo = self._missing([r for r in responses if not r["is_duplicate"]], "response_id",
                                      "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ?",
                                      it, self.t["judge"].hash)
-                self._chunks(go, "judge", todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
+                self._chunks(go, todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
                     self._backend(model_dir), rows, questions, self.cfg.judge, self.t["judge"], iteration=it,
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "judgements")
             judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? ORDER BY judgement_id",
@@ -93,7 +93,7 @@ class Loop:
                         [it, self.t["meta_judge"].hash])}
                     todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
                     texts = {r["response_id"]: r["text"] for r in responses}
-                    self._chunks(go, "meta-judge", todo, 1, lambda rows, go: meta_judge.run_meta_judge(
+                    self._chunks(go, todo, 1, lambda rows, go: meta_judge.run_meta_judge(
                         self._backend(model_dir), rows, questions, texts, self.cfg.meta_judge, self.t["meta_judge"],
                         iteration=it, run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "meta_judgements")
                     metas = self.store.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?",
@@ -182,7 +182,7 @@ class Loop:
         have = {r[key] for r in self.store.fetch(sql, list(params))}
         return [r for r in rows if r[key] not in have]
 
-    def _chunks(self, go, label: str, todo: list, per_item: int, fn, table: str) -> None:
+    def _chunks(self, go, todo: list, per_item: int, fn, table: str) -> None:
         """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes."""
         size = max(1, self.cfg.runtime.max_batch_rows // per_item)
         for i in range(0, len(todo), size):

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import subprocess
-import time
 import uuid
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -128,10 +127,6 @@ def find_run(name: str | None) -> Path:
         if candidate.suffix == ".duckdb" and candidate.is_file():
             return candidate.parent
     raise MrtkError(f"run {name!r} not found; pass a run directory (runs/<run_id>) or a run id under ./runs")
-
-
-def elapsed_since(t0: float) -> float:
-    return round(time.time() - t0, 3)
 
 
 def list_runs(root: Path) -> list[dict]:

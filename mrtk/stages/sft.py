@@ -14,7 +14,7 @@ from pathlib import Path
 from mrtk.config import SftCfg
 from mrtk.data import read_jsonl
 from mrtk.errors import MrtkError
-from mrtk.stages.train import _use_bf16, lora_config, metrics_callback, quiet_libraries
+from mrtk.stages.train import use_bf16, lora_config, metrics_callback, quiet_libraries
 
 
 def load_sft_examples(path: Path) -> list[dict]:
@@ -53,7 +53,7 @@ def train_sft(model_dir: str, examples: list[dict], cfg: SftCfg, *, seed: int, d
     args = SFTConfig(
         output_dir=str(work_dir), per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=max(1, cfg.batch_size // cfg.micro_batch_size), num_train_epochs=cfg.epochs,
-        learning_rate=cfg.lr, lr_scheduler_type="cosine", max_length=None, bf16=_use_bf16("auto", device),
+        learning_rate=cfg.lr, lr_scheduler_type="cosine", max_length=None, bf16=use_bf16("auto", device),
         use_cpu=device == "cpu", logging_steps=1, save_strategy="no", report_to=[], seed=seed % (2**31),
         disable_tqdm=True, dataloader_num_workers=0,
     )

@@ -102,7 +102,7 @@ def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     return math.ceil(math.ceil(n_pairs / cfg.micro_batch_size) / accumulation) * at(cfg.epochs, iteration)
 
 
-def _use_bf16(choice: str, device: str) -> bool:
+def use_bf16(choice: str, device: str) -> bool:
     import torch
 
     if choice != "auto":
@@ -134,7 +134,7 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         gradient_accumulation_steps=max(1, cfg.batch_size // cfg.micro_batch_size), num_train_epochs=epochs,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, beta=cfg.beta,
         loss_type=list(cfg.loss_type), max_length=None, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        gradient_checkpointing=cfg.gradient_checkpointing, bf16=_use_bf16(cfg.bf16, device), use_cpu=device == "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16(cfg.bf16, device), use_cpu=device == "cpu",
         logging_steps=1, save_strategy="no", report_to=[], seed=seed % (2**31), data_seed=seed % (2**31),
         disable_tqdm=True, dataloader_num_workers=0,
     )
