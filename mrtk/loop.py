@@ -19,7 +19,7 @@ from mrtk.backends import make_backend
 from mrtk.config import RunConfig
 from mrtk.data import load_pool, prompts_for_iteration, resolve_prompt_file
 from mrtk.errors import MrtkError
-from mrtk.models import load_model, pick_device, resolve_model
+from mrtk.models import chat_token_ids, load_model, pick_device, resolve_model
 from mrtk.prompts import load_template
 from mrtk.runs import save_model, set_status
 from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
@@ -119,7 +119,7 @@ class Loop:
         kept = self.store.fetch("SELECT * FROM pairs WHERE iteration = ? AND status = 'kept' ORDER BY pair_id", [it])
         examples = train.examples_from_pairs(kept, questions, {r["response_id"]: r for r in responses},
                                              {j["judgement_id"]: j for j in judgements}, self.t["judge"])
-        fitted, too_long, _ = train.fit_examples(examples, self._tokenizer(model_dir), self.cfg.train.max_length)
+        fitted, too_long = train.fit_examples(examples, self._tokenizer(model_dir), self.cfg.train.max_length)
         with self.store.tx() as con:
             for pair_id, reason in too_long.items():
                 con.execute("UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]).fetchall()
@@ -169,8 +169,7 @@ class Loop:
         tok = self._tokenizer(model_dir)
         rows = []
         for p in chosen:
-            n = len(tok(tok.apply_chat_template([{"role": "user", "content": p["text"]}], tokenize=False,
-                                                add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+            n = len(chat_token_ids(tok, [{"role": "user", "content": p["text"]}], add_generation_prompt=True))
             if n > self.cfg.prompts.max_prompt_tokens:
                 raise MrtkError(f"prompt {p['prompt_id']} is {n} tokens, over prompts.max_prompt_tokens={self.cfg.prompts.max_prompt_tokens}; "
                                 "shorten or remove it, or raise the limit")

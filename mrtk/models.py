@@ -107,6 +107,23 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     return model, tokenizer
 
 
+def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of `messages` rendered with the model's chat template (the one way mrtk counts tokens)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_for_training(model_dir: str, device: str):
+    """(fp32 model, tokenizer with a pad token) for a trainer; training never uses the bf16 copy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device), tokenizer
+
+
 def pick_device(choice: str) -> str:
     import torch
 

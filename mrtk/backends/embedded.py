@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from mrtk.backends.base import Generation, Progress, Request, SamplingParams
 from mrtk.errors import MrtkError
+from mrtk.models import chat_token_ids
 
 TOP_K_WINDOW = 50
 
@@ -38,8 +39,7 @@ class EmbeddedBackend:
 
     # -- tokens -------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
-        text = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))

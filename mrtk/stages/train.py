@@ -3,8 +3,9 @@
 The reference model is the iteration's starting model with the adapter disabled (PEFT), so
 no second copy sits in memory. TRL drops pairs longer than `max_length` with only a progress
 bar to say so (CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
-with a recorded reason, right-size `max_length` to the longest kept pair, and check that TRL
-trained on exactly the pairs we handed it.
+with a recorded reason, hand TRL `max_length=None` (nothing left to truncate), and check that
+TRL trained on exactly the pairs we handed it. The trainer plumbing here is shared with the
+SFT stage (`stages/sft.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
+from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template
 from mrtk.stages.judge import judge_prompt
 
@@ -43,29 +45,52 @@ def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: 
 
 def pair_length(tokenizer, example: dict) -> int:
     """Tokens of prompt + the longer completion, with the chat template applied."""
-    return max(len(tokenizer(tokenizer.apply_chat_template(example["prompt"] + example[side], tokenize=False),
-                             add_special_tokens=False)["input_ids"]) for side in ("chosen", "rejected"))
+    return max(len(chat_token_ids(tokenizer, example["prompt"] + example[side])) for side in ("chosen", "rejected"))
 
 
-def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], dict[str, str], int]:
-    """(examples that fit, {pair_id: drop reason}, longest kept length in tokens)."""
-    kept, dropped, longest = [], {}, 0
+def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], dict[str, str]]:
+    """(examples that fit, {pair_id: drop reason} for those longer than `max_length` tokens)."""
+    kept, dropped = [], {}
     for ex in examples:
         n = pair_length(tokenizer, ex)
         if n > max_length:
             dropped[ex["pair_id"]] = f"longer_than_max_length_{max_length}_tokens:{n}"
         else:
             kept.append(ex)
-            longest = max(longest, n)
-    return kept, dropped, longest
+    return kept, dropped
 
 
-def quiet_libraries() -> None:
+def trainer_args(*, work_dir: Path, micro_batch_size: int, batch_size: int, epochs: int, lr: float, seed: int,
+                 device: str, bf16: bool) -> dict:
+    """TrainingArguments both trainers share: CPU-aware, quiet, nothing saved (we save the merged model)."""
+    return dict(
+        output_dir=str(work_dir), per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=max(1, batch_size // micro_batch_size), num_train_epochs=epochs,
+        learning_rate=lr, max_length=None, bf16=bf16, use_cpu=device == "cpu", logging_steps=1, save_strategy="no",
+        report_to=[], seed=seed % (2**31), data_seed=seed % (2**31), disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def quiet(trainer_cls):
+    """Silence progress bars and the per-step log printer; our callback records the metrics."""
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
+    return trainer_cls
+
+
+def fit_and_merge(trainer):
+    """Train, then fold the LoRA adapter into the weights: the next model is a plain model."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.time()
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.eval()
+    return merged, time.time() - t0
 
 
 def lora_config(lora):
@@ -117,42 +142,28 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
               work_dir: Path, on_step=None):
     """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model, tokenizer = load_for_training(model_dir, device)
     epochs = at(cfg.epochs, iteration)
     metrics: list[dict] = []
     args = DPOConfig(
-        output_dir=str(work_dir), per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=max(1, cfg.batch_size // cfg.micro_batch_size), num_train_epochs=epochs,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, beta=cfg.beta,
-        loss_type=list(cfg.loss_type), max_length=None, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16(cfg.bf16, device), use_cpu=device == "cpu",
-        logging_steps=1, save_strategy="no", report_to=[], seed=seed % (2**31), data_seed=seed % (2**31),
-        disable_tqdm=True, dataloader_num_workers=0,
+        **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=epochs,
+                       lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
+        beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
-    peft_config = lora_config(cfg.lora)
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
-    quiet_libraries()
     try:
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=peft_config, callbacks=[metrics_callback(metrics, iteration, on_step)])
+        trainer = quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                    peft_config=lora_config(cfg.lora), callbacks=[metrics_callback(metrics, iteration, on_step)])
     except ValueError as e:
         raise MrtkError(f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section") from None
-    trainer.remove_callback(PrinterCallback)
     if len(trainer.train_dataset) != len(examples):
         raise MrtkError(f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set")
-    t0 = time.time()
-    trainer.train()
-    merged = trainer.model.merge_and_unload()
-    merged.eval()
+    merged, seconds = fit_and_merge(trainer)
     stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
-             "train_seconds": time.time() - t0, "bf16": args.bf16}
+             "train_seconds": seconds, "bf16": args.bf16}
     return merged, tokenizer, metrics, stats
