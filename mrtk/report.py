@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from mrtk.store.db import DB_NAME, open_readonly
+from mrtk.store.db import DB_NAME, dict_rows, open_readonly
 
 
 @dataclass
@@ -29,9 +29,7 @@ class Section:
 
 
 def _q(con, sql: str, params: list | None = None) -> list[dict]:
-    cur = con.execute(sql, params or [])
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    return dict_rows(con.execute(sql, params or []))
 
 
 def _has_table(con, name: str) -> bool:

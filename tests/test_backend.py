@@ -72,3 +72,13 @@ def test_top_k_window_sampling_equals_full_top_p():
     cdf = p.cumsum(-1)
     ref = idx.gather(-1, torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=999)).squeeze(-1)
     assert torch.equal(ours, ref)
+
+
+def test_sampling_falls_back_to_full_vocabulary_when_the_window_is_short():
+    """Flat logits: the top-50 window holds ~5% of the mass, so top-p=0.9 must reach beyond it."""
+    logits = torch.zeros(8, 1000)
+    gens = [torch.Generator().manual_seed(i) for i in range(8)]
+    picks = sample_tokens(logits, gens, 1.0, 0.9)
+    window = logits.softmax(-1).topk(50, dim=-1).indices
+    # with ~900 equally likely candidates, 8 draws all inside the 50-token window has probability ~(1/18)^8
+    assert any(int(t) not in set(w.tolist()) for t, w in zip(picks, window))

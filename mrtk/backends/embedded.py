@@ -207,23 +207,20 @@ def sample_tokens(logits: torch.Tensor, gens: list[torch.Generator], temperature
     """Top-p sampling, one generator per row; computed inside a top-k window when that is exact."""
     if temperature == 0.0:
         return logits.argmax(-1).cpu()
-    scaled = logits.float().cpu() / temperature
-    full = scaled.softmax(-1)
-    k = min(TOP_K_WINDOW, scaled.shape[-1])
-    window_p, window_idx = full.topk(k, dim=-1)  # sorted, descending
-    exact = window_p.sum(-1) >= top_p
-    out = torch.empty(scaled.shape[0], dtype=torch.long)
+    full = (logits.float().cpu() / temperature).softmax(-1)
     u = torch.stack([torch.rand((), generator=g) for g in gens])
-    for rows_mask, (p, idx) in (
-        (exact, (window_p, window_idx)),
-        (~exact, full.sort(dim=-1, descending=True) if (~exact).any() else (None, None)),
-    ):
-        if not rows_mask.any():
-            continue
-        p, idx, uu = p[rows_mask], idx[rows_mask], u[rows_mask]
-        before = p.cumsum(-1) - p
-        p = torch.where(before < top_p, p, torch.zeros_like(p))
-        cdf = p.cumsum(-1)
-        pick = torch.searchsorted(cdf, (uu * cdf[:, -1])[:, None]).clamp(max=p.shape[-1] - 1)
-        out[rows_mask] = idx.gather(-1, pick).squeeze(-1)
+    p, idx = full.topk(min(TOP_K_WINDOW, full.shape[-1]), dim=-1)  # sorted, descending
+    out = _nucleus_pick(p, idx, u, top_p)
+    short = p.sum(-1) < top_p  # the window misses part of the nucleus: sort the whole vocabulary
+    if short.any():
+        p_all, idx_all = full[short].sort(dim=-1, descending=True)
+        out[short] = _nucleus_pick(p_all, idx_all, u[short], top_p)
     return out
+
+
+def _nucleus_pick(p: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Inverse-CDF draw with uniforms `u` over the smallest prefix of sorted `p` holding `top_p`."""
+    p = torch.where(p.cumsum(-1) - p < top_p, p, torch.zeros_like(p))
+    cdf = p.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=p.shape[-1] - 1)
+    return idx.gather(-1, pick).squeeze(-1)

@@ -110,9 +110,13 @@ class RunStore:
 
     def fetch(self, sql: str, params: list | None = None) -> list[dict]:
         with self.tx() as con:
-            cur = con.execute(sql, params or [])
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return dict_rows(con.execute(sql, params or []))
+
+
+def dict_rows(cur) -> list[dict]:
+    """All rows of an executed statement as {column: value} dicts."""
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def open_readonly(path: Path, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
