@@ -53,13 +53,13 @@ def run(
         if config or set_:
             raise MrtkError("--resume continues a run with its stored config; drop CONFIG and --set")
         run_dir = find_run(resume)
-        store, cfg = open_run(run_dir)
-        inputs = check_inputs(cfg)
+        store, cfg, config_dir = open_run(run_dir)
+        inputs = check_inputs(cfg, config_dir)
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
         inputs = check_inputs(cfg, path.parent)
-        store = new_run(cfg, str(path), out_dir)
+        store = new_run(cfg, str(path.resolve()), out_dir)
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")
         try:

@@ -19,11 +19,12 @@ from mrtk.rows import derive_seed
 TEXT_KEYS = ("prompt", "instruction", "text")
 
 
-def resolve_prompt_file(name: str, config_dir: Path | None = None) -> Path:
+def resolve_data_file(name: str, config_dir: Path | None = None, key: str = "prompts.file") -> Path:
+    """A data file named in a config: as given (or from the cwd), beside the config, or shipped in data/."""
     for candidate in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir("data") / name):
         if candidate.is_file():
             return candidate
-    raise MrtkError(f"prompts file {name!r} not found; set prompts.file to a JSONL path (the shipped pool is train_prompts.jsonl)")
+    raise MrtkError(f"{key} {name!r} not found; give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)")
 
 
 def read_jsonl(path: Path, label: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 from mrtk import summary
 from mrtk.backends import make_backend
 from mrtk.config import RunConfig
-from mrtk.data import load_pool, prompts_for_iteration, resolve_prompt_file
+from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_model, pick_device, resolve_model
 from mrtk.prompts import load_template
@@ -28,15 +28,16 @@ from mrtk.ui import QuietUI
 
 
 def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
-    """Everything that can be checked without loading weights: templates, prompt pool, model path."""
+    """Everything that can be checked without loading weights: templates, data files, model path.
+    Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
     return {
         "templates": {
             "actor": load_template(cfg.actor.template, role="actor"),
             "judge": load_template(cfg.judge.template, role="judge"),
             "meta_judge": load_template(cfg.meta_judge.template, role="meta-judge"),
         },
-        "pool": load_pool(resolve_prompt_file(cfg.prompts.file, config_dir)),
-        "sft": sft.load_sft_examples(Path(cfg.sft.file)) if cfg.sft.file else None,
+        "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
+        "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
         "model": resolve_model(cfg.model),
     }
 
@@ -56,28 +57,27 @@ class Loop:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         set_status(self.store, "running")
-        if self.sft_examples:
+        if self.sft_examples and not self._done(0, "sft"):
             with self._stage(0, "sft"):
-                if not self._done(0, "sft"):
-                    self._sft()
+                self._sft()
         for it in range(1, self.cfg.iterations + 1):
             if self._done(it, "train"):
                 continue
             model_dir = self.base_model if it == 1 and not self.sft_examples else self._lineage(it - 1)
             self.ui.info(f"[bold]iteration {it}[/bold]  model M{it}: {model_dir}")
             prompts = self._prompts(it, model_dir)
-            with self._stage(it, "actor") as go:
+            with self._stage(it, "actor"):
                 todo = self._missing(prompts, "prompt_id", "SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", it)
-                self._chunks(go, todo, self.cfg.actor.k, lambda rows, go: actor.run_actor(
+                self._chunks(f"it{it} actor", todo, self.cfg.actor.k, lambda rows, go: actor.run_actor(
                     self._backend(model_dir), rows, self.cfg.actor, self.t["actor"], iteration=it,
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "responses")
             questions = {p["prompt_id"]: p["text"] for p in prompts}
             responses = self.store.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
-            with self._stage(it, "judge") as go:
+            with self._stage(it, "judge"):
                 todo = self._missing([r for r in responses if not r["is_duplicate"]], "response_id",
                                      "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ?",
                                      it, self.t["judge"].hash)
-                self._chunks(go, todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
+                self._chunks(f"it{it} judge", todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
                     self._backend(model_dir), rows, questions, self.cfg.judge, self.t["judge"], iteration=it,
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "judgements")
             judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? ORDER BY judgement_id",
@@ -85,7 +85,7 @@ class Loop:
             picks = meta_judge.pick_responses(responses, judgements, run_seed=self.cfg.seed, iteration=it)
             elo_rows: list[dict] = []
             if it in self.cfg.pairs.judge_iterations:
-                with self._stage(it, "meta_judge") as go:
+                with self._stage(it, "meta_judge"):
                     fights = [f for pid, (rid, _) in picks.items() if rid
                               for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])]
                     seen = {(m["judgement_a"], m["judgement_b"]) for m in self.store.fetch(
@@ -93,7 +93,7 @@ class Loop:
                         [it, self.t["meta_judge"].hash])}
                     todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
                     texts = {r["response_id"]: r["text"] for r in responses}
-                    self._chunks(go, todo, 1, lambda rows, go: meta_judge.run_meta_judge(
+                    self._chunks(f"it{it} meta-judge", todo, 1, lambda rows, go: meta_judge.run_meta_judge(
                         self._backend(model_dir), rows, questions, texts, self.cfg.meta_judge, self.t["meta_judge"],
                         iteration=it, run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "meta_judgements")
                     metas = self.store.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?",
@@ -181,11 +181,15 @@ class Loop:
         have = {r[key] for r in self.store.fetch(sql, list(params))}
         return [r for r in rows if r[key] not in have]
 
-    def _chunks(self, go, todo: list, per_item: int, fn, table: str) -> None:
-        """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes."""
+    def _chunks(self, label: str, todo: list, per_item: int, fn, table: str) -> None:
+        """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes;
+        the progress bar counts the model calls still to make (after a resume, only the missing)."""
+        if not todo:
+            return
         size = max(1, self.cfg.runtime.max_batch_rows // per_item)
-        for i in range(0, len(todo), size):
-            self.store.write(table, fn(todo[i:i + size], go))
+        with self.ui.stage(label, len(todo) * per_item) as go:
+            for i in range(0, len(todo), size):
+                self.store.write(table, fn(todo[i:i + size], go))
 
     def _replace(self, table: str, it: int, rows: list[dict]) -> None:
         with self.store.tx() as con:
@@ -197,24 +201,14 @@ class Loop:
         """Bookkeeping around a stage body. The body runs even for a finished stage: every body
         computes only what is missing (or recomputes deterministically), so rerunning is safe."""
         if self._done(it, name):
-            yield lambda n: None
+            yield
             return
         t0 = time.time()
         self.store.write("stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
-        total = self._stage_total(it, name)
-        if total:
-            with self.ui.stage(f"it{it} {name}", total) as go:
-                yield go
-        else:
-            yield lambda n: None
+        yield
         with self.store.tx() as con:
             con.execute("UPDATE stages SET status = 'done', finished_at = ?, seconds = ? WHERE iteration = ? AND stage = ?",
                         [datetime.now(), time.time() - t0, it, name]).fetchall()
-
-    def _stage_total(self, it: int, name: str) -> int:
-        c = self.cfg
-        return {"actor": c.prompts.per_iteration * c.actor.k, "judge": c.prompts.per_iteration * c.actor.k * c.judge.n,
-                "meta_judge": c.prompts.per_iteration * c.judge.n * (c.judge.n - 1)}.get(name, 0)
 
     def _done(self, it: int, name: str) -> bool:
         return bool(self.store.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name]))

@@ -56,16 +56,17 @@ def new_run(cfg: RunConfig, config_path: str, out: Path) -> RunStore:
     return store
 
 
-def open_run(run_dir: Path) -> tuple[RunStore, RunConfig]:
-    """Reopen a run to resume it, with the config it was started with."""
+def open_run(run_dir: Path) -> tuple[RunStore, RunConfig, Path]:
+    """Reopen a run to resume it: (store, the config it was started with, that config's folder)."""
     if not (run_dir / DB_NAME).is_file():
         raise MrtkError(f"no run at {run_dir} (no {DB_NAME}); pass a run directory such as runs/<run_id>")
     store = RunStore(run_dir)
     store.migrate()
-    rows = store.fetch("SELECT config, status FROM runs")
+    rows = store.fetch("SELECT config, config_path FROM runs")
     if not rows:
         raise MrtkError(f"run {run_dir} has no runs row; it was never started properly, start a new run")
-    return store, validate_config(json.loads(rows[0]["config"]), f"stored config of {run_dir}")
+    config_dir = Path(rows[0]["config_path"] or ".").resolve().parent
+    return store, validate_config(json.loads(rows[0]["config"]), f"stored config of {run_dir}"), config_dir
 
 
 def set_status(store: RunStore, status: str, error: str | None = None) -> None:

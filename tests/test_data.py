@@ -2,12 +2,12 @@
 
 import pytest
 
-from mrtk.data import load_pool, prompts_for_iteration, resolve_prompt_file
+from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file
 from mrtk.errors import MrtkError
 
 
 def test_shipped_pool():
-    pool = load_pool(resolve_prompt_file("train_prompts.jsonl"))
+    pool = load_pool(resolve_data_file("train_prompts.jsonl"))
     assert len(pool) >= 48 and len({p["prompt_id"] for p in pool}) == len(pool)
 
 
