@@ -14,7 +14,7 @@ import warnings  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.table import Column, Table  # noqa: E402
 
 from mrtk.errors import MrtkError  # noqa: E402
 
@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="mrtk: the Meta-Rewarding toolkit. Run self-improving actor/judge/meta-judge loops and query every call.")
 err = Console(stderr=True)
 out = Console()
+PromptDirs = typer.Option([], "--prompts", help="Your own template directory, searched before the shipped prompts/ (repeatable).")
 
 
 def main() -> None:
@@ -41,6 +42,7 @@ def run(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Parent directory of run directories."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run (directory or id under ./runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    dirs: List[Path] = PromptDirs,
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
@@ -50,14 +52,15 @@ def run(
 
     ui = QuietUI() if quiet else RichUI(err)
     if resume:
-        if config or set_:
-            raise MrtkError("--resume continues a run with its stored config; drop CONFIG and --set")
+        if config or set_ or dirs:
+            raise MrtkError("--resume continues a run with its stored config; drop CONFIG, --set and --prompts")
         run_dir = find_run(resume)
         store, cfg, config_dir = open_run(run_dir)
         inputs = check_inputs(cfg, config_dir)
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
+        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]
         inputs = check_inputs(cfg, path.parent)
         store = new_run(cfg, str(path.resolve()), out_dir)
     with WriterLock(store.run_dir):
@@ -78,27 +81,35 @@ def run(
 
 @app.command()
 def query(
-    sql: str = typer.Argument(..., help="SQL to run, or - to read it from stdin."),
+    sql: Optional[str] = typer.Argument(None, help="SQL to run, - to read it from stdin, or @name for a saved query (see --list)."),
     run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     param: List[str] = typer.Option([], "--param", "-p", help="Named parameter for $name in the SQL: -p name=value."),
     limit: int = typer.Option(200, "--limit", help="Most rows shown as a table (csv/json print all)."),
+    list_: bool = typer.Option(False, "--list", help="List the saved queries (@name) and their parameters."),
 ) -> None:
-    """Read-only SQL over a run's DuckDB (tables: runs, prompts, responses, judgements, meta_judgements, elo, pairs, train_metrics, lineage)."""
+    """Read-only SQL over a run's DuckDB (tables: runs, prompts, responses, judgements, pairwise_judgements,
+    meta_judgements, elo, pairs, train_metrics, lineage), or a saved analysis query: mrtk query @position_bias -p iteration=2."""
     from mrtk.runs import find_run
     from mrtk.store.db import DB_NAME
     from mrtk.store.query import as_csv, as_json, run_query
+    from mrtk.store.saved import resolve_saved, saved_queries
 
+    if list_:
+        table = Table("query", "what it shows", "parameters (-p name=value)")
+        for q in saved_queries().values():
+            table.add_row(f"@{q.name}", q.description, "\n".join(f"{k}: {v}" for k, v in q.params.items()))
+        out.print(table)
+        return
+    if sql is None:
+        raise MrtkError("query: give SQL, - (stdin) or @name; list saved queries with: mrtk query --list")
     if fmt not in ("table", "csv", "json"):
         raise MrtkError(f"--format {fmt!r} is not one of table, csv, json")
     if sql == "-":
         sql = sys.stdin.read()
-    params = {}
-    for item in param:
-        if "=" not in item:
-            raise MrtkError(f"--param {item!r}: expected name=value")
-        k, v = item.split("=", 1)
-        params[k] = v
+    params = _pairs(param, "--param")
+    if sql.startswith("@"):
+        sql, params = resolve_saved(sql[1:], params)
     cols, rows = run_query(find_run(run_) / DB_NAME, sql, params)
     if fmt == "csv":
         sys.stdout.write(as_csv(cols, rows))
@@ -144,6 +155,158 @@ def report(
         out.print(f"wrote {target}")
     else:
         raise MrtkError(f"--format {fmt!r} is not one of html, png")
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """`name=value` options -> dict; a value `@FILE` reads the file."""
+    values = {}
+    for item in items:
+        if "=" not in item:
+            raise MrtkError(f"{flag} {item!r}: expected name=value")
+        k, v = item.split("=", 1)
+        values[k.strip()] = v
+    return values
+
+
+prompts_app = typer.Typer(no_args_is_help=True, help="Prompt templates: list, show, render, diff.")
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("list")
+def prompts_list(dirs: List[Path] = PromptDirs) -> None:
+    """Every template found, with role, parser, score range, variables and hash."""
+    from mrtk.prompts import load_template, template_dirs
+    from mrtk.resources import asset_dir
+
+    shipped = asset_dir("prompts")
+    table = Table("stage", "parser", "range", "variables", "hash", "from")
+    table.columns.insert(0, Column("name", no_wrap=True))
+    seen = set()
+    for d in template_dirs(dirs):
+        for path in sorted(d.glob("*.md")) if d.is_dir() else []:
+            if path.stem in seen:
+                continue
+            seen.add(path.stem)
+            try:
+                t = load_template(str(path))
+            except MrtkError as e:
+                table.add_row(path.stem, "[red]invalid[/red]", "", "", str(e), "", str(d))
+                continue
+            rng = f"{t.score_range[0]:g}-{t.score_range[1]:g}" if t.parser == "score" else ""
+            table.add_row(path.stem, t.stage, t.parser, rng, ", ".join(t.variables), t.hash, "shipped" if d == shipped else str(d))
+    out.print(table)
+
+
+@prompts_app.command("show")
+def prompts_show(name: str = typer.Argument(..., help="Template name or .md path."), dirs: List[Path] = PromptDirs) -> None:
+    """Print a template file (front matter and body) and its hash."""
+    from mrtk.prompts import find_template, load_template
+
+    t = load_template(name, dirs)
+    sys.stdout.write(find_template(name, dirs).read_text(encoding="utf-8"))
+    err.print(f"# {t.name}: stage {t.stage}, parser {t.parser}, hash {t.hash}", highlight=False)
+
+
+@prompts_app.command("render")
+def prompts_render(
+    name: str = typer.Argument(..., help="Template name or .md path."),
+    var: List[str] = typer.Option([], "--var", help="A variable: --var question='What is 2+2?' (or name=@file to read a file)."),
+    dirs: List[Path] = PromptDirs,
+) -> None:
+    """Render a template with the given variables exactly as a stage would (strict: all of them, no others)."""
+    from mrtk.prompts import load_template
+
+    values = {}
+    for k, v in _pairs(var, "--var").items():
+        if v.startswith("@"):
+            try:
+                v = Path(v[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise MrtkError(f"--var {k}: cannot read {v[1:]} ({type(e).__name__}); give a readable UTF-8 file") from None
+        values[k] = v
+    sys.stdout.write(load_template(name, dirs).render(**values))
+
+
+@prompts_app.command("diff")
+def prompts_diff(a: str = typer.Argument(..., help="Template A"), b: str = typer.Argument(..., help="Template B"),
+                 dirs: List[Path] = PromptDirs) -> None:
+    """Unified diff of two templates (front matter and body)."""
+    import difflib
+
+    from mrtk.prompts import find_template, load_template
+
+    ta, tb = load_template(a, dirs), load_template(b, dirs)
+    pa, pb = find_template(a, dirs), find_template(b, dirs)
+    lines = difflib.unified_diff(pa.read_text(encoding="utf-8").splitlines(keepends=True), pb.read_text(encoding="utf-8").splitlines(keepends=True),
+                                 fromfile=f"{ta.name} ({ta.hash})", tofile=f"{tb.name} ({tb.hash})")
+    sys.stdout.writelines(lines)
+
+
+@app.command()
+def judge(
+    run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
+    template: str = typer.Option(..., "--template", "-t", help="Judge template (name or .md path): pointwise or pairwise."),
+    iteration: List[int] = typer.Option([], "--iteration", "-i", help="Iteration whose responses to judge (repeatable; default: all)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Judgements per response (pairwise: per ordered pair); default: the run's judge.n."),
+    score_mode: Optional[str] = typer.Option(None, "--score-mode", help="structured | free_text (default: the run's judge.score_mode)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Judge with this model: a version of the run (M1, M2, ...) or a model directory; default: each iteration's own model."),
+    dirs: List[Path] = PromptDirs,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Re-judge a run's stored responses with another template, score mode or model (no new responses)."""
+    from mrtk.rejudge import JudgeJob, load_judge_template, rejudge
+    from mrtk.runs import find_run
+    from mrtk.ui import QuietUI, RichUI
+
+    t = load_judge_template(template, dirs)  # a malformed template fails here, before any model loads
+    res = rejudge(find_run(run_), JudgeJob(t, tuple(iteration) or None, n, score_mode, model), QuietUI() if quiet else RichUI(err))
+    out.print(f"{res['written']} new rows in {res['table']} (template {t.name}, hash {t.hash}, iterations {res['iterations']}); "
+              f"responses unchanged: {res['responses_before']} -> {res['responses_after']}")
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="Judge set A: template name or hash, optionally :score_mode, :source (loop|rejudge), :M<k>."),
+    b: str = typer.Argument(..., help="Judge set B, same form."),
+    run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", "-i", help="Only this iteration (default: all both sets judged)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
+) -> None:
+    """Compare two judge set-ups on the same responses: distributions, ties, failures, length bias, agreement, pairs."""
+    import json as _json
+
+    from mrtk.compare import compare_run
+    from mrtk.runs import find_run
+
+    if fmt not in ("table", "json"):
+        raise MrtkError(f"--format {fmt!r} is not one of table, json")
+    res = compare_run(find_run(run_), a, b, iteration)
+    if fmt == "json":
+        sys.stdout.write(_json.dumps(res, indent=2, default=str) + "\n")
+        return
+    sa, sb = res["sets"]
+    table = Table("", res["labels"][0], res["labels"][1], title=f"judge sets compared over iterations {res['iterations']}", title_justify="left")
+    for key, name in (("kind", "kind"), ("rows", "judgement rows"), ("parse_failure_rate", "parse failures"),
+                      ("responses_scored", "responses scored"), ("mean_score", "mean response score"),
+                      ("score_hist", "score histogram"), ("tie_rate", "tie rate (response pairs)"),
+                      ("score_length_corr", "score-length correlation"), ("first_position_share", "first-position verdicts"),
+                      ("position_consistency", "position consistency"), ("actor_pairs", "actor pairs built")):
+        if key in sa or key in sb:
+            table.add_row(name, _fmt(sa.get(key)), _fmt(sb.get(key)))
+    table.add_row("actor pairs the other set reverses", str(res["flipped"][0]), str(res["flipped"][1]))
+    out.print(table)
+    out.print(f"agreement on {res['compared_pairs']} response pairs both prefer strictly: {_fmt(res['agreement'])}; "
+              f"identical actor pairs: {res['same_actor_pairs']}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, dict):
+        return " ".join(f"{k}:{c}" for k, c in v.items())
+    return str(v)
 
 
 if __name__ == "__main__":

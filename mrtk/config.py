@@ -39,6 +39,7 @@ class PromptsCfg(_Section):
     file: str = Field("train_prompts.jsonl", description="JSONL of {'prompt': ...} (or 'instruction'/'text'); a path, or a file in the shipped data/.")
     per_iteration: int = Field(16, ge=1, description="Prompts sampled from the pool each iteration (paper: 5000 of 20000).")
     max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this (in model tokens) are rejected before the run starts.")
+    template_dirs: list[str] = Field([], description="Your own template directories, searched before the shipped prompts/ (relative paths: beside the config).")
 
 
 class ActorCfg(Sampling):
@@ -218,6 +219,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value)
     except yaml.YAMLError:
         raise MrtkError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+
+
+def with_template_sampling(section: Sampling, template) -> Sampling:
+    """A stage section with the template's `sampling` defaults filled in where the config did
+    not set the key explicitly (config > template > mrtk default)."""
+    update = {k: v for k, v in template.sampling.items() if k not in section.model_fields_set}
+    if not update:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **update})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise MrtkError(f"template {template.name}: sampling.{err['loc'][0]}: {err['msg']} (got {err.get('input')!r}); fix {template.path}") from None
 
 
 def dump_config(cfg: RunConfig) -> dict[str, Any]:

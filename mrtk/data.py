@@ -27,6 +27,14 @@ def resolve_data_file(name: str, config_dir: Path | None = None, key: str = "pro
     raise MrtkError(f"{key} {name!r} not found; give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)")
 
 
+def resolve_dir(name: str, config_dir: Path | None, key: str) -> Path:
+    """A directory named in a config: as given (or from the cwd), or beside the config."""
+    for candidate in (Path(name).expanduser(), (config_dir or Path(".")) / name):
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise MrtkError(f"{key} {name!r} is not a directory; give an absolute path or one relative to the config")
+
+
 def read_jsonl(path: Path, label: str):
     """(line number, object) for each non-blank line; a bad line is a MrtkError naming it."""
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mrtk import summary
 from mrtk.backends import make_backend
-from mrtk.config import RunConfig
-from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file
+from mrtk.config import RunConfig, with_template_sampling
+from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_model, pick_device, resolve_model
 from mrtk.prompts import load_template
@@ -30,11 +30,12 @@ from mrtk.ui import QuietUI
 def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
     """Everything that can be checked without loading weights: templates, data files, model path.
     Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
+    dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
     return {
         "templates": {
-            "actor": load_template(cfg.actor.template, role="actor"),
-            "judge": load_template(cfg.judge.template, role="judge"),
-            "meta_judge": load_template(cfg.meta_judge.template, role="meta-judge"),
+            "actor": load_template(cfg.actor.template, dirs, role="actor"),
+            "judge": load_template(cfg.judge.template, dirs, role="judge"),
+            "meta_judge": load_template(cfg.meta_judge.template, dirs, role="meta-judge"),
         },
         "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
         "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
@@ -42,10 +43,42 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
     }
 
 
+def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int) -> None:
+    """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes;
+    the progress bar counts the model calls still to make (after a resume, only the missing)."""
+    if not todo:
+        return
+    size = max(1, max_rows // per_item)
+    with ui.stage(label, len(todo) * per_item) as go:
+        for i in range(0, len(todo), size):
+            store.write(table, fn(todo[i:i + size], go))
+
+
+def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
+    """The model directory of a run's model version: M1 is the base model (or the SFT output),
+    M<t+1> is what iteration t trained."""
+    import re
+
+    m = re.fullmatch(r"M(\d+)", version)
+    if not m or int(m.group(1)) < 1:
+        raise MrtkError(f"model version {version!r} is not M1, M2, ...; name one of this run's models")
+    t = int(m.group(1)) - 1
+    if t == 0 and not cfg.sft.file:
+        return resolve_model(cfg.model)
+    rows = store.fetch("SELECT output_model FROM lineage WHERE iteration = ?", [t])
+    path = store.run_dir / rows[0]["output_model"] if rows else None  # stored relative: runs can move
+    if path is None or not path.is_dir():
+        raise MrtkError(f"run {store.run_dir} has no model {version} on disk (iteration {t} did not finish training); "
+                        "pick an earlier model version")
+    return str(path)
+
+
 class Loop:
     def __init__(self, store: RunStore, cfg: RunConfig, inputs: dict, ui=None):
-        self.store, self.cfg, self.ui = store, cfg, ui or QuietUI()
         self.t = inputs["templates"]
+        cfg = cfg.model_copy(update={name: with_template_sampling(getattr(cfg, name), self.t[name])
+                                     for name in ("actor", "judge", "meta_judge")})
+        self.store, self.cfg, self.ui = store, cfg, ui or QuietUI()
         self.pool = inputs["pool"]
         self.base_model = inputs["model"]
         self.sft_examples = inputs["sft"]
@@ -75,12 +108,12 @@ class Loop:
             responses = self.store.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
             with self._stage(it, "judge"):
                 todo = self._missing([r for r in responses if not r["is_duplicate"]], "response_id",
-                                     "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ?",
+                                     "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop'",
                                      it, self.t["judge"].hash)
                 self._chunks(f"it{it} judge", todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
                     self._backend(model_dir), rows, questions, self.cfg.judge, self.t["judge"], iteration=it,
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "judgements")
-            judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? ORDER BY judgement_id",
+            judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
                                           [it, self.t["judge"].hash])
             picks = meta_judge.pick_responses(responses, judgements, run_seed=self.cfg.seed, iteration=it)
             elo_rows: list[dict] = []
@@ -182,14 +215,7 @@ class Loop:
         return [r for r in rows if r[key] not in have]
 
     def _chunks(self, label: str, todo: list, per_item: int, fn, table: str) -> None:
-        """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes;
-        the progress bar counts the model calls still to make (after a resume, only the missing)."""
-        if not todo:
-            return
-        size = max(1, self.cfg.runtime.max_batch_rows // per_item)
-        with self.ui.stage(label, len(todo) * per_item) as go:
-            for i in range(0, len(todo), size):
-                self.store.write(table, fn(todo[i:i + size], go))
+        run_chunks(self.store, self.ui, label, todo, per_item, fn, table, self.cfg.runtime.max_batch_rows)
 
     def _replace(self, table: str, it: int, rows: list[dict]) -> None:
         with self.store.tx() as con:
@@ -221,11 +247,7 @@ class Loop:
             return str(path)
 
     def _lineage(self, it: int) -> str:
-        rows = self.store.fetch("SELECT output_model FROM lineage WHERE iteration = ?", [it])
-        path = self.store.run_dir / rows[0]["output_model"] if rows else None  # stored relative: runs can move
-        if path is None or not path.is_dir():
-            raise MrtkError(f"iteration {it} has no trained model on disk; the run directory is incomplete, start a new run")
-        return str(path)
+        return model_for(self.store, self.cfg, f"M{it + 1}")
 
     # -- model handles ----------------------------------------------------------------------
     def _tokenizer(self, model_dir: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # The LAST `Score:` line wins, so a score quoted inside the response under review (which
 # appears earlier in a judgement that quotes it) cannot hijack the judge's own verdict.
 _SCORE = re.compile(r"score\s*[:：]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_VERDICT = re.compile(r"winner\s*[:：]\s*\**\s*judgement\s+([AB])\b", re.IGNORECASE)
+_VERDICT = {label: re.compile(rf"winner\s*[:：]\s*\**\s*{label}\s+([AB])\b", re.IGNORECASE) for label in ("judgement", "response")}
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,10 @@ def parse_score(text: str, low: float = 0.0, high: float = 5.0) -> Parsed:
     return Parsed(score, "ok")
 
 
-def parse_verdict(text: str) -> Parsed:
-    """The verdict of a free-text meta-judgement: last `Winner: Judgement A|B` match."""
-    matches = _VERDICT.findall(text or "")
+def parse_verdict(text: str, label: str = "judgement") -> Parsed:
+    """The verdict of a free-text meta-judgement (`Winner: Judgement A|B`, last match) or, with
+    label "response", of a pairwise judgement (`Winner: Response A|B`)."""
+    matches = _VERDICT[label].findall(text or "")
     if not matches:
         return Parsed(None, "failed", "no_verdict_line")
     return Parsed(matches[-1].upper(), "ok")

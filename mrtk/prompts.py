@@ -9,6 +9,7 @@ A template file looks like
     variables: [question, response]
     parser: score            # score | verdict | none
     score_range: [0, 5]
+    sampling: {temperature: 0.8}   # optional defaults; config keys set explicitly win
     ---
     Review the user's question ... {{question}} ... {{response}}
 
@@ -16,6 +17,11 @@ Rendering substitutes `{{name}}` in ONE pass: text that a model wrote (which may
 contain `{{...}}`, `Score: 5` or `Winner: Judgement A`) is inserted verbatim and never
 rendered again. A missing or unknown variable is an error naming it. The content hash of
 the file is stored on every row a template produced.
+
+A judge template is pointwise (`parser: score`, variables `question`, `response`) or
+pairwise (`parser: verdict`, variables `question`, `response_a`, `response_b`); the loop's
+judge stage needs a pointwise one, `mrtk judge` takes either. A meta-judge template may set
+`show_scores: false` (the NeMo variant: the judgements are shown without their score lines).
 """
 
 from __future__ import annotations
@@ -37,11 +43,16 @@ PARSERS = ("score", "verdict", "none")
 ROLE_VARIABLES = {
     "actor": {"prompt"},
     "judge": {"question", "response"},
+    "pairwise-judge": {"question", "response_a", "response_b"},
     "meta-judge": {"question", "response", "judgement_a", "judgement_b"},
     "eval": {"question", "output_a", "output_b", "response", "reference"},
 }
-ROLE_PARSER = {"actor": "none", "judge": "score", "meta-judge": "verdict"}
-_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling"}
+# What a template of each stage must show the model (else it judges nothing).
+ROLE_REQUIRED = {"actor": {"prompt"}, "judge": {"response"}, "pairwise-judge": {"response_a", "response_b"},
+                 "meta-judge": {"judgement_a", "judgement_b"}}
+ROLE_PARSER = {"actor": "none", "judge": "score", "pairwise-judge": "verdict", "meta-judge": "verdict"}
+_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling", "show_scores"}
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,13 @@ class Template:
     version: int = 1
     score_range: tuple[float, float] = (0.0, 5.0)
     sampling: dict = field(default_factory=dict)
+    description: str = ""
+    show_scores: bool = True
+
+    @property
+    def stage(self) -> str:
+        """The stage this template fits: its role, with judges split into pointwise and pairwise."""
+        return "pairwise-judge" if self.role == "judge" and self.parser == "verdict" else self.role
 
     def render(self, **values: str) -> str:
         missing = [v for v in self.variables if v not in values]
@@ -128,17 +146,33 @@ def parse_template(text: str, path: str = "<string>") -> Template:
     unused = sorted(set(variables) - used)
     if unused:
         raise MrtkError(f"template {path}: variable {unused[0]!r} is declared but never used as {{{{{unused[0]}}}}}; remove it or use it")
-    score_range = tuple(float(x) for x in meta.get("score_range", (0, 5)))
+    score_range = _score_range(meta.get("score_range", [0, 5]), path)
+    sampling = meta.get("sampling") or {}
+    if not isinstance(sampling, dict) or set(sampling) - set(SAMPLING_KEYS):
+        raise MrtkError(f"template {path}: 'sampling' must map some of {', '.join(SAMPLING_KEYS)} to values, e.g. {{temperature: 0.7}}")
+    if not isinstance(meta.get("show_scores", True), bool):
+        raise MrtkError(f"template {path}: 'show_scores' must be true or false")
     return Template(
         name=str(meta["name"]), role=meta["role"], body=body, variables=tuple(variables),
         parser=meta["parser"], hash=hashlib.sha256(text.encode()).hexdigest()[:12], path=path,
-        version=int(meta.get("version", 1)), score_range=score_range,  # type: ignore[arg-type]
-        sampling=dict(meta.get("sampling") or {}),
+        version=int(meta.get("version", 1)), score_range=score_range, sampling=dict(sampling),
+        description=str(meta.get("description", "")), show_scores=meta.get("show_scores", True),
     )
 
 
+def _score_range(value, path: str) -> tuple[float, float]:
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value)
+    if not ok or not value[0] < value[1]:
+        raise MrtkError(f"template {path}: 'score_range' must be [low, high] with low < high, e.g. [0, 5]")
+    return float(value[0]), float(value[1])
+
+
 def check_role(template: Template, role: str) -> None:
-    if template.role != role:
+    """`role` is a stage: actor, judge (pointwise), pairwise-judge, meta-judge or eval."""
+    if template.stage != role:
+        if role == "judge" and template.stage == "pairwise-judge":
+            raise MrtkError(f"template {template.name} is a pairwise judge; the loop's judge stage needs a pointwise one "
+                            "(parser: score); use pairwise templates with `mrtk judge`")
         raise MrtkError(f"template {template.name} has role {template.role!r} but the {role} stage needs a {role!r} template")
     extra = sorted(set(template.variables) - ROLE_VARIABLES[role])
     if extra:
@@ -146,6 +180,9 @@ def check_role(template: Template, role: str) -> None:
             f"template {template.name}: unknown variable {extra[0]!r} for the {role} stage, which provides only "
             f"{', '.join(sorted(ROLE_VARIABLES[role]))}; remove {{{{{extra[0]}}}}} from {template.path}"
         )
+    lacking = sorted(ROLE_REQUIRED.get(role, set()) - set(template.variables))
+    if lacking:
+        raise MrtkError(f"template {template.name}: the {role} stage needs {{{{{lacking[0]}}}}} in the body; add it to the body and to 'variables'")
     if role in ROLE_PARSER and template.parser != ROLE_PARSER[role]:
         raise MrtkError(f"template {template.name}: the {role} stage needs parser {ROLE_PARSER[role]!r}, not {template.parser!r}")
 

@@ -44,8 +44,8 @@ def collect(run_dir: Path) -> dict:
             "run": _q(con, "SELECT * FROM runs")[0],
             "lineage": _q(con, "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1"),
             "stages": _q(con, "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at"),
-            "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL"),
-            "unparsed": _q(con, "SELECT iteration, count(*) AS n, count(*) - count(score) AS unparsed FROM judgements GROUP BY 1 ORDER BY 1"),
+            "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL AND source = 'loop'"),
+            "unparsed": _q(con, "SELECT iteration, count(*) AS n, count(*) - count(score) AS unparsed FROM judgements WHERE source = 'loop' GROUP BY 1 ORDER BY 1"),
             "lengths": _q(con, "SELECT iteration, n_chars FROM responses WHERE NOT is_duplicate"),
             "pairs": _q(con, "SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY ALL ORDER BY ALL"),
             "pair_lengths": _q(con, """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected

@@ -140,7 +140,7 @@ def list_runs(root: Path) -> list[dict]:
         try:
             status, done_its, planned = con.execute(
                 "SELECT status, (SELECT count(*) FROM lineage), iterations FROM runs").fetchall()[0]
-            n, unparsed = con.execute("SELECT count(*), count(*) - count(score) FROM judgements").fetchall()[0]
+            n, unparsed = con.execute("SELECT count(*), count(*) - count(score) FROM judgements WHERE source = 'loop'").fetchall()[0]
             kept = con.execute("SELECT count(*) FROM pairs WHERE status = 'kept'").fetchall()[0][0]
             loss = con.execute("SELECT arg_max(loss, iteration * 100000 + step) FROM train_metrics").fetchall()[0][0]
         finally:

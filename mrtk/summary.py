@@ -10,7 +10,7 @@ from mrtk.store import RunStore
 def iteration_numbers(store: RunStore, it: int) -> dict:
     q = store.fetch
     j = q("""SELECT count(*) AS n, count(score) AS parsed, avg(score) AS mean_score
-             FROM judgements WHERE iteration = ?""", [it])[0]
+             FROM judgements WHERE iteration = ? AND source = 'loop'""", [it])[0]
     r = q("SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?", [it])[0]
     m = q("""SELECT count(*) AS n, count(verdict) AS parsed, avg((verdict = 'A')::INT) AS first_pos
              FROM meta_judgements WHERE iteration = ?""", [it])[0]

@@ -82,3 +82,21 @@ def test_sampling_falls_back_to_full_vocabulary_when_the_window_is_short():
     window = logits.softmax(-1).topk(50, dim=-1).indices
     # with ~900 equally likely candidates, 8 draws all inside the 50-token window has probability ~(1/18)^8
     assert any(int(t) not in set(w.tolist()) for t, w in zip(picks, window))
+
+
+def test_two_token_choices_split_the_shared_first_token(fp32):
+    """A 1-10 scale: "10" is two tokens ("1", "0") for SmolLM2. P(1) + P(10) must equal the one-token
+    P(1) of a 0-5 program on the same text, and P(10) = P("1") * P("0" | "1") from a plain forward pass."""
+    req = [Request("Rate this answer from 1 to 10: 'Paris is the capital of France.'", (5,))]
+    params = SamplingParams(0.0, 1.0, 6)
+    [[g5]] = fp32.generate(req, params, suffix="\nScore: ", choices={str(d): str(d) for d in range(6)})
+    [[g10]] = fp32.generate(req, params, suffix="\nScore: ", choices={str(d): str(d) for d in range(1, 11)})
+    assert g5.text == g10.text
+    p5, p10 = g5.choice_probs, g10.choice_probs
+    assert p10["1"] + p10["10"] == pytest.approx(p5["1"], rel=1e-4)
+    assert p10["2"] == pytest.approx(p5["2"], rel=1e-4)
+    one, zero = fp32.tok("1", add_special_tokens=False)["input_ids"][0], fp32.tok("0", add_special_tokens=False)["input_ids"][0]
+    ids = fp32.encode(req[0].prompt) + fp32.tok(g10.text + "\nScore: ", add_special_tokens=False)["input_ids"] + [one]
+    with torch.no_grad():
+        p_next = fp32.model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+    assert p10["10"] == pytest.approx(p5["1"] * p_next[zero].item(), rel=1e-3)

@@ -1,5 +1,7 @@
 """Template files: front matter, strict rendering, hashing, role checks."""
 
+import re
+
 import pytest
 
 from mrtk.errors import MrtkError
@@ -17,9 +19,12 @@ R: {{ response }}
 
 
 def test_shipped_templates_load_for_their_roles():
-    for name, role in [("actor", "actor"), ("judge_additive5", "judge"), ("meta_judge", "meta-judge")]:
-        t = load_template(name, role=role)
-        assert t.role == role and len(t.hash) == 12
+    for name, stage in [("actor", "actor"), ("judge_additive5", "judge"), ("judge_10point", "judge"),
+                        ("judge_pairwise", "pairwise-judge"), ("meta_judge", "meta-judge"), ("meta_judge_nemo", "meta-judge")]:
+        t = load_template(name, role=stage)
+        assert t.stage == stage and len(t.hash) == 12
+    assert load_template("judge_10point").score_range == (1.0, 10.0)
+    assert load_template("meta_judge").show_scores and not load_template("meta_judge_nemo").show_scores
 
 
 def test_render_is_strict():
@@ -51,9 +56,12 @@ def test_hash_changes_with_content():
     ("---\nname: t\nrole: critic\nvariables: [question]\nparser: score\n---\n{{question}}", "role 'critic'"),
     ("---\nname: t\nrole: judge\nvariables: [question, response]\nparser: score\n---\n{{question}}", "declared but never used"),
     ("---\nname: t\nrole: judge\nvariables: [question]\nparser: score\ncolour: red\n---\n{{question}}", "unknown front-matter key 'colour'"),
+    ("---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nscore_range: [5, 1]\n---\n{{response}}", "'score_range' must be [low, high]"),
+    ("---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nsampling: {temp: 1}\n---\n{{response}}", "'sampling' must map"),
+    ("---\nname: t\nrole: meta-judge\nvariables: [judgement_a]\nparser: verdict\nshow_scores: maybe\n---\n{{judgement_a}}", "'show_scores' must be"),
 ])
 def test_malformed_templates_rejected(text, message):
-    with pytest.raises(MrtkError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
+    with pytest.raises(MrtkError, match=re.escape(message)):
         parse_template(text)
 
 
@@ -68,3 +76,24 @@ def test_role_checks():
 def test_unknown_template_name():
     with pytest.raises(MrtkError, match="template 'nope' not found"):
         load_template("nope")
+
+
+def test_stage_checks_for_pairwise_and_required_variables():
+    with pytest.raises(MrtkError, match="is a pairwise judge; the loop's judge stage needs a pointwise one"):
+        check_role(load_template("judge_pairwise"), "judge")
+    no_response = parse_template("---\nname: t\nrole: judge\nvariables: [question]\nparser: score\n---\n{{question}}")
+    with pytest.raises(MrtkError, match=r"the judge stage needs \{\{response\}\}"):
+        check_role(no_response, "judge")
+
+
+def test_template_sampling_defaults_yield_to_explicit_config():
+    from mrtk.config import validate_config, with_template_sampling
+
+    t = parse_template(GOOD.replace("parser: score", "parser: score\nsampling: {temperature: 0.3, max_new_tokens: 20}"))
+    implicit = with_template_sampling(validate_config({}).judge, t)
+    assert (implicit.temperature, implicit.max_new_tokens) == (0.3, 20)
+    explicit = with_template_sampling(validate_config({"judge": {"temperature": 0.9}}).judge, t)
+    assert (explicit.temperature, explicit.max_new_tokens) == (0.9, 20)
+    bad = parse_template(GOOD.replace("parser: score", "parser: score\nsampling: {temperature: -1}"))
+    with pytest.raises(MrtkError, match="template t: sampling.temperature"):
+        with_template_sampling(validate_config({}).judge, bad)

@@ -44,13 +44,14 @@ class EmbeddedBackend:
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
 
-    def _choice_ids(self, choices: dict[str, str]) -> dict[str, int]:
-        ids = {}
-        for label, piece in choices.items():
-            enc = self.tok(piece, add_special_tokens=False)["input_ids"]
-            if len(enc) != 1:
-                raise MrtkError(f"structured program choice {piece!r} is not a single token for this tokenizer; use free_text mode")
-            ids[label] = enc[0]
+    def _choice_ids(self, choices: dict[str, str]) -> dict[str, list[int]]:
+        """Token ids of each choice: one token, or two whose first token is shared by all the
+        two-token choices (so "1".."10" works with digit-by-digit tokenizers)."""
+        ids = {label: self.tok(piece, add_special_tokens=False)["input_ids"] for label, piece in choices.items()}
+        multi = {tuple(v[:1]) for v in ids.values() if len(v) > 1}
+        if any(len(v) == 0 or len(v) > 2 for v in ids.values()) or len(multi) > 1:
+            raise MrtkError(f"structured program choices {list(choices.values())} are not one token each (or two with a shared first token) "
+                            "for this tokenizer; narrow the template's score_range or use free_text mode")
         return ids
 
     # -- public -------------------------------------------------------------------------
@@ -177,17 +178,34 @@ class EmbeddedBackend:
         return results
 
     def _choice_probs(self, cache, attn, next_pos, suffix_ids, choice_ids):
+        """Probability of each choice right after the suffix. A two-token choice [f, s] costs one
+        more step with f fed: P(f s) = P(f) P(s | f), and a one-token choice f that is also a
+        prefix keeps P(f) (1 - sum of P(s | f) over those continuations)."""
+        p = self._next_probs(cache, attn, next_pos, suffix_ids)
+        labels = list(choice_ids)
+        out = p[:, [choice_ids[k][0] for k in labels]]
+        two = {k: v for k, v in choice_ids.items() if len(v) == 2}
+        if two:
+            first = next(iter(two.values()))[0]
+            attn = torch.cat([attn, torch.ones((attn.shape[0], len(suffix_ids)), dtype=attn.dtype, device=attn.device)], dim=1)
+            p2 = self._next_probs(cache, attn, next_pos + len(suffix_ids), [first])
+            cont = p2[:, [v[1] for v in two.values()]]
+            for i, k in enumerate(labels):
+                if k in two:
+                    out[:, i] = out[:, i] * p2[:, choice_ids[k][1]]
+                elif choice_ids[k] == [first]:
+                    out[:, i] = out[:, i] * (1.0 - cont.sum(-1))
+        return [dict(zip(labels, row)) for row in out.cpu().tolist()]
+
+    def _next_probs(self, cache, attn, next_pos, feed_ids):
+        """Feed the same tokens to every row (extending the cache); next-token probabilities."""
         dev = self.device
-        rows = attn.shape[0]
-        s = len(suffix_ids)
-        ids = torch.tensor(suffix_ids, dtype=torch.long, device=dev).expand(rows, s)
+        rows, s = attn.shape[0], len(feed_ids)
+        ids = torch.tensor(feed_ids, dtype=torch.long, device=dev).expand(rows, s)
         attn = torch.cat([attn, torch.ones((rows, s), dtype=attn.dtype, device=dev)], dim=1)
         pos = next_pos[:, None] + torch.arange(s, device=dev)[None, :]
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        p = out.logits[:, -1, :].float().softmax(-1)
-        labels = list(choice_ids)
-        picked = p[:, [choice_ids[k] for k in labels]].cpu().tolist()
-        return [dict(zip(labels, row)) for row in picked]
+        return out.logits[:, -1, :].float().softmax(-1)
 
     def _hit_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tok.decode(toks[-8:], skip_special_tokens=True)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from mrtk.backends.base import Backend, Progress, Request, SamplingParams
 from mrtk.config import JudgeCfg
-from mrtk.parse import expected_score, parse_score
+from mrtk.parse import expected_score, parse_score, parse_verdict
 from mrtk.prompts import Template
 from mrtk.rows import derive_seed, format_score, judgement_id
+from mrtk.stages.meta_judge import p_first, sample_verdict
 
 SCORE_SUFFIX = "\nScore: "
 SCORE_STOPS = ("Score:", "score:", "SCORE:")
+PAIR_SUFFIX = "\nWinner: Response"
+PAIR_CHOICES = {"A": " A", "B": " B"}
+PAIR_STOPS = ("Winner", "winner", "WINNER")
 
 
 def score_choices(template: Template) -> dict[str, str]:
@@ -24,16 +28,23 @@ def score_choices(template: Template) -> dict[str, str]:
     return {str(d): str(d) for d in range(low, high + 1)}
 
 
+def rejudge_key(template: Template, score_mode: str, model_version: str) -> str:
+    return f"{template.hash}.{score_mode}.{model_version}"
+
+
 def judge_prompt(template: Template, question: str, response: str) -> str:
     return template.render(question=question, response=response)
 
 
 def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str], cfg: JudgeCfg, template: Template, *,
-              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None) -> list[dict]:
-    """response rows -> judgement rows (N per response)."""
+              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None,
+              source: str = "loop") -> list[dict]:
+    """response rows -> judgement rows (N per response). Re-judgements (`source` "rejudge") are
+    keyed by template hash, score mode and model, so they never collide with the loop's rows."""
     structured = cfg.score_mode == "structured"
+    key = template.hash if source == "loop" else rejudge_key(template, cfg.score_mode, model_version)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, SCORE_STOPS if structured else ())
-    seeds = [tuple(derive_seed(run_seed, iteration, "judge", template.hash, r["response_id"], j) for j in range(cfg.n))
+    seeds = [tuple(derive_seed(run_seed, iteration, "judge", key, r["response_id"], j) for j in range(cfg.n))
              for r in responses]
     requests = [Request(judge_prompt(template, questions[r["prompt_id"]], r["text"]), s) for r, s in zip(responses, seeds)]
     if structured:
@@ -51,7 +62,7 @@ def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str]
                 raw = text = g.text
                 parsed = parse_score(raw, *template.score_range)
             rows.append({
-                "judgement_id": judgement_id(r["response_id"], template.hash, j), "iteration": iteration,
+                "judgement_id": judgement_id(r["response_id"], key, j), "iteration": iteration, "source": source,
                 "response_id": r["response_id"], "prompt_id": r["prompt_id"], "sample_idx": j,
                 "raw_text": raw, "text": text, "score": parsed.value, "parse_status": parsed.status,
                 "parse_reason": parsed.reason, "score_mode": cfg.score_mode,
@@ -59,5 +70,51 @@ def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str]
                 "n_chars": len(text), "n_tokens": g.n_tokens, "finish_reason": g.finish,
                 "template": template.name, "template_hash": template.hash, "model_version": model_version,
                 "sampling": params.as_dict(), "seed": seed, "latency_s": g.latency_s,
+            })
+    return rows
+
+
+def pairwise_games(responses: list[dict]) -> list[tuple[dict, dict]]:
+    """Every ordered pair of distinct non-duplicate responses to one prompt (both orders, so
+    position bias is measurable): K responses give K*(K-1) games."""
+    by_prompt: dict[str, list[dict]] = {}
+    for r in sorted(responses, key=lambda r: r["response_id"]):
+        if not r["is_duplicate"]:
+            by_prompt.setdefault(r["prompt_id"], []).append(r)
+    return [(a, b) for rs in by_prompt.values() for a in rs for b in rs if a["response_id"] != b["response_id"]]
+
+
+def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questions: dict[str, str], cfg: JudgeCfg,
+                       template: Template, *, iteration: int, run_seed: int, model_version: str,
+                       on_progress: Progress | None = None) -> list[dict]:
+    """(response A, response B) games -> pairwise judgement rows (N per game).
+    structured: justification, then "\nWinner: Response" and a verdict sampled from the
+    probabilities of " A" / " B" (as the meta-judge); free_text: parse `Winner: Response X`."""
+    structured = cfg.score_mode == "structured"
+    key = rejudge_key(template, cfg.score_mode, model_version)
+    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, PAIR_STOPS if structured else ())
+    seeds = [tuple(derive_seed(run_seed, iteration, "pairwise", key, a["response_id"], b["response_id"], j) for j in range(cfg.n))
+             for a, b in games]
+    requests = [Request(template.render(question=questions[a["prompt_id"]], response_a=a["text"], response_b=b["text"]), s)
+                for (a, b), s in zip(games, seeds)]
+    if structured:
+        outputs = backend.generate(requests, params, suffix=PAIR_SUFFIX, choices=PAIR_CHOICES, on_progress=on_progress)
+    else:
+        outputs = backend.generate(requests, params, on_progress=on_progress)
+    rows = []
+    for (a, b), gens, game_seeds in zip(games, outputs, seeds):
+        for j, (g, seed) in enumerate(zip(gens, game_seeds)):
+            if structured:
+                raw, parsed, p_a = g.text + PAIR_SUFFIX, sample_verdict(g.choice_probs or {}, cfg.temperature, seed), p_first(g.choice_probs or {})
+            else:
+                raw, parsed, p_a = g.text, parse_verdict(g.text, "response"), None
+            rows.append({
+                "judgement_id": f"{a['response_id']}|{b['response_id']}|{key}/j{j}", "iteration": iteration,
+                "prompt_id": a["prompt_id"], "response_a": a["response_id"], "response_b": b["response_id"],
+                "raw_text": raw, "verdict": parsed.value, "p_a": p_a, "parse_status": parsed.status, "parse_reason": parsed.reason,
+                "winner": {"A": a["response_id"], "B": b["response_id"]}.get(parsed.value) if parsed.ok else None,
+                "score_mode": cfg.score_mode, "template": template.name, "template_hash": template.hash,
+                "model_version": model_version, "sampling": params.as_dict(), "seed": seed, "n_tokens": g.n_tokens,
+                "latency_s": g.latency_s,
             })
     return rows

@@ -69,11 +69,12 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
                    on_progress: Progress | None = None) -> list[dict]:
     """(judgement A, judgement B) battles -> meta-judgement rows."""
     structured = cfg.mode == "structured"
+    show_scores = cfg.show_scores and template.show_scores  # a NeMo-style template hides them whatever the config
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, VERDICT_STOPS if structured else ())
     seeds = [derive_seed(run_seed, iteration, "meta", template.hash, a["judgement_id"], b["judgement_id"]) for a, b in fights]
     requests = [
         Request(template.render(question=questions[a["prompt_id"]], response=responses[a["response_id"]],
-                                judgement_a=shown(a, cfg.show_scores), judgement_b=shown(b, cfg.show_scores)), (s,))
+                                judgement_a=shown(a, show_scores), judgement_b=shown(b, show_scores)), (s,))
         for (a, b), s in zip(fights, seeds)
     ]
     if structured:
@@ -85,7 +86,7 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
         if structured:
             raw = g.text + VERDICT_SUFFIX
             parsed = sample_verdict(g.choice_probs or {}, cfg.temperature, seed)
-            p_a = _p_first(g.choice_probs or {})
+            p_a = p_first(g.choice_probs or {})
         else:
             raw, parsed, p_a = g.text, parse_verdict(g.text), None
         verdict = parsed.value
@@ -95,21 +96,21 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
             "judgement_a": a["judgement_id"], "judgement_b": b["judgement_id"],
             "raw_text": raw, "verdict": verdict, "parse_status": parsed.status, "parse_reason": parsed.reason,
             "winner": {"A": a["judgement_id"], "B": b["judgement_id"]}.get(verdict) if verdict else None,
-            "p_a": p_a, "mode": cfg.mode, "show_scores": cfg.show_scores,
+            "p_a": p_a, "mode": cfg.mode, "show_scores": show_scores,
             "template": template.name, "template_hash": template.hash, "model_version": model_version,
             "sampling": params.as_dict(), "seed": seed, "n_tokens": g.n_tokens, "latency_s": g.latency_s,
         })
     return rows
 
 
-def _p_first(probs: dict[str, float]) -> float | None:
+def p_first(probs: dict[str, float]) -> float | None:
     total = probs.get("A", 0.0) + probs.get("B", 0.0)
     return probs.get("A", 0.0) / total if total > 0 else None
 
 
 def sample_verdict(probs: dict[str, float], temperature: float, seed: int) -> Parsed:
     """A or B from the two tokens' probabilities (tempered); argmax at temperature 0."""
-    p_a = _p_first(probs)
+    p_a = p_first(probs)
     if p_a is None:
         return Parsed(None, "failed", "no_mass_on_verdict_tokens")
     if temperature == 0.0 or p_a in (0.0, 1.0):

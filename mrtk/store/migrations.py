@@ -61,6 +61,19 @@ CREATE TABLE lineage (
 );
 """
 
+# Judge experiments (`mrtk judge`): re-judgements sit beside the loop's, marked by `source`;
+# pairwise templates judge two responses of one prompt at a time.
+M002_JUDGE_EXPERIMENTS = """
+ALTER TABLE judgements ADD COLUMN source VARCHAR DEFAULT 'loop';
+CREATE TABLE pairwise_judgements (
+    judgement_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, response_a VARCHAR, response_b VARCHAR,
+    raw_text VARCHAR NOT NULL, verdict VARCHAR, winner VARCHAR, p_a DOUBLE, parse_status VARCHAR, parse_reason VARCHAR,
+    score_mode VARCHAR, template VARCHAR, template_hash VARCHAR, model_version VARCHAR, sampling JSON, seed BIGINT,
+    n_tokens INTEGER, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
+    ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
 ]

@@ -1,0 +1,212 @@
+"""`mrtk compare`: two judge set-ups over the same stored responses, side by side.
+
+A judge set is every judgement one set-up produced in a run: a template (by name or hash),
+a score mode, a source (`loop` or `rejudge`) and who judged (`own`: the model of each
+iteration, else a model version). Each set gives every response a score: its mean judge
+score (pointwise templates) or its share of games won (pairwise templates), and so a
+preference between any two responses to the same prompt. From those the comparison reports
+score distributions, tie and parse-failure rates, the score-length correlation, how often the
+two sets prefer the same response, and the actor pairs each would build (METHOD.md 3) with how
+many of one set's pairs the other set reverses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from itertools import combinations
+from pathlib import Path
+
+from mrtk.config import validate_config
+from mrtk.errors import MrtkError
+from mrtk.stages.pairs import actor_pairs
+from mrtk.store.db import DB_NAME, dict_rows, open_readonly
+
+SETS_SQL = """
+SELECT 'pointwise' AS kind, template, template_hash, score_mode, source,
+       CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END AS judged_by,
+       count(*) AS n_rows, list(DISTINCT iteration ORDER BY iteration) AS iterations
+FROM judgements GROUP BY ALL
+UNION ALL
+SELECT 'pairwise', template, template_hash, score_mode, 'rejudge',
+       CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END,
+       count(*), list(DISTINCT iteration ORDER BY iteration)
+FROM pairwise_judgements GROUP BY ALL
+ORDER BY template, score_mode, source
+"""
+_FILTER = ("template_hash = $template_hash AND score_mode = $score_mode AND "
+           "(CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END) = $judged_by")
+
+
+def label(s: dict) -> str:
+    return ":".join([s["template"], s["score_mode"], s["source"]] + ([s["judged_by"]] if s["judged_by"] != "own" else []))
+
+
+def pick_set(sets: list[dict], spec: str) -> dict:
+    """The one judge set matching every ':'-separated part of `spec` (template name or hash,
+    score mode, source, model version)."""
+    parts = [p for p in spec.split(":") if p]
+    fields = ("template", "template_hash", "score_mode", "source", "judged_by")
+    found = [s for s in sets if all(any(str(s[f]) == p for f in fields) for p in parts)]
+    if len(found) == 1:
+        return found[0]
+    have = ", ".join(label(s) for s in sets) or "none"
+    if not found:
+        raise MrtkError(f"no judge set matches {spec!r}; this run has: {have} (judge with: mrtk judge --template NAME)")
+    raise MrtkError(f"{spec!r} matches {len(found)} judge sets ({', '.join(label(s) for s in found)}); name one exactly, e.g. {label(found[0])}")
+
+
+def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None = None) -> dict:
+    con = open_readonly(Path(run_dir) / DB_NAME)
+    try:
+        sets = dict_rows(con.execute(SETS_SQL))
+        a, b = pick_set(sets, spec_a), pick_set(sets, spec_b)
+        its = sorted(set(a["iterations"]) & set(b["iterations"]))
+        if iteration is not None:
+            its = [iteration] if iteration in its else []
+        if not its:
+            raise MrtkError(f"{label(a)} and {label(b)} share no judged iteration{'' if iteration is None else f' {iteration}'}; "
+                            f"they cover {a['iterations']} and {b['iterations']}")
+        cfg = validate_config(json.loads(con.execute("SELECT config FROM runs").fetchall()[0][0]), "stored config")
+        responses = dict_rows(con.execute(
+            "SELECT response_id, prompt_id, iteration, n_chars, is_duplicate FROM responses WHERE list_contains($its, iteration)", {"its": its}))
+        loaded = [_load(con, s, its) for s in (a, b)]
+    finally:
+        con.close()
+    return compare_sets(responses, *loaded, pairs_cfg=cfg.pairs, run_seed=cfg.seed, labels=(label(a), label(b)), iterations=its)
+
+
+def _load(con, s: dict, its: list[int]) -> dict:
+    params = {k: s[k] for k in ("template_hash", "score_mode", "judged_by")} | {"its": its}
+    if s["kind"] == "pointwise":
+        rows = dict_rows(con.execute(f"SELECT iteration, prompt_id, response_id, score, parse_status FROM judgements "
+                                     f"WHERE {_FILTER} AND source = $source AND list_contains($its, iteration)", params | {"source": s["source"]}))
+    else:
+        rows = dict_rows(con.execute(f"SELECT iteration, prompt_id, response_a, response_b, verdict, winner, parse_status "
+                                     f"FROM pairwise_judgements WHERE {_FILTER} AND list_contains($its, iteration)", params))
+    return {"kind": s["kind"], "rows": rows}
+
+
+def response_scores(judge_set: dict) -> dict[str, float]:
+    """response_id -> mean valid score (pointwise) or share of its valid games won (pairwise)."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    for r in judge_set["rows"]:
+        if judge_set["kind"] == "pointwise":
+            if r["score"] is not None:
+                acc[r["response_id"]].append(float(r["score"]))
+        elif r["winner"] is not None:
+            acc[r["response_a"]].append(float(r["winner"] == r["response_a"]))
+            acc[r["response_b"]].append(float(r["winner"] == r["response_b"]))
+    return {rid: sum(v) / len(v) for rid, v in acc.items()}
+
+
+def preferences(judge_set: dict, scores: dict[str, float], by_prompt: dict[str, list[str]]) -> dict[tuple[str, str], int]:
+    """(x, y) with x < y -> +1 (x preferred), -1 (y preferred) or 0 (tie), for every pair of
+    responses to one prompt that the set can compare."""
+    prefs: dict[tuple[str, str], int] = {}
+    if judge_set["kind"] == "pointwise":
+        for rids in by_prompt.values():
+            for x, y in combinations(sorted(rids), 2):
+                if x in scores and y in scores:
+                    d = scores[x] - scores[y]
+                    prefs[(x, y)] = 0 if abs(d) <= 1e-9 else (1 if d > 0 else -1)
+        return prefs
+    net: dict[tuple[str, str], int] = defaultdict(int)
+    for r in judge_set["rows"]:
+        if r["winner"] is None:
+            continue
+        x, y = sorted((r["response_a"], r["response_b"]))
+        net[(x, y)] += 1 if r["winner"] == x else -1
+    return {k: (v > 0) - (v < 0) for k, v in net.items()}
+
+
+def position_stats(judge_set: dict) -> dict:
+    """Pairwise sets only: share of verdicts for the first position, and the share of response
+    pairs judged in both orders whose (majority) winner is the same in both."""
+    valid = [r for r in judge_set["rows"] if r["verdict"] is not None]
+    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for r in valid:
+        votes[(r["response_a"], r["response_b"])][r["winner"]] += 1
+    majority = {game: (c.most_common(1)[0][0] if len(c) == 1 or c.most_common(2)[0][1] > c.most_common(2)[1][1] else None)
+                for game, c in votes.items()}
+    both = [(g, (g[1], g[0])) for g in majority if g[0] < g[1] and (g[1], g[0]) in majority]
+    consistent = [g for g, h in both if majority[g] is not None and majority[g] == majority[h]]
+    return {"first_position_share": sum(r["verdict"] == "A" for r in valid) / len(valid) if valid else None,
+            "position_consistency": len(consistent) / len(both) if both else None}
+
+
+def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, run_seed: int, labels: tuple[str, str],
+                 iterations: list[int]) -> dict:
+    live = [r for r in responses if not r["is_duplicate"]]
+    by_prompt: dict[str, list[str]] = defaultdict(list)
+    for r in live:
+        by_prompt[f"{r['iteration']}/{r['prompt_id']}"].append(r["response_id"])
+    chars = {r["response_id"]: r["n_chars"] for r in live}
+    out: dict = {"labels": list(labels), "iterations": iterations, "sets": []}
+    prefs, kept = [], []
+    for s in (set_a, set_b):
+        scores = response_scores(s)
+        p = preferences(s, scores, by_prompt)
+        pairs = []
+        for it in iterations:
+            its_resp = [r for r in live if r["iteration"] == it]
+            fake = [{"response_id": rid, "score": v} for rid, v in scores.items()]
+            pairs += [x for x in actor_pairs(its_resp, fake, pairs_cfg, iteration=it, run_seed=run_seed) if x["status"] == "kept"]
+        scored = [(scores[rid], chars[rid]) for rid in scores if rid in chars]
+        values = [r["score"] for r in s["rows"] if s["kind"] == "pointwise" and r["score"] is not None]
+        summary = {
+            "kind": s["kind"], "rows": len(s["rows"]),
+            "parse_failure_rate": _share(sum(r["parse_status"] != "ok" for r in s["rows"]), len(s["rows"])),
+            "responses_scored": len(scores), "mean_score": _mean(list(scores.values())),
+            "score_hist": dict(sorted(Counter(round(v) for v in values).items())) if values else None,
+            "tie_rate": _share(sum(v == 0 for v in p.values()), len(p)),
+            "score_length_corr": pearson([x for x, _ in scored], [y for _, y in scored]),
+            "actor_pairs": len(pairs),
+        }
+        if s["kind"] == "pairwise":
+            summary |= position_stats(s)
+        out["sets"].append(summary)
+        prefs.append(p)
+        kept.append(pairs)
+    common = [k for k in prefs[0] if k in prefs[1] and prefs[0][k] != 0 and prefs[1][k] != 0]
+    out["compared_pairs"] = len(common)
+    out["agreement"] = _share(sum(prefs[0][k] == prefs[1][k] for k in common), len(common))
+    same = {(x["chosen_id"], x["rejected_id"]) for x in kept[0]} & {(x["chosen_id"], x["rejected_id"]) for x in kept[1]}
+    out["same_actor_pairs"] = len(same)
+    out["flipped"] = [sum(_reverses(x, prefs[1 - i]) for x in kept[i]) for i in (0, 1)]
+    return out
+
+
+def _reverses(pair: dict, prefs: dict[tuple[str, str], int]) -> bool:
+    """Does the other set prefer this pair's rejected response over its chosen one?"""
+    c, r = pair["chosen_id"], pair["rejected_id"]
+    x, y = sorted((c, r))
+    v = prefs.get((x, y), 0)
+    return v != 0 and (x if v > 0 else y) == r
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def _share(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def list_sets(run_dir: Path) -> list[dict]:
+    con = open_readonly(Path(run_dir) / DB_NAME)
+    try:
+        return [dict(s, label=label(s)) for s in dict_rows(con.execute(SETS_SQL))]
+    finally:
+        con.close()
