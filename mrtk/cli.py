@@ -47,7 +47,8 @@ def run(
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
     from mrtk.loop import Loop, check_inputs
-    from mrtk.runs import WriterLock, find_run, new_run, open_run, set_status
+    from mrtk.runs import WriterLock, find_run, new_run, open_run
+    from mrtk.store.db import is_write_failure
     from mrtk.ui import QuietUI, RichUI
 
     ui = QuietUI() if quiet else RichUI(err)
@@ -68,13 +69,17 @@ def run(
         try:
             Loop(store, cfg, inputs, ui).run()
         except KeyboardInterrupt:
-            set_status(store, "interrupted")
+            _record_status(store, "interrupted")
             raise MrtkError(f"interrupted; resume with: mrtk run --resume {store.run_dir}") from None
         except MrtkError as e:
-            set_status(store, "error", str(e))
+            _record_status(store, "error", str(e))
             raise
         except Exception as e:
-            set_status(store, "error", f"{type(e).__name__}: {e}")
+            if is_write_failure(e):  # disk full while saving a model or a checkpoint
+                _record_status(store, "error", str(e))
+                raise MrtkError(f"writing to {store.run_dir} failed ({' '.join(str(e).split())[-100:]}); nothing recorded before "
+                                f"it is lost: free disk space, then: mrtk run --resume {store.run_dir}") from None
+            _record_status(store, "error", f"{type(e).__name__}: {e}")
             raise
     ui.info(f"[green]done[/green]: {store.run_dir}  (inspect with: mrtk query \"select * from pairs\" --run {store.run_dir})")
 
@@ -155,6 +160,16 @@ def report(
         out.print(f"wrote {target}")
     else:
         raise MrtkError(f"--format {fmt!r} is not one of html, png")
+
+
+def _record_status(store, status: str, error: str | None = None) -> None:
+    """Best effort: the run row says how it ended, unless the failure was the database itself."""
+    from mrtk.runs import set_status
+
+    try:
+        set_status(store, status, error)
+    except MrtkError:
+        pass
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

@@ -31,7 +31,7 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
     """Everything that can be checked without loading weights: templates, data files, model path.
     Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
     dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
-    return {
+    inputs = {
         "templates": {
             "actor": load_template(cfg.actor.template, dirs, role="actor"),
             "judge": load_template(cfg.judge.template, dirs, role="judge"),
@@ -41,6 +41,28 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
         "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
         "model": resolve_model(cfg.model),
     }
+    check_lengths(cfg, inputs)
+    return inputs
+
+
+def check_lengths(cfg: RunConfig, inputs: dict) -> None:
+    """Every prompt of the pool within prompts.max_prompt_tokens, and the longest meta-judge prompt
+    the run can build (template + prompt + response + two judgements) within the model's context."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(inputs["model"])
+    limit = cfg.prompts.max_prompt_tokens
+    for p in inputs["pool"]:
+        n = len(chat_token_ids(tok, [{"role": "user", "content": p["text"]}], add_generation_prompt=True))
+        if n > limit:
+            raise MrtkError(f"prompt {p['prompt_id']} of {p['source']} is {n} tokens, over prompts.max_prompt_tokens={limit}; "
+                            "shorten or remove it, or raise the limit")
+    context = getattr(AutoConfig.from_pretrained(inputs["model"]), "max_position_embeddings", None)
+    meta = len(tok(inputs["templates"]["meta_judge"].body, add_special_tokens=False)["input_ids"])
+    worst = meta + limit + cfg.actor.max_new_tokens + 2 * (cfg.judge.max_new_tokens + 8) + cfg.meta_judge.max_new_tokens + 16
+    if context and worst > context:
+        raise MrtkError(f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "
+                        "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge")
 
 
 def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int) -> None:

@@ -10,6 +10,7 @@ or Hugging Face id also works (an id downloads through the hub, which needs a ne
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import uuid
@@ -82,6 +83,12 @@ def resolve_model(spec: str) -> str:
             raise MrtkError(f"model directory {spec!r} does not exist; give an existing directory, a Hugging Face id (org/name), or 'embedded'")
         if not (path / "config.json").is_file():
             raise MrtkError(f"model directory {spec!r} has no config.json; point to a saved transformers model directory")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MrtkError(f"model directory {spec!r}: config.json is not valid JSON ({type(e).__name__}); re-save the model") from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise MrtkError(f"model directory {spec!r}: config.json names no model_type; it is not a transformers model, re-save it")
         return str(path)
     return spec
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mrtk import faults
 from mrtk.config import RunConfig, dump_config, validate_config
 from mrtk.errors import MrtkError
 from mrtk.store import RunStore
@@ -103,10 +104,14 @@ class WriterLock:
 
 def save_model(model, tokenizer, target: Path) -> None:
     """Write a model directory atomically: a crash leaves either the old state or the whole model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    faults.point("save_model")
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -53,3 +54,42 @@ def finished_run(tmp_path_factory, model_dir) -> Path:
     cfg.write_text(yaml.safe_dump(TINY))
     mrtk("run", str(cfg), "--quiet", cwd=work, check=True, timeout=900)
     return work
+
+
+def db_of(out: Path) -> Path:
+    [db] = list(out.glob("*/mrtk.duckdb"))
+    return db
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def check_complete(db: Path, cfg: dict = TINY) -> None:
+    """Every table holds exactly what a finished tiny run must hold: no duplicates, no gaps."""
+    k, n, per = cfg["actor"]["k"], cfg["judge"]["n"], cfg["prompts"]["per_iteration"]
+    assert rows(db, "SELECT status FROM runs") == [("success",)]
+    assert rows(db, "SELECT iteration, count(*), count(DISTINCT prompt_id) FROM prompts GROUP BY 1 ORDER BY 1") == [(1, per, per), (2, per, per)]
+    assert rows(db, "SELECT iteration, count(*), count(DISTINCT response_id) FROM responses GROUP BY 1 ORDER BY 1") == [(1, per * k, per * k), (2, per * k, per * k)]
+    # each non-duplicate response has exactly n judgements, with sample indexes 0..n-1
+    assert rows(db, f"""SELECT count(*) FROM responses r WHERE NOT is_duplicate AND
+                       (SELECT count(*) FROM judgements j WHERE j.response_id = r.response_id) != {n}""") == [(0,)]
+    assert rows(db, "SELECT count(*) - count(DISTINCT judgement_id) FROM judgements") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM judgements WHERE raw_text IS NULL OR raw_text = ''") == [(0,)]
+    # the meta-judge saw every ordered pair of valid judgements of each picked response
+    assert rows(db, """SELECT count(*) FROM (SELECT response_id, count(*) AS m,
+                         (SELECT count(*) FROM judgements j WHERE j.response_id = mj.response_id AND score IS NOT NULL) AS v
+                       FROM meta_judgements mj GROUP BY response_id) WHERE m != v * (v - 1)""") == [(0,)]
+    assert rows(db, "SELECT iteration, kind, count(*) FROM pairs GROUP BY ALL ORDER BY ALL") == \
+        [(1, "actor", per), (1, "judge", per), (2, "actor", per), (2, "judge", per)]
+    # every pair's ids resolve; no unparsed judgement is in a pair
+    assert rows(db, """SELECT count(*) FROM pairs p WHERE status = 'kept' AND kind = 'actor' AND
+                       (SELECT count(*) FROM responses r WHERE r.response_id IN (p.chosen_id, p.rejected_id)) != 2""") == [(0,)]
+    assert rows(db, """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
+                       WHERE p.kind = 'judge' AND j.score IS NULL""") == [(0,)]
+    assert rows(db, "SELECT iteration, count(*) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [(1, 5), (2, 5)]
+    assert [r[0] for r in rows(db, "SELECT iteration FROM lineage ORDER BY 1")] == [1, 2]

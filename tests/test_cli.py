@@ -29,35 +29,142 @@ def cfg_with(tmp_path, **sections):
     return write(tmp_path, "cfg.yaml", yaml.safe_dump(raw))
 
 
+def make_run(t, iterations_with_responses=(1,)):
+    """A run database with a stored config and a few responses (no models): enough for the
+    commands that read or extend a run."""
+    from mrtk.config import validate_config
+    from mrtk.runs import new_run
+
+    cfg_path = cfg_with(t)
+    store = new_run(validate_config(dict(TINY)), str(cfg_path), t / "runs")
+    store.write("responses", [{"response_id": f"it{i}/p/r{k}", "iteration": i, "prompt_id": "p", "text": "hi", "n_chars": 2,
+                               "is_duplicate": False} for i in iterations_with_responses for k in range(2)])
+    return store.run_dir
+
+
+def newer_schema(t):
+    from mrtk.store import RunStore
+
+    run = make_run(t)
+    with RunStore(run).tx() as con:
+        con.execute("INSERT INTO schema_migrations (name) VALUES ('m999_from_the_future')").fetchall()
+    return run
+
+
+def locked(t):
+    """A run whose writer lock another process (this test) holds."""
+    import fcntl
+
+    run = make_run(t)
+    fh = open(run / ".lock", "a+")
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write("4242")
+    fh.flush()
+    HELD.append(fh)
+    return run
+
+
+def with_prompts(t, content):
+    return ["run", "--set", f"prompts.file={write(t, 'p.jsonl', content)}"]
+
+
+HELD: list = []
+LONG_PROMPT = '{"prompt": "' + "word " * 900 + '"}\n'
+
 CASES = {
+    # config
     "malformed yaml": (lambda t: ["run", str(write(t, "c.yaml", "actor: [k: 3\n"))], "not valid YAML"),
+    "config top level not a mapping": (lambda t: ["run", str(write(t, "c.yaml", "- a\n- b\n"))], "top level must be a mapping"),
+    "config not utf-8": (lambda t: ["run", str(write(t, "c.yaml", b"name: caf\xe9\n"))], "not UTF-8"),
+    "missing config file": (lambda t: ["run", "nope.yaml"], "config 'nope.yaml' not found"),
     "unknown key": (lambda t: ["run", str(cfg_with(t, actor={"kk": 2}))], "unknown key 'actor.kk'"),
     "k below 2": (lambda t: ["run", str(cfg_with(t, actor={"k": 1}))], "actor.k"),
+    "n below 2": (lambda t: ["run", "--set", "judge.n=1"], "judge.n"),
     "rho out of range": (lambda t: ["run", "--set", "pairs.rho=[1.5]"], "pairs.rho"),
     "negative lr": (lambda t: ["run", "--set", "train.lr=-0.1"], "train.lr"),
+    "judge iteration beyond the run": (lambda t: ["run", "--set", "pairs.judge_iterations=[5]"], "pairs.judge_iterations"),
+    "--set without =": (lambda t: ["run", "--set", "judge.n"], "expected key=value"),
+    # templates
     "unknown template variable": (
         lambda t: ["run", "--set", f"judge.template={write(t, 'my_judge.md', TEMPLATE_WITH_UNKNOWN_VAR)}"],
         "unknown variable 'rubric' for the judge stage"),
+    "unknown template name": (lambda t: ["run", "--set", "judge.template=nope"], "template 'nope' not found"),
+    "pairwise template in the loop": (lambda t: ["run", "--set", "judge.template=judge_pairwise"], "is a pairwise judge"),
+    "template without front matter": (lambda t: ["run", "--set", f"judge.template={write(t, 'j.md', 'Rate {{response}}')}"], "no front matter"),
+    "template dir missing": (lambda t: ["run", "--set", "prompts.template_dirs=[nowhere]"], "is not a directory"),
+    # model
     "missing model directory": (lambda t: ["run", "--set", f"model={t / 'no_such_model'}"], "model directory"),
     "model dir without config": (lambda t: (t / "empty_model").mkdir() or ["run", "--set", f"model={t / 'empty_model'}"], "has no config.json"),
-    "missing config file": (lambda t: ["run", "nope.yaml"], "config 'nope.yaml' not found"),
-    "bad prompts file": (lambda t: ["run", "--set", f"prompts.file={write(t, 'p.jsonl', '{oops')}"], "line 1 is not valid JSON"),
+    "corrupt model config": (lambda t: (t / "m").mkdir() or write(t, "m/config.json", "{not json") and ["run", "--set", f"model={t / 'm'}"],
+                             "config.json is not valid JSON"),
+    # prompts file
+    "prompts invalid json": (lambda t: with_prompts(t, "{oops"), "line 1 is not valid JSON"),
+    "prompts empty prompt": (lambda t: with_prompts(t, '{"prompt": "a"}\n{"prompt": "  "}'), "line 2 has an empty prompt"),
+    "prompts duplicate": (lambda t: with_prompts(t, '{"prompt": "a"}\n{"prompt": "a"}'), "line 2 repeats the prompt of line 1"),
+    "prompts not utf-8": (lambda t: with_prompts(t, b'{"prompt": "a"}\n{"prompt": "caf\xe9"}'), "line 2 is not UTF-8"),
+    "prompts file missing": (lambda t: ["run", "--set", "prompts.file=nothing.jsonl"], "prompts.file 'nothing.jsonl' not found"),
+    "prompt longer than allowed": (lambda t: with_prompts(t, LONG_PROMPT), "over prompts.max_prompt_tokens=512"),
+    "prompts beyond the model context": (lambda t: ["run", "--set", "prompts.max_prompt_tokens=8000"], "over the model's context of 8192"),
+    # runs and resume
     "resume missing run": (lambda t: ["run", "--resume", str(t / "nothing")], "not found"),
+    "resume with a config": (lambda t: ["run", str(cfg_with(t)), "--resume", str(make_run(t))], "--resume continues a run with its stored config"),
+    "resume a run another process writes": (lambda t: ["run", "--resume", str(locked(t))], "being written by another process (pid 4242)"),
+    "database from a newer mrtk": (lambda t: ["run", "--resume", str(newer_schema(t))], "newer than this mrtk knows"),
+    # query
     "query without runs": (lambda t: ["query", "select 1"], "no runs under runs/"),
+    "query missing run": (lambda t: ["query", "select 1", "--run", str(t / "nothing")], "not found"),
+    "query invalid sql": (lambda t: make_run(t) and ["query", "selec * from judgements"], "Parser Error"),
+    "query unknown table": (lambda t: make_run(t) and ["query", "select * from nope"], "nope"),
+    "query write statement": (lambda t: make_run(t) and ["query", "drop table judgements"], "read-only"),
+    "query unknown saved query": (lambda t: make_run(t) and ["query", "@nope"], "no saved query @nope"),
+    "query bad format": (lambda t: make_run(t) and ["query", "select 1", "--format", "xml"], "--format 'xml'"),
+    # judge experiments and reports
+    "judge iteration without responses": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "judge_10point", "-i", "5"],
+                                          "has no responses for iteration 5"),
+    "judge with zero judgements": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "judge_10point", "--n", "0"], "at least 1"),
+    "judge bad score mode": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "judge_10point", "--score-mode", "vibes"], "--score-mode 'vibes'"),
+    "judge with an actor template": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "actor"], "needs a judge template"),
+    "compare unknown judge set": (lambda t: ["compare", "a", "b", "--run", str(make_run(t))], "no judge set matches 'a'"),
+    "report bad format": (lambda t: ["report", str(make_run(t)), "--format", "pdf"], "--format 'pdf'"),
 }
+
+
+def state(t):
+    """Everything recorded under t: each run database's rows, table by table."""
+    from mrtk.store.db import dict_rows, open_readonly
+
+    out = {}
+    for db in sorted(t.glob("runs/*/mrtk.duckdb")):
+        con = open_readonly(db)
+        try:
+            for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+                out[(db.parent.name, table)] = sorted(map(str, dict_rows(con.execute(f'SELECT * FROM "{table}"'))))
+        finally:
+            con.close()
+    return out
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_one_line_error(tmp_path, case):
     make_args, needle = CASES[case]
-    res = mrtk(*make_args(tmp_path), cwd=tmp_path)
+    args = make_args(tmp_path)
+    before = state(tmp_path)
+    try:
+        res = mrtk(*args, cwd=tmp_path)
+    finally:
+        while HELD:
+            HELD.pop().close()
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error:") and needle in lines[0], lines[0]
-    # nothing was started: a refused run leaves no run directory behind
-    assert not list(tmp_path.glob("runs/*/mrtk.duckdb"))
+    # nothing recorded was lost or changed, and a refused command started no run
+    assert state(tmp_path) == before
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 30
 
 
 def test_invalid_and_write_sql(tmp_path):

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from mrtk import faults
 from mrtk.backends.base import Generation, Progress, Request, SamplingParams
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids
@@ -81,6 +82,7 @@ class EmbeddedBackend:
                 results[i] = gens
             if on_progress:
                 on_progress(sum(len(requests[i].seeds) for i in batch))
+            faults.point("generate.batch")
         return results  # type: ignore[return-value]
 
     def _batches(self, encoded: list[list[int]], requests: Sequence[Request]) -> list[list[int]]:

@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from mrtk import faults
 from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
@@ -89,6 +90,7 @@ def fit_and_merge(trainer):
     t0 = time.time()
     trainer.train()
     merged = trainer.model.merge_and_unload()
+    faults.point("train.merge")
     merged.eval()
     return merged, time.time() - t0
 
@@ -115,6 +117,7 @@ def metrics_callback(sink: list[dict], iteration: int, on_step=None):
                     "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
                     "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
                 })
+                faults.point("train.step")
                 if on_step:
                     on_step()
 

@@ -8,6 +8,7 @@ another process retries briefly until it gets in. Bulk inserts go through Arrow 
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
+from mrtk import faults
 from mrtk.errors import MrtkError
 from mrtk.store.migrations import MIGRATIONS
 
@@ -26,6 +28,14 @@ _LOCK_WORDS = ("lock", "conflicting")
 
 def _is_lock_error(e: Exception) -> bool:
     return any(w in str(e).lower() for w in _LOCK_WORDS)
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """Disk full, file size limit or quota: the write failed, the data before it did not."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    text = str(e).lower()
+    return any(w in text for w in ("no space left", "file too large", "disk quota", "could not write"))
 
 
 def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
@@ -60,12 +70,16 @@ class RunStore:
         try:
             con.execute("BEGIN TRANSACTION").fetchall()
             yield con
+            faults.point("db.commit")
             con.execute("COMMIT").fetchall()
-        except BaseException:
+        except BaseException as e:
             try:
                 con.execute("ROLLBACK").fetchall()
             except duckdb.Error:
                 pass
+            if isinstance(e, duckdb.Error) and is_write_failure(e):
+                raise MrtkError(f"writing {self.path} failed ({' '.join(str(e).split())[-120:]}); the last transaction was "
+                                f"rolled back and nothing before it is lost: free disk space, then: mrtk run --resume {self.run_dir}") from None
             raise
         finally:
             con.close()
