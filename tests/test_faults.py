@@ -157,3 +157,52 @@ def test_kill_before_the_run_exists(tmp_path):
     res = mrtk("run", "--resume", str(db.parent), cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "was never started properly, start a new run" in res.stderr
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_database_write_fails_cleanly_when_the_disk_is_full(tmp_path):
+    """DuckDB cannot write (file size limit standing in for a full disk): one MrtkError naming the
+    fix; every row committed before it is still there when the database is reopened."""
+    code = f"""
+import sys
+from mrtk.errors import MrtkError
+from mrtk.store import RunStore
+store = RunStore({str(tmp_path)!r})
+store.migrate()
+try:
+    for i in range(1000):
+        store.write("prompts", [{{"iteration": i, "prompt_id": str(j), "text": "x" * 2000}} for j in range(200)])
+except MrtkError as e:
+    print(i, e)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_file_size_limit(4_000_000))
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    done, message = res.stdout.split(" ", 1)
+    assert int(done) > 0 and "free disk space, then: mrtk run --resume" in message and "\n" not in message.strip()
+    assert rows(tmp_path / "mrtk.duckdb", "SELECT count(*), count(DISTINCT iteration) FROM prompts") == [(200 * int(done), int(done))]
+
+
+def test_run_stops_with_one_line_when_the_disk_fills_while_saving_a_model(tmp_path, model_dir):
+    """The first model save (~540 MB) passes a 100 MB file limit: exit 2, one line, the iteration's
+    rows all committed and the run marked as failed, resumable."""
+    cfg = tmp_path / "faults.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"], cwd=tmp_path, capture_output=True,
+                         text=True, preexec_fn=_file_size_limit(100_000_000), timeout=1200)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "free disk space, then: mrtk run --resume" in lines[0], lines
+    db = db_of(tmp_path / "runs")
+    assert rows(db, "SELECT status FROM runs") == [("error",)]
+    per = TINY["prompts"]["per_iteration"]
+    assert rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1") == [(2 * per,)]
+    assert rows(db, "SELECT stage FROM stages WHERE status = 'running'") == [("train",)]
+    assert not (db.parent / "models" / "M2").exists()

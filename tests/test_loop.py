@@ -94,3 +94,38 @@ def test_kill_mid_iteration_then_resume(tmp_path, tiny_config, model_dir):
     # what was recorded before the kill is still there, unchanged
     after = dict((r[0], r[1:]) for r in rows(db, "SELECT judgement_id, raw_text, score FROM judgements"))
     assert all(after[jid] == (raw, score) for jid, raw, score in before)
+
+
+CONSISTENCY_SQL = f"""
+SELECT (SELECT count(*) FROM judgements j WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.response_id = j.response_id)) AS orphan_judgements,
+       (SELECT count(*) FROM (SELECT response_id, count(*) AS c FROM judgements GROUP BY 1) WHERE c != {TINY["judge"]["n"]}) AS torn_judgements,
+       (SELECT count(*) FROM (SELECT prompt_id, iteration, count(*) AS c FROM responses GROUP BY ALL) WHERE c != {TINY["actor"]["k"]}) AS torn_responses,
+       (SELECT count(*) FROM pairs p WHERE kind = 'actor' AND status = 'kept' AND
+            (SELECT count(*) FROM responses r WHERE r.response_id IN (p.chosen_id, p.rejected_id)) != 2) AS dangling_pairs,
+       (SELECT count(*) FROM judgements) AS judgements
+"""
+
+
+def test_queries_during_a_run_are_consistent(tiny_config, tmp_path):
+    """`mrtk query` from another process, over and over while a real run writes: every answer
+    comes back (no lock traceback) and shows whole transactions only: no judgement without its
+    response, no response with part of its N judgements, no prompt with part of its K responses."""
+    proc = subprocess.Popen([sys.executable, "-m", "mrtk.cli", "run", str(tiny_config), "--quiet"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    answers = []
+    try:
+        while proc.poll() is None:
+            if not list((tmp_path / "runs").glob("*/mrtk.duckdb")):
+                time.sleep(0.2)
+                continue
+            res = mrtk("query", CONSISTENCY_SQL, "--format", "json", cwd=tmp_path)
+            assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+            answers.append(json.loads(res.stdout)[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    assert len(answers) >= 5
+    assert all(a["orphan_judgements"] == a["torn_judgements"] == a["torn_responses"] == a["dangling_pairs"] == 0 for a in answers), answers
+    seen = [a["judgements"] for a in answers]
+    assert seen == sorted(seen) and 0 < max(seen)  # reads see the run grow, never go back
