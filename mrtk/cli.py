@@ -314,6 +314,111 @@ def compare(
               f"identical actor pairs: {res['same_actor_pairs']}")
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a run's models: AlpacaEval 2, Arena-Hard (external judges via LiteLLM), and the policy's own judge against human labels.")
+app.add_typer(eval_app, name="eval")
+EvalRun = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs).")
+EvalIteration = typer.Option(None, "--iteration", "-i", help="Evaluate the model iteration N trained (0: the seed model); default: the newest.")
+Limit = typer.Option(None, "--limit", help="Only the first N examples (quick looks; the full set for reported numbers).")
+JudgeModel = typer.Option("gpt-4-1106-preview", "--judge-model", help="Any LiteLLM model string (anthropic/..., hosted_vllm/NAME with --api-base, ...).")
+ApiBase = typer.Option(None, "--api-base", help="Base URL of an OpenAI-compatible server (SGLang, vLLM, llama.cpp).")
+MaxCost = typer.Option(None, "--max-cost", help="Stop before external calls would cost more than this many USD.")
+DryReply = typer.Option(None, "--dry-run-reply", help="LiteLLM answers every call with this text instead of calling the API (free; for trying the pipeline).")
+MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in tokens.")
+
+
+def _external(store, model, api_base, max_cost, dry, template):
+    from mrtk.evals.external import ExternalJudge
+
+    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry,
+                         temperature=float(template.sampling.get("temperature", 0.0)), max_tokens=int(template.sampling.get("max_new_tokens", 512)))
+
+
+def _print_eval(title: str, res: dict) -> None:
+    table = Table("metric", "value", "95% interval", "n", title=title, title_justify="left")
+    for metric, (v, lo, hi, n) in res["numbers"].items():
+        table.add_row(metric, _fmt(v), "-" if lo is None else f"{lo:.3f} - {hi:.3f}", str(n))
+    out.print(table)
+    if "cost_usd" in res:
+        out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
+
+
+@eval_app.command("alpaca")
+def eval_alpaca(
+    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
+    data: Optional[str] = typer.Option(None, "--data", help="AlpacaEval's JSON (instruction + GPT-4 Turbo reference output); default: fetched from the Hugging Face dataset."),
+    judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
+    both_orders: bool = typer.Option(False, "--both-orders", help="Judge every example in both orders (twice the calls)."),
+    template: str = typer.Option("eval_alpaca", "--template", help="Eval template (role: eval)."),
+    max_new_tokens: int = MaxNew, dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """AlpacaEval 2: win rate, standard error and length-controlled win rate against the reference answers."""
+    from mrtk.backends import SamplingParams
+    from mrtk.evals import run as ev
+    from mrtk.prompts import load_template
+    from mrtk.runs import WriterLock, find_run
+    from mrtk.ui import QuietUI, RichUI
+
+    t_eval = load_template(template, role="eval")
+    examples = ev.load_instructions(data)[:limit]
+    run_dir = find_run(run_)
+    with WriterLock(run_dir):
+        target = ev.open_target(run_dir, iteration)
+        res = ev.alpaca(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), examples, t_eval,
+                        SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders, ui=QuietUI() if quiet else RichUI(err))
+    _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
+
+
+@eval_app.command("arena-hard")
+def eval_arena(
+    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
+    questions: str = typer.Option(..., "--questions", help="Arena-Hard question.jsonl (uid, prompt)."),
+    baseline: str = typer.Option(..., "--baseline", help="Baseline answers (model_answer/gpt-4-0314.jsonl)."),
+    judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
+    template: str = typer.Option("eval_arena_hard", "--template", help="Eval template (role: eval, parser: arena)."),
+    max_new_tokens: int = MaxNew, dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Arena-Hard: two games per question (positions swapped) against the baseline; score with a bootstrap 95% interval."""
+    from mrtk.backends import SamplingParams
+    from mrtk.evals import run as ev
+    from mrtk.prompts import load_template
+    from mrtk.runs import WriterLock, find_run
+    from mrtk.ui import QuietUI, RichUI
+
+    t_eval = load_template(template, role="eval")
+    qs, base = ev.load_arena(questions, baseline, limit)
+    run_dir = find_run(run_)
+    with WriterLock(run_dir):
+        target = ev.open_target(run_dir, iteration)
+        res = ev.arena_hard(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), qs, base, t_eval,
+                            SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
+    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
+
+
+@eval_app.command("judge")
+def eval_judge(
+    data: str = typer.Argument(..., help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM)."),
+    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="Judge template (default: the run's judge template)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Judgements per answer (default: the run's judge.n)."),
+    dirs: List[Path] = PromptDirs, quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
+    from mrtk.evals import run as ev
+    from mrtk.evals.judge_eval import judge_agreement
+    from mrtk.rejudge import load_judge_template
+    from mrtk.runs import WriterLock, find_run
+    from mrtk.ui import QuietUI, RichUI
+
+    pairs, lists = ev.load_human_pairs(data)
+    pairs, lists = pairs[:limit], lists[:limit]
+    run_dir = find_run(run_)
+    with WriterLock(run_dir):
+        target = ev.open_target(run_dir, iteration)
+        t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
+        res = judge_agreement(target, pairs, lists, t_judge, n=n, ui=QuietUI() if quiet else RichUI(err))
+    _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"

@@ -198,6 +198,9 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden" and err["loc"][-1] in ("model", "api_base", "judge_model", "external") and len(err["loc"]) == 2:
+            raise MrtkError(f"{origin}: {key}: the actor, judge and meta-judge are always the policy being trained (Meta-Rewarding); "
+                            "external judges are for evaluation only: mrtk eval alpaca --judge-model NAME") from None
         if err["type"] == "extra_forbidden":
             raise MrtkError(f"{origin}: unknown key {key!r}; remove it or check the spelling (see experiments/default.yaml)") from None
         msg = err["msg"].removeprefix("Value error, ")

@@ -72,8 +72,19 @@ def embedded_model_dir() -> Path:
     return target
 
 
+EXTERNAL_PREFIXES = ("openai/", "anthropic/", "azure/", "hosted_vllm/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "mistral/",
+                     "groq/", "together_ai/", "openrouter/", "deepseek/", "ollama/", "litellm_proxy/", "gpt-", "claude-", "o1", "o3")
+
+
+def refuse_external(spec: str, key: str = "model") -> None:
+    if spec.lower().startswith(EXTERNAL_PREFIXES):
+        raise MrtkError(f"{key} {spec!r} is an external API model; Meta-Rewarding trains the policy's own weights and judges with the "
+                        f"policy itself, so external models are for evaluation only: mrtk eval alpaca --judge-model {spec}")
+
+
 def resolve_model(spec: str) -> str:
     """A model spec -> a path (local directory) or a hub id, checked before anything loads."""
+    refuse_external(spec)
     if spec == EMBEDDED:
         return str(embedded_model_dir())
     path = Path(spec).expanduser()

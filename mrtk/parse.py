@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # The LAST `Score:` line wins, so a score quoted inside the response under review (which
 # appears earlier in a judgement that quotes it) cannot hijack the judge's own verdict.
 _SCORE = re.compile(r"score\s*[:：]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_VERDICT = {label: re.compile(rf"winner\s*[:：]\s*\**\s*{label}\s+([AB])\b", re.IGNORECASE) for label in ("judgement", "response")}
+_VERDICT = {label: re.compile(rf"winner\s*[:：]\s*\**\s*{label}\s+([AB])\b", re.IGNORECASE) for label in ("judgement", "response", "output")}
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,20 @@ def expected_score(probs: dict[str, float]) -> Parsed:
     if total <= 0.0:
         return Parsed(None, "failed", "no_mass_on_score_tokens")
     return Parsed(sum(int(d) * p for d, p in probs.items()) / total, "ok")
+
+
+_ARENA = re.compile(r"\[\[\s*([AB])\s*(>>|>|=|<<|<)\s*([AB])\s*\]\]")
+# Arena-Hard verdicts as P(A beats B), with the strong verdicts counted three times (weight).
+ARENA_SCORES = {">>": (1.0, 3), ">": (1.0, 1), "=": (0.5, 1), "<": (0.0, 1), "<<": (0.0, 3)}
+
+
+def parse_arena(text: str) -> Parsed:
+    """The last Arena-Hard verdict `[[A>>B]]`, `[[A>B]]`, `[[A=B]]`, `[[B>A]]` or `[[B>>A]]`, normalised
+    to the A-first form (`A>>B`, `A>B`, `A=B`, `A<B`, `A<<B`)."""
+    matches = [(a, op, b) for a, op, b in _ARENA.findall(text or "") if a != b]
+    if not matches:
+        return Parsed(None, "failed", "no_arena_verdict")
+    a, op, _ = matches[-1]
+    if a == "B":
+        op = {">>": "<<", ">": "<", "=": "=", "<": ">", "<<": ">>"}[op]
+    return Parsed(f"A{op}B", "ok")

@@ -38,7 +38,7 @@ from mrtk.resources import asset_dir
 
 _PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
 ROLES = ("actor", "judge", "meta-judge", "eval")
-PARSERS = ("score", "verdict", "none")
+PARSERS = ("score", "verdict", "arena", "none")
 # What each stage hands to its template; a template may use a subset, never more.
 ROLE_VARIABLES = {
     "actor": {"prompt"},

@@ -166,11 +166,17 @@ def sections(d: dict) -> list[Section]:
 
     if d["eval"]:
         f, ax = fig()
-        keys = [k for k in d["eval"][0] if isinstance(d["eval"][0][k], (int, float)) and k != "iteration"]
-        for k in keys:
-            ax.plot([r["iteration"] for r in d["eval"]], [r[k] for r in d["eval"]], marker="o", label=k)
-        ax.legend()
-        out.append(Section("eval", "Evaluation results", len(d["eval"]) * len(keys), f))
+        headline = ("win_rate", "length_controlled_win_rate", "score", "agreement", "spearman")
+        shown = [r for r in d["eval"] if r["metric"] in headline and r["value"] is not None]
+        series: dict[str, list] = {}
+        for r in sorted(shown, key=lambda r: r["iteration"]):
+            series.setdefault(f"{r['eval']} {r['metric']} ({r['judge']})", []).append(r)
+        for name, rs in series.items():
+            scale = 100.0 if rs[0]["metric"] in ("agreement", "spearman") else 1.0  # fractions as percent, like win rates
+            ax.plot([r["iteration"] for r in rs], [r["value"] * scale for r in rs], marker="o", label=name)
+        ax.set(xlabel="iteration (0 = seed model)", ylabel="percent")
+        ax.legend(fontsize="small")
+        out.append(Section("eval", "Evaluation results per iteration", len(shown), f))
     else:
         out.append(Section("eval", "Evaluation results", 0, None, "no evaluation recorded for this run yet"))
     return out

@@ -122,6 +122,12 @@ class RunStore:
         with self.tx() as con:
             return self.insert(con, table, rows)
 
+    def write_replace(self, table: str, key: str, rows: list[dict]) -> int:
+        """Insert rows, replacing any stored rows with the same `key` (one transaction)."""
+        with self.tx() as con:
+            con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))", [[r[key] for r in rows]]).fetchall()
+            return self.insert(con, table, rows)
+
     def fetch(self, sql: str, params: list | None = None) -> list[dict]:
         with self.tx() as con:
             return dict_rows(con.execute(sql, params or []))

@@ -73,7 +73,32 @@ CREATE TABLE pairwise_judgements (
 );
 """
 
+# Evaluations (`mrtk eval`): external calls (cache and cost ledger), the policy's eval outputs,
+# one row per judged item, and the results per eval, iteration and judge.
+M003_EVALS = """
+CREATE TABLE eval_calls (
+    call_key VARCHAR PRIMARY KEY, model VARCHAR, api_base VARCHAR, messages JSON, raw_reply VARCHAR, status VARCHAR,
+    error VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd DOUBLE, latency_s DOUBLE, attempts INTEGER,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE eval_outputs (
+    output_id VARCHAR PRIMARY KEY, eval VARCHAR, iteration INTEGER, example_id VARCHAR, instruction VARCHAR, output VARCHAR,
+    n_chars INTEGER, n_tokens INTEGER, finish_reason VARCHAR, model_version VARCHAR, sampling JSON, seed BIGINT,
+    latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE eval_items (
+    item_id VARCHAR PRIMARY KEY, eval VARCHAR, iteration INTEGER, example_id VARCHAR, slot VARCHAR, judge VARCHAR,
+    call_key VARCHAR, raw_text VARCHAR, score DOUBLE, verdict VARCHAR, preference DOUBLE, label VARCHAR,
+    parse_status VARCHAR, parse_reason VARCHAR, cache_hit BOOLEAN, cost_usd DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE eval_results (
+    eval VARCHAR, iteration INTEGER, judge VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    n INTEGER, details JSON, created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (eval, iteration, judge, metric)
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
+    ("m003_evals", M003_EVALS),
 ]

@@ -1,0 +1,121 @@
+"""External judges through LiteLLM, for evaluation only (never imported by the training loop).
+
+Every call is keyed by the hash of (model, api_base, messages, sampling) and recorded in the
+run's `eval_calls` table: messages, raw reply, tokens, cost, latency, attempts, status. A call
+whose key already holds a successful reply is served from the table (a cache hit costs
+nothing), so a re-run or a crashed eval resumes for free. Failures (after retries with
+backoff on rate limits, timeouts and server errors) are recorded as failures and never become
+verdicts. `max_cost` stops before a call that could push the eval's spend over the budget.
+API keys are read by LiteLLM from the environment; they are never passed through, stored or
+logged by mrtk, and any text that looks like a key is masked before a row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+from mrtk.errors import MrtkError
+from mrtk.store import RunStore
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # nothing fetched at import
+_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})")
+RETRYABLE = ("RateLimitError", "Timeout", "APIConnectionError", "ServiceUnavailableError", "InternalServerError", "APIError")
+
+
+def redact(text: str | None) -> str | None:
+    return _KEY_LIKE.sub("[redacted]", text) if text else text
+
+
+@dataclass
+class Reply:
+    text: str | None
+    ok: bool
+    cache_hit: bool
+    cost_usd: float
+    call_key: str
+    error: str | None = None
+
+
+@dataclass
+class ExternalJudge:
+    """One external model. `mock_response` (tests) goes through LiteLLM's own mock code path."""
+
+    store: RunStore
+    model: str
+    api_base: str | None = None
+    max_cost: float | None = None
+    temperature: float = 0.0
+    max_tokens: int = 512
+    retries: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 120.0
+    mock_response: object = None
+    spent: float = field(default=0.0, init=False)
+    calls: int = field(default=0, init=False)
+    hits: int = field(default=0, init=False)
+
+    def key(self, messages: list[dict]) -> str:
+        blob = json.dumps([self.model, self.api_base, messages, self.temperature, self.max_tokens], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def ask(self, messages: list[dict]) -> Reply:
+        key = self.key(messages)
+        cached = self.store.fetch("SELECT raw_reply, cost_usd FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
+        if cached:
+            self.hits += 1
+            return Reply(cached[0]["raw_reply"], True, True, 0.0, key)
+        if self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
+            raise MrtkError(f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
+                            "finished rows are kept, rerun with a higher --max-cost to continue")
+        import litellm
+
+        attempts, t0, error = 0, time.perf_counter(), None
+        while True:
+            attempts += 1
+            try:
+                kwargs = {"mock_response": self.mock_response} if self.mock_response is not None else {}
+                resp = litellm.completion(model=self.model, messages=messages, api_base=self.api_base, temperature=self.temperature,
+                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, **kwargs)
+                break
+            except Exception as e:  # LiteLLM maps provider errors onto its own exception types
+                error = f"{type(e).__name__}: {redact(' '.join(str(e).split()))[:300]}"
+                if type(e).__name__ not in RETRYABLE or attempts > self.retries:
+                    self._record(key, messages, None, "failed", error, None, 0.0, time.perf_counter() - t0, attempts)
+                    self.calls += 1
+                    return Reply(None, False, False, 0.0, key, error)
+                time.sleep(self.backoff_s * 2 ** (attempts - 1))
+        text = resp.choices[0].message.content or ""
+        try:
+            cost = float(litellm.completion_cost(completion_response=resp))
+        except Exception:  # a model missing from the local cost map (e.g. a local server): free
+            cost = 0.0
+        self.spent += cost
+        self.calls += 1
+        self._record(key, messages, text, "ok", None, getattr(resp, "usage", None), cost, time.perf_counter() - t0, attempts)
+        return Reply(text, True, False, cost, key)
+
+    def _worst_cost(self, messages: list[dict]) -> float:
+        """An upper bound on one call: prompt tokens (4 chars each, rounded up) plus max_tokens."""
+        try:
+            import litellm
+
+            info = litellm.get_model_info(self.model)
+            chars = sum(len(m.get("content") or "") for m in messages)
+            return (chars / 4 + 1) * (info.get("input_cost_per_token") or 0) + self.max_tokens * (info.get("output_cost_per_token") or 0)
+        except Exception:
+            return 0.0
+
+    def _record(self, key, messages, text, status, error, usage, cost, latency, attempts) -> None:
+        with self.store.tx() as con:
+            con.execute("DELETE FROM eval_calls WHERE call_key = ? AND status = 'failed'", [key]).fetchall()
+            self.store.insert(con, "eval_calls", [{
+                "call_key": key, "model": self.model, "api_base": self.api_base,
+                "messages": [dict(m, content=redact(m.get("content"))) for m in messages], "raw_reply": redact(text),
+                "status": status, "error": error, "prompt_tokens": getattr(usage, "prompt_tokens", None),
+                "completion_tokens": getattr(usage, "completion_tokens", None), "cost_usd": cost, "latency_s": latency,
+                "attempts": attempts}])

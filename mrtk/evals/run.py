@@ -1,0 +1,264 @@
+"""`mrtk eval alpaca | arena-hard | judge`: evaluate a run's models, one iteration at a time.
+
+`--iteration t` evaluates the model iteration t trained (M<t+1>); 0 is the seed model M1;
+the default is the newest. The policy's answers go to `eval_outputs`, each judged item to
+`eval_items` (with the raw judge text), each number to `eval_results`; external calls to
+`eval_calls` (see external.py). Everything is keyed by content, so rerunning an eval only
+does what is missing. The external judge is used here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrtk.backends import Request, SamplingParams, make_backend
+from mrtk.errors import MrtkError
+from mrtk.evals import metrics
+from mrtk.loop import model_for, run_chunks
+from mrtk.models import load_model, pick_device
+from mrtk.parse import ARENA_SCORES, parse_arena, parse_verdict
+from mrtk.prompts import Template, load_template
+from mrtk.rows import derive_seed
+from mrtk.runs import WriterLock, open_run
+from mrtk.ui import QuietUI
+
+ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
+
+
+@dataclass
+class Target:
+    """The model under evaluation: a run's model version, loaded lazily."""
+
+    store: object
+    cfg: object
+    iteration: int
+    version: str
+    model_dir: str
+    _backend: object = None
+
+    def backend(self):
+        if self._backend is None:
+            model, tok = load_model(self.model_dir, self.cfg.runtime.inference_dtype, pick_device(self.cfg.runtime.device))
+            self._backend = make_backend(self.cfg.backend, model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
+                                         max_batch_tokens=self.cfg.runtime.max_batch_tokens)
+        return self._backend
+
+
+def open_target(run_dir: Path, iteration: int | None) -> Target:
+    store, cfg, _ = open_run(run_dir)
+    trained = [r["iteration"] for r in store.fetch("SELECT iteration FROM lineage WHERE iteration >= 1 ORDER BY 1")]
+    it = trained[-1] if iteration is None and trained else (iteration or 0)
+    if it and it not in trained:
+        raise MrtkError(f"run {run_dir} has no model from iteration {it}; trained iterations: {trained or 'none'} (0 is the seed model)")
+    version = f"M{it + 1}"
+    return Target(store, cfg, it, version, model_for(store, cfg, version))
+
+
+# -- data ---------------------------------------------------------------------------------
+def load_instructions(path: str | None) -> list[dict]:
+    """[{example_id, instruction, reference?}] from AlpacaEval's JSON list (instruction, output),
+    a JSONL of {instruction[, output]}, or, with no path, the Hugging Face dataset (online)."""
+    if path is None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(ALPACA_HF[0], ALPACA_HF[1], repo_type="dataset")
+        except Exception as e:
+            raise MrtkError(f"cannot fetch {ALPACA_HF[1]} from {ALPACA_HF[0]} ({type(e).__name__}); give the file with --data "
+                            "(AlpacaEval's JSON list of instruction/output, or a JSONL of instructions)") from None
+    rows = _read_json_or_jsonl(Path(path))
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
+            raise MrtkError(f"{path}: item {i} has no string 'instruction'; each item needs one")
+        out.append({"example_id": str(r.get("index", i)), "instruction": r["instruction"], "reference": r.get("output")})
+    return out
+
+
+def _read_json_or_jsonl(path: Path) -> list:
+    if not path.is_file():
+        raise MrtkError(f"eval data {path} not found; check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise MrtkError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+    return rows
+
+
+def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:
+    """(pairs, ranked lists) from a human-labelled file: LLMBar-style {input, output_1, output_2,
+    label 1|2}, OASST pairs {context, response_a, response_b, label a|b}, PandaLM {instruction,
+    input, response1, response2, annotator1..3} (majority; ties skipped), or OASST ranked lists
+    {context, replies: [{text, rank}]}."""
+    pairs, lists = [], []
+    for i, r in enumerate(_read_json_or_jsonl(Path(path))):
+        eid = str(r.get("id", r.get("idx", r.get("message_tree_id", i))))
+        if "output_1" in r:
+            pairs.append({"example_id": eid, "question": r["input"], "a": r["output_1"], "b": r["output_2"], "label": "a" if int(r["label"]) == 1 else "b"})
+        elif "response_a" in r:
+            pairs.append({"example_id": eid, "question": _context(r["context"]), "a": r["response_a"], "b": r["response_b"], "label": r["label"]})
+        elif "response1" in r:
+            votes = [r.get(f"annotator{k}") for k in (1, 2, 3)]
+            a, b = votes.count(1), votes.count(2)
+            if a != b:
+                question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+                pairs.append({"example_id": eid, "question": question, "a": _text(r["response1"]), "b": _text(r["response2"]), "label": "a" if a > b else "b"})
+        elif "replies" in r:
+            lists.append({"example_id": f"{eid}/{i}", "question": _context(r["context"]), "replies": [(x["text"], x["rank"]) for x in r["replies"]]})
+        else:
+            raise MrtkError(f"{path}: item {i} is not a known human-labelled format (LLMBar, OASST pairs or lists, PandaLM)")
+    if not pairs and not lists:
+        raise MrtkError(f"{path} holds no labelled pairs")
+    return pairs, lists
+
+
+def _text(value) -> str:
+    """Answers as text: PandaLM has a few JSON booleans and numbers where answers go."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _context(ctx) -> str:
+    if isinstance(ctx, str):
+        return ctx
+    return "\n\n".join(f"{'User' if m['role'] == 'prompter' else 'Assistant'}: {m['text']}" for m in ctx) if len(ctx) > 1 else ctx[0]["text"]
+
+
+# -- policy outputs -------------------------------------------------------------------------
+def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: SamplingParams, ui) -> dict[str, dict]:
+    """The policy's answer to each example (generated once, then read back)."""
+    template = load_template(t.cfg.actor.template, role="actor")
+    have = {r["example_id"] for r in t.store.fetch("SELECT example_id FROM eval_outputs WHERE eval = ? AND iteration = ?", [eval_name, t.iteration])}
+    todo = [e for e in examples if e["example_id"] not in have]
+
+    def fn(rows, go):
+        seeds = [derive_seed(t.cfg.seed, "eval", eval_name, t.iteration, e["example_id"]) for e in rows]
+        gens = t.backend().generate([Request(template.render(prompt=e["instruction"]), (s,)) for e, s in zip(rows, seeds)], params, on_progress=go)
+        return [{"output_id": f"{eval_name}/{t.iteration}/{e['example_id']}", "eval": eval_name, "iteration": t.iteration,
+                 "example_id": e["example_id"], "instruction": e["instruction"], "output": g.text, "n_chars": len(g.text),
+                 "n_tokens": g.n_tokens, "finish_reason": g.finish, "model_version": t.version, "sampling": params.as_dict(),
+                 "seed": s, "latency_s": g.latency_s} for e, [g], s in zip(rows, gens, seeds)]
+
+    run_chunks(t.store, ui, f"{eval_name} answers ({t.version})", todo, 1, fn, "eval_outputs", t.cfg.runtime.max_batch_rows)
+    rows = t.store.fetch("SELECT * FROM eval_outputs WHERE eval = ? AND iteration = ?", [eval_name, t.iteration])
+    return {r["example_id"]: r for r in rows}
+
+
+# -- external pairwise evals -------------------------------------------------------------------
+def pairwise_external(t: Target, judge, eval_name: str, template: Template, examples: list[dict], outputs: dict[str, dict],
+                      baseline: dict[str, str], *, both_orders: bool, ui) -> list[dict]:
+    """Judge the policy against the baseline on each example; one eval_items row per game.
+    Single order: policy first or second by a seeded coin per example; both orders: two games."""
+    done = {r["item_id"]: r for r in t.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ?",
+                                                   [eval_name, t.iteration, judge.model])}
+    games = []
+    for e in examples:
+        first = random.Random(derive_seed(t.cfg.seed, eval_name, e["example_id"])).random() < 0.5
+        for policy_first in ((True, False) if both_orders else (first,)):
+            games.append((e, policy_first))
+    with ui.stage(f"{eval_name} judge {judge.model}", len(games)) as go:
+        for e, policy_first in games:
+            item_id = f"{eval_name}/{t.iteration}/{judge.model}/{e['example_id']}/{'policy_first' if policy_first else 'policy_second'}"
+            if item_id in done and done[item_id]["parse_status"] == "ok":
+                go(1)
+                continue
+            mine, base = outputs[e["example_id"]]["output"], baseline[e["example_id"]]
+            a, b = (mine, base) if policy_first else (base, mine)
+            messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
+            reply = judge.ask(messages)
+            parsed, pref, weight = _verdict(template, reply.text, policy_first) if reply.ok else (None, None, 1)
+            t.store.write_replace("eval_items", "item_id", [{
+                "item_id": item_id, "eval": eval_name, "iteration": t.iteration, "example_id": e["example_id"],
+                "slot": "policy_first" if policy_first else "policy_second", "judge": judge.model, "call_key": reply.call_key,
+                "raw_text": reply.text if reply.ok else reply.error, "verdict": parsed.value if parsed else None,
+                "preference": pref, "label": str(weight), "parse_status": parsed.status if parsed else "call_failed",
+                "parse_reason": parsed.reason if parsed else "external_call_failed", "cache_hit": reply.cache_hit,
+                "cost_usd": reply.cost_usd}])
+            go(1)
+    return t.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ? ORDER BY item_id",
+                         [eval_name, t.iteration, judge.model])
+
+
+def _verdict(template: Template, text: str, policy_first: bool):
+    """(parsed, P(policy wins), weight) from a judge reply."""
+    if template.parser == "arena":
+        parsed = parse_arena(text)
+        if not parsed.ok:
+            return parsed, None, 1
+        p_first, weight = ARENA_SCORES[parsed.value[1:-1]]
+    else:
+        parsed = parse_verdict(text, "output")
+        if not parsed.ok:
+            return parsed, None, 1
+        p_first, weight = (1.0 if parsed.value == "A" else 0.0), 1
+    return parsed, (p_first if policy_first else 1.0 - p_first), weight
+
+
+def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tuple], details: dict) -> None:
+    """numbers: metric -> (value, ci_low, ci_high, n)."""
+    rows = [{"eval": eval_name, "iteration": t.iteration, "judge": judge, "metric": m, "value": v, "ci_low": lo, "ci_high": hi,
+             "n": n, "details": details} for m, (v, lo, hi, n) in numbers.items()]
+    with t.store.tx() as con:
+        con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [eval_name, t.iteration, judge]).fetchall()
+        t.store.insert(con, "eval_results", rows)
+
+
+def alpaca(t: Target, judge, examples: list[dict], template: Template, params: SamplingParams, *, both_orders: bool, ui=None) -> dict:
+    ui = ui or QuietUI()
+    missing = [e["example_id"] for e in examples if not e.get("reference")]
+    if missing:
+        raise MrtkError(f"example {missing[0]} has no reference output; alpaca needs AlpacaEval's file with 'output' (the GPT-4 Turbo reference)")
+    outputs = policy_outputs(t, "alpaca", examples, params, ui)
+    items = pairwise_external(t, judge, "alpaca", template, examples, outputs, {e["example_id"]: e["reference"] for e in examples},
+                              both_orders=both_orders, ui=ui)
+    prefs = metrics.group_mean([(r["example_id"], r["preference"]) for r in items if r["preference"] is not None])
+    ids = sorted(prefs)
+    ref = {e["example_id"]: len(e["reference"]) for e in examples}
+    wr = metrics.win_rate([prefs[i] for i in ids])
+    lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [ref[i] for i in ids])
+    avg_len = sum(o["n_chars"] for o in outputs.values()) / len(outputs)
+    failed = sum(r["preference"] is None for r in items)
+    numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
+               "length_controlled_win_rate": (lc, None, None, wr["n_total"]), "avg_length": (avg_len, None, None, len(outputs)),
+               "unjudged": (float(failed), None, None, len(items))}
+    write_results(t, "alpaca", judge.model, numbers, {"both_orders": both_orders, "template": template.hash})
+    return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
+
+
+def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str], template: Template, params: SamplingParams, ui=None) -> dict:
+    ui = ui or QuietUI()
+    outputs = policy_outputs(t, "arena-hard", questions, params, ui)
+    items = pairwise_external(t, judge, "arena-hard", template, questions, outputs, baseline, both_orders=True, ui=ui)
+    prefs = [r["preference"] for r in items if r["preference"] is not None for _ in range(int(r["label"] or 1))]
+    bt = metrics.bt_score(prefs, seed=t.cfg.seed)
+    numbers = {"score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
+               "unjudged": (float(sum(r["preference"] is None for r in items)), None, None, len(items))}
+    write_results(t, "arena-hard", judge.model, numbers, {"template": template.hash, "games": len(items)})
+    return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
+
+
+def load_arena(question_file: str, baseline_file: str, limit: int | None) -> tuple[list[dict], dict[str, str]]:
+    questions = [{"example_id": q["uid"], "instruction": q["prompt"] if "prompt" in q else q["turns"][0]["content"]}
+                 for q in _read_json_or_jsonl(Path(question_file))]
+    baseline = {}
+    for a in _read_json_or_jsonl(Path(baseline_file)):
+        content = a["messages"][-1]["content"] if "messages" in a else a["choices"][0]["turns"][0]
+        baseline[a["uid"]] = content["answer"] if isinstance(content, dict) else content
+    questions = [q for q in questions if q["example_id"] in baseline][:limit]
+    if not questions:
+        raise MrtkError(f"no question of {question_file} has a baseline answer in {baseline_file}; check the files")
+    return questions, baseline
+
+
+__all__ = ["Target", "open_target", "load_instructions", "load_human_pairs", "load_arena", "alpaca", "arena_hard", "WriterLock"]

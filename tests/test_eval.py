@@ -1,0 +1,187 @@
+"""`mrtk eval`: statistics against published numbers, the LiteLLM client (cache, cost ledger,
+retries, budget, secrets) and the commands end to end.
+
+LiteLLM calls use its `mock_response` argument: LiteLLM's real code path (request building,
+response objects, usage and cost from its bundled price map) with no network call. No paid
+API runs here. Data files come from ../shared/data and tests skip when they are absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import mrtk, rows
+
+from mrtk.errors import MrtkError
+from mrtk.evals import metrics
+from mrtk.parse import parse_arena
+from mrtk.store import RunStore
+from mrtk.store.db import DB_NAME
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ALPACA = DATA / "alpaca_eval"
+FAKE_KEY = "sk-fake-0123456789abcdefXYZ"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not here (shared evaluation data)")
+    return path
+
+
+@pytest.mark.parametrize("model", ["FuseChat-Llama-3.1-8B-Instruct", "OpenHermes-2.5-Mistral-7B", "alpaca-7b", "claude-2.1",
+                                   "gemma-7b-it", "gpt-3.5-turbo-1106"])
+def test_win_rate_and_standard_error_reproduce_the_alpacaeval_leaderboard(model):
+    """Real GPT-4 Turbo preferences (1..2, 2 = the model wins) -> the leaderboard's numbers to 0.01."""
+    board = {r[""]: r for r in csv.DictReader(need(ALPACA / "leaderboard_weighted_alpaca_eval_gpt4_turbo.csv").open())}
+    prefs = [json.loads(line)["preference"] - 1.0 for line in need(ALPACA / "gpt4_turbo_annotations" / f"{model}.jsonl").open()]
+    got = metrics.win_rate(prefs)
+    assert got["win_rate"] == pytest.approx(float(board[model]["win_rate"]), abs=0.01)
+    assert got["standard_error"] == pytest.approx(float(board[model]["standard_error"]), abs=0.01)
+    assert got["n_total"] == int(board[model]["n_total"])
+
+
+def test_length_control_removes_a_pure_length_effect():
+    # Equal lengths: nothing to control, LC equals the raw win rate.
+    prefs = [1.0, 0.0, 1.0, 1.0, 0.5, 0.0]
+    assert metrics.length_controlled_win_rate(prefs, [100] * 6, [100] * 6) == pytest.approx(metrics.win_rate(prefs)["win_rate"], abs=1e-6)
+    # The policy wins exactly when it is longer: length explains the wins, LC falls well below the raw 50%.
+    prefs = [1.0, 0.0] * 20
+    policy = [300, 100] * 20
+    lc = metrics.length_controlled_win_rate(prefs, policy, [200] * 40)
+    assert lc is not None and abs(lc - 50.0) < 1.0  # symmetric +-100 chars: the length term carries it all, the base is 50%
+    skewed = metrics.length_controlled_win_rate([1.0, 1.0, 1.0, 0.0] * 10, [400, 400, 400, 100] * 10, [200] * 40)
+    assert skewed < 75.0  # raw 75%, all wins longer: control lowers it
+
+
+def test_small_statistics_hand_computed():
+    lo, hi = metrics.wilson(8, 10)  # textbook Wilson interval for 8/10
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert metrics.ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]
+    a = metrics.agreement(["a", "b", "a", "b"], ["a", "a", None, "b"])
+    assert (a["agreement"], a["ties"], a["agreement_without_ties"]) == (0.5, 1, pytest.approx(2 / 3))
+    bt = metrics.bt_score([1.0, 0.0, 1.0, 1.0], bootstrap=100)
+    assert bt["score"] == 75.0 and bt["ci_low"] <= 75.0 <= bt["ci_high"]
+
+
+@pytest.mark.parametrize("text, verdict", [("... [[A>>B]]", "A>>B"), ("[[B>A]]", "A<B"), ("[[B>>A]] but quoted [[A>B]] last", "A>B"),
+                                            ("My final verdict is tie: [[A=B]]", "A=B"), ("no label", None)])
+def test_arena_verdicts(text, verdict):
+    assert parse_arena(text).value == verdict
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = RunStore(tmp_path / "run")
+    s.migrate()
+    return s
+
+
+def judge(store, reply, **kw):
+    from mrtk.evals.external import ExternalJudge
+
+    return ExternalJudge(store, "gpt-4-1106-preview", mock_response=reply, backoff_s=0.0, **kw)
+
+
+def test_external_calls_are_logged_cached_and_costed(store):
+    j = judge(store, "Output A is better.\nWinner: Output A")
+    msgs = [{"role": "user", "content": "Which is better, A or B?"}]
+    first = j.ask(msgs)
+    assert first.ok and not first.cache_hit and first.cost_usd > 0 and "Winner: Output A" in first.text
+    again = judge(store, "a different reply that must not be used").ask(msgs)
+    assert again.cache_hit and again.cost_usd == 0.0 and again.text == first.text  # same content, served from DuckDB
+    [row] = store.fetch("SELECT * FROM eval_calls")
+    assert row["status"] == "ok" and row["model"] == "gpt-4-1106-preview" and row["cost_usd"] == pytest.approx(first.cost_usd)
+    assert row["prompt_tokens"] > 0 and json.loads(row["messages"]) == msgs
+
+
+def test_rate_limits_are_retried_then_recorded_as_failures(store):
+    import litellm
+
+    j = judge(store, litellm.RateLimitError("slow down", llm_provider="openai", model="gpt-4-1106-preview"), retries=2)
+    reply = j.ask([{"role": "user", "content": "x"}])
+    assert not reply.ok and reply.text is None and "RateLimitError" in reply.error
+    [row] = store.fetch("SELECT status, attempts, raw_reply FROM eval_calls")
+    assert (row["status"], row["attempts"], row["raw_reply"]) == ("failed", 3, None)
+    timeout = judge(store, litellm.Timeout("too slow", model="gpt-4-1106-preview", llm_provider="openai"), retries=1)
+    assert not timeout.ask([{"role": "user", "content": "y"}]).ok
+    # a later success replaces the failure under the same key
+    assert judge(store, "Winner: Output B").ask([{"role": "user", "content": "x"}]).ok
+    assert store.fetch("SELECT status FROM eval_calls WHERE attempts = 1 AND raw_reply = 'Winner: Output B'")
+
+
+def test_max_cost_stops_before_the_budget_is_exceeded(store):
+    j = judge(store, "Winner: Output A", max_cost=0.016, max_tokens=512)  # a call may cost up to 0.0154 USD (512 output tokens)
+    j.ask([{"role": "user", "content": "one"}])
+    with pytest.raises(MrtkError, match=r"--max-cost 0.016 USD reached"):
+        j.ask([{"role": "user", "content": "two"}])
+    assert len(store.fetch("SELECT * FROM eval_calls")) == 1 and j.spent <= 0.016
+
+
+def test_external_model_refused_for_training(tmp_path):
+    res = mrtk("run", "--set", "model=openai/gpt-4o", cwd=tmp_path)
+    assert res.returncode == 2 and "external models are for evaluation only" in res.stderr
+    res = mrtk("run", "--set", "judge.model=gpt-4-1106-preview", cwd=tmp_path)
+    assert res.returncode == 2 and "external judges are for evaluation only" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.fixture()
+def run_copy(finished_run, tmp_path):
+    src = next((finished_run / "runs").iterdir())
+    dst = tmp_path / "runs" / src.name
+    dst.mkdir(parents=True)
+    shutil.copy(src / DB_NAME, dst / DB_NAME)
+    (dst / "models").symlink_to(src / "models")
+    return dst
+
+
+def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
+    """Policy answers generated by the real model, judged through LiteLLM's mock path, every row in
+    DuckDB; the API key in the environment appears nowhere in the run directory."""
+    data = need(ALPACA / "gpt4_1106_preview_model_outputs.json")
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    args = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--limit", "3", "--max-new-tokens", "12",
+            "--both-orders", "--dry-run-reply", "Both are fine; A is clearer.\nWinner: Output A", "-q"]
+    res = mrtk(*args, cwd=run_copy.parent, check=True)
+    assert "win_rate" in res.stdout and "6 calls" in " ".join(res.stdout.split())
+    db = run_copy / DB_NAME
+    assert rows(db, "SELECT count(*), count(DISTINCT example_id), min(n_chars) > 0 FROM eval_outputs") == [(3, 3, True)]
+    # both orders, the judge always says A: the policy wins exactly its policy-first games, so every preference is 0.5
+    assert rows(db, "SELECT count(*), avg(preference), count(*) FILTER (WHERE raw_text LIKE '%Winner: Output A%') FROM eval_items") == [(6, 0.5, 6)]
+    assert dict(rows(db, "SELECT metric, value FROM eval_results WHERE eval = 'alpaca'"))["win_rate"] == pytest.approx(50.0)
+    again = mrtk(*args, cwd=run_copy.parent, check=True)
+    assert "0 calls" in " ".join(again.stdout.split())  # everything judged already: nothing is asked twice
+    for path in run_copy.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "models" not in path.parts:
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert FAKE_KEY not in res.stdout + res.stderr
+
+
+def test_eval_judge_end_to_end(run_copy):
+    data = need(DATA / "judge_dev" / "llmbar_and_mtbench_human_dev.jsonl")
+    res = mrtk("eval", "judge", str(data), "--run", str(run_copy), "--limit", "4", "--n", "1", "-q", cwd=run_copy.parent, check=True)
+    assert "agreement" in res.stdout and "95% interval" in res.stdout
+    db = run_copy / DB_NAME
+    assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge'") == [(8, 8, 8)]
+    [(value, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE metric = 'agreement'")
+    assert n == 4 and lo <= value <= hi and value in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_eval_judge_reads_every_human_format(tmp_path):
+    from mrtk.evals.run import load_human_pairs
+
+    for path in ("judge_dev/llmbar_and_mtbench_human_dev.jsonl", "judge_dev/oasst_rankings/oasst_en100_pairs_dev.jsonl",
+                 "judge_dev/pandalm_testset-v1.json", "judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl"):
+        pairs, lists = load_human_pairs(str(need(DATA / path)))
+        assert pairs or lists
+        # (PandaLM has some empty responses: real data, kept as they are)
+        assert all(p["label"] in ("a", "b") and isinstance(p["a"], str) and isinstance(p["b"], str) and p["question"] for p in pairs)
+        assert all(len(x["replies"]) >= 2 for x in lists)
+    assert math.isclose(len(load_human_pairs(str(DATA / "judge_dev/llmbar_and_mtbench_human_dev.jsonl"))[0]), 119)
