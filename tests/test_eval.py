@@ -185,3 +185,11 @@ def test_eval_judge_reads_every_human_format(tmp_path):
         assert all(p["label"] in ("a", "b") and isinstance(p["a"], str) and isinstance(p["b"], str) and p["question"] for p in pairs)
         assert all(len(x["replies"]) >= 2 for x in lists)
     assert math.isclose(len(load_human_pairs(str(DATA / "judge_dev/llmbar_and_mtbench_human_dev.jsonl"))[0]), 119)
+
+
+def test_training_code_never_imports_litellm():
+    import subprocess
+    import sys
+
+    code = "import sys, mrtk.cli, mrtk.loop, mrtk.rejudge, mrtk.report; sys.exit('litellm' in sys.modules or 'sglang' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

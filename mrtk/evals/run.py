@@ -42,7 +42,7 @@ class Target:
     def backend(self):
         if self._backend is None:
             model, tok = load_model(self.model_dir, self.cfg.runtime.inference_dtype, pick_device(self.cfg.runtime.device))
-            self._backend = make_backend(self.cfg.backend, model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
+            self._backend = make_backend("embedded", model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
                                          max_batch_tokens=self.cfg.runtime.max_batch_tokens)
         return self._backend
 

@@ -1,0 +1,219 @@
+"""A stand-in for an SGLang server (sglang 0.5.x HTTP protocol), for tests on machines without
+a GPU. It is NOT SGLang: it serves the embedded model through mrtk's own decode loop, and
+implements only the endpoints and fields mrtk uses, checked the way SGLang checks them:
+
+- `POST /generate` (sglang/srt/entrypoints/http_server.py, the schema of
+  sglang/api/v1/api_types.py): `text` a string or a list, `sampling_params` one dict or one per
+  text; an unknown key in `sampling_params` is HTTP 400 with serde's "unknown field" text;
+  `json_schema` / `regex` / `ebnf` must be strings; a list input answers a list in input
+  order, the `n` samples of each prompt grouped together; `meta_info.finish_reason` is an
+  object ({"type": "stop", "matched": ...} or {"type": "length", "length": N}); with
+  `return_logprob` and `token_ids_logprob`, `meta_info.output_token_ids_logprobs` holds
+  [logprob, token_id, null] entries per output position; `weight_version` is echoed.
+  `regex` supports alternations of literals only, e.g. "(10|9|...|1)" (all mrtk sends).
+- `GET /health`, `GET /model_info`, `POST /release_memory_occupation`,
+  `/resume_memory_occupation`, `/update_weights_from_disk` {model_path, weight_version}
+  (really reloads the weights from disk), `/flush_cache`.
+
+Every request is recorded in `.log` as (path, body). Failure injection: `fail_next` answers
+that many requests with HTTP 503; `die_after` stops serving after that many /generate calls.
+Run it as a process with `python tests/sglang_double.py --model DIR --port P`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+SAMPLING_FIELDS = ("max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
+                   "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n", "json_schema", "regex",
+                   "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
+                   "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice")
+
+
+class BadRequest(Exception):
+    pass
+
+
+class SGLangDouble:
+    def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1"):
+        from mrtk.backends.embedded import EmbeddedBackend
+        from mrtk.models import load_model
+
+        self.load = lambda path: EmbeddedBackend(*load_model(path, "float32"), max_batch_rows=64)
+        self.engine = self.load(model_dir)
+        self.model_path, self.weight_version = model_dir, weight_version
+        self.log: list[tuple[str, dict | None]] = []
+        self.released = False
+        self.fail_next = 0
+        self.die_after: int | None = None
+        self.generate_calls = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def _handler(self):
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, payload):
+                raw = json.dumps(payload).encode() if payload is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._route(None)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self._route(json.loads(self.rfile.read(n) or b"null"))
+
+            def _route(self, body):
+                with double.lock:
+                    double.log.append((self.path, body))
+                    if double.fail_next > 0:
+                        double.fail_next -= 1
+                        return self._reply(503, {"error": "injected: server busy"})
+                    try:
+                        status, payload = double.handle(self.path, body)
+                    except BadRequest as e:
+                        status, payload = 400, {"error": str(e)}
+                self._reply(status, payload)
+                if double.die_after is not None and double.generate_calls >= double.die_after:
+                    threading.Thread(target=double.stop, daemon=True).start()
+
+        return Handler
+
+    def handle(self, path: str, body):
+        if path == "/health":
+            return 200, None
+        if path == "/model_info":
+            return 200, {"model_path": self.model_path, "weight_version": self.weight_version, "is_generation": True}
+        if path == "/release_memory_occupation":
+            self.released = True
+            return 200, {}
+        if path == "/resume_memory_occupation":
+            self.released = False
+            return 200, {}
+        if path == "/flush_cache":
+            return 200, {}
+        if path == "/update_weights_from_disk":
+            try:
+                self.engine = self.load(body["model_path"])
+            except Exception as e:  # SGLang answers success: false with HTTP 400
+                return 400, {"success": False, "message": f"{type(e).__name__}: {e}", "num_paused_requests": 0}
+            self.model_path, self.weight_version = body["model_path"], body.get("weight_version") or self.weight_version
+            return 200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+        if path == "/generate":
+            if self.released:
+                return 503, {"error": "memory released; call /resume_memory_occupation"}
+            self.generate_calls += 1
+            return 200, self.generate(body)
+        return 404, {"detail": "Not Found"}
+
+    # -- /generate -------------------------------------------------------------------------
+    def generate(self, body: dict):
+        if not isinstance(body, dict):
+            raise BadRequest("invalid type: expected a JSON object")
+        texts = body.get("text")
+        single = isinstance(texts, str)
+        texts = [texts] if single else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise BadRequest("invalid type for `text`: expected a string or a list of strings")
+        sps = body.get("sampling_params") or {}
+        sps = [sps] * len(texts) if isinstance(sps, dict) else sps
+        if len(sps) != len(texts):
+            raise BadRequest("The length of sampling_params and text must match")
+        for sp in sps:
+            for key in sp:
+                if key not in SAMPLING_FIELDS:
+                    raise BadRequest(f"unknown field `{key}`, expected one of {', '.join(f'`{f}`' for f in SAMPLING_FIELDS)}")
+            for key in ("json_schema", "regex", "ebnf"):
+                if key in sp and sp[key] is not None and not isinstance(sp[key], str):
+                    raise BadRequest(f"invalid type for `{key}`: expected a string")
+        want_ids = body.get("token_ids_logprob")
+        out = []
+        for i, (text, sp) in enumerate(zip(texts, sps)):
+            ids = self.engine.tok(text, add_special_tokens=False)["input_ids"]
+            lp_ids = want_ids[i] if want_ids and isinstance(want_ids[0], list) else want_ids
+            out += self._one(ids, sp, bool(body.get("return_logprob")), lp_ids, i)
+        return out[0] if single and len(out) == 1 else out
+
+    def _one(self, ids: list[int], sp: dict, return_logprob: bool, lp_ids, index: int) -> list[dict]:
+        from mrtk.backends.base import SamplingParams
+
+        n, max_new = int(sp.get("n", 1)), int(sp.get("max_new_tokens", 128))
+        stops = sp.get("stop") or ()
+        stops = (stops,) if isinstance(stops, str) else tuple(stops)
+        meta = {"prompt_tokens": len(ids), "cached_tokens": 0, "weight_version": self.weight_version}
+        if sp.get("regex"):
+            return [self._constrained(ids, sp["regex"], meta, index) for _ in range(n)]
+        seed = int(sp.get("sampling_seed") or 0)
+        params = SamplingParams(float(sp.get("temperature", 1.0)), float(sp.get("top_p", 1.0)), max_new, stops)
+        [gens] = self.engine._run([ids], [tuple(seed + j for j in range(n))], params, [], None)
+        answers = []
+        for j, g in enumerate(gens):
+            if g.finish == "stop":
+                finish = {"type": "stop", "matched": stops[0]}  # the stand-in does not track which stop string matched
+            elif g.finish == "eos":
+                finish = {"type": "stop", "matched": self.engine.tok.eos_token_id}
+            else:
+                finish = {"type": "length", "length": max_new}
+            m = dict(meta, id=f"{index}-{j}", completion_tokens=g.n_tokens, finish_reason=finish)
+            if return_logprob and lp_ids:
+                m["output_token_ids_logprobs"] = [self._next_logprobs(ids, lp_ids)]
+            answers.append({"text": g.text, "meta_info": m, "index": index * n + j})
+        return answers
+
+    @torch.inference_mode()
+    def _next_logprobs(self, ids: list[int], wanted: list[int]) -> list[list]:
+        logits = self.engine.model(torch.tensor([ids])).logits[0, -1].float()
+        lp = logits.log_softmax(-1)
+        return [[lp[t].item(), int(t), None] for t in wanted]
+
+    @torch.inference_mode()
+    def _constrained(self, ids: list[int], pattern: str, meta: dict, index: int) -> dict:
+        m = re.fullmatch(r"\((.*)\)", pattern)
+        if not m:
+            raise BadRequest("this SGLang stand-in supports only '(a|b|...)' regex alternations")
+        options = [re.sub(r"\\(.)", r"\1", o) for o in m.group(1).split("|")]
+        best, best_lp = None, -math.inf
+        for o in options:
+            toks = self.engine.tok(o, add_special_tokens=False)["input_ids"]
+            logits = self.engine.model(torch.tensor([ids + toks])).logits[0].float().log_softmax(-1)
+            lp = sum(logits[len(ids) - 1 + k, t].item() for k, t in enumerate(toks))
+            if lp > best_lp:
+                best, best_lp = o, lp
+        return {"text": best, "meta_info": dict(meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}), "index": index}
+
+
+if __name__ == "__main__":  # a separate process, for launch tests: python tests/sglang_double.py --model DIR --port P
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+    with SGLangDouble(args["--model"], int(args.get("--port", 0)), args.get("--weight-version", "M1")) as d:
+        print(d.url, flush=True)
+        d.thread.join()
