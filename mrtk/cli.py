@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -52,6 +53,7 @@ def run(
     from mrtk.ui import QuietUI, RichUI
 
     ui = QuietUI() if quiet else RichUI(err)
+    signal.signal(signal.SIGTERM, _terminate)  # a polite kill stops a launched SGLang server too
     if resume:
         if config or set_ or dirs:
             raise MrtkError("--resume continues a run with its stored config; drop CONFIG, --set and --prompts")
@@ -160,6 +162,10 @@ def report(
         out.print(f"wrote {target}")
     else:
         raise MrtkError(f"--format {fmt!r} is not one of html, png")
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _record_status(store, status: str, error: str | None = None) -> None:

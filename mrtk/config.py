@@ -105,6 +105,7 @@ class TrainCfg(_Section):
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
     precompute_ref_log_probs: bool = Field(True, description="Reference log-probs once per iteration instead of every step.")
     gradient_checkpointing: bool = Field(False)
+    num_processes: int = Field(1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel).")
 
     @field_validator("epochs")
     @classmethod

@@ -9,6 +9,7 @@ loop: a finished stage is skipped, a half-finished one regenerates only its miss
 from __future__ import annotations
 
 import gc
+import json
 import re
 import time
 from contextlib import contextmanager
@@ -193,13 +194,26 @@ class Loop:
             self.backend.release()  # the server's GPU memory goes to DPO
         out = self.store.run_dir / "models" / f"M{it + 1}"
         steps = train.planned_steps(len(fitted), self.cfg.train, it)
-        with self.ui.stage(f"it{it} train ({len(fitted)} pairs)", steps) as go:
-            model, tok, metrics, stats = train.train_dpo(
-                model_dir, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
-                work_dir=self.store.run_dir / "tmp" / f"train{it}", on_step=lambda: go(1))
-        save_model(model, tok, out)
-        del model
-        gc.collect()
+        work = self.store.run_dir / "tmp" / f"train{it}"
+        if self.cfg.train.num_processes > 1:  # several GPUs: accelerate launch, the workers save the model
+            from mrtk.train_worker import run_distributed
+
+            (work / "examples.json").parent.mkdir(parents=True, exist_ok=True)
+            (work / "examples.json").write_text(json.dumps(fitted))
+            result = run_distributed({"model_dir": model_dir, "examples_path": str(work / "examples.json"),
+                                      "train": self.cfg.train.model_dump(mode="json"), "iteration": it, "seed": self.cfg.seed,
+                                      "device": self.device, "work_dir": str(work), "out": str(out),
+                                      "result_path": str(work / "result.json")}, work, self.cfg.train.num_processes,
+                                     self.store.run_dir / "train.log")
+            metrics, stats = result["metrics"], result["stats"]
+        else:
+            with self.ui.stage(f"it{it} train ({len(fitted)} pairs)", steps) as go:
+                model, tok, metrics, stats = train.train_dpo(
+                    model_dir, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
+                    work_dir=work, on_step=lambda: go(1))
+            save_model(model, tok, out)
+            del model
+            gc.collect()
         if serving:
             self.backend.resume()  # the next iteration loads M<t+1> into it (update_weights, flush_cache)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))

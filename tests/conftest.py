@@ -93,3 +93,17 @@ def check_complete(db: Path, cfg: dict = TINY) -> None:
                        WHERE p.kind = 'judge' AND j.score IS NULL""") == [(0,)]
     assert rows(db, "SELECT iteration, count(*) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [(1, 5), (2, 5)]
     assert [r[0] for r in rows(db, "SELECT iteration FROM lineage ORDER BY 1")] == [1, 2]
+
+
+@pytest.fixture()
+def run_copy(finished_run, tmp_path):
+    """The shared finished run's database in a run directory of its own (models linked, not
+    copied), for tests that add rows to a run."""
+    import shutil
+
+    src = next((finished_run / "runs").iterdir())
+    dst = tmp_path / "runs" / src.name
+    dst.mkdir(parents=True)
+    shutil.copy(src / "mrtk.duckdb", dst / "mrtk.duckdb")
+    (dst / "models").symlink_to(src / "models")
+    return dst

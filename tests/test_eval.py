@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -130,16 +129,6 @@ def test_external_model_refused_for_training(tmp_path):
     assert res.returncode == 2 and "external models are for evaluation only" in res.stderr
     res = mrtk("run", "--set", "judge.model=gpt-4-1106-preview", cwd=tmp_path)
     assert res.returncode == 2 and "external judges are for evaluation only" in res.stderr and res.stderr.count("\n") == 1
-
-
-@pytest.fixture()
-def run_copy(finished_run, tmp_path):
-    src = next((finished_run / "runs").iterdir())
-    dst = tmp_path / "runs" / src.name
-    dst.mkdir(parents=True)
-    shutil.copy(src / DB_NAME, dst / DB_NAME)
-    (dst / "models").symlink_to(src / "models")
-    return dst
 
 
 def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import duckdb
 import pytest
@@ -13,17 +12,6 @@ from conftest import mrtk
 from mrtk.compare import compare_sets
 from mrtk.config import PairsCfg
 from mrtk.store.db import DB_NAME
-
-
-@pytest.fixture()
-def run_copy(finished_run, tmp_path):
-    """The shared finished run's database in a run directory of its own (models linked, not copied)."""
-    src = next((finished_run / "runs").iterdir())
-    dst = tmp_path / "runs" / src.name
-    dst.mkdir(parents=True)
-    shutil.copy(src / DB_NAME, dst / DB_NAME)
-    (dst / "models").symlink_to(src / "models")
-    return dst
 
 
 def count(db, sql):

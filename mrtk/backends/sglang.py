@@ -53,7 +53,7 @@ class ServerError(Exception):
 
 def launch_command(model_path: str, cfg, weight_version: str | None = None) -> list[str]:
     """The `sglang.launch_server` command line for a config's `sglang` section."""
-    cmd = [cfg.python or sys.executable, "-m", "sglang.launch_server", "--model-path", model_path, "--host", cfg.host,
+    cmd = [cfg.python or sys.executable, "-m", "sglang.launch_server", "--model-path", _absolute(model_path), "--host", cfg.host,
            "--port", str(cfg.port), "--tp-size", str(cfg.tp_size), "--dp-size", str(cfg.dp_size),
            "--mem-fraction-static", str(cfg.mem_fraction_static)]
     if cfg.enable_memory_saver:
@@ -266,6 +266,7 @@ class SGLangBackend:
         self.client.call("/resume_memory_occupation", {}, every=True)
 
     def update_weights(self, model_path: str, version: str) -> None:
+        model_path = _absolute(model_path)  # the server has its own working directory
         for answer in self.client.call("/update_weights_from_disk", {"model_path": str(model_path), "weight_version": version}, every=True):
             if not (answer or {}).get("success", False):
                 raise MrtkError(f"SGLang could not load {model_path}: {(answer or {}).get('message')}; check the saved model")
@@ -273,6 +274,12 @@ class SGLangBackend:
 
     def flush(self) -> None:
         self.client.call("/flush_cache", {}, every=True)
+
+
+def _absolute(model_path: str) -> str:
+    """A local model directory as an absolute path; a hub id as it is."""
+    path = Path(model_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_path
 
 
 def _matched_stop(finish: dict, stops) -> bool:
