@@ -103,7 +103,8 @@ class TrainCfg(_Section):
     loss_type: list[Literal["sigmoid", "sft", "ipo", "hinge", "robust"]] = Field(["sigmoid"])
     lora: LoraCfg = LoraCfg()
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
-    precompute_ref_log_probs: bool = Field(True, description="Reference log-probs once per iteration instead of every step.")
+    precompute_ref_log_probs: bool | None = Field(None, description="Reference log-probs once per iteration instead of every step; "
+                                                  "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).")
     gradient_checkpointing: bool = Field(False)
     num_processes: int = Field(1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel).")
 

