@@ -136,6 +136,7 @@ class RuntimeCfg(_Section):
 
 class SGLangCfg(_Section):
     urls: list[str] = Field([], description="Attach to these running SGLang servers (or one router URL); mrtk never stops them.")
+    url: str | None = Field(None, description="One server or router URL: the same as urls: [URL].")
     launch: bool = Field(False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end.")
     python: str | None = Field(None, description="Python of the environment where sglang is installed (default: this one).")
     host: str = Field("127.0.0.1")
@@ -170,8 +171,10 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":
+        if self.sglang.url and self.sglang.url not in self.sglang.urls:
+            self.sglang.urls = self.sglang.urls + [self.sglang.url]
         if self.backend == "sglang" and not (self.sglang.launch or self.sglang.urls):
-            raise ValueError("backend sglang needs sglang.launch: true or sglang.urls: [http://HOST:PORT, ...]")
+            raise ValueError("backend sglang needs sglang.launch: true, sglang.url: http://HOST:PORT or sglang.urls: [...]")
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")

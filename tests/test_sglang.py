@@ -51,6 +51,7 @@ def test_launch_command_from_config():
     assert cmd[-2:] == ["--chunked-prefill-size", "4096"]
     with pytest.raises(MrtkError, match="backend sglang needs sglang.launch"):
         validate_config({"backend": "sglang"})
+    assert validate_config({"backend": "sglang", "sglang": {"url": "http://h:1"}}).sglang.urls == ["http://h:1"]
 
 
 def test_requests_follow_the_protocol_and_answers_keep_their_order(backend, double):
