@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from mrtk.parse import parse_arena
 from mrtk.store import RunStore
 from mrtk.store.db import DB_NAME
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the shared evaluation data beside the project (../shared/data), or wherever MRTK_SHARED_DATA points
+DATA = Path(os.environ.get("MRTK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 ALPACA = DATA / "alpaca_eval"
 FAKE_KEY = "sk-fake-0123456789abcdefXYZ"
 
