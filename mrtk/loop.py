@@ -67,6 +67,18 @@ def check_lengths(cfg: RunConfig, inputs: dict) -> None:
                         "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge")
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise, so
+    the resident size would add up stage after stage instead of peaking at the largest stage)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int) -> None:
     """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes;
     the progress bar counts the model calls still to make (after a resume, only the missing)."""
@@ -213,7 +225,7 @@ class Loop:
                     work_dir=work, on_step=lambda: go(1))
             save_model(model, tok, out)
             del model
-            gc.collect()
+            release_memory()
         if serving:
             self.backend.resume()  # the next iteration loads M<t+1> into it (update_weights, flush_cache)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
@@ -227,7 +239,7 @@ class Loop:
             go(1)
         save_model(model, tok, out)
         del model
-        gc.collect()
+        release_memory()
         self._record_training(0, self.base_model, out, metrics, stats, stats["examples_in"], stats["examples_trained"],
                               stats["dropped_too_long"])
 
@@ -279,6 +291,7 @@ class Loop:
         t0 = time.time()
         self.store.write("stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
         yield
+        release_memory()
         with self.store.tx() as con:
             con.execute("UPDATE stages SET status = 'done', finished_at = ?, seconds = ? WHERE iteration = ? AND stage = ?",
                         [datetime.now(), time.time() - t0, it, name]).fetchall()
@@ -348,4 +361,4 @@ class Loop:
         if self.cfg.backend == "sglang":
             return  # the server keeps its weights; `_train` releases and resumes its memory
         self.backend = self.backend_model = None
-        gc.collect()
+        release_memory()
