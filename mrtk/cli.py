@@ -421,7 +421,7 @@ def eval_judge(
     with WriterLock(run_dir):
         target = ev.open_target(run_dir, iteration)
         t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
-        res = judge_agreement(target, pairs, lists, t_judge, n=n, ui=QuietUI() if quiet else RichUI(err))
+        res = judge_agreement(target, pairs, lists, t_judge, n=n, name=f"judge:{Path(data).stem}", ui=QuietUI() if quiet else RichUI(err))
     _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)
 
 

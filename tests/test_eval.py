@@ -160,7 +160,7 @@ def test_eval_judge_end_to_end(run_copy):
     res = mrtk("eval", "judge", str(data), "--run", str(run_copy), "--limit", "4", "--n", "1", "-q", cwd=run_copy.parent, check=True)
     assert "agreement" in res.stdout and "95% interval" in res.stdout
     db = run_copy / DB_NAME
-    assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge'") == [(8, 8, 8)]
+    assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge:llmbar_and_mtbench_human_dev'") == [(8, 8, 8)]
     [(value, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE metric = 'agreement'")
     assert n == 4 and lo <= value <= hi and value in (0.0, 0.25, 0.5, 0.75, 1.0)
 
