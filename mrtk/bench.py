@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import threading
 import time
 from contextlib import contextmanager
@@ -302,5 +301,3 @@ def fmt_table(report: dict):
 def to_json(report: dict) -> str:
     return json.dumps(report, indent=2)
 
-
-__all__ = ["run_bench", "fmt_table", "to_json", "peak_rss", "resource"]

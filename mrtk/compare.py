@@ -13,13 +13,13 @@ many of one set's pairs the other set reverses.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
+from mrtk.evals.metrics import pearson
 from mrtk.stages.pairs import actor_pairs
 from mrtk.store.db import DB_NAME, dict_rows, open_readonly
 
@@ -184,16 +184,6 @@ def _reverses(pair: dict, prefs: dict[tuple[str, str], int]) -> bool:
     x, y = sorted((c, r))
     v = prefs.get((x, y), 0)
     return v != 0 and (x if v > 0 else y) == r
-
-
-def pearson(xs: list[float], ys: list[float]) -> float | None:
-    n = len(xs)
-    if n < 3:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
 
 
 def _share(k: int, n: int) -> float | None:

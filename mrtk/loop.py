@@ -17,11 +17,11 @@ from datetime import datetime
 from pathlib import Path
 
 from mrtk import summary
-from mrtk.backends import make_backend
+from mrtk.backends import embedded_backend
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
-from mrtk.models import chat_token_ids, load_model, pick_device, resolve_model
+from mrtk.models import chat_token_ids, pick_device, resolve_model
 from mrtk.prompts import load_template
 from mrtk.runs import save_model, set_status
 from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
@@ -322,9 +322,7 @@ class Loop:
             return self._sglang(model_dir)
         if self.backend is None or self.backend_model != model_dir:
             self._drop_backend()
-            model, tok = load_model(model_dir, self.cfg.runtime.inference_dtype, self.device)
-            self.backend = make_backend(self.cfg.backend, model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
-                                        max_batch_tokens=self.cfg.runtime.max_batch_tokens)
+            self.backend = embedded_backend(model_dir, self.cfg.runtime, self.device)
             self.backend_model = model_dir
         return self.backend
 

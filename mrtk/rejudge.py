@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import make_backend
+from mrtk.backends import embedded_backend
 from mrtk.config import with_template_sampling
 from mrtk.errors import MrtkError
 from mrtk.loop import model_for, run_chunks
-from mrtk.models import load_model, pick_device, resolve_model
+from mrtk.models import pick_device, resolve_model
 from mrtk.prompts import Template, check_role, load_template
 from mrtk.runs import WriterLock, open_run
 from mrtk.stages import judge
@@ -71,9 +71,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
             def backend():
                 if model_dir not in loaded:
                     loaded.clear()
-                    model, tok = load_model(model_dir, cfg.runtime.inference_dtype, device)
-                    loaded[model_dir] = make_backend("embedded", model, tok, max_batch_rows=cfg.runtime.max_batch_rows,
-                                                     max_batch_tokens=cfg.runtime.max_batch_tokens)
+                    loaded[model_dir] = embedded_backend(model_dir, cfg.runtime, device)
                 return loaded[model_dir]
 
             key = judge.rejudge_key(job.template, jcfg.score_mode, version)

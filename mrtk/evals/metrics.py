@@ -111,14 +111,19 @@ def ranks(values: list[float]) -> list[float]:
     return out
 
 
-def spearman(a: list[float], b: list[float]) -> float | None:
-    if len(a) < 2:
+def pearson(xs: list[float], ys: list[float], min_n: int = 3) -> float | None:
+    """Pearson correlation; None under `min_n` points or when either side is constant."""
+    n = len(xs)
+    if n < min_n:
         return None
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    return num / den if den > 0 else None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    return pearson(ranks(a), ranks(b), min_n=2)
 
 
 def agreement(labels: list[str], predictions: list[str | None]) -> dict:

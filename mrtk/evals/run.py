@@ -14,15 +14,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import Request, SamplingParams, make_backend
+from mrtk.backends import Request, SamplingParams, embedded_backend
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
 from mrtk.loop import model_for, run_chunks
-from mrtk.models import load_model, pick_device
+from mrtk.models import pick_device
 from mrtk.parse import ARENA_SCORES, parse_arena, parse_verdict
 from mrtk.prompts import Template, load_template
 from mrtk.rows import derive_seed
-from mrtk.runs import WriterLock, open_run
+from mrtk.runs import open_run
 from mrtk.ui import QuietUI
 
 ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
@@ -41,9 +41,7 @@ class Target:
 
     def backend(self):
         if self._backend is None:
-            model, tok = load_model(self.model_dir, self.cfg.runtime.inference_dtype, pick_device(self.cfg.runtime.device))
-            self._backend = make_backend("embedded", model, tok, max_batch_rows=self.cfg.runtime.max_batch_rows,
-                                         max_batch_tokens=self.cfg.runtime.max_batch_tokens)
+            self._backend = embedded_backend(self.model_dir, self.cfg.runtime, pick_device(self.cfg.runtime.device))
         return self._backend
 
 
@@ -260,5 +258,3 @@ def load_arena(question_file: str, baseline_file: str, limit: int | None) -> tup
         raise MrtkError(f"no question of {question_file} has a baseline answer in {baseline_file}; check the files")
     return questions, baseline
 
-
-__all__ = ["Target", "open_target", "load_instructions", "load_human_pairs", "load_arena", "alpaca", "arena_hard", "WriterLock"]
