@@ -183,14 +183,13 @@ class EmbeddedBackend:
         """Probability of each choice right after the suffix. A two-token choice [f, s] costs one
         more step with f fed: P(f s) = P(f) P(s | f), and a one-token choice f that is also a
         prefix keeps P(f) (1 - sum of P(s | f) over those continuations)."""
-        p = self._next_probs(cache, attn, next_pos, suffix_ids)
+        p, attn = self._next_probs(cache, attn, next_pos, suffix_ids)
         labels = list(choice_ids)
         out = p[:, [choice_ids[k][0] for k in labels]]
         two = {k: v for k, v in choice_ids.items() if len(v) == 2}
         if two:
             first = next(iter(two.values()))[0]
-            attn = torch.cat([attn, torch.ones((attn.shape[0], len(suffix_ids)), dtype=attn.dtype, device=attn.device)], dim=1)
-            p2 = self._next_probs(cache, attn, next_pos + len(suffix_ids), [first])
+            p2, _ = self._next_probs(cache, attn, next_pos + len(suffix_ids), [first])
             cont = p2[:, [v[1] for v in two.values()]]
             for i, k in enumerate(labels):
                 if k in two:
@@ -200,14 +199,14 @@ class EmbeddedBackend:
         return [dict(zip(labels, row)) for row in out.cpu().tolist()]
 
     def _next_probs(self, cache, attn, next_pos, feed_ids):
-        """Feed the same tokens to every row (extending the cache); next-token probabilities."""
+        """Feed the same tokens to every row, extending the cache: (next-token probabilities, the extended mask)."""
         dev = self.device
         rows, s = attn.shape[0], len(feed_ids)
         ids = torch.tensor(feed_ids, dtype=torch.long, device=dev).expand(rows, s)
         attn = torch.cat([attn, torch.ones((rows, s), dtype=attn.dtype, device=dev)], dim=1)
         pos = next_pos[:, None] + torch.arange(s, device=dev)[None, :]
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float().softmax(-1)
+        return out.logits[:, -1, :].float().softmax(-1), attn
 
     def _hit_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tok.decode(toks[-8:], skip_special_tokens=True)

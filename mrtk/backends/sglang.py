@@ -138,28 +138,22 @@ class SGLangClient:
         self.log: list[tuple[str, str, dict | None]] = []  # (url, path, body): what was sent, for tests and debugging
 
     def call(self, path: str, body: dict | None = None, *, every: bool = False, method: str | None = None):
-        """POST (or GET without a body) `path`; with `every`, on every server (weight updates)."""
+        """POST (or GET without a body) `path` to the next server; with `every`, to every server
+        (weight updates). Either way a failed try is retried with backoff."""
         if every:
-            return [self._one(u, path, body, method) for u in self.urls]
-        errors = []
+            return [self._retrying(lambda u=u: u, path, body, method) for u in self.urls]
+        return self._retrying(lambda: self.urls[next(self._next)], path, body, method)
+
+    def _retrying(self, pick_url, path, body, method):
         for attempt in range(self.retries + 1):
-            url = self.urls[next(self._next)]
+            url = pick_url()
             try:
                 return self._send(url, path, body, method)
             except (OSError, ConnectionError) as e:  # refused, reset, timed out, 5xx/429: another try
-                errors.append(f"{url}: {e}")
+                last = f"{url}: {e}"
                 time.sleep(self.backoff_s * 2 ** attempt)
-        raise MrtkError(f"SGLang did not answer {path} after {self.retries + 1} tries ({errors[-1]}); finished rows are saved, "
+        raise MrtkError(f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
                         "fix the server and run: mrtk run --resume RUN")
-
-    def _one(self, url, path, body, method):
-        for attempt in range(self.retries + 1):
-            try:
-                return self._send(url, path, body, method)
-            except (OSError, ConnectionError) as e:
-                last = e
-                time.sleep(self.backoff_s * 2 ** attempt)
-        raise MrtkError(f"SGLang at {url} did not answer {path} ({last}); fix the server and run: mrtk run --resume RUN")
 
     def _send(self, url, path, body, method):
         self.log.append((url, path, body))
