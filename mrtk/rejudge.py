@@ -19,6 +19,7 @@ from mrtk.errors import MrtkError
 from mrtk.loop import model_for, run_chunks
 from mrtk.models import pick_device, resolve_model
 from mrtk.prompts import Template, check_role, load_template
+from mrtk.rows import pairwise_id
 from mrtk.runs import WriterLock, open_run
 from mrtk.stages import judge
 from mrtk.ui import QuietUI
@@ -77,9 +78,9 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
             key = judge.rejudge_key(job.template, jcfg.score_mode, version)
             label = f"it{it} judge {job.template.name}"
             if job.template.stage == "pairwise-judge":
-                have = {r["judgement_id"].split("/j")[0] for r in store.fetch(
-                    "SELECT judgement_id FROM pairwise_judgements WHERE iteration = ? AND judgement_id LIKE ?", [it, f"%|{key}/j%"])}
-                todo = [g for g in judge.pairwise_games(responses) if f"{g[0]['response_id']}|{g[1]['response_id']}|{key}" not in have]
+                have = {r["judgement_id"] for r in store.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
+                todo = [g for g in judge.pairwise_games(responses)  # the same ids run_pairwise_judge gives its rows
+                        if any(pairwise_id(g[0]["response_id"], g[1]["response_id"], key, j) not in have for j in range(jcfg.n))]
                 table = "pairwise_judgements"
                 fn = lambda rows, go: judge.run_pairwise_judge(backend(), rows, questions, jcfg, job.template, iteration=it,  # noqa: E731
                                                                run_seed=cfg.seed, model_version=version, on_progress=go)

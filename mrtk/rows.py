@@ -25,6 +25,10 @@ def judgement_id(response_id_: str, template_hash: str, j: int) -> str:
     return f"{response_id_}/{template_hash}/j{j}"
 
 
+def pairwise_id(response_a: str, response_b: str, key: str, j: int) -> str:
+    return f"{response_a}|{response_b}|{key}/j{j}"
+
+
 def meta_id(judgement_a: str, judgement_b: str, template_hash: str) -> str:
     return f"{judgement_a}|{judgement_b}|{template_hash}"
 

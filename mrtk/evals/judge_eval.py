@@ -17,6 +17,7 @@ from mrtk.evals import metrics
 from mrtk.evals.run import Target, write_results
 from mrtk.loop import run_chunks
 from mrtk.prompts import Template
+from mrtk.rows import judgement_id, pairwise_id
 from mrtk.stages import judge as judge_stage
 from mrtk.ui import QuietUI
 
@@ -54,15 +55,15 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
     def done(unit_ids: list[str]) -> bool:
         return all(f"{name}/{t.iteration}/{label}/{u}" in have for u in unit_ids)
 
+    key = judge_stage.rejudge_key(template, cfg.score_mode, t.version)
     if pairwise:
         games = [g for g in judge_stage.pairwise_games(answers)
-                 if not done([f"{g[0]['response_id']}|{g[1]['response_id']}|{judge_stage.rejudge_key(template, cfg.score_mode, t.version)}/j{j}" for j in range(cfg.n)])]
+                 if not done([pairwise_id(g[0]["response_id"], g[1]["response_id"], key, j) for j in range(cfg.n)])]
         fn = lambda rows, go: _items(judge_stage.run_pairwise_judge(t.backend(), rows, questions, cfg, template, iteration=t.iteration,  # noqa: E731
                                      run_seed=t.cfg.seed, model_version=t.version, on_progress=go), name, t.iteration, label, True)
         run_chunks(t.store, ui, f"eval judge ({label})", games, cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows)
     else:
-        key = judge_stage.rejudge_key(template, cfg.score_mode, t.version)
-        todo = [a for a in answers if not done([f"{a['response_id']}/{key}/j{j}" for j in range(cfg.n)])]
+        todo = [a for a in answers if not done([judgement_id(a["response_id"], key, j) for j in range(cfg.n)])]
         fn = lambda rows, go: _items(judge_stage.run_judge(t.backend(), rows, questions, cfg, template, iteration=t.iteration,  # noqa: E731
                                      run_seed=t.cfg.seed, model_version=t.version, on_progress=go, source="eval"), name, t.iteration, label, False)
         run_chunks(t.store, ui, f"eval judge ({label})", todo, cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows)

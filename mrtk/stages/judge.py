@@ -13,7 +13,7 @@ from mrtk.backends.base import Backend, Progress, Request, SamplingParams
 from mrtk.config import JudgeCfg
 from mrtk.parse import expected_score, parse_score, parse_verdict
 from mrtk.prompts import Template
-from mrtk.rows import derive_seed, format_score, judgement_id
+from mrtk.rows import derive_seed, format_score, judgement_id, pairwise_id
 from mrtk.stages.meta_judge import p_first, sample_verdict
 
 SCORE_SUFFIX = "\nScore: "
@@ -109,7 +109,7 @@ def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questio
             else:
                 raw, parsed, p_a = g.text, parse_verdict(g.text, "response"), None
             rows.append({
-                "judgement_id": f"{a['response_id']}|{b['response_id']}|{key}/j{j}", "iteration": iteration,
+                "judgement_id": pairwise_id(a["response_id"], b["response_id"], key, j), "iteration": iteration,
                 "prompt_id": a["prompt_id"], "response_a": a["response_id"], "response_b": b["response_id"],
                 "raw_text": raw, "verdict": parsed.value, "p_a": p_a, "parse_status": parsed.status, "parse_reason": parsed.reason,
                 "winner": {"A": a["response_id"], "B": b["response_id"]}.get(parsed.value) if parsed.ok else None,
