@@ -100,3 +100,88 @@ def test_two_token_choices_split_the_shared_first_token(fp32):
     with torch.no_grad():
         p_next = fp32.model(torch.tensor([ids])).logits[0, -1].softmax(-1)
     assert p10["10"] == pytest.approx(p5["1"] * p_next[zero].item(), rel=1e-3)
+
+
+def test_windowed_sampling_equals_full_top_p_at_vocabulary_size():
+    """A 49k vocabulary with peaked, medium and flat rows, so each of the three windows (top-50,
+    the wider one, the whole sorted vocabulary) decides some rows: every pick equals full top-p."""
+    torch.manual_seed(1)
+    vocab, rows = 49152, 24
+    logits = torch.randn(rows, vocab)
+    logits[:8] *= 8.0  # peaked: the top-50 holds the nucleus
+    logits[8:16, :600] += 9.0  # ~600 strong candidates: beyond 50, inside the wide window
+    logits[16:] *= 0.3  # nearly flat: the nucleus spans most of the vocabulary (and has no tied probabilities)
+    gens = [torch.Generator().manual_seed(i) for i in range(rows)]
+    ours = sample_tokens(logits, gens, 1.0, 0.95)
+    # the sampler's probabilities, exp(logit - logsumexp), are the softmax's (to float rounding); the
+    # reference sorts them over the whole vocabulary, so only the windowing differs between the two
+    probs = (logits - logits.logsumexp(-1, keepdim=True)).exp()
+    assert torch.allclose(probs, logits.softmax(-1), rtol=1e-5, atol=0)
+    p, idx = probs.sort(-1, descending=True)
+    kept = torch.where(p.cumsum(-1) - p < 0.95, p, torch.zeros_like(p))
+    assert (kept > 0).sum(-1)[:8].max() <= 50 < (kept > 0).sum(-1)[8:16].min() <= 2048 < (kept > 0).sum(-1)[16:].min()
+    u = torch.stack([torch.rand((), generator=torch.Generator().manual_seed(i)) for i in range(rows)])
+    cdf = kept.cumsum(-1)
+    ref = idx.gather(-1, torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=vocab - 1)).squeeze(-1)
+    assert torch.equal(ours, ref)
+
+
+def test_shared_prefix_is_found_and_left_alone_when_short():
+    from mrtk.backends.embedded import MIN_SHARED_PREFIX, shared_prefix_len
+
+    base = list(range(100, 140))
+    assert shared_prefix_len([base + [1, 2], base + [3]]) == 40
+    assert shared_prefix_len([base, base]) == 39  # each row keeps its last token
+    assert shared_prefix_len([base[:MIN_SHARED_PREFIX - 1] + [1, 2], base[:MIN_SHARED_PREFIX - 1] + [3, 4]]) == 0
+    assert shared_prefix_len([base]) == 0
+
+
+JUDGED = ["The sky looks blue because air scatters short wavelengths more.", "Sleep at fixed hours, avoid screens, keep it cool.",
+          "4", "Paris is the capital of France.", "Blue light bends.", "Drink coffee late at night.", "5", "I don't know."]
+
+
+def _judge_inputs():
+    from mrtk.config import validate_config
+    from mrtk.prompts import load_template
+
+    cfg = validate_config({}).judge.model_copy(update={"max_new_tokens": 12})
+    responses = [{"response_id": f"r{i}", "prompt_id": f"p{i % 3}", "text": t} for i, t in enumerate(JUDGED)]
+    return cfg, load_template(cfg.template, role="judge"), responses, {f"p{i}": q for i, q in enumerate(PROMPTS)}
+
+
+def test_shared_prefix_judge_stage_equals_the_plain_path_in_fp32(fp32):
+    """The whole judge stage (sampled justification, N=3, score) with the system + rubric prefix
+    prefilled once for the batch vs every prompt prefilled whole: in fp32 the same text and the
+    same scores, so the shared path's masks and positions are exact."""
+    from mrtk.backends.embedded import shared_prefix_len
+    from mrtk.stages.judge import judge_prompt, run_judge
+
+    cfg, template, responses, questions = _judge_inputs()
+    plain_be = EmbeddedBackend(fp32.model, fp32.tok, max_batch_rows=64, share_prefix=False)
+    encoded = [fp32.encode(judge_prompt(template, questions[r["prompt_id"]], r["text"])) for r in responses]
+    assert shared_prefix_len(encoded) > 200  # the rubric really is shared
+    shared = run_judge(fp32, responses, questions, cfg, template, iteration=1, run_seed=3, model_version="M0")
+    plain = run_judge(plain_be, responses, questions, cfg, template, iteration=1, run_seed=3, model_version="M0")
+    assert len(shared) == 3 * len(JUDGED) and all(r["score"] is not None for r in shared)
+    assert [r["raw_text"] for r in shared] == [r["raw_text"] for r in plain]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(shared, plain)) < 1e-4
+
+
+def test_shared_prefix_judge_scores_stay_within_bf16_tolerance(model_dir):
+    """On the bf16 inference copy the two paths round differently (differently shaped matmuls
+    move logits by up to ~0.5), so sampled justifications can part ways; the score program on the
+    same text must still agree within bf16 tolerance: 0.1 of a point on the 0-5 scale (measured:
+    max 0.066 shared vs plain, 0.026 plain bf16 vs fp32, on these eight)."""
+    from mrtk.parse import expected_score
+    from mrtk.stages.judge import SCORE_SUFFIX, judge_prompt, score_choices
+
+    cfg, template, responses, questions = _judge_inputs()
+    model, tok = load_model(model_dir, "bfloat16")
+    reqs = [Request(judge_prompt(template, questions[r["prompt_id"]], r["text"]), (0,)) for r in responses]
+    scores = []
+    for share in (True, False):
+        be = EmbeddedBackend(model, tok, max_batch_rows=64, share_prefix=share)
+        out = be.generate(reqs, SamplingParams(0.0, 1.0, 0), suffix=SCORE_SUFFIX, choices=score_choices(template))
+        scores.append([expected_score(g.choice_probs).value for [g] in out])
+    assert all(s is not None for s in scores[0])
+    assert max(abs(a - b) for a, b in zip(*scores)) <= 0.1
