@@ -219,7 +219,7 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from mrtk.config import validate_config
+    from mrtk.config import load_config
     from mrtk.models import load_for_training
     from mrtk.stages import train
 
@@ -228,7 +228,7 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
                  "chosen": [{"role": "assistant", "content": responses[i % 16]}],
                  "rejected": [{"role": "assistant", "content": responses[(i + 5) % 16][: max(8, len(responses[(i + 5) % 16]) // 2)]}]}
                 for i in range(n)]
-    cfg = validate_config({"train": {"epochs": [1]}}).train
+    cfg = load_config(None, ["train.epochs=[1]"]).train  # the embedded default experiment's DPO settings
     with tempfile.TemporaryDirectory() as work:
         _, dt, mb = timed(lambda: train.train_dpo(model_dir, examples, cfg, iteration=1, seed=0, device="cpu", work_dir=Path(work) / "ours"))
 
@@ -243,7 +243,8 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
 
         _, dt_b, mb_b = timed(baseline)
     return Result("dpo_epoch_32" if not quick else "dpo_epoch_8", "pairs/s", n / dt, n / dt_b, None, mb, mb_b,
-                  "bf16 autocast, 2 pairs per pass, reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)")
+                  f"bf16 autocast, {cfg.micro_batch_size} pair per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
+                  "reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)")
 
 
 def _bench_duckdb(quick: bool) -> Result:

@@ -37,6 +37,19 @@ def test_insert_skips_existing_keys(store):
     assert [r["judgement_id"] for r in got] == ["j0", "j1", "j2", "j9"] and got[0]["p"] == "0.5"
 
 
+def test_insert_takes_rows_with_different_keys_and_loose_types(store):
+    """The typed Arrow build falls back cleanly: a row missing a column gets NULL, a column of
+    mixed Python types (an int score next to floats, a numeric id) is inferred and cast by DuckDB."""
+    rows = [{"judgement_id": "a", "iteration": 1, "raw_text": "x", "score": 2},
+            {"judgement_id": "b", "iteration": 2, "raw_text": "y", "score": 2.5, "sample_idx": 1},
+            {"judgement_id": "c", "raw_text": "z", "score": None, "iteration": 3}]
+    assert store.write("judgements", rows) == 3
+    assert store.write("responses", [{"response_id": 7, "iteration": 1, "text": "t"}]) == 1
+    got = store.fetch("SELECT judgement_id, iteration, score, sample_idx FROM judgements ORDER BY 1")
+    assert [(r["iteration"], r["score"], r["sample_idx"]) for r in got] == [(1, 2.0, None), (2, 2.5, 1), (3, None, None)]
+    assert store.fetch("SELECT response_id FROM responses") == [{"response_id": "7"}]
+
+
 def test_failed_transaction_leaves_nothing(store):
     with pytest.raises(RuntimeError):
         with store.tx() as con:
