@@ -28,7 +28,7 @@ from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids
 
 TOP_K_WINDOW = 50
-WIDE_WINDOW = 2048  # second window for rows whose top-50 misses part of the nucleus
+WIDE_WINDOW = 1024  # second window for rows whose top-50 misses part of the nucleus (topk's fast range on CUDA)
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth a separate pass
 KV_GROW = 64  # spare KV positions allocated at a time
 
@@ -300,25 +300,29 @@ def sample_tokens(logits: torch.Tensor, gens: list[torch.Generator], temperature
     """Top-p sampling, one generator per row, computed inside a top-k window of the logits: the
     window's probabilities are exp(logit/T - logsumexp over the vocabulary), exactly those of the
     full softmax. A row whose window holds less than `top_p` retries in a wider window, then
-    over the whole sorted vocabulary, so the draw always equals plain top-p sampling."""
+    over the whole sorted vocabulary, so the draw always equals plain top-p sampling. The work
+    stays on the logits' device; only the per-row uniforms (from CPU generators, so a seed
+    draws the same on any device) and the picked ids cross."""
     if temperature == 0.0:
         return logits.argmax(-1).cpu()
-    scaled = logits.float().cpu() / temperature
+    scaled = logits.float() / temperature
     norm = scaled.logsumexp(-1, keepdim=True)
-    u = torch.stack([torch.rand((), generator=g) for g in gens])
-    out = torch.empty(scaled.shape[0], dtype=torch.long)
-    todo = torch.arange(scaled.shape[0])
-    for k in (TOP_K_WINDOW, WIDE_WINDOW, scaled.shape[-1]):
-        k = min(k, scaled.shape[-1])
-        top, idx = scaled[todo].topk(k, dim=-1)  # sorted, descending
+    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(scaled.device)
+    out = torch.empty(scaled.shape[0], dtype=torch.long, device=scaled.device)
+    todo = torch.arange(scaled.shape[0], device=scaled.device)
+    vocab = scaled.shape[-1]
+    for k in (TOP_K_WINDOW, WIDE_WINDOW, vocab):
+        k = min(k, vocab)
+        # sorted, descending; for the whole vocabulary a sort (topk with k near the size is ~10x slower)
+        top, idx = scaled[todo].topk(k, dim=-1) if k < vocab else scaled[todo].sort(dim=-1, descending=True)
         p = (top - norm[todo]).exp()
-        covered = (p.sum(-1) >= top_p) | (k == scaled.shape[-1])
+        covered = (p.sum(-1) >= top_p) | (k == vocab)
         if covered.any():
             out[todo[covered]] = _nucleus_pick(p[covered], idx[covered], u[todo[covered]], top_p)
         todo = todo[~covered]
         if len(todo) == 0:
             break
-    return out
+    return out.cpu()
 
 
 def _nucleus_pick(p: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
