@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -68,9 +69,13 @@ def check_lengths(cfg: RunConfig, inputs: dict) -> None:
 
 
 def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise, so
-    the resident size would add up stage after stage instead of peaking at the largest stage)."""
+    """Collect garbage and hand freed memory back: heap pages to the OS (glibc keeps them
+    otherwise, so the resident size would add up stage after stage instead of peaking at the
+    largest stage) and PyTorch's cached GPU blocks (a resumed SGLang server on the same GPU needs them)."""
     gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
     try:
         import ctypes
 
@@ -225,7 +230,7 @@ class Loop:
                     work_dir=work, on_step=lambda: go(1))
             save_model(model, tok, out)
             del model
-            release_memory()
+            release_memory()  # before the server takes its GPU memory back
         if serving:
             self.backend.resume()  # the next iteration loads M<t+1> into it (update_weights, flush_cache)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
@@ -238,8 +243,7 @@ class Loop:
                                                        device=self.device, work_dir=self.store.run_dir / "tmp" / "sft")
             go(1)
         save_model(model, tok, out)
-        del model
-        release_memory()
+        del model  # the stage's end releases the memory
         self._record_training(0, self.base_model, out, metrics, stats, stats["examples_in"], stats["examples_trained"],
                               stats["dropped_too_long"])
 

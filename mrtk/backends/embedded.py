@@ -164,13 +164,13 @@ class EmbeddedBackend:
         return batches
 
     # -- the decode loop ------------------------------------------------------------------
-    def _prefill(self, prompts: list[list[int]], share_prefix: bool = True):
+    def _prefill(self, prompts: list[list[int]]):
         """(cache, mask, last logits) for left-padded prompts. A shared prefix goes through the
         model once and its KV is copied to each row; the rows' own tokens follow it, left-padded,
         so a row's mask reads [1]*prefix [0]*pad [1]*own and positions skip the padding."""
         dev = self.device
         cache = new_cache()
-        shared = shared_prefix_len(prompts) if share_prefix else 0
+        shared = shared_prefix_len(prompts) if self.share_prefix else 0
         if shared:
             head = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=dev)
             self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], past_key_values=cache, use_cache=True,
@@ -192,7 +192,7 @@ class EmbeddedBackend:
     def _run(self, prompts, seeds, params: SamplingParams, suffix_ids, choice_ids):
         dev = self.device
         n = len(seeds[0])
-        cache, attn, logits = self._prefill(prompts, self.share_prefix)
+        cache, attn, logits = self._prefill(prompts)
         if n > 1:  # prefill once, then one KV copy per sample
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)

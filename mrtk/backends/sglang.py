@@ -43,6 +43,7 @@ from typing import Sequence
 
 from mrtk.backends.base import Generation, Progress, Request, SamplingParams
 from mrtk.errors import MrtkError
+from mrtk.models import chat_token_ids
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -177,7 +178,7 @@ class SGLangBackend:
         return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
     def count_tokens(self, prompt: str) -> int:
-        return len(self.tok(self.chat_text(prompt), add_special_tokens=False)["input_ids"])
+        return len(chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True))
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], params: SamplingParams, *, suffix: str | None = None,

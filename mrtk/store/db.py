@@ -74,6 +74,18 @@ def _column(values: list, duck_type: str | None = None) -> pa.Array:
         return pa.array(values)
 
 
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """{column: values} over all rows' keys (None where a row lacks one). Rows that all have the
+    first row's keys, the usual case, take a fast path without a per-row key scan."""
+    cols = list(rows[0])
+    if set(map(len, rows)) == {len(cols)}:
+        try:
+            return {c: [r[c] for r in rows] for c in cols}
+        except KeyError:  # the same count of keys, not the same keys
+            pass
+    return {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
+
+
 class RunStore:
     """Read-write access to one run's database, a short transaction at a time."""
 
@@ -126,14 +138,7 @@ class RunStore:
         if not rows:
             return 0
         types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]).fetchall())
-        cols = list(rows[0])
-        try:  # the usual case, every row with the same keys: same key count and no KeyError below
-            if set(map(len, rows)) != {len(cols)}:
-                raise KeyError
-            data = pa.table({c: _column([r[c] for r in rows], types.get(c)) for c in cols})
-        except KeyError:
-            cols = list(dict.fromkeys(k for r in rows for k in r))
-            data = pa.table({c: _column([r.get(c) for r in rows], types.get(c)) for c in cols})
+        data = pa.table({c: _column(values, types.get(c)) for c, values in _columns(rows).items()})
         con.register("_mrtk_rows", data)
         try:
             before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
