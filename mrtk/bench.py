@@ -6,11 +6,12 @@ GFLOP/s and memory bandwidth) and the peak resident memory while it ran (sampled
 above the process's resident size just before). Ratios, not wall times, are the result: the
 same machine can be 20% faster or slower from one minute to the next.
 
-Workloads (sizes of the issue; `--quick` shrinks them for a smoke test):
+Workloads (sizes of the issue; `--quick` shrinks them for a smoke test), with the settings of
+the embedded default experiment (experiments/default.yaml; `--set key=value` changes them):
 - actor generation, batch 1 and 64, 128 new tokens (T=0.8, top-p 0.95): the embedded
   backend (bf16 copy, top-k window sampler) vs HF `generate` in fp32;
-- judge stage, 16 responses x N=3, default judge template: the structured program (prefix
-  once per response, 40-token justification, then the score) vs HF fp32 `generate` of 128
+- judge stage, 16 responses x N=3, default judge template: the structured program (rubric
+  prefilled once, each response once, a short justification, then the score) vs HF fp32 `generate` of 128
   tokens on N copies of each prompt (the paper's free-text judge);
 - meta-judge calls: the structured verdict vs HF fp32 `generate` of 128 tokens;
 - one DPO epoch on 32 pairs: mrtk's trainer set-up vs TRL `DPOTrainer` defaults (same LoRA);
@@ -111,19 +112,40 @@ def ceilings() -> dict:
     return out
 
 
-def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None) -> dict:
+def hf_generate(model, pad_id: int, ids: list[list[int]], max_new: int) -> int:
+    """The baseline: HF `generate` (T=0.8, top-p 0.95) on left-padded token ids, exactly
+    `max_new` tokens per row; returns the tokens generated."""
+    import torch
+
+    width = max(map(len, ids))
+    inp = torch.full((len(ids), width), pad_id)
+    att = torch.zeros_like(inp)
+    for i, x in enumerate(ids):
+        inp[i, width - len(x):], att[i, width - len(x):] = torch.tensor(x), 1
+    with torch.inference_mode():
+        out = model.generate(inp.to(model.device), attention_mask=att.to(model.device), max_new_tokens=max_new, min_new_tokens=max_new,
+                             do_sample=True, temperature=0.8, top_p=0.95, pad_token_id=pad_id)
+    return (out.shape[1] - width) * len(ids)
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None, overrides: list[str] | None = None) -> dict:
+    """Every workload with the embedded default experiment's settings (`overrides`: `key=value`
+    as `mrtk run --set`, e.g. train.micro_batch_size=4)."""
     import torch
 
     from mrtk.backends.base import Request, SamplingParams
     from mrtk.backends.embedded import EmbeddedBackend
+    from mrtk.config import load_config
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
+    from mrtk.prompts import load_template
     from mrtk.resources import asset_dir
 
     want = lambda name: only is None or any(name.startswith(o) for o in only)  # noqa: E731
+    exp = load_config(None, list(overrides or []))
     model_dir = str(embedded_model_dir())
     ceil = ceilings()
-    info = {"threads": torch.get_num_threads(), "quick": quick, **ceil}
+    info = {"threads": torch.get_num_threads(), "quick": quick, "overrides": list(overrides or []), **ceil}
     bf16_bytes = PARAMS_135M * 2
     flops_per_token = 2 * PARAMS_135M
     results: list[Result] = []
@@ -133,93 +155,78 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
         if on_result:
             on_result(r)
 
-    pool = [p["text"] for p in load_pool(asset_dir("data") / "train_prompts.jsonl")]
-    new_tokens = 16 if quick else 128
-    fast = EmbeddedBackend(*load_model(model_dir, "bfloat16"), max_batch_rows=64)
-    ref_model, tok = load_model(model_dir, "float32")
-    tok.padding_side = "left"
+    if any(want(w) for w in ("actor_b", "judge", "meta", "dpo")):  # the models load only for these
+        pool = [p["text"] for p in load_pool(asset_dir("data") / "train_prompts.jsonl")]
+        new_tokens = 16 if quick else 128
+        fast = EmbeddedBackend(*load_model(model_dir, "bfloat16"), max_batch_rows=64)
+        ref_model, _ = load_model(model_dir, "float32")
+        baseline = lambda prompts, max_new: hf_generate(ref_model, fast.pad_id, [fast.encode(p) for p in prompts], max_new)  # noqa: E731
 
-    def hf_generate(prompts: list[str], max_new: int) -> int:
-        ids = [fast.encode(p) for p in prompts]
-        width = max(map(len, ids))
-        inp = torch.full((len(ids), width), tok.pad_token_id or tok.eos_token_id)
-        att = torch.zeros_like(inp)
-        for i, x in enumerate(ids):
-            inp[i, width - len(x):], att[i, width - len(x):] = torch.tensor(x), 1
-        with torch.inference_mode():
-            out = ref_model.generate(inp, attention_mask=att, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=True,
-                                     temperature=0.8, top_p=0.95, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        return (out.shape[1] - width) * len(ids)
+        # warm up both paths (oneDNN picks its bf16/fp32 kernels on first use)
+        fast.generate([Request(pool[0], (0,))], SamplingParams(0.8, 0.95, 4))
+        baseline(pool[:1], 4)
 
-    # warm up both paths (oneDNN picks its bf16/fp32 kernels on first use)
-    fast.generate([Request(pool[0], (0,))], SamplingParams(0.8, 0.95, 4))
-    hf_generate(pool[:1], 4)
+        for batch in ((1, 8) if quick else (1, 64)):
+            if not want(f"actor_b{batch}"):
+                continue
+            prompts = [pool[i % len(pool)] for i in range(batch)]
+            reqs = [Request(p, (i,)) for i, p in enumerate(prompts)]
+            fixed = SamplingParams(0.8, 0.95, new_tokens)
+            gens, dt, mb = timed(lambda: fast.generate(reqs, fixed))
+            ours_tok = sum(g.n_tokens for [g] in gens) / dt
+            n_base, dt_b, mb_b = timed(lambda: baseline(prompts, new_tokens))
+            ceiling = (ceil["bandwidth_gbs"] * 1e9 / bf16_bytes) if batch == 1 else ceil["matmul_gflops_bf16"] * 1e9 / flops_per_token
+            add(Result(f"actor_b{batch}", "tok/s", ours_tok, n_base / dt_b, ceiling, mb, mb_b,
+                       "ceiling: bf16 weights once per step (bandwidth)" if batch == 1 else "ceiling: bf16 matmul, 2 FLOP/param/token"))
 
-    for batch in ((1, 8) if quick else (1, 64)):
-        if not want(f"actor_b{batch}"):
-            continue
-        prompts = [pool[i % len(pool)] for i in range(batch)]
-        reqs = [Request(p, (i,)) for i, p in enumerate(prompts)]
-        fixed = SamplingParams(0.8, 0.95, new_tokens)
-        gens, dt, mb = timed(lambda: fast.generate(reqs, fixed))
-        ours_tok = sum(g.n_tokens for [g] in gens) / dt
-        n_base, dt_b, mb_b = timed(lambda: hf_generate(prompts, new_tokens))
-        ceiling = (ceil["bandwidth_gbs"] * 1e9 / bf16_bytes) if batch == 1 else ceil["matmul_gflops_bf16"] * 1e9 / flops_per_token
-        add(Result(f"actor_b{batch}", "tok/s", ours_tok, n_base / dt_b, ceiling, mb, mb_b,
-                   "ceiling: bf16 weights once per step (bandwidth)" if batch == 1 else "ceiling: bf16 matmul, 2 FLOP/param/token"))
+        responses = [g.text for [g] in fast.generate([Request(pool[i], (100 + i,)) for i in range(16)], SamplingParams(0.8, 0.95, 16 if quick else 96))]
+        if want("judge"):
+            from mrtk.stages import judge
 
-    responses = [g.text for [g] in fast.generate([Request(pool[i], (100 + i,)) for i in range(16)], SamplingParams(0.8, 0.95, 16 if quick else 96))]
-    if want("judge"):
-        from mrtk.config import validate_config
-        from mrtk.prompts import load_template
-        from mrtk.stages import judge
+            cfg = exp.judge
+            if quick:
+                cfg = cfg.model_copy(update={"max_new_tokens": 8})
+            template = load_template(cfg.template, role="judge")
+            resp_rows = [{"response_id": f"r{i}", "prompt_id": f"p{i}", "text": t} for i, t in enumerate(responses)]
+            questions = {f"p{i}": pool[i] for i in range(16)}
+            rows, dt, mb = timed(lambda: judge.run_judge(fast, resp_rows, questions, cfg, template, iteration=1, run_seed=0, model_version="bench"))
+            prompts = [judge.judge_prompt(template, pool[i], t) for i, t in enumerate(responses) for _ in range(cfg.n)]
+            _, dt_b, mb_b = timed(lambda: [baseline(prompts[i:i + 16], 16 if quick else 128) for i in range(0, len(prompts), 16)])
+            add(Result("judge_16x3", "judgements/s", len(rows) / dt, len(prompts) / dt_b, None, mb, mb_b,
+                       f"structured, {cfg.max_new_tokens}-token justification vs 128-token free text on copies",
+                       {"parsed": sum(r["score"] is not None for r in rows)}))
+        if want("meta"):
+            from mrtk.stages import meta_judge
 
-        cfg = validate_config({}).judge
-        if quick:
-            cfg = cfg.model_copy(update={"max_new_tokens": 8})
-        template = load_template(cfg.template, role="judge")
-        resp_rows = [{"response_id": f"r{i}", "prompt_id": f"p{i}", "text": t} for i, t in enumerate(responses)]
-        questions = {f"p{i}": pool[i] for i in range(16)}
-        rows, dt, mb = timed(lambda: judge.run_judge(fast, resp_rows, questions, cfg, template, iteration=1, run_seed=0, model_version="bench"))
-        prompts = [judge.judge_prompt(template, pool[i], t) for i, t in enumerate(responses) for _ in range(cfg.n)]
-        _, dt_b, mb_b = timed(lambda: [hf_generate(prompts[i:i + 16], 16 if quick else 128) for i in range(0, len(prompts), 16)])
-        add(Result("judge_16x3", "judgements/s", len(rows) / dt, len(prompts) / dt_b, None, mb, mb_b,
-                   f"structured, {cfg.max_new_tokens}-token justification vs 128-token free text on copies",
-                   {"parsed": sum(r["score"] is not None for r in rows)}))
-    if want("meta"):
-        from mrtk.config import validate_config
-        from mrtk.prompts import load_template
-        from mrtk.stages import meta_judge
-
-        mcfg = validate_config({}).meta_judge
-        if quick:
-            mcfg = mcfg.model_copy(update={"max_new_tokens": 8})
-        mt = load_template(mcfg.template, role="meta-judge")
-        fights = [({"judgement_id": f"a{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": f"Relevant.\nScore: {2 + i % 3}"},
-                   {"judgement_id": f"b{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": "Partly off topic.\nScore: 1"}) for i in range(16)]
-        questions = {f"p{i}": pool[i] for i in range(16)}
-        texts = {f"r{i}": t for i, t in enumerate(responses)}
-        rows, dt, mb = timed(lambda: meta_judge.run_meta_judge(fast, fights, questions, texts, mcfg, mt, iteration=1, run_seed=0, model_version="bench"))
-        prompts = [mt.render(question=questions[a["prompt_id"]], response=texts[a["response_id"]], judgement_a=a["text"], judgement_b=b["text"]) for a, b in fights]
-        _, dt_b, mb_b = timed(lambda: hf_generate(prompts, 16 if quick else 128))
-        add(Result("meta_judge_16", "calls/s", len(rows) / dt, len(prompts) / dt_b, None, mb, mb_b,
-                   f"structured verdict, {mcfg.max_new_tokens}-token justification vs 128-token free text"))
-    ref_model = fast = None  # free both copies before training
-    if want("dpo"):
-        add(_bench_dpo(model_dir, pool, responses, quick))
+            mcfg = exp.meta_judge
+            if quick:
+                mcfg = mcfg.model_copy(update={"max_new_tokens": 8})
+            mt = load_template(mcfg.template, role="meta-judge")
+            fights = [({"judgement_id": f"a{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": f"Relevant.\nScore: {2 + i % 3}"},
+                       {"judgement_id": f"b{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": "Partly off topic.\nScore: 1"}) for i in range(16)]
+            questions = {f"p{i}": pool[i] for i in range(16)}
+            texts = {f"r{i}": t for i, t in enumerate(responses)}
+            rows, dt, mb = timed(lambda: meta_judge.run_meta_judge(fast, fights, questions, texts, mcfg, mt, iteration=1, run_seed=0, model_version="bench"))
+            prompts = [mt.render(question=questions[a["prompt_id"]], response=texts[a["response_id"]], judgement_a=a["text"], judgement_b=b["text"]) for a, b in fights]
+            _, dt_b, mb_b = timed(lambda: baseline(prompts, 16 if quick else 128))
+            add(Result("meta_judge_16", "calls/s", len(rows) / dt, len(prompts) / dt_b, None, mb, mb_b,
+                       f"structured verdict, {mcfg.max_new_tokens}-token justification vs 128-token free text"))
+        ref_model = fast = None  # free both copies before training
+        if want("dpo"):
+            add(_bench_dpo(model_dir, pool, responses, quick, exp.train.model_copy(update={"epochs": [1]})))
     if want("duckdb"):
         add(_bench_duckdb(quick))
     return {"machine": info, "results": [r.as_dict() for r in results]}
 
 
-def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: bool) -> Result:
-    """One epoch on 32 pairs (8 in --quick): mrtk's DPO set-up vs TRL's DPOConfig defaults, same LoRA."""
+def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: bool, cfg) -> Result:
+    """One epoch on 32 pairs (8 in --quick): mrtk's DPO set-up (`cfg`, a train section) vs TRL's
+    DPOConfig defaults, same LoRA."""
     import tempfile
 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from mrtk.config import load_config
     from mrtk.models import load_for_training
     from mrtk.stages import train
 
@@ -228,7 +235,6 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
                  "chosen": [{"role": "assistant", "content": responses[i % 16]}],
                  "rejected": [{"role": "assistant", "content": responses[(i + 5) % 16][: max(8, len(responses[(i + 5) % 16]) // 2)]}]}
                 for i in range(n)]
-    cfg = load_config(None, ["train.epochs=[1]"]).train  # the embedded default experiment's DPO settings
     with tempfile.TemporaryDirectory() as work:
         _, dt, mb = timed(lambda: train.train_dpo(model_dir, examples, cfg, iteration=1, seed=0, device="cpu", work_dir=Path(work) / "ours"))
 
@@ -243,7 +249,7 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
 
         _, dt_b, mb_b = timed(baseline)
     return Result("dpo_epoch_32" if not quick else "dpo_epoch_8", "pairs/s", n / dt, n / dt_b, None, mb, mb_b,
-                  f"bf16 autocast, {cfg.micro_batch_size} pair per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
+                  f"bf16 autocast, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                   "reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)")
 
 
@@ -251,7 +257,6 @@ def _bench_duckdb(quick: bool) -> Result:
     import tempfile
 
     import duckdb
-    import pyarrow as pa
 
     n = 100_000 if quick else 1_000_000
     with tempfile.TemporaryDirectory() as d:
@@ -279,7 +284,6 @@ def _bench_duckdb(quick: bool) -> Result:
         con.executemany(f"INSERT INTO slow ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [list(r.values()) for r in rows[:k]])
         slow = k / (time.perf_counter() - t0)
         con.close()
-        del pa
     return Result("duckdb_ingest", "rows/s", n / dt, slow, None, mem["mb"], None,
                   f"{n:,} rows in {dt:.2f} s via Arrow; GROUP BY over them {group_s * 1000:.0f} ms; baseline executemany on {k:,} rows",
                   {"ingest_seconds": dt, "group_by_seconds": group_s, "rows": n})

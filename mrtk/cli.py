@@ -430,11 +430,12 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of every workload in about a minute."),
     only: List[str] = typer.Option([], "--only", help="Only workloads starting with this (actor, judge, meta, dpo, duckdb); repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    set_: List[str] = typer.Option([], "--set", help="Change a setting of the default experiment the workloads use (key=value, as mrtk run); repeatable."),
 ) -> None:
     """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
     from mrtk.bench import fmt_table, run_bench, to_json
 
-    report = run_bench(quick=quick, only=only or None, on_result=None if as_json else lambda r: err.print(
+    report = run_bench(quick=quick, only=only or None, overrides=set_, on_result=None if as_json else lambda r: err.print(
         f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})", highlight=False))
     if as_json:
         sys.stdout.write(to_json(report) + "\n")

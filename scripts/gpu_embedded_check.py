@@ -48,6 +48,7 @@ def build_tiny(tokenizer_dir: str, out: Path) -> str:
 def main(tokenizer_dir: str, work: str) -> None:
     from mrtk.backends.base import Request, SamplingParams
     from mrtk.backends.embedded import EmbeddedBackend
+    from mrtk.bench import hf_generate
     from mrtk.config import validate_config
     from mrtk.models import load_model
     from mrtk.prompts import load_template
@@ -104,15 +105,13 @@ def main(tokenizer_dir: str, work: str) -> None:
     gens = bf16.generate(reqs, SamplingParams(0.8, 0.95, 128))
     sync()
     ours = sum(g.n_tokens for [g] in gens) / (time.perf_counter() - t0)
-    tok.padding_side = "left"
-    batch = tok([tok.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False, add_generation_prompt=True) for r in reqs],
-                return_tensors="pt", padding=True, add_special_tokens=False).to(DEV)
-    model.generate(**batch, max_new_tokens=128, min_new_tokens=128, do_sample=True)  # the same untimed first pass
+    ids = [bf16.encode(r.prompt) for r in reqs]
+    hf_generate(model, bf16.pad_id, ids, 128)  # the same untimed first pass
     sync()
     t0 = time.perf_counter()
-    out = model.generate(**batch, max_new_tokens=128, min_new_tokens=128, do_sample=True, temperature=0.8, top_p=0.95)
+    n = hf_generate(model, bf16.pad_id, ids, 128)
     sync()
-    base = (out.shape[1] - batch["input_ids"].shape[1]) * 64 / (time.perf_counter() - t0)
+    base = n / (time.perf_counter() - t0)
     print(f"4. actor batch 64 x 128 on {DEV} (tiny model): embedded bf16 {ours:.0f} tok/s, HF generate fp32 {base:.0f} tok/s, ratio {ours / base:.2f}x")
     print("OK")
 

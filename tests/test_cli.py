@@ -126,6 +126,7 @@ CASES = {
     "judge with an actor template": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "actor"], "needs a judge template"),
     "compare unknown judge set": (lambda t: ["compare", "a", "b", "--run", str(make_run(t))], "no judge set matches 'a'"),
     "report bad format": (lambda t: ["report", str(make_run(t)), "--format", "pdf"], "--format 'pdf'"),
+    "bench unknown setting": (lambda t: ["bench", "--only", "duckdb", "--set", "train.nope=1"], "unknown key 'train.nope'"),
 }
 
 
@@ -179,3 +180,16 @@ def test_invalid_and_write_sql(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], res.stderr
     assert mrtk("query", "select count(*) from judgements", cwd=tmp_path, check=True).returncode == 0
+
+
+def test_bench_json_for_one_workload(tmp_path):
+    """`mrtk bench --only duckdb` runs that workload alone (no model is loaded for it) and
+    `--json` carries its figures and the settings it ran with; no figure is asserted."""
+    import json
+
+    res = mrtk("bench", "--quick", "--only", "duckdb", "--json", "--set", "judge.n=2", cwd=tmp_path, check=True)
+    report = json.loads(res.stdout)
+    assert report["machine"]["overrides"] == ["judge.n=2"] and report["machine"]["matmul_gflops_bf16"] > 0
+    [row] = report["results"]
+    assert row["workload"] == "duckdb_ingest" and row["rows"] == 100_000
+    assert row["ingest_seconds"] > 0 and row["group_by_seconds"] > 0 and row["baseline"] > 0
