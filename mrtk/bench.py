@@ -9,7 +9,9 @@ same machine can be 20% faster or slower from one minute to the next.
 Workloads (sizes of the issue; `--quick` shrinks them for a smoke test), with the settings of
 the embedded default experiment (experiments/default.yaml; `--set key=value` changes them):
 - actor generation, batch 1 and 64, 128 new tokens (T=0.8, top-p 0.95): the embedded
-  backend (bf16 copy, top-k window sampler) vs HF `generate` in fp32;
+  backend (the generation copy in `runtime.inference_dtype`, `auto` by default: bf16 only on
+  bf16 hardware; top-k window sampler) vs HF `generate` in fp32; with `llama-cpp-python`
+  installed, the batch-1 row also names llama.cpp's rate on the same GGUF;
 - judge stage, 16 responses x N=3, default judge template: the structured program (rubric
   prefilled once, each response once, a short justification, then the score) vs HF fp32 `generate` of 128
   tokens on N copies of each prompt (the paper's free-text judge);
@@ -91,11 +93,13 @@ def timed(fn):
     return out, dt, mem["mb"]
 
 
-def ceilings() -> dict:
+def ceilings(bf16: bool = True) -> dict:
+    """Matmul GFLOP/s (fp32, and bf16 only when generation uses it: emulated bf16 at 0.4 GFLOP/s
+    would take minutes at 2048^3) and copy bandwidth."""
     import torch
 
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
         a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
         a @ b
         reps, t0 = 6, time.perf_counter()
@@ -136,6 +140,8 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
     from mrtk.backends.base import Request, SamplingParams
     from mrtk.backends.embedded import EmbeddedBackend
     from mrtk.config import load_config
+    from mrtk.hardware import apply_threads, inference_dtype
+    from mrtk.stages import train
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
     from mrtk.prompts import load_template
@@ -143,14 +149,20 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
 
     want = lambda name: only is None or any(name.startswith(o) for o in only)  # noqa: E731
     exp = load_config(None, list(overrides or []))
+    apply_threads(exp.runtime.threads)
     model_dir = str(embedded_model_dir())
-    ceil = ceilings()
-    info = {"threads": torch.get_num_threads(), "quick": quick, "overrides": list(overrides or []), **ceil}
-    bf16_bytes = PARAMS_135M * 2
+    dtype, why = inference_dtype(exp.runtime.inference_dtype, "cpu")
+    short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}[dtype]
+    ceil = ceilings(bf16=dtype == "bfloat16")
+    info = {"threads": torch.get_num_threads(), "quick": quick, "overrides": list(overrides or []), "inference_dtype": dtype,
+            "inference_dtype_reason": why, **ceil}
+    weight_bytes = PARAMS_135M * (4 if dtype == "float32" else 2)
+    matmul_ceiling = ceil.get(f"matmul_gflops_{short}", ceil["matmul_gflops_fp32"])
     flops_per_token = 2 * PARAMS_135M
     results: list[Result] = []
 
     def add(r: Result):
+        r.extra.setdefault("dtype", dtype if r.workload.startswith(("actor", "judge", "meta")) else r.extra.get("dtype"))
         results.append(r)
         if on_result:
             on_result(r)
@@ -158,7 +170,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
     if any(want(w) for w in ("actor_b", "judge", "meta", "dpo")):  # the models load only for these
         pool = [p["text"] for p in load_pool(asset_dir("data") / "train_prompts.jsonl")]
         new_tokens = 16 if quick else 128
-        fast = EmbeddedBackend(*load_model(model_dir, "bfloat16"), max_batch_rows=64)
+        fast = EmbeddedBackend(*load_model(model_dir, dtype), max_batch_rows=64)
         ref_model, _ = load_model(model_dir, "float32")
         baseline = lambda prompts, max_new: hf_generate(ref_model, fast.pad_id, [fast.encode(p) for p in prompts], max_new)  # noqa: E731
 
@@ -175,9 +187,12 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
             gens, dt, mb = timed(lambda: fast.generate(reqs, fixed))
             ours_tok = sum(g.n_tokens for [g] in gens) / dt
             n_base, dt_b, mb_b = timed(lambda: baseline(prompts, new_tokens))
-            ceiling = (ceil["bandwidth_gbs"] * 1e9 / bf16_bytes) if batch == 1 else ceil["matmul_gflops_bf16"] * 1e9 / flops_per_token
+            ceiling = (ceil["bandwidth_gbs"] * 1e9 / weight_bytes) if batch == 1 else matmul_ceiling * 1e9 / flops_per_token
+            extra = llama_cpp_batch1(prompts[0], new_tokens) if batch == 1 else {}
             add(Result(f"actor_b{batch}", "tok/s", ours_tok, n_base / dt_b, ceiling, mb, mb_b,
-                       "ceiling: bf16 weights once per step (bandwidth)" if batch == 1 else "ceiling: bf16 matmul, 2 FLOP/param/token"))
+                       f"{short}; ceiling: {short} weights once per step (bandwidth)" if batch == 1 else
+                       f"{short}; ceiling: {short} matmul, 2 FLOP/param/token"
+                       + (f"; llama.cpp batch 1: {extra['llama_cpp_tok_s']:.1f} tok/s" if extra else ""), extra))
 
         responses = [g.text for [g] in fast.generate([Request(pool[i], (100 + i,)) for i in range(16)], SamplingParams(0.8, 0.95, 16 if quick else 96))]
         if want("judge"):
@@ -214,9 +229,30 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
         ref_model = fast = None  # free both copies before training
         if want("dpo"):
             add(_bench_dpo(model_dir, pool, responses, quick, exp.train.model_copy(update={"epochs": [1]})))
+            results[-1].extra["dtype"] = "bfloat16 autocast" if train.use_bf16(exp.train.bf16, "cpu") else "float32"
     if want("duckdb"):
         add(_bench_duckdb(quick))
     return {"machine": info, "results": [r.as_dict() for r in results]}
+
+
+def llama_cpp_batch1(prompt: str, new_tokens: int) -> dict:
+    """The peer a CPU user would reach for: llama.cpp (`llama-cpp-python`, optional) on the same
+    GGUF file, batch 1, this process's torch thread count; {} when it is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {}
+    import torch
+
+    from mrtk.models import embedded_gguf
+
+    llm = Llama(model_path=str(embedded_gguf()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    messages = [{"role": "user", "content": prompt}]
+    llm.create_chat_completion(messages, max_tokens=4)  # warm-up
+    t0 = time.perf_counter()
+    out = llm.create_chat_completion(messages, max_tokens=new_tokens, temperature=0.8, top_p=0.95, seed=0)
+    dt = time.perf_counter() - t0
+    return {"llama_cpp_tok_s": out["usage"]["completion_tokens"] / dt}
 
 
 def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: bool, cfg) -> Result:
@@ -249,7 +285,7 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
 
         _, dt_b, mb_b = timed(baseline)
     return Result("dpo_epoch_32" if not quick else "dpo_epoch_8", "pairs/s", n / dt, n / dt_b, None, mb, mb_b,
-                  f"bf16 autocast, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
+                  f"{'bf16 autocast' if train.use_bf16(cfg.bf16, 'cpu') else 'fp32'}, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                   "reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)")
 
 
@@ -293,12 +329,12 @@ def fmt_table(report: dict):
     from rich.table import Table
 
     m = report["machine"]
-    table = Table("workload", "unit", "mrtk", "baseline", "ratio", "of ceiling", "peak MB (mrtk / base)", "note",
-                  title=(f"mrtk bench ({m['threads']} threads; ceilings: fp32 {m['matmul_gflops_fp32']:.0f} / bf16 "
-                         f"{m['matmul_gflops_bf16']:.0f} GFLOP/s, {m['bandwidth_gbs']:.1f} GB/s)"), title_justify="left")
+    table = Table("workload", "dtype", "unit", "mrtk", "baseline", "ratio", "of ceiling", "peak MB (mrtk / base)", "note",
+                  title=(f"mrtk bench ({m['threads']} threads; generation {m['inference_dtype']}: {m['inference_dtype_reason']}; ceilings: fp32 {m['matmul_gflops_fp32']:.0f} / bf16 "
+                         f"{m.get('matmul_gflops_bf16') or 0:.0f} GFLOP/s, {m['bandwidth_gbs']:.1f} GB/s)"), title_justify="left")
     for r in report["results"]:
         f = lambda v, s="{:.1f}": "-" if v is None else s.format(v)  # noqa: E731
-        table.add_row(r["workload"], r["unit"], f(r["ours"]), f(r["baseline"]), f(r["ratio"], "{:.2f}x"), f(r["of_ceiling"], "{:.0%}"),
+        table.add_row(r["workload"], r.get("dtype") or "-", r["unit"], f(r["ours"]), f(r["baseline"]), f(r["ratio"], "{:.2f}x"), f(r["of_ceiling"], "{:.0%}"),
                       f"{f(r['peak_mb'], '{:.0f}')} / {f(r['baseline_peak_mb'], '{:.0f}')}", r["note"])
     return table
 

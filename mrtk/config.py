@@ -9,7 +9,8 @@ of iterations repeats its last value (`at(values, t)`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,10 +129,12 @@ class SftCfg(_Section):
 
 class RuntimeCfg(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
-    inference_dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="dtype of the generation copy (training keeps fp32).")
+    inference_dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="dtype of the generation copy (training keeps fp32); auto: bf16 only where the hardware runs it natively "
+                            "(CUDA with bf16; CPU with AMX/AVX512-BF16, backed by a cached measurement), else fp32 (mrtk/hardware.py).")
     max_batch_rows: int = Field(64, ge=1, description="Most sequences decoded together.")
     max_batch_tokens: int = Field(16384, ge=64, description="Most prompt tokens prefilled together.")
-    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's choice).")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads for generation and training (default: torch's choice, one per core).")
 
 
 class SGLangCfg(_Section):
@@ -234,7 +237,10 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """`--set judge.n=5` or `--set pairs.rho=[0,0.3]`: the value is parsed as YAML."""
+    """`--set judge.n=5`, `--set pairs.rho=[0,0.3]`, `--set train.bf16=off`: the value is read by
+    the type of the field it sets, not by YAML 1.1 alone (which turns `off` into False and
+    `1e-4` into a string): a string or Literal field keeps the text, a bool field takes
+    on/off/true/false/yes/no, `null` is None, numbers and lists go to pydantic as written."""
     if "=" not in item:
         raise MrtkError(f"--set {item!r}: expected key=value, e.g. --set judge.n=5")
     key, value = item.split("=", 1)
@@ -245,9 +251,63 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise MrtkError(f"--set {item!r}: {p!r} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        text_tree = yaml.load(value, Loader=yaml.BaseLoader)  # structure kept, every scalar a string
     except yaml.YAMLError:
         raise MrtkError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+    field = _field_annotation(parts)
+    node[parts[-1]] = yaml.safe_load(value) if field is None else _coerce(text_tree, field)
+
+
+def _field_annotation(parts: list[str]):
+    """The type annotation of the config field at `parts` (None for an unknown key: pydantic names it)."""
+    model: Any = RunConfig
+    annotation = None
+    for p in parts:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or p not in model.model_fields:
+            return None
+        annotation = model.model_fields[p].annotation
+        model = annotation
+    return annotation
+
+
+_NULLS = ("null", "Null", "NULL", "~", "")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """A BaseLoader value (strings, lists, dicts) shaped for `annotation`; pydantic validates after."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        if isinstance(value, str) and value in _NULLS and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _coerce(value, options[0]) if len(options) == 1 else _coerce_scalar_union(value, options)
+    if isinstance(value, list):
+        inner = args[0] if origin is list and args else Any
+        return [_coerce(v, inner) for v in value]
+    if isinstance(value, dict):
+        fields = annotation.model_fields if isinstance(annotation, type) and issubclass(annotation, BaseModel) else {}
+        return {k: _coerce(v, fields[k].annotation if k in fields else Any) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    if annotation is str or origin is Literal:
+        return value
+    if annotation is bool:
+        return {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}.get(value.lower(), value)
+    if annotation in (int, float):
+        return value  # pydantic reads "5", "1e-4" and "0.3" and names the key if it cannot
+    return yaml.safe_load(value)  # Any (an unknown key below a section): plain YAML
+
+
+def _coerce_scalar_union(value: Any, options: list) -> Any:
+    """`float | None`-style unions with several non-None members: numbers first, else the text."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            if kind in options:
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+    return value
 
 
 def with_template_sampling(section: Sampling, template) -> Sampling:

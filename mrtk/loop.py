@@ -22,6 +22,7 @@ from mrtk.backends import embedded_backend
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
+from mrtk.hardware import apply_threads, inference_dtype
 from mrtk.models import chat_token_ids, pick_device, resolve_model
 from mrtk.prompts import load_template
 from mrtk.runs import save_model, set_status
@@ -122,6 +123,7 @@ class Loop:
         self.base_model = inputs["model"]
         self.sft_examples = inputs["sft"]
         self.device = pick_device(cfg.runtime.device)
+        apply_threads(cfg.runtime.threads)
         self.backend = None
         self.backend_model = None
         self._server = None
@@ -136,6 +138,7 @@ class Loop:
 
     def _run(self) -> None:
         set_status(self.store, "running")
+        self._record_dtype()
         if self.sft_examples and not self._done(0, "sft"):
             with self._stage(0, "sft"):
                 self._sft()
@@ -192,6 +195,16 @@ class Loop:
                 self._train(it, model_dir, questions, responses, judgements)
             self.ui.table(summary.iteration_table(self.store, it))
         set_status(self.store, "success")
+
+    def _record_dtype(self) -> None:
+        """The generation dtype this machine gets (auto decides per machine), on the runs row and on screen."""
+        if self.cfg.backend == "sglang":
+            dtype, why = None, "served by SGLang (the server's --dtype)"
+        else:
+            dtype, why = inference_dtype(self.cfg.runtime.inference_dtype, self.device)
+        with self.store.tx() as con:
+            con.execute("UPDATE runs SET inference_dtype = ?, inference_dtype_reason = ?", [dtype, why]).fetchall()
+        self.ui.info(f"generation dtype: {dtype or 'server'} ({why})")
 
     # -- training -------------------------------------------------------------------------
     def _train(self, it: int, model_dir: str, questions: dict, responses: list[dict], judgements: list[dict]) -> None:

@@ -1,14 +1,19 @@
 """What a person sees while a run runs: rich progress bars per stage and a summary table
-per iteration. `QuietUI` keeps tests and `--quiet` runs silent."""
+per iteration on a terminal; plain progress lines when stderr is a log file (`nohup`, CI,
+`mrtk run > log 2>&1`), where bars would draw nothing until a stage ends. `QuietUI` keeps
+tests and `--quiet` runs silent."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+LOG_EVERY_S = 30.0  # in a log: a line at least every 10% of a stage, or after this many seconds
 
 
 class QuietUI:
@@ -32,10 +37,39 @@ class RichUI(QuietUI):
 
     @contextmanager
     def stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        if not self.console.is_terminal:
+            with self._log_stage(label, total) as go:
+                yield go
+            return
         with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as progress:
             task = progress.add_task(label, total=total)
             yield lambda n: progress.advance(task, n)
 
+    @contextmanager
+    def _log_stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """One line at the start and the end, and between them at most one line per 10% or 30 s."""
+        t0 = time.monotonic()
+        state = {"done": 0, "shown": 0, "at": t0}
+        self._line(f"{label}: start, {total} to do")
+
+        def go(n: int) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            if state["done"] < total and (state["done"] - state["shown"] >= max(1, total / 10) or now - state["at"] >= LOG_EVERY_S):
+                state["shown"], state["at"] = state["done"], now
+                self._line(f"{label}: {state['done']}/{total}, {_rate(state['done'], now - t0)}, {now - t0:.0f}s elapsed")
+
+        yield go
+        elapsed = time.monotonic() - t0
+        self._line(f"{label}: done {state['done']}/{total} in {elapsed:.0f}s ({_rate(state['done'], elapsed)})")
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
     def table(self, table: Table) -> None:
         self.console.print(table)
+
+
+def _rate(done: int, seconds: float) -> str:
+    return f"{done / seconds:.2f}/s" if seconds > 0 else "-"

@@ -44,3 +44,57 @@ def test_bad_yaml(tmp_path):
 
 def test_per_iteration_values_repeat_last():
     assert [at([0.0, 0.32], t) for t in (1, 2, 3, 4)] == [0.0, 0.32, 0.32, 0.32]
+
+
+def _literal_fields(model, prefix=""):
+    """(dotted key, allowed values, is a list) of every Literal field of the config, nested sections included."""
+    from typing import Literal, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        ann, key = field.annotation, f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _literal_fields(ann, key + ".")
+        elif get_origin(ann) is Literal:
+            yield key, get_args(ann), False
+        elif get_origin(ann) is list and get_origin(get_args(ann)[0]) is Literal:
+            yield key, get_args(get_args(ann)[0]), True
+
+
+LITERALS = list(_literal_fields(__import__("mrtk.config", fromlist=["RunConfig"]).RunConfig))
+
+
+def test_literal_fields_found():
+    keys = {k for k, _, _ in LITERALS}
+    assert {"train.bf16", "runtime.inference_dtype", "judge.score_mode", "backend", "train.loss_type"} <= keys
+
+
+@pytest.mark.parametrize("key, value, is_list", [(k, v, lst) for k, vals, lst in LITERALS for v in vals])
+def test_every_literal_value_through_set(key, value, is_list):
+    """`--set train.bf16=off` must stay the string 'off' (YAML 1.1 reads it as False)."""
+    extra = ["sglang.url=http://127.0.0.1:30000"] if (key, value) == ("backend", "sglang") else []
+    cfg = load_config("default", [f"{key}={'[' + value + ']' if is_list else value}", *extra])
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    assert node == ([value] if is_list else value)
+
+
+@pytest.mark.parametrize("text, expected", [("on", True), ("off", False), ("true", True), ("False", False), ("yes", True), ("no", False)])
+def test_bool_fields_take_on_off(text, expected):
+    assert load_config("default", [f"meta_judge.show_scores={text}"]).meta_judge.show_scores is expected
+
+
+def test_set_reads_numbers_nulls_and_strings_by_field():
+    cfg = load_config("default", ["train.lr=1e-4", "runtime.threads=1", "sft.file=null", "pairs.max_chosen_chars=[2500, null]",
+                                  "name=123", "train.lora={r: 8, dropout: 0.1}"])
+    assert cfg.train.lr == 1e-4 and cfg.runtime.threads == 1 and cfg.sft.file is None
+    assert cfg.pairs.max_chosen_chars == [2500, None] and cfg.name == "123" and (cfg.train.lora.r, cfg.train.lora.dropout) == (8, 0.1)
+
+
+@pytest.mark.parametrize("item, message", [("train.bf16=maybe", "train.bf16"), ("judge.n=three", "judge.n"),
+                                           ("meta_judge.show_scores=perhaps", "meta_judge.show_scores")])
+def test_set_bad_values_still_name_the_key(item, message):
+    with pytest.raises(MrtkError, match=message.replace(".", r"\.")):
+        load_config("default", [item])

@@ -129,3 +129,34 @@ def test_queries_during_a_run_are_consistent(tiny_config, tmp_path):
     assert all(a["orphan_judgements"] == a["torn_judgements"] == a["torn_responses"] == a["dangling_pairs"] == 0 for a in answers), answers
     seen = [a["judgements"] for a in answers]
     assert seen == sorted(seen) and 0 < max(seen)  # reads see the run grow, never go back
+
+
+def test_finished_run_records_the_generation_dtype(finished_run):
+    from mrtk.hardware import inference_dtype
+
+    db = db_of(finished_run / "runs")
+    assert rows(db, "SELECT inference_dtype, inference_dtype_reason FROM runs") == [inference_dtype("auto", "cpu")]
+
+
+def test_cpu_without_bf16_runs_fp32_and_logs_progress(tmp_path):
+    """MRTK_CPU_BF16=0 answers the capability check as an AVX2-only CPU would: the run generates
+    in fp32, says so on the runs row and at the start, and, with stderr going to a file (not a
+    terminal), leaves plain progress lines instead of carriage-return bars."""
+    import yaml
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "iterations": 1, "pairs": {"judge_share_cap": None, "judge_iterations": [1]}}))
+    log = tmp_path / "log"
+    with open(log, "w") as fh:
+        res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--set", "train.bf16=off"], cwd=tmp_path,
+                             stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, MRTK_CPU_BF16="0"), timeout=900)
+    text = log.read_text()
+    assert res.returncode == 0, text[-3000:]
+    db = db_of(tmp_path / "runs")
+    dtype, reason = rows(db, "SELECT inference_dtype, inference_dtype_reason FROM runs")[0]
+    assert dtype == "float32" and "MRTK_CPU_BF16=0" in reason
+    assert "generation dtype: float32" in text
+    assert "\r" not in text
+    for stage in ("it1 actor", "it1 judge", "it1 meta-judge", "it1 train"):
+        assert f"{stage}" in text and any(line.startswith(stage) and ": done " in line for line in text.splitlines()), stage
+    assert rows(db, "SELECT stats->>'bf16' FROM lineage") == [("false",)]

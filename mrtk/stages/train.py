@@ -137,8 +137,9 @@ def use_bf16(choice: str, device: str) -> bool:
         return choice == "on"
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from mrtk.hardware import cpu_bf16_capable
+
+    return cpu_bf16_capable()
 
 
 def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
