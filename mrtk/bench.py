@@ -144,7 +144,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
     from mrtk.stages import train
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
-    from mrtk.prompts import load_template
+    from mrtk.prompts import bind_meta_judge, load_template
     from mrtk.resources import asset_dir
 
     want = lambda name: only is None or any(name.startswith(o) for o in only)  # noqa: E731
@@ -216,7 +216,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
             mcfg = exp.meta_judge
             if quick:
                 mcfg = mcfg.model_copy(update={"max_new_tokens": 8})
-            mt = load_template(mcfg.template, role="meta-judge")
+            mt = bind_meta_judge(load_template(mcfg.template, role="meta-judge"), load_template(exp.judge.template, role="judge"))
             fights = [({"judgement_id": f"a{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": f"Relevant.\nScore: {2 + i % 3}"},
                        {"judgement_id": f"b{i}", "prompt_id": f"p{i}", "response_id": f"r{i}", "text": "Partly off topic.\nScore: 1"}) for i in range(16)]
             questions = {f"p{i}": pool[i] for i in range(16)}

@@ -335,7 +335,7 @@ MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in t
 def _external(store, model, api_base, max_cost, dry, template):
     from mrtk.evals.external import ExternalJudge
 
-    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry,
+    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
                          temperature=float(template.sampling.get("temperature", 0.0)), max_tokens=int(template.sampling.get("max_new_tokens", 512)))
 
 
@@ -367,8 +367,7 @@ def eval_alpaca(
     t_eval = load_template(template, role="eval")
     examples = ev.load_instructions(data)[:limit]
     run_dir = find_run(run_)
-    with WriterLock(run_dir):
-        target = ev.open_target(run_dir, iteration)
+    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         res = ev.alpaca(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), examples, t_eval,
                         SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders, ui=QuietUI() if quiet else RichUI(err))
     _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
@@ -393,8 +392,7 @@ def eval_arena(
     t_eval = load_template(template, role="eval")
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
-    with WriterLock(run_dir):
-        target = ev.open_target(run_dir, iteration)
+    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         res = ev.arena_hard(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), qs, base, t_eval,
                             SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
     _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
@@ -418,8 +416,7 @@ def eval_judge(
     pairs, lists = ev.load_human_pairs(data)
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
-    with WriterLock(run_dir):
-        target = ev.open_target(run_dir, iteration)
+    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
         res = judge_agreement(target, pairs, lists, t_judge, n=n, name=f"judge:{Path(data).stem}", ui=QuietUI() if quiet else RichUI(err))
     _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)

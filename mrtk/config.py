@@ -95,7 +95,9 @@ class LoraCfg(_Section):
 class TrainCfg(_Section):
     beta: float = Field(0.1, gt=0.0, description="DPO beta.")
     lr: float = Field(5e-5, gt=0.0, description="Learning rate (paper: 5e-6 with full fine-tuning).")
-    epochs: list[int] = Field([2, 1], description="Per iteration: DPO epochs (paper: 6, 4, 2, 2).")
+    epochs: list[int] = Field([2, 1], description="Per iteration: DPO epochs trained (paper: the checkpoint at epoch 6, 4, 2, 2).")
+    schedule_epochs: list[int] | None = Field(None, description="Per iteration: the epochs the learning-rate schedule spans (paper: 10, "
+                                                                "its checkpoints taken at `epochs`); null: the epochs trained.")
     batch_size: int = Field(8, ge=1, description="Global batch in pairs (paper: 32).")
     micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass; gradient accumulation makes up the rest.")
     scheduler: str = Field("cosine")
@@ -140,8 +142,13 @@ class RuntimeCfg(_Section):
 class SGLangCfg(_Section):
     urls: list[str] = Field([], description="Attach to these running SGLang servers (or one router URL); mrtk never stops them.")
     url: str | None = Field(None, description="One server or router URL: the same as urls: [URL].")
+    worker_urls: list[str] = Field([], description="With a router in urls: its workers, which get the control calls (memory release/resume, "
+                                                   "weight updates) a router does not serve; default: the urls themselves.")
     launch: bool = Field(False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end.")
-    python: str | None = Field(None, description="Python of the environment where sglang is installed (default: this one).")
+    python: str | None = Field(None, description="Python of the separate environment where sglang is installed, which launches the server "
+                                                "(default: `python` on PATH); sglang pins its own torch and openai, so keep it apart from mrtk's.")
+    deterministic: bool = Field(True, description="Launch with --enable-deterministic-inference, without which SGLang ignores sampling_seed "
+                                                  "(attached servers: mrtk records whether theirs honour seeds).")
     host: str = Field("127.0.0.1")
     port: int = Field(30000, ge=1, le=65535)
     tp_size: int = Field(1, ge=1, description="Tensor-parallel GPUs per server.")
@@ -181,8 +188,15 @@ class RunConfig(_Section):
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")
-        if self.train.micro_batch_size > self.train.batch_size:
-            raise ValueError("train.micro_batch_size must not exceed train.batch_size")
+        if self.train.schedule_epochs is not None:
+            for t in range(1, self.iterations + 1):
+                if at(self.train.schedule_epochs, t) < at(self.train.epochs, t):
+                    raise ValueError(f"train.schedule_epochs {at(self.train.schedule_epochs, t)} is below train.epochs "
+                                     f"{at(self.train.epochs, t)} in iteration {t}; the schedule must span at least the epochs trained")
+        per_step = self.train.micro_batch_size * self.train.num_processes
+        if self.train.batch_size % per_step:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of micro_batch_size x num_processes = "
+                             f"{self.train.micro_batch_size} x {self.train.num_processes}, so no global batch equals it; change one of them")
         for name in ("rho", "max_chosen_chars"):
             if not getattr(self.pairs, name):
                 raise ValueError(f"pairs.{name} must list at least one value")

@@ -13,9 +13,11 @@ machine (CPU model, torch version, ISA caps, threads) in `<mrtk cache>/hardware.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
+import sys
 import time
 import uuid
 
@@ -32,6 +34,22 @@ def apply_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed memory back: heap pages to the OS (glibc keeps them
+    otherwise, so the resident size would add up stage after stage instead of peaking at the
+    largest stage) and PyTorch's cached GPU blocks (a resumed SGLang server on the same GPU needs them)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def cpu_bf16_capable() -> bool:

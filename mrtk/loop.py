@@ -8,23 +8,21 @@ loop: a finished stage is skipped, a half-finished one regenerates only its miss
 
 from __future__ import annotations
 
-import gc
 import json
 import re
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from mrtk import summary
-from mrtk.backends import embedded_backend
+from mrtk.backends import open_policy
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
-from mrtk.hardware import apply_threads, inference_dtype
+from mrtk.hardware import apply_threads, inference_dtype, release_memory
 from mrtk.models import chat_token_ids, pick_device, resolve_model
-from mrtk.prompts import load_template
+from mrtk.prompts import bind_meta_judge, load_template
 from mrtk.runs import save_model, set_status
 from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
@@ -35,11 +33,12 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
     """Everything that can be checked without loading weights: templates, data files, model path.
     Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
     dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
+    judge_t = load_template(cfg.judge.template, dirs, role="judge")
     inputs = {
         "templates": {
             "actor": load_template(cfg.actor.template, dirs, role="actor"),
-            "judge": load_template(cfg.judge.template, dirs, role="judge"),
-            "meta_judge": load_template(cfg.meta_judge.template, dirs, role="meta-judge"),
+            "judge": judge_t,
+            "meta_judge": bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t),
         },
         "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
         "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
@@ -67,22 +66,6 @@ def check_lengths(cfg: RunConfig, inputs: dict) -> None:
     if context and worst > context:
         raise MrtkError(f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "
                         "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge")
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed memory back: heap pages to the OS (glibc keeps them
-    otherwise, so the resident size would add up stage after stage instead of peaking at the
-    largest stage) and PyTorch's cached GPU blocks (a resumed SGLang server on the same GPU needs them)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int) -> None:
@@ -124,10 +107,9 @@ class Loop:
         self.sft_examples = inputs["sft"]
         self.device = pick_device(cfg.runtime.device)
         apply_threads(cfg.runtime.threads)
-        self.backend = None
-        self.backend_model = None
-        self._server = None
         self._tok = self._tok_for = None
+        self.policy = open_policy(cfg, self.device, store.run_dir, self._tokenizer, self.ui.info)
+        self._serving_recorded = False
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -218,10 +200,7 @@ class Loop:
         if not fitted:
             raise MrtkError(f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
-        self._drop_backend()
-        serving = self.cfg.backend == "sglang" and self.backend is not None
-        if serving:
-            self.backend.release()  # the server's GPU memory goes to DPO
+        self.policy.release()  # the generation copy (embedded) or the server's GPU memory (SGLang) goes to DPO
         out = self.store.run_dir / "models" / f"M{it + 1}"
         steps = train.planned_steps(len(fitted), self.cfg.train, it)
         work = self.store.run_dir / "tmp" / f"train{it}"
@@ -244,8 +223,7 @@ class Loop:
             save_model(model, tok, out)
             del model
             release_memory()  # before the server takes its GPU memory back
-        if serving:
-            self.backend.resume()  # the next iteration loads M<t+1> into it (update_weights, flush_cache)
+        self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
 
     def _sft(self) -> None:
@@ -335,45 +313,13 @@ class Loop:
         return self._tok
 
     def _backend(self, model_dir: str):
-        if self.cfg.backend == "sglang":
-            return self._sglang(model_dir)
-        if self.backend is None or self.backend_model != model_dir:
-            self._drop_backend()
-            self.backend = embedded_backend(model_dir, self.cfg.runtime, self.device)
-            self.backend_model = model_dir
-        return self.backend
-
-    def _sglang(self, model_dir: str):
-        """One SGLang backend for the whole run; a new model is loaded in place (update + flush)."""
-        from mrtk.backends.sglang import SGLangBackend, SGLangClient, Server, launch_command
-
-        s = self.cfg.sglang
-        version = Path(model_dir).name if re.fullmatch(r"M\d+", Path(model_dir).name) else "M1"
-        if self.backend is None:
-            urls = s.urls
-            if s.launch:
-                url = f"http://{s.host}:{s.port}"
-                self._server = Server(launch_command(model_dir, s, version), url, self.store.run_dir / "sglang.log", s.startup_timeout_s)
-                self._server.__enter__()
-                urls = [url]
-                self.backend_model = model_dir
-            client = SGLangClient(urls, timeout_s=s.request_timeout_s, retries=s.retries)
-            self.backend = SGLangBackend(client, self._tokenizer(model_dir), weight_version=version if s.launch else None,
-                                         max_batch_rows=s.max_batch_rows)
-        if self.backend_model != model_dir:
-            self.backend.update_weights(model_dir, version)
-            self.backend.flush()
-            self.backend_model = model_dir
-        return self.backend
+        backend = self.policy.use(model_dir)
+        if self.policy.serving is not None and not self._serving_recorded:  # SGLang: versions, whether seeds are honoured
+            with self.store.tx() as con:
+                con.execute("UPDATE runs SET serving = ?", [json.dumps(self.policy.serving)]).fetchall()
+            self._serving_recorded = True
+        return backend
 
     def close(self) -> None:
         """Stop what this loop started (a launched SGLang server); attached servers are left running."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def _drop_backend(self) -> None:
-        if self.cfg.backend == "sglang":
-            return  # the server keeps its weights; `_train` releases and resumes its memory
-        self.backend = self.backend_model = None
-        release_memory()
+        self.policy.close()

@@ -139,6 +139,8 @@ def load_for_training(model_dir: str, device: str):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device == "cuda":  # each process of a multi-GPU launch on its own GPU, not all on cuda:0
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device), tokenizer
 
 

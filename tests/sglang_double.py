@@ -1,19 +1,34 @@
-"""A stand-in for an SGLang server (sglang 0.5.x HTTP protocol), for tests on machines without
+"""A stand-in for an SGLang server (sglang 0.5.23 HTTP protocol), for tests on machines without
 a GPU. It is NOT SGLang: it serves the embedded model through mrtk's own decode loop, and
-implements only the endpoints and fields mrtk uses, checked the way SGLang checks them:
+implements only the endpoints and fields mrtk uses, with the behaviour of the released source
+(`pip download --no-deps sglang==0.5.23`; file:line below are in that wheel):
 
-- `POST /generate` (sglang/srt/entrypoints/http_server.py, the schema of
-  sglang/api/v1/api_types.py): `text` a string or a list, `sampling_params` one dict or one per
-  text; an unknown key in `sampling_params` is HTTP 400 with serde's "unknown field" text;
-  `json_schema` / `regex` / `ebnf` must be strings; a list input answers a list in input
-  order, the `n` samples of each prompt grouped together; `meta_info.finish_reason` is an
-  object ({"type": "stop", "matched": ...} or {"type": "length", "length": N}); with
-  `return_logprob` and `token_ids_logprob`, `meta_info.output_token_ids_logprobs` holds
-  [logprob, token_id, null] entries per output position; `weight_version` is echoed.
+- `POST /generate` (srt/entrypoints/http_server.py; GenerateReqInput in srt/managers/io_struct.py:177):
+  `text` (a string or a list) or `input_ids` (a list of ints or a list of lists); `text` is
+  tokenized with the tokenizer's default `add_special_tokens=True`
+  (srt/managers/tokenizer_manager.py:1068), so a BOS-adding tokenizer gets a BOS in front of
+  whatever the text holds; `sampling_params` one dict or one per input; an unknown key is
+  HTTP 400 with serde's "unknown field" text; `json_schema` / `regex` / `ebnf` must be strings;
+  a list input answers a list in input order, the `n` copies of each input grouped together
+  (io_struct.py:617, `input_ids * parallel_sample_num`); `meta_info.finish_reason` is an object
+  ({"type": "stop", "matched": ...} or {"type": "length", "length": N}); with `return_logprob`
+  and `token_ids_logprob`, `meta_info.output_token_ids_logprobs` holds [logprob, token_id, null]
+  entries per output position; `weight_version` is echoed.
   `regex` supports alternations of literals only, e.g. "(10|9|...|1)" (all mrtk sends).
-- `GET /health`, `GET /model_info`, `POST /release_memory_occupation`,
+- seeds (srt/sampling/sampling_batch_info.py:157-171): `sampling_seed` is used only when the
+  server was started with --enable-deterministic-inference (`deterministic=True` here); then
+  the `n` copies of one input share the seed and, since the seeded sampler hashes only
+  (seed, position), come out identical. Otherwise every sample draws a fresh random seed.
+- `GET /health`, `GET /model_info` (no version; http_server.py:812), `GET /server_info` and the
+  deprecated `/get_server_info` (http_server.py:853-890: the server args, with
+  `enable_deterministic_inference`, and `version`), `POST /release_memory_occupation`,
   `/resume_memory_occupation`, `/update_weights_from_disk` {model_path, weight_version}
-  (really reloads the weights from disk), `/flush_cache`.
+  (really reloads the weights from disk), `/flush_cache`, which answers PLAIN TEXT
+  (http_server.py:1025-1040), not JSON.
+
+`SGLangRouterDouble` stands in for sglang-router 0.3.2: it forwards `/generate`, `/health`,
+`/flush_cache` and `/get_model_info` to its workers round-robin and answers 404 on everything
+else (no weight updates, no memory release).
 
 Every request is recorded in `.log` as (path, body). Failure injection: `fail_next` answers
 that many requests with HTTP 503; `die_after` stops serving after that many /generate calls.
@@ -24,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import sys
 import threading
@@ -42,13 +58,16 @@ class BadRequest(Exception):
 
 
 class SGLangDouble:
-    def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1"):
+    def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
+                 version: str = "0.5.23"):
         from mrtk.backends.embedded import EmbeddedBackend
         from mrtk.models import load_model
 
         self.load = lambda path: EmbeddedBackend(*load_model(path, "float32"), max_batch_rows=64)
         self.engine = self.load(model_dir)
         self.model_path, self.weight_version = model_dir, weight_version
+        self.deterministic, self.version = deterministic, version
+        self.rng = random.Random()
         self.log: list[tuple[str, dict | None]] = []
         self.released = False
         self.fail_next = 0
@@ -79,9 +98,10 @@ class SGLangDouble:
                 pass
 
             def _reply(self, status, payload):
-                raw = json.dumps(payload).encode() if payload is not None else b""
+                text = isinstance(payload, str)
+                raw = payload.encode() if text else json.dumps(payload).encode() if payload is not None else b""
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -112,8 +132,11 @@ class SGLangDouble:
     def handle(self, path: str, body):
         if path == "/health":
             return 200, None
-        if path == "/model_info":
+        if path in ("/model_info", "/get_model_info"):
             return 200, {"model_path": self.model_path, "weight_version": self.weight_version, "is_generation": True}
+        if path in ("/server_info", "/get_server_info"):
+            return 200, {"model_path": self.model_path, "enable_deterministic_inference": self.deterministic,
+                         "version": self.version, "frontend": "python"}
         if path == "/release_memory_occupation":
             self.released = True
             return 200, {}
@@ -121,7 +144,8 @@ class SGLangDouble:
             self.released = False
             return 200, {}
         if path == "/flush_cache":
-            return 200, {}
+            return 200, ("Cache flushed.\nPlease check backend logs for more details. "
+                         "(When there are running or waiting requests, the operation will not be performed.)\n")
         if path == "/update_weights_from_disk":
             try:
                 self.engine = self.load(body["model_path"])
@@ -140,14 +164,24 @@ class SGLangDouble:
     def generate(self, body: dict):
         if not isinstance(body, dict):
             raise BadRequest("invalid type: expected a JSON object")
-        texts = body.get("text")
-        single = isinstance(texts, str)
-        texts = [texts] if single else texts
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise BadRequest("invalid type for `text`: expected a string or a list of strings")
+        if (body.get("text") is None) == (body.get("input_ids") is None):
+            raise BadRequest("Either text, input_ids or input_embeds should be provided.")
+        if body.get("text") is not None:
+            texts = body["text"]
+            single = isinstance(texts, str)
+            texts = [texts] if single else texts
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise BadRequest("invalid type for `text`: expected a string or a list of strings")
+            inputs = [self.engine.tok(t)["input_ids"] for t in texts]  # add_special_tokens=True, as SGLang
+        else:
+            inputs = body["input_ids"]
+            single = isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], int)
+            inputs = [inputs] if single else inputs
+            if not inputs or not all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in inputs):
+                raise BadRequest("input_ids cannot be empty.")
         sps = body.get("sampling_params") or {}
-        sps = [sps] * len(texts) if isinstance(sps, dict) else sps
-        if len(sps) != len(texts):
+        sps = [sps] * len(inputs) if isinstance(sps, dict) else sps
+        if len(sps) != len(inputs):
             raise BadRequest("The length of sampling_params and text must match")
         for sp in sps:
             for key in sp:
@@ -158,8 +192,7 @@ class SGLangDouble:
                     raise BadRequest(f"invalid type for `{key}`: expected a string")
         want_ids = body.get("token_ids_logprob")
         out = []
-        for i, (text, sp) in enumerate(zip(texts, sps)):
-            ids = self.engine.tok(text, add_special_tokens=False)["input_ids"]
+        for i, (ids, sp) in enumerate(zip(inputs, sps)):
             lp_ids = want_ids[i] if want_ids and isinstance(want_ids[0], list) else want_ids
             out += self._one(ids, sp, bool(body.get("return_logprob")), lp_ids, i)
         return out[0] if single and len(out) == 1 else out
@@ -173,9 +206,12 @@ class SGLangDouble:
         meta = {"prompt_tokens": len(ids), "cached_tokens": 0, "weight_version": self.weight_version}
         if sp.get("regex"):
             return [self._constrained(ids, sp["regex"], meta, index) for _ in range(n)]
-        seed = int(sp.get("sampling_seed") or 0)
+        if self.deterministic:  # one seed for all n copies: identical samples, as the real seeded sampler gives
+            seeds = (int(sp["sampling_seed"] if sp.get("sampling_seed") is not None else 42),) * n
+        else:  # sampling_seed ignored
+            seeds = tuple(self.rng.randrange(2**31) for _ in range(n))
         params = SamplingParams(float(sp.get("temperature", 1.0)), float(sp.get("top_p", 1.0)), max_new, stops)
-        [gens] = self.engine._run([ids], [tuple(seed + j for j in range(n))], params, [], None)
+        [gens] = self.engine._run([ids], [seeds], params, [], None)
         answers = []
         for j, g in enumerate(gens):
             if g.finish == "stop":
@@ -212,8 +248,64 @@ class SGLangDouble:
         return {"text": best, "meta_info": dict(meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}), "index": index}
 
 
+class SGLangRouterDouble:
+    """sglang-router 0.3.2: generation and health forwarded to the workers round-robin, 404 on
+    every control endpoint (no weight updates, no memory release)."""
+
+    SERVED = ("/generate", "/health", "/flush_cache", "/get_model_info")
+
+    def __init__(self, workers: list[SGLangDouble]):
+        self.workers, self.turn = workers, 0
+        self.log: list[tuple[str, dict | None]] = []
+        router = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._route(None)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self._route(json.loads(self.rfile.read(n) or b"null"))
+
+            def _route(self, body):
+                router.log.append((self.path, body))
+                if self.path not in router.SERVED:
+                    status, payload = 404, {"detail": "Not Found"}
+                else:
+                    worker = router.workers[router.turn % len(router.workers)]
+                    router.turn += 1
+                    with worker.lock:
+                        worker.log.append((self.path, body))
+                        try:
+                            status, payload = worker.handle(self.path, body)
+                        except BadRequest as e:
+                            status, payload = 400, {"error": str(e)}
+                raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode() if payload is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 if __name__ == "__main__":  # a separate process, for launch tests: python tests/sglang_double.py --model DIR --port P
-    args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-    with SGLangDouble(args["--model"], int(args.get("--port", 0)), args.get("--weight-version", "M1")) as d:
+    flags = [a for a in sys.argv[1:] if a != "--enable-deterministic-inference"]
+    args = dict(zip(flags[0::2], flags[1::2]))
+    with SGLangDouble(args["--model"], int(args.get("--port", 0)), args.get("--weight-version", "M1"),
+                      deterministic="--enable-deterministic-inference" in sys.argv) as d:
         print(d.url, flush=True)
         d.thread.join()

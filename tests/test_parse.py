@@ -45,6 +45,8 @@ def test_parse_score_custom_range():
 @pytest.mark.parametrize("text, verdict", [
     ("A is better.\nWinner: Judgement A", "A"),
     ("Winner: Judgement B", "B"),
+    ("Winner: Judgment A", "A"),  # the American spelling, which models write as often
+    ("**Winner:** judgment B", "B"),
     ("winner: judgement b", "B"),
     ("If it were Winner: Judgement A... but no.\nWinner: Judgement B", "B"),
 ])

@@ -66,8 +66,8 @@ def test_malformed_templates_rejected(text, message):
 
 
 def test_role_checks():
-    t = parse_template(GOOD.replace("[question, response]", "[question, response, rubric]").replace("R:", "{{rubric}} R:"))
-    with pytest.raises(MrtkError, match="unknown variable 'rubric' for the judge stage"):
+    t = parse_template(GOOD.replace("[question, response]", "[question, response, context]").replace("R:", "{{context}} R:"))
+    with pytest.raises(MrtkError, match="unknown variable 'context' for the judge stage"):
         check_role(t, "judge")
     with pytest.raises(MrtkError, match="has role 'judge' but the actor stage"):
         check_role(parse_template(GOOD), "actor")
@@ -97,3 +97,22 @@ def test_template_sampling_defaults_yield_to_explicit_config():
     bad = parse_template(GOOD.replace("parser: score", "parser: score\nsampling: {temperature: -1}"))
     with pytest.raises(MrtkError, match="template t: sampling.temperature"):
         with_template_sampling(validate_config({}).judge, bad)
+
+
+def test_meta_judge_shows_the_judge_rubric_verbatim():
+    """The paper's meta-judge is shown "the rubric used by the judge": one source, the judge
+    template's `rubric:`, so a swapped judge rubric is what the meta-judge sees too."""
+    from mrtk.prompts import bind_meta_judge
+
+    judge = load_template("judge_additive5", role="judge")
+    assert "regardless of whether it seems to have been written by an AI Assistant" in judge.rubric
+    assert "even if there is slight room for improvement in clarity, conciseness or focus" in judge.rubric
+    assert judge.rubric in judge.render(question="q", response="r")
+    for name in ("meta_judge", "meta_judge_nemo"):
+        meta = bind_meta_judge(load_template(name, role="meta-judge"), judge)
+        assert judge.rubric in meta.render(question="q", response="r", judgement_a="a", judgement_b="b")
+    ten = load_template("judge_10point", role="judge")
+    swapped = bind_meta_judge(load_template("meta_judge", role="meta-judge"), ten)
+    text = swapped.render(question="q", response="r", judgement_a="a", judgement_b="b")
+    assert ten.rubric in text and "Add 1 point" not in text
+    assert swapped.hash != bind_meta_judge(load_template("meta_judge", role="meta-judge"), judge).hash

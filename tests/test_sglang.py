@@ -9,6 +9,7 @@ only a real server can show (speed, the radix cache, real GPU memory release) is
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY, check_complete, db_of, mrtk, rows
-from sglang_double import SGLangDouble
+from sglang_double import SGLangDouble, SGLangRouterDouble
 
 from mrtk.backends.base import Request, SamplingParams
 from mrtk.backends.sglang import SGLangBackend, SGLangClient, Server, launch_command
@@ -27,7 +28,7 @@ from mrtk.errors import MrtkError
 
 @pytest.fixture(scope="module")
 def double(model_dir):
-    with SGLangDouble(model_dir) as d:
+    with SGLangDouble(model_dir, deterministic=True) as d:  # as mrtk launches it (sglang.deterministic)
         yield d
 
 
@@ -60,9 +61,15 @@ def test_requests_follow_the_protocol_and_answers_keep_their_order(backend, doub
     out = backend.generate(reqs, params)
     assert [len(row) for row in out] == [3, 3] and all(g.text for row in out for g in row)
     [(path, body)] = double.log
-    assert path == "/generate" and isinstance(body["text"], list) and len(body["text"]) == 2
-    assert body["sampling_params"][0] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 12, "n": 3, "sampling_seed": 7}
-    assert body["text"][0].startswith("<|im_start|>") and "Name a fruit." in body["text"][0]  # the chat template, applied by mrtk
+    # token ids, not text (SGLang would tokenize text with add_special_tokens=True: a second BOS),
+    # counted exactly as mrtk counts and TRL trains; one entry per sample, each with its own seed
+    from mrtk.models import chat_token_ids
+
+    assert path == "/generate" and "text" not in body and len(body["input_ids"]) == 6
+    assert body["input_ids"][0] == chat_token_ids(backend.tok, [{"role": "user", "content": "Name a fruit."}], add_generation_prompt=True)
+    assert body["input_ids"][3] == backend.chat_ids("Name a colour.")
+    assert body["sampling_params"][0] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 12, "n": 1, "sampling_seed": 7}
+    assert [sp["sampling_seed"] for sp in body["sampling_params"]] == [7, 8, 9, 3, 4, 5]
     # grouped by prompt, in input order: the same answers as asking each prompt alone
     alone = backend.generate([reqs[1]], params)[0]
     assert [g.text for g in alone] == [g.text for g in out[1]]
@@ -74,7 +81,9 @@ def test_structured_programs_read_choice_logprobs(backend, double):
     assert all(set(g.choice_probs) == set("012345") and 0.05 < sum(g.choice_probs.values()) <= 1.0 + 1e-6 for g in gens)
     second = double.log[-1][1]
     assert second["return_logprob"] is True and second["sampling_params"][0]["max_new_tokens"] == 1
-    assert all(t.endswith("\nScore: ") for t in second["text"]) and len(second["token_ids_logprob"][0]) == 6
+    suffix_ids = backend.tok("\nScore: ", add_special_tokens=False)["input_ids"]
+    assert all(x[-len(suffix_ids):] == suffix_ids for x in second["input_ids"]) and len(second["token_ids_logprob"][0]) == 6
+    assert all(x[:len(backend.chat_ids(reqs[0].prompt))] == backend.chat_ids(reqs[0].prompt) for x in second["input_ids"])
     # a two-token choice ("10") goes through SGLang's regex constraint instead
     [gens] = backend.generate(reqs, SamplingParams(0.8, 0.95, 4), suffix="\nScore: ", choices={str(d): str(d) for d in range(1, 11)})
     regex = double.log[-1][1]["sampling_params"][0]["regex"]
@@ -133,21 +142,83 @@ def sglang_config(tmp_path: Path, url: str) -> Path:
 def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path):
     """A whole tiny run through the SGLang backend: release -> train -> resume -> update -> flush
     between iterations, every row tagged with its weights."""
-    with SGLangDouble(model_dir) as d:
+    with SGLangDouble(model_dir, deterministic=True) as d:
         mrtk("run", str(sglang_config(tmp_path, d.url)), "--quiet", cwd=tmp_path, check=True, timeout=1200)
         paths = [p for p, _ in d.log if p != "/generate"]
-        assert paths == ["/update_weights_from_disk", "/flush_cache",  # attach: the loop loads M1 itself
-                         "/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk", "/flush_cache",
+        assert paths == ["/server_info", "/update_weights_from_disk",  # attach: version check, then the loop loads M1 itself
+                         "/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",  # it flushes itself
                          "/release_memory_occupation", "/resume_memory_occupation"]
         updates = [b for p, b in d.log if p == "/update_weights_from_disk"]
         assert updates[1]["weight_version"] == "M2" and updates[1]["model_path"].endswith("models/M2")
         # iteration 1 generates with M1 until the release; iteration 2 only after the update and the flush
         order = [p for p, _ in d.log]
         release, update = order.index("/release_memory_occupation"), order.index("/update_weights_from_disk", 2)
-        assert "/generate" in order[:release] and "/generate" not in order[release:update + 2] and order[update + 2] == "/generate"
+        assert "/generate" in order[:release] and "/generate" not in order[release:update + 1] and order[update + 1] == "/generate"
+        # every request is token ids with one BOS-free chat prompt, one entry per sample with distinct seeds
+        gens = [b for p, b in d.log if p == "/generate"]
+        assert all("input_ids" in b and "text" not in b for b in gens)
+        actor = [b for b in gens if b["sampling_params"][0]["max_new_tokens"] == TINY["actor"]["max_new_tokens"]]
+        seeds = [sp["sampling_seed"] for b in actor for sp in b["sampling_params"]]
+        assert all(sp["n"] == 1 for b in actor for sp in b["sampling_params"]) and len(seeds) == len(set(seeds))
     db = db_of(tmp_path / "runs")
     check_complete(db)
     assert rows(db, "SELECT iteration, min(model_version), max(model_version) FROM responses GROUP BY 1 ORDER BY 1") == [(1, "M1", "M1"), (2, "M2", "M2")]
+    serving = json.loads(rows(db, "SELECT serving FROM runs")[0][0])
+    assert serving["seeds_honoured"] is True and serving["versions"] == {d.url: "0.5.23"}
+    # the K samples of a prompt differ although the server is seeded (one entry per sample)
+    assert rows(db, "SELECT count(*) FROM responses WHERE is_duplicate")[0][0] < rows(db, "SELECT count(*) / 2 FROM responses")[0][0]
+
+
+def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp_path):
+    """sglang-router serves generation only: generation goes through it, memory release/resume and
+    weight updates to each worker (sglang.worker_urls); without worker_urls, one line up front."""
+    with SGLangDouble(model_dir, deterministic=True) as w1, SGLangDouble(model_dir, deterministic=True) as w2, \
+            SGLangRouterDouble([w1, w2]) as router:
+        cfg = dict(TINY, backend="sglang", sglang={"urls": [router.url], "retries": 1})
+        path = tmp_path / "router.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        res = mrtk("run", str(path), "--quiet", cwd=tmp_path, timeout=600)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and "sglang.worker_urls" in res.stderr, res.stderr
+        assert {p for p, _ in router.log} == {"/server_info", "/get_server_info"}  # refused before any generation
+        router.log.clear()
+        cfg["sglang"]["worker_urls"] = [w1.url, w2.url]
+        path.write_text(yaml.safe_dump(cfg))
+        (tmp_path / "ok").mkdir()
+        mrtk("run", str(path), "--quiet", cwd=tmp_path / "ok", check=True, timeout=1200)
+        for w in (w1, w2):
+            control = [p for p, _ in w.log if p not in ("/generate", "/server_info")]
+            assert control == ["/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation",
+                               "/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation"], control
+            assert "/generate" in [p for p, _ in w.log]
+        assert {p for p, _ in router.log} == {"/generate"}
+    check_complete(db_of(tmp_path / "ok" / "runs"))
+
+
+def test_text_bodies_never_crash_the_client(double):
+    """/flush_cache answers plain text in SGLang 0.5.x (http_server.py:1025-1040)."""
+    assert SGLangClient([double.url], retries=0).call("/flush_cache", {}).startswith("Cache flushed.")
+
+
+def test_old_servers_are_refused_and_unseeded_ones_recorded(model_dir):
+    with SGLangDouble(model_dir, version="0.5.2") as old:
+        with pytest.raises(MrtkError, match=r"SGLang 0.5.2 at .* is older than 0.5.3"):
+            SGLangClient([old.url], retries=0).check_servers()
+    with SGLangDouble(model_dir, deterministic=False) as plain:
+        assert SGLangClient([plain.url], retries=0).check_servers()["seeds_honoured"] is False
+
+
+def test_the_stand_in_seeds_as_sglang_does(model_dir, double):
+    """The stand-in is truthful: a seeded server gives n identical copies of one entry; an
+    unseeded one ignores sampling_seed."""
+    client = SGLangClient([double.url], retries=0)
+    ids = [1, 2, 3]
+    same = client.call("/generate", {"input_ids": ids, "sampling_params": {"n": 3, "sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}})
+    assert len({a["text"] for a in same}) == 1
+    with SGLangDouble(model_dir, deterministic=False) as plain:
+        c = SGLangClient([plain.url], retries=0)
+        texts = {c.call("/generate", {"input_ids": ids, "sampling_params": {"sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}})["text"]
+                 for _ in range(3)}
+        assert len(texts) > 1
 
 
 

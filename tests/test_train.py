@@ -1,5 +1,6 @@
 """Pair measurement before DPO: a pair longer than max_length is dropped with its reason, never silently."""
 
+import pytest
 from transformers import AutoTokenizer
 
 from mrtk.stages.train import fit_examples, planned_steps
@@ -46,3 +47,52 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["stats"]["pairs_trained"] == 2 and result["metrics"][0]["loss"] > 0
     assert (tmp_path / "M2" / "config.json").is_file()
+
+
+def test_global_batch_counts_every_process(tmp_path, monkeypatch):
+    """With 2 processes the global batch is still train.batch_size: micro x accumulation x processes,
+    read back from the real DPOConfig built as an `accelerate launch` worker sees it (WORLD_SIZE=2)."""
+    import pytest
+    from trl import DPOConfig
+
+    from mrtk.errors import MrtkError
+    from mrtk.stages.train import trainer_args
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    kwargs = trainer_args(work_dir=tmp_path, micro_batch_size=2, batch_size=32, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False)
+    monkeypatch.delenv("WORLD_SIZE")  # a DPOConfig built under WORLD_SIZE=2 would join a process group that is not there
+    args = DPOConfig(**kwargs)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 2 == 32
+    # 64 pairs over 2 processes: 32 per process, 16 micro-batches each, accumulate 8 -> 2 optimizer steps per epoch
+    assert planned_steps(64, TrainCfg(batch_size=32, micro_batch_size=2, num_processes=2, epochs=[1]), 1) == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MrtkError, match="batch_size 2 is below micro_batch_size x processes = 2 x 2"):
+        trainer_args(work_dir=tmp_path, micro_batch_size=2, batch_size=2, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False)
+
+
+def test_batch_size_the_processes_cannot_reach_is_refused():
+    import pytest
+
+    from mrtk.config import validate_config
+    from mrtk.errors import MrtkError
+
+    with pytest.raises(MrtkError, match="train.batch_size 32 is not a multiple of micro_batch_size x num_processes = 2 x 3"):
+        validate_config({"train": {"batch_size": 32, "micro_batch_size": 2, "num_processes": 3}})
+
+
+def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
+    """The paper's schedule: a 10-epoch cosine, the checkpoint taken at epoch 6. The learning rates
+    logged in train_metrics are the first 60% of a 10-epoch cosine, not a 6-epoch one decaying to 0."""
+    import math
+
+    from mrtk.stages.train import train_dpo
+
+    cfg = TrainCfg(epochs=[6], schedule_epochs=[10], batch_size=2, micro_batch_size=2, lr=1e-4, gradient_checkpointing=False,
+                   precompute_ref_log_probs=False)
+    _, _, metrics, stats = train_dpo(model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu",
+                                     work_dir=tmp_path)
+    assert stats["steps"] == 6 and [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    # one optimizer step per epoch; HF logs the rate each step used: step k at (k - 1) / 10 of the 10-epoch cosine
+    expected = [1e-4 * 0.5 * (1 + math.cos(math.pi * (k - 1) / 10)) for k in range(1, 7)]
+    assert [m["learning_rate"] for m in metrics] == [pytest.approx(e, rel=1e-6) for e in expected]
+    assert metrics[-1]["learning_rate"] > 0.3e-4  # the paper's epoch-6 checkpoint is at 0.345 of lr, not at 0

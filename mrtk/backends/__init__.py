@@ -1,10 +1,17 @@
-"""Generation backends: the embedded one is built here; the SGLang one by the loop (backends/sglang.py)."""
+"""Generation backends, and the policy a run serves: `open_policy(cfg, run_dir)` gives the loop,
+`mrtk judge` and `mrtk eval` the same thing whatever the backend: `use(model_dir)` returns a
+backend generating with that model (the embedded one loads it; SGLang swaps its weights),
+`release()` / `resume()` free and take back accelerator memory around training, `close()`
+stops what was started (a launched SGLang server; attached servers are left running)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from mrtk.backends.base import Backend, Generation, Request, SamplingParams
 
-__all__ = ["Backend", "Generation", "Request", "SamplingParams", "embedded_backend"]
+__all__ = ["Backend", "Generation", "Request", "SamplingParams", "embedded_backend", "open_policy"]
 
 
 def embedded_backend(model_dir: str, runtime, device: str) -> Backend:
@@ -17,3 +24,44 @@ def embedded_backend(model_dir: str, runtime, device: str) -> Backend:
     apply_threads(runtime.threads)
     model, tok = load_model(model_dir, inference_dtype(runtime.inference_dtype, device)[0], device)
     return EmbeddedBackend(model, tok, max_batch_rows=runtime.max_batch_rows, max_batch_tokens=runtime.max_batch_tokens)
+
+
+def model_version(model_dir: str) -> str:
+    """M<t> for a run's model directory (models/M<t>), else M1 (the base model)."""
+    name = Path(model_dir).name
+    return name if re.fullmatch(r"M\d+", name) else "M1"
+
+
+class EmbeddedPolicy:
+    """One model in memory at a time; training runs in this process, so release drops it."""
+
+    def __init__(self, cfg, device: str):
+        self.cfg, self.device = cfg, device
+        self.backend = self.model_dir = None
+
+    def use(self, model_dir: str) -> Backend:
+        if self.backend is None or self.model_dir != model_dir:
+            self.release()
+            self.backend, self.model_dir = embedded_backend(model_dir, self.cfg.runtime, self.device), model_dir
+        return self.backend
+
+    def release(self) -> None:
+        from mrtk.hardware import release_memory
+
+        self.backend = self.model_dir = None
+        release_memory()
+
+    def resume(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.backend = self.model_dir = None
+
+
+def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None):
+    """The policy backend of a run config: `EmbeddedPolicy` or `SGLangPolicy` (launched or attached)."""
+    if cfg.backend == "sglang":
+        from mrtk.backends.sglang import SGLangPolicy
+
+        return SGLangPolicy(cfg.sglang, run_dir, tokenizer_for, info)
+    return EmbeddedPolicy(cfg, device)

@@ -44,8 +44,6 @@ Progress = Callable[[int], None]
 class Backend(Protocol):
     name: str
 
-    def count_tokens(self, prompt: str) -> int: ...
-
     def generate(
         self,
         requests: Sequence[Request],

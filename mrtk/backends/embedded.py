@@ -101,9 +101,6 @@ class EmbeddedBackend:
     def encode(self, prompt: str) -> list[int]:
         return chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.encode(prompt))
-
     def _choice_ids(self, choices: dict[str, str]) -> dict[str, list[int]]:
         """Token ids of each choice: one token, or two whose first token is shared by all the
         two-token choices (so "1".."10" works with digit-by-digit tokenizers)."""

@@ -24,7 +24,18 @@ from mrtk.store import RunStore
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # nothing fetched at import
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})")
-RETRYABLE = ("RateLimitError", "Timeout", "APIConnectionError", "ServiceUnavailableError", "InternalServerError", "APIError")
+RETRYABLE = ("RateLimitError", "Timeout", "APIConnectionError", "ServiceUnavailableError", "InternalServerError", "BadGatewayError",
+             "APIError")  # LiteLLM's exception classes (litellm/exceptions.py); subclasses count too
+
+
+def retryable(error: Exception) -> bool:
+    """Rate limits, timeouts, lost connections and 5xx (502 is `BadGatewayError`), by class, so
+    LiteLLM's subclasses (e.g. `RouterRateLimitError`) are retried too; 4xx are final."""
+    import litellm
+
+    classes = tuple(c for c in (getattr(litellm, n, None) for n in RETRYABLE) if isinstance(c, type))
+    status = getattr(error, "status_code", None)
+    return isinstance(error, classes) or (isinstance(status, int) and (status == 429 or status >= 500))
 
 
 def redact(text: str | None) -> str | None:
@@ -43,7 +54,8 @@ class Reply:
 
 @dataclass
 class ExternalJudge:
-    """One external model. `mock_response` (tests) goes through LiteLLM's own mock code path."""
+    """One external model. `mock_response` goes through LiteLLM's own mock code path (tests use it
+    as a priced call; `--dry-run-reply` sets `dry_run` too, so it costs nothing)."""
 
     store: RunStore
     model: str
@@ -55,6 +67,7 @@ class ExternalJudge:
     backoff_s: float = 1.0
     timeout_s: float = 120.0
     mock_response: object = None
+    dry_run: bool = False  # `--dry-run-reply`: mock_response is the user's stand-in reply, not a priced call
     spent: float = field(default=0.0, init=False)
     calls: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
@@ -69,7 +82,8 @@ class ExternalJudge:
         if cached:
             self.hits += 1
             return Reply(cached[0]["raw_reply"], True, True, 0.0, key)
-        if self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
+        dry = self.dry_run  # --dry-run-reply: never priced, never counted against --max-cost
+        if not dry and self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
             raise MrtkError(f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
                             "finished rows are kept, rerun with a higher --max-cost to continue")
         import litellm
@@ -79,19 +93,20 @@ class ExternalJudge:
             attempts += 1
             try:
                 kwargs = {"mock_response": self.mock_response} if self.mock_response is not None else {}
+                # drop_params: a judge that rejects a parameter (o-series models refuse `temperature`) gets the call without it
                 resp = litellm.completion(model=self.model, messages=messages, api_base=self.api_base, temperature=self.temperature,
-                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, **kwargs)
+                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, drop_params=True, **kwargs)
                 break
             except Exception as e:  # LiteLLM maps provider errors onto its own exception types
                 error = f"{type(e).__name__}: {redact(' '.join(str(e).split()))[:300]}"
-                if type(e).__name__ not in RETRYABLE or attempts > self.retries:
+                if not retryable(e) or attempts > self.retries:
                     self._record(key, messages, None, "failed", error, None, 0.0, time.perf_counter() - t0, attempts)
                     self.calls += 1
                     return Reply(None, False, False, 0.0, key, error)
                 time.sleep(self.backoff_s * 2 ** (attempts - 1))
         text = resp.choices[0].message.content or ""
         try:
-            cost = float(litellm.completion_cost(completion_response=resp))
+            cost = 0.0 if dry else float(litellm.completion_cost(completion_response=resp))
         except Exception:  # a model missing from the local cost map (e.g. a local server): free
             cost = 0.0
         self.spent += cost

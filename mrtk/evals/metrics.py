@@ -128,13 +128,16 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def agreement(labels: list[str], predictions: list[str | None]) -> dict:
     """labels and predictions 'a' / 'b'; a prediction of None is a tie (the judge could not
-    separate the two). Agreement counts a tie as a miss; agreement_without_ties drops them."""
+    separate the two). As the paper defines it (Table 3, Table 7), agreement counts a tie as half
+    a hit; agreement_without_ties drops the tied pairs; tie_rate is their share."""
     n = len(labels)
     hits = sum(p == lab for lab, p in zip(labels, predictions))
     ties = sum(p is None for p in predictions)
-    lo, hi = wilson(hits, n)
+    credit = hits + 0.5 * ties
+    lo, hi = wilson(credit, n)
     lo2, hi2 = wilson(hits, n - ties)
-    return {"agreement": hits / n if n else None, "ci_low": lo, "ci_high": hi, "n": n, "ties": ties,
+    return {"agreement": credit / n if n else None, "ci_low": lo, "ci_high": hi, "n": n, "ties": ties,
+            "tie_rate": ties / n if n else None,
             "agreement_without_ties": hits / (n - ties) if n - ties else None, "ci_low_without_ties": lo2, "ci_high_without_ties": hi2}
 
 

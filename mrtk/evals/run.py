@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import Request, SamplingParams, embedded_backend
+from mrtk.backends import Request, SamplingParams, open_policy
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
 from mrtk.loop import model_for, run_chunks
@@ -30,19 +30,29 @@ ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
 
 @dataclass
 class Target:
-    """The model under evaluation: a run's model version, loaded lazily."""
+    """The model under evaluation: a run's model version, loaded lazily on the run's own backend
+    (the embedded one, or the run's SGLang servers: attached, or launched and stopped on exit)."""
 
     store: object
     cfg: object
     iteration: int
     version: str
     model_dir: str
-    _backend: object = None
+    _policy: object = None
 
     def backend(self):
-        if self._backend is None:
-            self._backend = embedded_backend(self.model_dir, self.cfg.runtime, pick_device(self.cfg.runtime.device))
-        return self._backend
+        if self._policy is None:
+            from transformers import AutoTokenizer
+
+            self._policy = open_policy(self.cfg, pick_device(self.cfg.runtime.device), self.store.run_dir, AutoTokenizer.from_pretrained)
+        return self._policy.use(self.model_dir)
+
+    def __enter__(self) -> "Target":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._policy is not None:
+            self._policy.close()
 
 
 def open_target(run_dir: Path, iteration: int | None) -> Target:

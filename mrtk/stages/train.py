@@ -61,12 +61,27 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped
 
 
+def world_size() -> int:
+    """Processes training together (`accelerate launch` sets WORLD_SIZE); 1 in-process."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def accumulation(batch_size: int, micro_batch_size: int, processes: int) -> int:
+    """Gradient accumulation steps so that micro x accumulation x processes = the global batch."""
+    per_step = micro_batch_size * processes
+    if batch_size < per_step:
+        raise MrtkError(f"train.batch_size {batch_size} is below micro_batch_size x processes = {micro_batch_size} x {processes}; "
+                        "raise batch_size or lower micro_batch_size")
+    return batch_size // per_step
+
+
 def trainer_args(*, work_dir: Path, micro_batch_size: int, batch_size: int, epochs: int, lr: float, seed: int,
                  device: str, bf16: bool) -> dict:
-    """TrainingArguments both trainers share: CPU-aware, quiet, nothing saved (we save the merged model)."""
+    """TrainingArguments both trainers share: CPU-aware, quiet, nothing saved (we save the merged model).
+    The global batch is `batch_size` whatever the number of processes (WORLD_SIZE)."""
     return dict(
         output_dir=str(work_dir), per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=max(1, batch_size // micro_batch_size), num_train_epochs=epochs,
+        gradient_accumulation_steps=accumulation(batch_size, micro_batch_size, world_size()), num_train_epochs=epochs,
         learning_rate=lr, max_length=None, bf16=bf16, use_cpu=device == "cpu", logging_steps=1, save_strategy="no",
         report_to=[], seed=seed % (2**31), data_seed=seed % (2**31), disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -126,8 +141,21 @@ def metrics_callback(sink: list[dict], iteration: int, on_step=None):
 
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
-    accumulation = max(1, cfg.batch_size // cfg.micro_batch_size)
-    return math.ceil(math.ceil(n_pairs / cfg.micro_batch_size) / accumulation) * at(cfg.epochs, iteration)
+    per_process = math.ceil(n_pairs / cfg.num_processes)  # each process gets its shard of the pairs
+    steps = math.ceil(math.ceil(per_process / cfg.micro_batch_size) / accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.num_processes))
+    return steps * at(cfg.epochs, iteration)
+
+
+def stop_after_epochs(epochs: int):
+    """Ends training after `epochs` although the schedule spans more (train.schedule_epochs)."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch >= epochs - 1e-6:
+                control.should_training_stop = True
+
+    return Stop()
 
 
 def use_bf16(choice: str, device: str) -> bool:
@@ -151,9 +179,10 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
 
     model, tokenizer = load_for_training(model_dir, device)
     epochs = at(cfg.epochs, iteration)
+    horizon = at(cfg.schedule_epochs, iteration) if cfg.schedule_epochs else epochs  # the paper: a 10-epoch cosine, stopped at 6/4/2/2
     metrics: list[dict] = []
     args = DPOConfig(
-        **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=epochs,
+        **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=horizon,
                        lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
         beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
@@ -162,7 +191,8 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
     try:
         trainer = quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    peft_config=lora_config(cfg.lora), callbacks=[metrics_callback(metrics, iteration, on_step)])
+                                    peft_config=lora_config(cfg.lora),
+                                    callbacks=[metrics_callback(metrics, iteration, on_step), stop_after_epochs(epochs)])
     except ValueError as e:
         raise MrtkError(f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section") from None
     if len(trainer.train_dataset) != len(examples):

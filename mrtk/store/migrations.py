@@ -97,15 +97,17 @@ CREATE TABLE eval_results (
 );
 """
 
-# The generation dtype each run chose (`runtime.inference_dtype: auto` decides per machine) and why.
-M004_RUN_DTYPE = """
+# The generation dtype each run chose (`runtime.inference_dtype: auto` decides per machine) and
+# why; for SGLang runs, the servers' versions and whether they honour sampling seeds.
+M004_RUN_HARDWARE = """
 ALTER TABLE runs ADD COLUMN inference_dtype VARCHAR;
 ALTER TABLE runs ADD COLUMN inference_dtype_reason VARCHAR;
+ALTER TABLE runs ADD COLUMN serving JSON;
 """
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
     ("m003_evals", M003_EVALS),
-    ("m004_run_dtype", M004_RUN_DTYPE),
+    ("m004_run_hardware", M004_RUN_HARDWARE),
 ]
