@@ -43,6 +43,8 @@ def run(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Parent directory of run directories."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run (directory or id under ./runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and resolve the config, print the plan, the launch commands and the disk "
+                                                           "estimate; load no model, write nothing."),
     dirs: List[Path] = PromptDirs,
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
@@ -55,6 +57,8 @@ def run(
     ui = QuietUI() if quiet else RichUI(err)
     signal.signal(signal.SIGTERM, _terminate)  # a polite kill stops a launched SGLang server too
     if resume:
+        if dry_run:
+            raise MrtkError("--dry-run plans a new run; drop --resume (or --dry-run)")
         if config or set_ or dirs:
             raise MrtkError("--resume continues a run with its stored config; drop CONFIG, --set and --prompts")
         run_dir = find_run(resume)
@@ -64,7 +68,13 @@ def run(
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
         cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]
-        inputs = check_inputs(cfg, path.parent)
+        inputs = check_inputs(cfg, path.parent, load_tokenizer=not dry_run)
+        if dry_run:
+            from mrtk.plan import plan_lines
+
+            for line in plan_lines(cfg, inputs):
+                out.print(line, highlight=False, soft_wrap=True)
+            return
         store = new_run(cfg, str(path.resolve()), out_dir)
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")

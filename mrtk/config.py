@@ -104,12 +104,18 @@ class TrainCfg(_Section):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     max_length: int = Field(1024, ge=16, description="Longest prompt+completion in tokens; longer pairs are dropped and recorded, never silently.")
     loss_type: list[Literal["sigmoid", "sft", "ipo", "hinge", "robust"]] = Field(["sigmoid"])
-    lora: LoraCfg = LoraCfg()
+    lora: LoraCfg | None = Field(LoraCfg(), description="LoRA adapter trained and merged each iteration; null: full fine-tuning "
+                                                      "(the paper's; the DPO reference is then a frozen copy of M_t, or precomputed log-probs).")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
     precompute_ref_log_probs: bool | None = Field(None, description="Reference log-probs once per iteration instead of every step; "
                                                   "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).")
     gradient_checkpointing: bool = Field(False)
     num_processes: int = Field(1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel).")
+    accelerate_config: str | None = Field(None, description="An accelerate config file (DeepSpeed ZeRO-2/3, FSDP, several machines; "
+                                                           "experiments/accelerate/) for `accelerate launch --config_file`; relative paths: beside the config.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        [], description="Experiment trackers for DPO's curves and the loop's per-iteration metrics (run name: the run id, "
+                        "local files: RUN/tracker/); DuckDB stays the record.")
 
     @field_validator("epochs")
     @classmethod
@@ -126,7 +132,7 @@ class SftCfg(_Section):
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int = Field(2, ge=1)
     max_length: int = Field(1024, ge=16, description="Longer examples are dropped and counted, never truncated.")
-    lora: LoraCfg = LoraCfg()
+    lora: LoraCfg | None = Field(LoraCfg(), description="LoRA adapter, merged; null: full fine-tuning.")
 
 
 class RuntimeCfg(_Section):
@@ -163,6 +169,12 @@ class SGLangCfg(_Section):
     max_batch_rows: int = Field(256, ge=1, description="Most samples sent in one /generate call.")
 
 
+class RunsCfg(_Section):
+    keep_models: Literal["all", "last", "none-but-final"] = Field(
+        "all", description="Model directories kept under the run: all; last: the newest two (the model the last iteration started "
+                           "from and the one it trained); none-but-final: only the newest. A model a resume still needs is never deleted.")
+
+
 class RunConfig(_Section):
     name: str = Field("default", description="Experiment name (recorded on the run).")
     seed: int = Field(0, ge=0)
@@ -178,6 +190,7 @@ class RunConfig(_Section):
     train: TrainCfg = TrainCfg()
     runtime: RuntimeCfg = RuntimeCfg()
     sglang: SGLangCfg = SGLangCfg()
+    runs: RunsCfg = RunsCfg()
 
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from mrtk import summary
+from mrtk import summary, trackers
 from mrtk.backends import open_policy
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_pool, prompts_for_iteration, resolve_data_file, resolve_dir
@@ -23,14 +23,16 @@ from mrtk.errors import MrtkError
 from mrtk.hardware import apply_threads, inference_dtype, release_memory
 from mrtk.models import chat_token_ids, pick_device, resolve_model
 from mrtk.prompts import bind_meta_judge, load_template
+from mrtk.resources import asset_dir
 from mrtk.runs import save_model, set_status
 from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
 
-def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
-    """Everything that can be checked without loading weights: templates, data files, model path.
+def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer: bool = True) -> dict:
+    """Everything that can be checked without loading weights: templates, data files, model path,
+    and (with the tokenizer, which a hub id downloads) prompt and context lengths.
     Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
     dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
     judge_t = load_template(cfg.judge.template, dirs, role="judge")
@@ -42,9 +44,17 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None) -> dict:
         },
         "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
         "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
-        "model": resolve_model(cfg.model),
+        "model": resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model,  # embedded: no GGUF conversion
     }
-    check_lengths(cfg, inputs)
+    trackers.check_installed(cfg.train.report_to)
+    if cfg.train.accelerate_config:  # as given, beside the config, or shipped (accelerate/zero3_8gpu.yaml)
+        name = cfg.train.accelerate_config
+        found = [p for p in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir("experiments") / name) if p.is_file()]
+        if not found:
+            raise MrtkError(f"train.accelerate_config {name!r} not found; give an accelerate config file (see experiments/accelerate/)")
+        cfg.train.accelerate_config = str(found[0].resolve())
+    if load_tokenizer:
+        check_lengths(cfg, inputs)
     return inputs
 
 
@@ -175,6 +185,10 @@ class Loop:
                 self._replace("pairs", it, actor_rows + judge_rows)
             with self._stage(it, "train"):
                 self._train(it, model_dir, questions, responses, judgements)
+            self._prune_models(it)
+            if self.cfg.train.report_to:
+                trackers.log_loop(self.cfg.train.report_to, self.store.run_dir, self.store.run_dir.name, it,
+                                  trackers.loop_metrics(self.store, it))
             self.ui.table(summary.iteration_table(self.store, it))
         set_status(self.store, "success")
 
@@ -204,27 +218,44 @@ class Loop:
         out = self.store.run_dir / "models" / f"M{it + 1}"
         steps = train.planned_steps(len(fitted), self.cfg.train, it)
         work = self.store.run_dir / "tmp" / f"train{it}"
-        if self.cfg.train.num_processes > 1:  # several GPUs: accelerate launch, the workers save the model
-            from mrtk.train_worker import run_distributed
+        if self.cfg.train.num_processes > 1 or self.cfg.train.accelerate_config:  # accelerate launch; the workers save the model
+            from mrtk.train_worker import launch_command, run_distributed
 
             (work / "examples.json").parent.mkdir(parents=True, exist_ok=True)
             (work / "examples.json").write_text(json.dumps(fitted))
+            cmd = launch_command(work / "spec.json", self.cfg.train, self.device)
+            self.ui.info(f"it{it} train: accelerate launch {' '.join(cmd[3:])}  (log: {self.store.run_dir / 'train.log'})")
             result = run_distributed({"model_dir": model_dir, "examples_path": str(work / "examples.json"),
                                       "train": self.cfg.train.model_dump(mode="json"), "iteration": it, "seed": self.cfg.seed,
-                                      "device": self.device, "work_dir": str(work), "out": str(out),
-                                      "result_path": str(work / "result.json")}, work, self.cfg.train.num_processes,
-                                     self.store.run_dir / "train.log")
+                                      "device": self.device, "work_dir": str(work), "out": str(out), "run_name": self.store.run_dir.name,
+                                      "tracker_dir": str(self.store.run_dir / "tracker"),
+                                      "result_path": str(work / "result.json")}, work, cmd, self.store.run_dir / "train.log")
             metrics, stats = result["metrics"], result["stats"]
         else:
             with self.ui.stage(f"it{it} train ({len(fitted)} pairs)", steps) as go:
                 model, tok, metrics, stats = train.train_dpo(
                     model_dir, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
-                    work_dir=work, on_step=lambda: go(1))
+                    work_dir=work, on_step=lambda: go(1), run_name=self.store.run_dir.name,
+                    tracker_dir=self.store.run_dir / "tracker")
             save_model(model, tok, out)
             del model
             release_memory()  # before the server takes its GPU memory back
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
+
+    def _prune_models(self, it: int) -> None:
+        """runs.keep_models: delete model directories older than the newest one or two, once
+        iteration `it` is recorded done; the base model and anything outside the run stay."""
+        keep = {"all": None, "last": 2, "none-but-final": 1}[self.cfg.runs.keep_models]
+        if keep is None:
+            return
+        import shutil
+
+        newest = it + 1  # M<it+1> was just trained; a resume starts iteration it+1 from it
+        for version in range(1, newest - keep + 1):
+            path = self.store.run_dir / "models" / f"M{version}"
+            if path.is_dir():
+                shutil.rmtree(path)
 
     def _sft(self) -> None:
         """The optional EFT/SFT step: base model -> M1, recorded as lineage iteration 0."""

@@ -1,9 +1,11 @@
 """The DPO stage as its own process, for `accelerate launch` on several GPUs.
 
 The loop writes a spec (model, examples, train config, iteration, seed, output paths) and
-starts `accelerate launch --num_processes N -m mrtk.train_worker SPEC`; every process trains
-on its shard (TRL's DPOTrainer is accelerate-aware), and the main process saves the merged
-model and the metrics for the loop to record. One code path with the in-process stage:
+starts `accelerate launch [--config_file FILE] [--num_processes N] -m mrtk.train_worker SPEC`;
+every process trains on its shard (TRL's DPOTrainer is accelerate-aware). Unsharded, the main
+process saves the merged model; under DeepSpeed ZeRO-3 or FSDP every rank takes part in
+`trainer.save_model`, which gathers the shards into one consolidated model directory (the
+form SGLang's `/update_weights_from_disk` loads). One code path with the in-process stage:
 `train.train_dpo`.
 """
 
@@ -19,18 +21,26 @@ from mrtk.config import TrainCfg
 from mrtk.errors import MrtkError
 
 
-def launch_command(spec_path: Path, num_processes: int) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--module",
-            "mrtk.train_worker", str(spec_path)]
+def launch_command(spec_path: Path, cfg: TrainCfg, device: str = "cuda") -> list[str]:
+    """`accelerate launch` for the DPO stage: the user's accelerate config file (DeepSpeed ZeRO,
+    FSDP, several machines) when `train.accelerate_config` names one, with `train.num_processes`
+    as the process count when it is above 1; on CPU, accelerate's MULTI_CPU (gloo)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.accelerate_config:
+        cmd += ["--config_file", str(Path(cfg.accelerate_config).expanduser().resolve())]
+    if cfg.num_processes > 1 or not cfg.accelerate_config:
+        cmd += ["--num_processes", str(cfg.num_processes)]
+    if device == "cpu" and not cfg.accelerate_config:
+        cmd += ["--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return cmd + ["--module", "mrtk.train_worker", str(spec_path)]
 
 
-def run_distributed(spec: dict, work_dir: Path, num_processes: int, log_path: Path) -> dict:
+def run_distributed(spec: dict, work_dir: Path, cmd: list[str], log_path: Path) -> dict:
     """Write the spec, run the workers, return {"metrics": [...], "stats": {...}} from the main one."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = work_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    Path(cmd[-1]).write_text(json.dumps(spec))
     with open(log_path, "ab") as log:
-        res = subprocess.run(launch_command(spec_path, num_processes), stdout=log, stderr=subprocess.STDOUT)
+        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if res.returncode != 0:
         raise MrtkError(f"distributed DPO failed (exit {res.returncode}); see {log_path}, then: mrtk run --resume RUN")
     return json.loads(Path(spec["result_path"]).read_text())
@@ -44,10 +54,18 @@ def main(spec_path: str) -> None:
     examples = json.loads(Path(spec["examples_path"]).read_text())
     model, tok, metrics, stats = train_dpo(spec["model_dir"], examples, TrainCfg.model_validate(spec["train"]),
                                            iteration=spec["iteration"], seed=spec["seed"], device=spec["device"],
-                                           work_dir=Path(spec["work_dir"]))
+                                           work_dir=Path(spec["work_dir"]), run_name=spec.get("run_name"),
+                                           tracker_dir=Path(spec["tracker_dir"]) if spec.get("tracker_dir") else None,
+                                           sharded_save_to=Path(spec["out"]) if sharded() else None)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_model(model, tok, Path(spec["out"]))
+        if not sharded():  # a sharded run saved the consolidated model inside train_dpo, every rank taking part
+            save_model(model, tok, Path(spec["out"]))
         Path(spec["result_path"]).write_text(json.dumps({"metrics": metrics, "stats": stats}))
+
+
+def sharded() -> bool:
+    """DeepSpeed ZeRO or FSDP under `accelerate launch`: no rank holds the whole model."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class RichUI(QuietUI):
         self.console = console or Console(stderr=True)
 
     def info(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True)  # one line each, also in a log file
 
     @contextmanager
     def stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:

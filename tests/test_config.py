@@ -14,6 +14,24 @@ def test_shipped_configs_validate():
     assert paper.pairs.rho == [0.0, 0.32, 0.32, 0.4] and paper.train.epochs == [6, 4, 2, 2]
 
 
+def test_paper_preset_is_the_paper():
+    """Every number of METHOD.md in paper.yaml, and none of NeMo's filters (those are `nemo`)."""
+    p = load_config("paper")
+    assert (p.iterations, p.prompts.per_iteration, p.actor.k, p.judge.n) == (4, 5000, 7, 11)
+    assert all((s.temperature, s.top_p) == (0.8, 0.95) for s in (p.actor, p.judge, p.meta_judge))
+    assert (p.judge.template, p.judge.score_mode, p.meta_judge.mode, p.meta_judge.show_scores) == ("judge_additive5", "free_text", "free_text", True)
+    assert p.pairs.rho == [0.0, 0.32, 0.32, 0.4] and p.pairs.max_chosen_chars == [2500, None, None, None]
+    assert p.meta_judge.max_chosen_chars == [1100, 1000, None, None] and p.pairs.judge_iterations == [1, 2]
+    assert (p.pairs.drop_same_score, p.pairs.drop_identical_text, p.pairs.judge_share_cap) == (False, False, None)
+    assert (p.train.beta, p.train.lr, p.train.batch_size, p.train.scheduler) == (0.1, 5e-6, 32, "cosine")
+    assert p.train.epochs == [6, 4, 2, 2] and p.train.schedule_epochs == [10] and p.train.loss_type == ["sigmoid"]
+    assert p.backend == "sglang" and p.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    nemo = load_config("nemo")
+    assert (nemo.pairs.drop_same_score, nemo.pairs.drop_identical_text, nemo.pairs.judge_share_cap) == (True, True, 0.15)
+    assert (nemo.meta_judge.template, nemo.meta_judge.show_scores) == ("meta_judge_nemo", False)
+    assert nemo.model_dump(exclude={"name", "pairs", "meta_judge"}) == p.model_dump(exclude={"name", "pairs", "meta_judge"})
+
+
 def test_overrides():
     cfg = load_config("default", ["judge.n=5", "pairs.rho=[0.1, 0.2]", "train.lr=1e-4"])
     assert cfg.judge.n == 5 and cfg.pairs.rho == [0.1, 0.2] and cfg.train.lr == 1e-4

@@ -63,7 +63,7 @@ def saved(db, name, **params):
 
 
 def test_every_saved_query_has_a_test_here():
-    tested = {"score_hist", "position_bias", "score_bias", "length_bias", "parse_failures", "pair_reasons"}
+    tested = {"score_hist", "position_bias", "position_bias_split", "score_bias", "length_bias", "parse_failures", "pair_reasons"}
     assert set(saved_queries()) == tested
     assert all(q.description for q in saved_queries().values())
 
@@ -80,6 +80,18 @@ def test_position_bias(db):
     assert [(r["judge"], r["verdicts"], r["first_position_wins"], r["first_position_share"]) for r in rows] == [
         ("meta_judge", 3, 2, round(2 / 3, 4)), ("pairwise", 2, 1, 0.5)]
     assert saved(db, "position_bias", iteration=2) == []
+
+
+def test_position_bias_split_by_score(tmp_path):
+    """Table 5 of the paper: first-position wins among same-score and different-score battles."""
+    store = RunStore(tmp_path)
+    store.migrate()
+    store.write("judgements", [_j("ja", "r0", 1.0), _j("jb", "r0", 2.0), _j("jc", "r0", 2.0)])
+    store.write("meta_judgements", [_m("m1", "ja", "jb", "A"), _m("m2", "jb", "ja", "A"), _m("m3", "jb", "jc", "A"),
+                                    _m("m4", "jc", "jb", "B")])
+    rows = saved(store.path, "position_bias_split")
+    assert [(r["judgement_scores"], r["verdicts"], r["first_position_wins"], r["first_position_share"]) for r in rows] == [
+        ("same score", 2, 1, 0.5), ("different score", 2, 2, 1.0)]
 
 
 def test_score_bias(db):

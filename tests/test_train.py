@@ -96,3 +96,23 @@ def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
     expected = [1e-4 * 0.5 * (1 + math.cos(math.pi * (k - 1) / 10)) for k in range(1, 7)]
     assert [m["learning_rate"] for m in metrics] == [pytest.approx(e, rel=1e-6) for e in expected]
     assert metrics[-1]["learning_rate"] > 0.3e-4  # the paper's epoch-6 checkpoint is at 0.345 of lr, not at 0
+
+
+def test_two_process_launch_takes_the_same_optimizer_steps(model_dir, tmp_path):
+    """A real `accelerate launch --cpu --num_processes 2` (gloo): with the same global batch it
+    takes as many optimizer steps over the same pairs as one process (before the fix: half)."""
+    import json
+
+    from mrtk.train_worker import launch_command, run_distributed
+
+    (tmp_path / "ex.json").write_text(json.dumps([example(f"p{i}", 3 + i) for i in range(8)]))
+    steps = {}
+    for procs in (1, 2):
+        cfg = TrainCfg(epochs=[1], batch_size=4, micro_batch_size=1, num_processes=procs, gradient_checkpointing=False)
+        w = tmp_path / f"p{procs}"
+        spec = {"model_dir": model_dir, "examples_path": str(tmp_path / "ex.json"), "iteration": 1, "seed": 0, "device": "cpu",
+                "train": cfg.model_dump(mode="json"), "work_dir": str(w / "work"), "out": str(w / "M2"), "result_path": str(w / "result.json")}
+        result = run_distributed(spec, w, launch_command(w / "spec.json", cfg, "cpu"), w / "train.log")
+        steps[procs] = result["stats"]["steps"]
+        assert (w / "M2" / "model.safetensors").is_file()
+    assert steps == {1: 2, 2: 2}  # 8 pairs / global batch 4 = 2 steps, however many processes share them

@@ -35,6 +35,8 @@ def model_version(model_dir: str) -> str:
 class EmbeddedPolicy:
     """One model in memory at a time; training runs in this process, so release drops it."""
 
+    serving = None  # nothing served: no server versions to record
+
     def __init__(self, cfg, device: str):
         self.cfg, self.device = cfg, device
         self.backend = self.model_dir = None

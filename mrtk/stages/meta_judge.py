@@ -32,7 +32,9 @@ _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
 
 
 def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: int, iteration: int) -> dict[str, tuple[str | None, str]]:
-    """prompt_id -> (response_id with the highest score variance, "ok") or (None, reason)."""
+    """prompt_id -> (response_id with the highest score variance, "ok") or (None, reason).
+    The variance is numpy's population variance (np.var, ddof=0); it only ranks a prompt's
+    responses, each with the same N, so the sample variance would pick the same response."""
     scores: dict[str, list[float]] = defaultdict(list)
     for j in judgements:
         if j["score"] is not None:

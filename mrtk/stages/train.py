@@ -98,19 +98,24 @@ def quiet(trainer_cls):
 
 
 def fit_and_merge(trainer):
-    """Train, then fold the LoRA adapter into the weights: the next model is a plain model."""
+    """Train, then fold a LoRA adapter into the weights: the next model is a plain model (a full
+    fine-tune already is one)."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     t0 = time.time()
     trainer.train()
-    merged = trainer.model.merge_and_unload()
+    merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
     faults.point("train.merge")
     merged.eval()
     return merged, time.time() - t0
 
 
 def lora_config(lora):
+    """PEFT's LoraConfig, or None for full fine-tuning (`lora: null`): then TRL keeps a frozen
+    copy of the starting model as the DPO reference, or none with precompute_ref_log_probs."""
+    if lora is None:
+        return None
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
@@ -171,9 +176,13 @@ def use_bf16(choice: str, device: str) -> bool:
 
 
 def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
-              work_dir: Path, on_step=None):
-    """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats)."""
+              work_dir: Path, on_step=None, run_name: str | None = None, tracker_dir: Path | None = None,
+              sharded_save_to: Path | None = None):
+    """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats).
+    `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there."""
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if cfg.report_to and tracker_dir is not None:  # TensorBoardCallback reads its directory from here
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tracker_dir) / f"dpo_it{iteration}")
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -188,6 +197,9 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
+    if cfg.report_to:
+        args.report_to = list(cfg.report_to)
+        args.run_name = f"{run_name}-dpo-it{iteration}" if run_name else None
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
     try:
         trainer = quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -198,6 +210,10 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     if len(trainer.train_dataset) != len(examples):
         raise MrtkError(f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set")
     merged, seconds = fit_and_merge(trainer)
+    if sharded_save_to is not None:  # gathers ZeRO-3 / FSDP shards into one directory (collective: every rank calls it)
+        trainer.save_model(str(sharded_save_to))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(str(sharded_save_to))
     stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
              "train_seconds": seconds, "bf16": args.bf16}
     return merged, tokenizer, metrics, stats

@@ -1,0 +1,106 @@
+"""`mrtk run --dry-run`: what a run would do, checked and printed, with no model loaded.
+
+The config is validated and resolved (templates, data files, accelerate config) exactly as a
+real run does; then the plan per iteration (model calls per stage, pairs, DPO schedule), the
+commands that would be launched (the SGLang server, `accelerate launch`) and the disk each
+model version takes (from the model's config.json when it is local or in the Hugging Face
+cache; a hub id offline gives no size).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mrtk.config import RunConfig, at
+
+
+def model_bytes(spec: str) -> int | None:
+    """Bytes of one saved model version (fp32, as training saves it), from config.json."""
+    config = None
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "config.json")
+            if isinstance(cached, str):
+                config = json.loads(Path(cached).read_text(encoding="utf-8"))
+        except Exception:  # no hub cache, or an id that is not one: size unknown
+            config = None
+    if not config:
+        return None
+    h, layers, vocab = config.get("hidden_size"), config.get("num_hidden_layers"), config.get("vocab_size")
+    inter = config.get("intermediate_size") or 4 * (h or 0)
+    if not (h and layers and vocab):
+        return None
+    heads, kv = config.get("num_attention_heads") or 1, config.get("num_key_value_heads") or config.get("num_attention_heads") or 1
+    attn = h * h * 2 + 2 * h * (h // heads) * kv
+    params = layers * (attn + 3 * h * inter + 2 * h) + vocab * h * (1 if config.get("tie_word_embeddings") else 2) + h
+    return params * 4
+
+
+def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
+    p, k, n = cfg.prompts.per_iteration, cfg.actor.k, cfg.judge.n
+    lines = [f"experiment {cfg.name}: model {cfg.model} ({inputs['model']}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"]
+    train = "full fine-tuning" if cfg.train.lora is None else f"LoRA r={cfg.train.lora.r} merged"
+    if cfg.sft.file:
+        lines.append(f"sft: {len(inputs['sft'] or [])} examples, {cfg.sft.epochs} epoch(s), {'full' if cfg.sft.lora is None else 'LoRA'} -> M1")
+    for t in range(1, cfg.iterations + 1):
+        judge_it = t in cfg.pairs.judge_iterations
+        epochs = at(cfg.train.epochs, t)
+        horizon = at(cfg.train.schedule_epochs, t) if cfg.train.schedule_epochs else epochs
+        lines.append(
+            f"iteration {t}: {p} prompts; actor {p * k} samples; judge {p * k * n} judgements; "
+            + (f"meta-judge up to {p * n * (n - 1)} calls; " if judge_it else "no meta-judge; ")
+            + f"pairs: actor (rho {at(cfg.pairs.rho, t)})" + (" + judge" if judge_it else "")
+            + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
+            f"global batch {cfg.train.batch_size}")
+    if cfg.backend == "sglang":
+        from mrtk.backends.sglang import launch_command
+
+        if cfg.sglang.launch:
+            lines.append("sglang server: " + " ".join(launch_command(inputs["model"], cfg.sglang, "M1")))
+        else:
+            lines.append(f"sglang: attach to {', '.join(cfg.sglang.urls)}" + (f"; control calls to {', '.join(cfg.sglang.worker_urls)}"
+                                                                             if cfg.sglang.worker_urls else ""))
+    if cfg.train.num_processes > 1 or cfg.train.accelerate_config:
+        from mrtk.train_worker import launch_command as accelerate_command
+
+        device = "cpu" if cfg.runtime.device == "cpu" else "cuda"
+        lines.append("DPO: accelerate launch " + " ".join(accelerate_command(Path("RUN/tmp/train<t>/spec.json"), cfg.train, device)[3:]))
+        if cfg.train.accelerate_config:
+            lines.append("accelerate config: " + _accelerate_summary(cfg.train.accelerate_config))
+    else:
+        lines.append("DPO: in this process")
+    if cfg.train.lora is None:
+        lines.append("reference model: " + ("precomputed log-probs (no second copy)" if cfg.train.precompute_ref_log_probs
+                                            else "a frozen copy of M_t made by TRL (precomputed log-probs when an iteration trains more than one epoch)"
+                                            if cfg.train.precompute_ref_log_probs is None else "a frozen copy of M_t made by TRL"))
+    if cfg.train.report_to:
+        lines.append(f"trackers: {', '.join(cfg.train.report_to)} (RUN/tracker/)")
+    size = model_bytes(inputs["model"])
+    versions = cfg.iterations + (1 if cfg.sft.file else 0)
+    kept = {"all": versions, "last": min(2, versions), "none-but-final": 1}[cfg.runs.keep_models]
+    if size is None:
+        lines.append(f"disk: {versions} model versions written, {kept} kept (runs.keep_models: {cfg.runs.keep_models}); "
+                     "size unknown offline (no local config.json)")
+    else:
+        lines.append(f"disk: {size / 1e9:.1f} GB per model version (fp32); {versions} written, at most {min(kept + 1, versions)} "
+                     f"on disk at once, {kept} kept (runs.keep_models: {cfg.runs.keep_models}): {kept * size / 1e9:.1f} GB at the end")
+    return lines
+
+
+def _accelerate_summary(path: str) -> str:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return f"{path} (unreadable)"
+    kind = raw.get("distributed_type", "?")
+    if kind == "DEEPSPEED":
+        kind += f" ZeRO-{(raw.get('deepspeed_config') or {}).get('zero_stage', '?')}"
+    return f"{path}: {kind}, {raw.get('num_processes', '?')} processes on {raw.get('num_machines', 1)} machine(s)"
