@@ -364,23 +364,54 @@ def eval_alpaca(
     data: Optional[str] = typer.Option(None, "--data", help="AlpacaEval's JSON (instruction + GPT-4 Turbo reference output); default: fetched from the Hugging Face dataset."),
     judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
     both_orders: bool = typer.Option(False, "--both-orders", help="Judge every example in both orders (twice the calls)."),
-    template: str = typer.Option("eval_alpaca", "--template", help="Eval template (role: eval)."),
+    annotator: str = typer.Option("weighted_alpaca_eval_gpt4_turbo", "--annotator",
+                                  help="AlpacaEval annotator (the leaderboard's by default; read from the alpaca_eval package or --annotator-dir), "
+                                       "or 'mrtk' for mrtk's paraphrase with hard verdicts (--template)."),
+    annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="alpaca_eval's evaluators_configs/ folder, if the package is not installed."),
+    difficulty: Optional[Path] = typer.Option(None, "--difficulty", help="AlpacaEval's df_gamed.csv (instruction difficulty) for the LC GLM, "
+                                                                      "if the Hugging Face cache has none."),
+    template: str = typer.Option("eval_alpaca", "--template", help="Eval template (role: eval) for --annotator mrtk."),
     max_new_tokens: int = MaxNew, dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """AlpacaEval 2: win rate, standard error and length-controlled win rate against the reference answers."""
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
+    from mrtk.evals.alpaca_official import load_annotator
+    from mrtk.evals.external import ExternalJudge
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
-    t_eval = load_template(template, role="eval")
+    _check_eval_numbers(max_cost, max_new_tokens, limit)
+    if difficulty is not None and not difficulty.is_file():
+        raise MrtkError(f"--difficulty {difficulty}: no such file; give AlpacaEval's df_gamed.csv")
+    if annotator == "mrtk":
+        prompt = load_template(template, role="eval")
+    else:
+        prompt = load_annotator(annotator, annotator_dir)
     examples = ev.load_instructions(data)[:limit]
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        res = ev.alpaca(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), examples, t_eval,
-                        SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders, ui=QuietUI() if quiet else RichUI(err))
-    _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
+        if annotator == "mrtk":
+            judge = _external(target.store, judge_model, api_base, max_cost, dry, prompt)
+        else:
+            kwargs = dict(prompt.completion_kwargs)
+            judge = ExternalJudge(target.store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
+                                  temperature=float(kwargs.pop("temperature", 1.0)), max_tokens=int(kwargs.pop("max_tokens", 1)), extra=kwargs)
+        res = ev.alpaca(target, judge, examples, prompt, SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders,
+                        ui=QuietUI() if quiet else RichUI(err), difficulty=difficulty)
+    _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
+                f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}", res)
+
+
+def _check_eval_numbers(max_cost: float | None, max_new_tokens: int, limit: int | None) -> None:
+    """Bad numbers are refused before any model or network work."""
+    if max_cost is not None and max_cost < 0:
+        raise MrtkError(f"--max-cost {max_cost:g}: give a budget of 0 USD or more")
+    if max_new_tokens < 1:
+        raise MrtkError(f"--max-new-tokens {max_new_tokens}: give at least 1")
+    if limit is not None and limit < 1:
+        raise MrtkError(f"--limit {limit}: give at least 1 example")
 
 
 @eval_app.command("arena-hard")
@@ -389,23 +420,30 @@ def eval_arena(
     questions: str = typer.Option(..., "--questions", help="Arena-Hard question.jsonl (uid, prompt)."),
     baseline: str = typer.Option(..., "--baseline", help="Baseline answers (model_answer/gpt-4-0314.jsonl)."),
     judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
-    template: str = typer.Option("eval_arena_hard", "--template", help="Eval template (role: eval, parser: arena)."),
-    max_new_tokens: int = MaxNew, dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+    judge_config: Optional[Path] = typer.Option(None, "--judge-config", help="Arena-Hard-Auto's judge config (config/judge_config.yaml): "
+                                                                              "its system prompt, template, max_tokens and verdict pattern."),
+    template: str = typer.Option("eval_arena_hard", "--template", help="Fallback eval template (role: eval, parser: arena) without --judge-config."),
+    max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Longest policy answer, in tokens (Arena-Hard-Auto: 4096)."),
+    dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Arena-Hard: two games per question (positions swapped) against the baseline; score with a bootstrap 95% interval."""
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
+    from mrtk.evals.arena_config import fallback_judge, load_judge_config
+    from mrtk.evals.external import ExternalJudge
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
-    t_eval = load_template(template, role="eval")
+    _check_eval_numbers(max_cost, max_new_tokens, limit)
+    arena = load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval"))
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        res = ev.arena_hard(target, _external(target.store, judge_model, api_base, max_cost, dry, t_eval), qs, base, t_eval,
-                            SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
-    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}", res)
+        judge = ExternalJudge(target.store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
+                              temperature=arena.temperature, max_tokens=arena.max_tokens)
+        res = ev.arena_hard(target, judge, qs, base, arena, SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
+    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {arena.source}", res)
 
 
 @eval_app.command("judge")

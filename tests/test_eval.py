@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import mrtk, rows
+from conftest import TINY, mrtk, rows
 
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
@@ -146,7 +146,7 @@ def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
         ("Give a synonym of 'happy'.", "Joyful.")]]))
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     args = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--limit", "3", "--max-new-tokens", "12",
-            "--both-orders", "--dry-run-reply", "Both are fine; A is clearer.\nWinner: Output A", "-q"]
+            "--both-orders", "--annotator", "mrtk", "--dry-run-reply", "Both are fine; A is clearer.\nWinner: Output A", "-q"]
     res = mrtk(*args, cwd=run_copy.parent, check=True)
     assert "win_rate" in res.stdout and "6 calls" in " ".join(res.stdout.split())
     db = run_copy / DB_NAME
@@ -169,7 +169,7 @@ def test_eval_judge_end_to_end(run_copy):
     db = run_copy / DB_NAME
     assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge:llmbar_and_mtbench_human_dev'") == [(8, 8, 8)]
     [(value, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE metric = 'agreement'")
-    assert n == 4 and lo <= value <= hi and value in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert n == 4 and lo <= value <= hi and (value * 8).is_integer()  # hits and half-credit ties over 4 pairs
 
 
 def test_eval_judge_reads_every_human_format(tmp_path):
@@ -226,3 +226,49 @@ def test_dry_run_replies_are_never_priced(store):
     for k in range(3):
         assert j.ask([{"role": "user", "content": f"dry {k}"}]).cost_usd == 0.0
     assert j.spent == 0.0 and store.fetch("SELECT sum(cost_usd) AS c FROM eval_calls")[0]["c"] == 0.0
+
+
+JUDGE_CONFIG = """name: judgment config file for a test, in Arena-Hard-Auto's format
+bench_name: arena-hard-v0.1
+judge_model: gpt-4-1106-preview
+pairwise: True
+temperature: 0
+max_tokens: 2048
+regex_pattern: \\[\\[([AB<>=]+)\\]\\]
+system_prompt: "You are the test judge. End with [[A>B]] or a similar label."
+prompt_template: ["<|User Prompt|>\\n{question_1}\\n\\n<|A|>\\n{answer_1}\\n<|B|>\\n{answer_2}"]
+"""
+
+
+def test_arena_judge_config_is_what_is_sent(run_copy):
+    """--judge-config: the request carries the file's system prompt, template and max_tokens; the
+    verdict is read as Arena-Hard-Auto reads it; the score and interval are the hand computation."""
+    from mrtk.evals import metrics
+    from mrtk.evals.arena_config import load_judge_config
+
+    cfg = run_copy.parent / "judge_config.yaml"
+    cfg.write_text(JUDGE_CONFIG)
+    judge = load_judge_config(cfg)
+    assert judge.verdict("first [[A>B]] then [[B>A]]") == (None, "several_different_verdicts")
+    assert judge.verdict("[[B>>A]] and again [[B>>A]]") == ("A<<B", "ok") and judge.verdict("no label") == (None, "no_arena_verdict")
+    qs, base = run_copy.parent / "q.jsonl", run_copy.parent / "base.jsonl"
+    qs.write_text("".join(json.dumps({"uid": f"u{i}", "prompt": p}) + "\n" for i, p in enumerate(["Add 2 and 2.", "Name a colour.", "Say hi."])))
+    base.write_text("".join(json.dumps({"uid": f"u{i}", "messages": [{"role": "user", "content": "x"},
+                                                                  {"role": "assistant", "content": {"answer": a}}]}) + "\n"
+                            for i, a in enumerate(["4", "Red", "Hi"])))
+    res = mrtk("eval", "arena-hard", "--run", str(run_copy), "--questions", str(qs), "--baseline", str(base), "--judge-config", str(cfg),
+               "--max-new-tokens", "12", "--dry-run-reply", "Both fine. My final verdict: [[A>B]]", "-q", cwd=run_copy.parent, check=True)
+    assert "judge_config.yaml" in res.stdout.replace("\n", "")
+    db = run_copy / DB_NAME
+    calls = rows(db, "SELECT messages, params FROM eval_calls")
+    assert len(calls) == 6
+    for messages, params in calls:
+        messages, params = json.loads(messages), json.loads(params)
+        assert messages[0] == {"role": "system", "content": "You are the test judge. End with [[A>B]] or a similar label."}
+        assert messages[1]["content"].startswith("<|User Prompt|>\n") and "<|A|>" in messages[1]["content"]
+        assert params["max_tokens"] == 2048 and params["temperature"] == 0
+    # the judge always says A>B: the policy wins its policy-first games and loses the others
+    prefs = [1.0, 0.0] * 3
+    hand = metrics.bt_score(prefs, seed=TINY["seed"])
+    [(value, lo, hi)] = rows(db, "SELECT value, ci_low, ci_high FROM eval_results WHERE eval = 'arena-hard' AND metric = 'score'")
+    assert (value, lo, hi) == (50.0, hand["ci_low"], hand["ci_high"])

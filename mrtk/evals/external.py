@@ -50,6 +50,7 @@ class Reply:
     cost_usd: float
     call_key: str
     error: str | None = None
+    top_logprobs: list[dict] | None = None  # the first token's top logprobs, when asked for (AlpacaEval's annotator)
 
 
 @dataclass
@@ -68,20 +69,22 @@ class ExternalJudge:
     timeout_s: float = 120.0
     mock_response: object = None
     dry_run: bool = False  # `--dry-run-reply`: mock_response is the user's stand-in reply, not a priced call
+    extra: dict = field(default_factory=dict)  # more completion arguments, e.g. {"logprobs": True, "top_logprobs": 5}
     spent: float = field(default=0.0, init=False)
     calls: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
 
     def key(self, messages: list[dict]) -> str:
-        blob = json.dumps([self.model, self.api_base, messages, self.temperature, self.max_tokens], sort_keys=True)
+        blob = json.dumps([self.model, self.api_base, messages, self.temperature, self.max_tokens] + ([self.extra] if self.extra else []),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def ask(self, messages: list[dict]) -> Reply:
         key = self.key(messages)
-        cached = self.store.fetch("SELECT raw_reply, cost_usd FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
+        cached = self.store.fetch("SELECT raw_reply, cost_usd, logprobs FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
         if cached:
             self.hits += 1
-            return Reply(cached[0]["raw_reply"], True, True, 0.0, key)
+            return Reply(cached[0]["raw_reply"], True, True, 0.0, key, top_logprobs=json.loads(cached[0]["logprobs"] or "null"))
         dry = self.dry_run  # --dry-run-reply: never priced, never counted against --max-cost
         if not dry and self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
             raise MrtkError(f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
@@ -95,7 +98,8 @@ class ExternalJudge:
                 kwargs = {"mock_response": self.mock_response} if self.mock_response is not None else {}
                 # drop_params: a judge that rejects a parameter (o-series models refuse `temperature`) gets the call without it
                 resp = litellm.completion(model=self.model, messages=messages, api_base=self.api_base, temperature=self.temperature,
-                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, drop_params=True, **kwargs)
+                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, drop_params=True,
+                                          **self.extra, **kwargs)
                 break
             except Exception as e:  # LiteLLM maps provider errors onto its own exception types
                 error = f"{type(e).__name__}: {redact(' '.join(str(e).split()))[:300]}"
@@ -111,8 +115,9 @@ class ExternalJudge:
             cost = 0.0
         self.spent += cost
         self.calls += 1
-        self._record(key, messages, text, "ok", None, getattr(resp, "usage", None), cost, time.perf_counter() - t0, attempts)
-        return Reply(text, True, False, cost, key)
+        top = _top_logprobs(resp) if self.extra.get("logprobs") else None
+        self._record(key, messages, text, "ok", None, getattr(resp, "usage", None), cost, time.perf_counter() - t0, attempts, top)
+        return Reply(text, True, False, cost, key, top_logprobs=top)
 
     def _worst_cost(self, messages: list[dict]) -> float:
         """An upper bound on one call: prompt tokens (4 chars each, rounded up) plus max_tokens."""
@@ -125,7 +130,7 @@ class ExternalJudge:
         except Exception:
             return 0.0
 
-    def _record(self, key, messages, text, status, error, usage, cost, latency, attempts) -> None:
+    def _record(self, key, messages, text, status, error, usage, cost, latency, attempts, top_logprobs=None) -> None:
         with self.store.tx() as con:
             con.execute("DELETE FROM eval_calls WHERE call_key = ? AND status = 'failed'", [key]).fetchall()
             self.store.insert(con, "eval_calls", [{
@@ -133,4 +138,15 @@ class ExternalJudge:
                 "messages": [dict(m, content=redact(m.get("content"))) for m in messages], "raw_reply": redact(text),
                 "status": status, "error": error, "prompt_tokens": getattr(usage, "prompt_tokens", None),
                 "completion_tokens": getattr(usage, "completion_tokens", None), "cost_usd": cost, "latency_s": latency,
-                "attempts": attempts}])
+                "attempts": attempts, "params": {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                                                 "dry_run": self.dry_run, **self.extra}, "logprobs": top_logprobs}])
+
+
+def _top_logprobs(resp) -> list[dict] | None:
+    """The first generated token's top logprobs ([{token, logprob}]) of an OpenAI-format reply, or None."""
+    try:
+        content = resp.choices[0].logprobs.content
+        first = content[0]
+        return [{"token": t.token, "logprob": float(t.logprob)} for t in first.top_logprobs]
+    except (AttributeError, IndexError, TypeError):
+        return None

@@ -19,7 +19,9 @@ from mrtk.errors import MrtkError
 from mrtk.evals import metrics
 from mrtk.loop import model_for, run_chunks
 from mrtk.models import pick_device
-from mrtk.parse import ARENA_SCORES, parse_arena, parse_verdict
+from mrtk.evals.alpaca_official import Annotator, official_lc
+from mrtk.evals.arena_config import ArenaJudge
+from mrtk.parse import ARENA_SCORES, Parsed, parse_arena, parse_verdict
 from mrtk.prompts import Template, load_template
 from mrtk.rows import derive_seed
 from mrtk.runs import open_run
@@ -183,9 +185,19 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 continue
             mine, base = outputs[e["example_id"]]["output"], baseline[e["example_id"]]
             a, b = (mine, base) if policy_first else (base, mine)
-            messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
+            if isinstance(template, ArenaJudge):  # the benchmark's own system prompt and template
+                messages = template.render(e["instruction"], a, b)
+            elif isinstance(template, Annotator):  # AlpacaEval's annotator: output_1 is the first shown ("m")
+                messages = template.render(e["instruction"], a, b)
+            else:
+                messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
             reply = judge.ask(messages)
-            parsed, pref, weight = _verdict(template, reply.text, policy_first) if reply.ok else (None, None, 1)
+            if isinstance(template, Annotator) and reply.ok:
+                p_first, reason = template.preference_first(reply.text, reply.top_logprobs)
+                parsed = Parsed((reply.text or "").strip()[:8] or None, "ok" if p_first is not None else "failed", reason)
+                pref, weight = (None if p_first is None else p_first if policy_first else 1.0 - p_first), 1
+            else:
+                parsed, pref, weight = _verdict(template, reply.text, policy_first) if reply.ok else (None, None, 1)
             t.store.write_replace("eval_items", "item_id", [{
                 "item_id": item_id, "eval": eval_name, "iteration": t.iteration, "example_id": e["example_id"],
                 "slot": "policy_first" if policy_first else "policy_second", "judge": judge.model, "call_key": reply.call_key,
@@ -200,7 +212,13 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
 
 def _verdict(template: Template, text: str, policy_first: bool):
     """(parsed, P(policy wins), weight) from a judge reply."""
-    if template.parser == "arena":
+    if isinstance(template, ArenaJudge):
+        value, reason = template.verdict(text)
+        parsed = Parsed(value, "ok" if value else "failed", None if value else reason)
+        if not parsed.ok:
+            return parsed, None, 1
+        p_first, weight = ARENA_SCORES[value[1:-1]]
+    elif template.parser == "arena":
         parsed = parse_arena(text)
         if not parsed.ok:
             return parsed, None, 1
@@ -222,7 +240,11 @@ def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tupl
         t.store.insert(con, "eval_results", rows)
 
 
-def alpaca(t: Target, judge, examples: list[dict], template: Template, params: SamplingParams, *, both_orders: bool, ui=None) -> dict:
+def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingParams, *, both_orders: bool, ui=None,
+           difficulty: Path | None = None) -> dict:
+    """AlpacaEval 2 against the reference outputs. `template`: AlpacaEval's own annotator
+    (alpaca_official.Annotator: weighted preference from logprobs, the leaderboard's LC) or
+    mrtk's paraphrase (an eval Template: hard verdicts, LC without the difficulty term)."""
     ui = ui or QuietUI()
     missing = [e["example_id"] for e in examples if not e.get("reference")]
     if missing:
@@ -234,17 +256,29 @@ def alpaca(t: Target, judge, examples: list[dict], template: Template, params: S
     ids = sorted(prefs)
     ref = {e["example_id"]: len(e["reference"]) for e in examples}
     wr = metrics.win_rate([prefs[i] for i in ids])
-    lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [ref[i] for i in ids])
+    lc, how = None, "mrtk paraphrase"
+    if isinstance(template, Annotator):  # the leaderboard's GLM, with instruction difficulty
+        references = {e["example_id"]: e["reference"] for e in examples}
+        lc, how = official_lc([{"preference": 1.0 + prefs[i], "output_1": references[i], "output_2": outputs[i]["output"],
+                                "index": int(i) if str(i).isdigit() else n, "generator_1": "gpt4_1106_preview",
+                                "generator_2": f"mrtk-{t.version}", "annotator": template.name} for n, i in enumerate(ids)], difficulty)
+    lc_name = "length_controlled_win_rate"
+    if lc is None:  # mrtk's GLM on the length term alone: not the leaderboard's LC, and named so
+        lc_name = "lc_approx_no_difficulty"
+        lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [ref[i] for i in ids])
     avg_len = sum(o["n_chars"] for o in outputs.values()) / len(outputs)
     failed = sum(r["preference"] is None for r in items)
     numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
-               "length_controlled_win_rate": (lc, None, None, wr["n_total"]), "avg_length": (avg_len, None, None, len(outputs)),
+               lc_name: (lc, None, None, wr["n_total"]), "avg_length": (avg_len, None, None, len(outputs)),
                "unjudged": (float(failed), None, None, len(items))}
-    write_results(t, "alpaca", judge.model, numbers, {"both_orders": both_orders, "template": template.hash})
+    write_results(t, "alpaca", judge.model, numbers, {"both_orders": both_orders, "annotator": getattr(template, "source", template.name),
+                                                      "lc": how})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
 
-def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str], template: Template, params: SamplingParams, ui=None) -> dict:
+def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str], template: "ArenaJudge", params: SamplingParams, ui=None) -> dict:
+    """Two games per question (positions swapped) judged with `template`: Arena-Hard-Auto's own
+    judge config (arena_config.py) or mrtk's named fallback."""
     ui = ui or QuietUI()
     outputs = policy_outputs(t, "arena-hard", questions, params, ui)
     items = pairwise_external(t, judge, "arena-hard", template, questions, outputs, baseline, both_orders=True, ui=ui)
@@ -252,7 +286,8 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
     bt = metrics.bt_score(prefs, seed=t.cfg.seed)
     numbers = {"score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
                "unjudged": (float(sum(r["preference"] is None for r in items)), None, None, len(items))}
-    write_results(t, "arena-hard", judge.model, numbers, {"template": template.hash, "games": len(items)})
+    write_results(t, "arena-hard", judge.model, numbers, {"judge_prompt": template.source, "max_tokens": template.max_tokens,
+                                                          "games": len(items)})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
 

@@ -98,11 +98,15 @@ CREATE TABLE eval_results (
 """
 
 # The generation dtype each run chose (`runtime.inference_dtype: auto` decides per machine) and
-# why; for SGLang runs, the servers' versions and whether they honour sampling seeds.
+# why; for SGLang runs, the servers' versions and whether they honour sampling seeds; the
+# parameters of each external call (temperature, max_tokens, logprobs) and the first token's
+# top logprobs when asked for (AlpacaEval's weighted annotator).
 M004_RUN_HARDWARE = """
 ALTER TABLE runs ADD COLUMN inference_dtype VARCHAR;
 ALTER TABLE runs ADD COLUMN inference_dtype_reason VARCHAR;
 ALTER TABLE runs ADD COLUMN serving JSON;
+ALTER TABLE eval_calls ADD COLUMN params JSON;
+ALTER TABLE eval_calls ADD COLUMN logprobs JSON;
 """
 
 MIGRATIONS: list[tuple[str, str]] = [
