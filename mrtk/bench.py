@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,21 +67,15 @@ def _rss_mb() -> float:
 @contextmanager
 def peak_rss():
     """Yields a dict whose 'mb' is the peak resident size above the starting one, once done."""
-    start, box, stop = _rss_mb(), {"mb": 0.0}, threading.Event()
+    from mrtk.ui import every
+
+    start, box = _rss_mb(), {"mb": 0.0}
 
     def sample():
-        while not stop.is_set():
-            box["mb"] = max(box["mb"], _rss_mb() - start)
-            time.sleep(0.01)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        yield box
-    finally:
-        stop.set()
-        th.join()
         box["mb"] = max(box["mb"], _rss_mb() - start)
+
+    with every(0.01, sample):
+        yield box
 
 
 def timed(fn):

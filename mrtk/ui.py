@@ -53,7 +53,7 @@ class RichUI(QuietUI):
         30 s without one (a heartbeat: a batch can take minutes before its first row is done)."""
         t0 = time.monotonic()
         state = {"done": 0, "shown": 0, "at": t0}
-        lock, stop = threading.Lock(), threading.Event()
+        lock = threading.Lock()
         self._line(f"{label}: start, {total} to do")
 
         def show(now: float) -> None:
@@ -68,19 +68,13 @@ class RichUI(QuietUI):
                     show(now)
 
         def heartbeat() -> None:
-            while not stop.wait(1.0):
-                with lock:
-                    now = time.monotonic()
-                    if now - state["at"] >= LOG_EVERY_S:
-                        show(now)
+            with lock:
+                now = time.monotonic()
+                if now - state["at"] >= LOG_EVERY_S:
+                    show(now)
 
-        beat = threading.Thread(target=heartbeat, daemon=True)
-        beat.start()
-        try:
+        with every(1.0, heartbeat):
             yield go
-        finally:
-            stop.set()
-            beat.join()
         elapsed = time.monotonic() - t0
         self._line(f"{label}: done {state['done']}/{total} in {elapsed:.0f}s ({_rate(state['done'], elapsed)})")
 
@@ -93,3 +87,22 @@ class RichUI(QuietUI):
 
 def _rate(done: int, seconds: float) -> str:
     return f"{done / seconds:.2f}/s" if seconds > 0 else "-"
+
+
+@contextmanager
+def every(seconds: float, fn: Callable[[], None]) -> Iterator[None]:
+    """Call `fn` from a background thread every `seconds` while the block runs (and once more at its end)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            fn()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        fn()

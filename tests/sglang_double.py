@@ -57,7 +57,54 @@ class BadRequest(Exception):
     pass
 
 
-class SGLangDouble:
+class JsonHandler(BaseHTTPRequestHandler):
+    """GET and POST with an optional JSON body to `_route(body)`; `_reply` answers JSON, or plain
+    text for a str payload (as SGLang's /flush_cache does)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._route(None)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self._route(json.loads(self.rfile.read(n) or b"null"))
+
+    def _route(self, body):
+        raise NotImplementedError
+
+    def _reply(self, status, payload):
+        text = isinstance(payload, str)
+        raw = payload.encode() if text else json.dumps(payload).encode() if payload is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+class Served:
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread, as a context manager."""
+
+    def _serve(self, port: int, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class SGLangDouble(Served):
     def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
                  version: str = "0.5.23"):
         from mrtk.backends.embedded import EmbeddedBackend
@@ -74,45 +121,13 @@ class SGLangDouble:
         self.die_after: int | None = None
         self.generate_calls = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(port, self._handler())
 
     # -- HTTP ----------------------------------------------------------------------------
     def _handler(self):
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status, payload):
-                text = isinstance(payload, str)
-                raw = payload.encode() if text else json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if text else "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_GET(self):
-                self._route(None)
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                self._route(json.loads(self.rfile.read(n) or b"null"))
-
+        class Handler(JsonHandler):
             def _route(self, body):
                 with double.lock:
                     double.log.append((self.path, body))
@@ -248,7 +263,7 @@ class SGLangDouble:
         return {"text": best, "meta_info": dict(meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}), "index": index}
 
 
-class SGLangRouterDouble:
+class SGLangRouterDouble(Served):
     """sglang-router 0.3.2: generation and health forwarded to the workers round-robin, 404 on
     every control endpoint (no weight updates, no memory release)."""
 
@@ -259,17 +274,7 @@ class SGLangRouterDouble:
         self.log: list[tuple[str, dict | None]] = []
         router = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._route(None)
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                self._route(json.loads(self.rfile.read(n) or b"null"))
-
+        class Handler(JsonHandler):
             def _route(self, body):
                 router.log.append((self.path, body))
                 if self.path not in router.SERVED:
@@ -283,23 +288,9 @@ class SGLangRouterDouble:
                             status, payload = worker.handle(self.path, body)
                         except BadRequest as e:
                             status, payload = 400, {"error": str(e)}
-                raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self._reply(status, payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(0, Handler)
 
 
 if __name__ == "__main__":  # a separate process, for launch tests: python tests/sglang_double.py --model DIR --port P
