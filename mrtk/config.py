@@ -169,6 +169,15 @@ class SGLangCfg(_Section):
     max_batch_rows: int = Field(256, ge=1, description="Most samples sent in one /generate call.")
 
 
+class ProbeCfg(_Section):
+    file: str | None = Field(None, description="Human-labelled pairs (the format `mrtk eval judge` reads) that M_t judges at every "
+                                               "iteration, after the judge stage: agreement with humans per iteration; null: off.")
+    limit: int | None = Field(None, ge=1, description="Only the first N pairs of probe.file.")
+    n: int | None = Field(None, ge=1, description="Judgements per probe answer (default: judge.n).")
+    frozen: int = Field(0, ge=0, description="Iteration-1 responses re-judged by every later model (score drift, saturation, ties, "
+                                             "length bias); 0: off.")
+
+
 class RunsCfg(_Section):
     keep_models: Literal["all", "last", "none-but-final"] = Field(
         "all", description="Model directories kept under the run: all; last: the newest two (the model the last iteration started "
@@ -191,6 +200,7 @@ class RunConfig(_Section):
     runtime: RuntimeCfg = RuntimeCfg()
     sglang: SGLangCfg = SGLangCfg()
     runs: RunsCfg = RunsCfg()
+    probe: ProbeCfg = ProbeCfg()
 
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":

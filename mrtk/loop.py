@@ -47,6 +47,15 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer:
         "model": resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model,  # embedded: no GGUF conversion
     }
     trackers.check_installed(cfg.train.report_to)
+    if cfg.probe.file:  # human-labelled pairs M_t judges every iteration
+        from mrtk.evals.run import load_human_pairs
+
+        probe = str(resolve_data_file(cfg.probe.file, config_dir, "probe.file"))
+        pairs, _ = load_human_pairs(probe)
+        if not pairs:
+            raise MrtkError(f"probe.file {cfg.probe.file}: no labelled pairs in it; give LLMBar/MT-Bench-human style pairs (mrtk eval judge's format)")
+        inputs["probe"] = pairs[: cfg.probe.limit]
+        cfg.probe.file = probe
     if cfg.train.accelerate_config:  # as given, beside the config, or shipped (accelerate/zero3_8gpu.yaml)
         name = cfg.train.accelerate_config
         found = [p for p in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir("experiments") / name) if p.is_file()]
@@ -120,6 +129,7 @@ class Loop:
         self._tok = self._tok_for = None
         self.policy = open_policy(cfg, self.device, store.run_dir, self._tokenizer, self.ui.info)
         self._serving_recorded = False
+        self.probe_pairs = inputs.get("probe") or []
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -131,6 +141,10 @@ class Loop:
     def _run(self) -> None:
         set_status(self.store, "running")
         self._record_dtype()
+        p, n = self.cfg.probe, self.cfg.probe.n or self.cfg.judge.n
+        if self.probe_pairs or p.frozen:  # what judge health costs, before it is spent
+            self.ui.info(f"judge health: {2 * len(self.probe_pairs) * n} judge calls per iteration on {len(self.probe_pairs)} human pairs"
+                         + (f", {p.frozen * self.cfg.judge.n} per iteration from 2 on {p.frozen} frozen responses" if p.frozen else ""))
         if self.sft_examples and not self._done(0, "sft"):
             with self._stage(0, "sft"):
                 self._sft()
@@ -156,6 +170,9 @@ class Loop:
                     run_seed=self.cfg.seed, model_version=f"M{it}", on_progress=go), "judgements")
             judgements = self.store.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
                                           [it, self.t["judge"].hash])
+            if self.cfg.probe.file or self.cfg.probe.frozen:  # judge health: humans, and a frozen set of responses
+                with self._stage(it, "probe"):
+                    self._probe(it, model_dir)
             picks = meta_judge.pick_responses(responses, judgements, run_seed=self.cfg.seed, iteration=it)
             elo_rows: list[dict] = []
             if it in self.cfg.pairs.judge_iterations:
@@ -242,6 +259,62 @@ class Loop:
             release_memory()  # before the server takes its GPU memory back
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self._record_training(it, model_dir, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
+
+    def _probe(self, it: int, model_dir: str) -> None:
+        """M_t's judge on human-labelled pairs (probe.file) and on the frozen iteration-1 responses
+        (probe.frozen); eval rows carry iteration t-1, the model iteration that trained M_t."""
+        from types import SimpleNamespace
+
+        from mrtk.evals import health
+        from mrtk.evals.judge_eval import judge_agreement, pair_credits, predictions
+        from mrtk.evals.run import write_results
+
+        target = SimpleNamespace(store=self.store, cfg=self.cfg, iteration=it - 1, version=f"M{it}",
+                                 backend=lambda: self._backend(model_dir))
+        if self.probe_pairs:
+            name = f"probe:{Path(self.cfg.probe.file).stem}"
+            res = judge_agreement(target, self.probe_pairs, [], self.t["judge"], n=self.cfg.probe.n, name=name, ui=self.ui)
+            previous = self.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ?", [name, it - 2])
+            if previous:  # the paired change from the previous model, per probe pair
+                before = pair_credits(self.probe_pairs, predictions(previous, False)[0])
+                ids = sorted(set(before) & set(res["credits"]))
+                change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
+                numbers = dict(res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"]))
+                write_results(target, name, res["judge"], numbers, {"verdict": health.verdict(change), "template": self.t["judge"].hash})
+        if self.cfg.probe.frozen:
+            self._probe_frozen(it, model_dir, target)
+
+    def _probe_frozen(self, it: int, model_dir: str, target) -> None:
+        import random
+
+        from mrtk.evals import health
+        from mrtk.evals.run import write_results
+        from mrtk.rows import derive_seed
+
+        pool = self.store.fetch("SELECT * FROM responses WHERE iteration = 1 AND NOT is_duplicate ORDER BY response_id")
+        frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(pool, min(self.cfg.probe.frozen, len(pool)))
+        ids = [r["response_id"] for r in frozen]
+        questions = {p["prompt_id"]: p["text"] for p in self.store.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = 1")}
+        key = judge.rejudge_key(self.t["judge"], self.cfg.judge.score_mode, f"M{it}")
+        if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
+            have = {r["response_id"] for r in self.store.fetch(
+                "SELECT DISTINCT response_id FROM judgements WHERE iteration = 1 AND judgement_id LIKE ?", [f"%/{key}/j%"])}
+            todo = [r for r in frozen if r["response_id"] not in have]
+            self._chunks(f"it{it} frozen re-judge", todo, self.cfg.judge.n, lambda rows, go: judge.run_judge(
+                self._backend(model_dir), rows, questions, self.cfg.judge, self.t["judge"], iteration=1, run_seed=self.cfg.seed,
+                model_version=f"M{it}", on_progress=go, source="drift"), "judgements")
+
+        def means(where: str, params: list) -> dict[str, float]:
+            got = self.store.fetch(f"SELECT response_id, avg(score) AS s FROM judgements WHERE iteration = 1 AND score IS NOT NULL "
+                                   f"AND {where} GROUP BY 1", params)
+            return {r["response_id"]: r["s"] for r in got if r["response_id"] in ids}
+
+        base = means("source = 'loop' AND template_hash = ?", [self.t["judge"].hash])
+        now = base if it == 1 else means("judgement_id LIKE ?", [f"%/{key}/j%"])
+        numbers = health.drift(base, now, {r["response_id"]: r["n_chars"] for r in frozen}, {r["response_id"]: r["prompt_id"] for r in frozen},
+                               self.t["judge"].score_range[1])
+        write_results(target, "frozen", f"{self.t['judge'].name}:{self.cfg.judge.score_mode}:M{it}", numbers,
+                      {"responses": len(ids), "template": self.t["judge"].hash})
 
     def _prune_models(self, it: int) -> None:
         """runs.keep_models: delete model directories older than the newest one or two, once

@@ -191,6 +191,21 @@ def _png(figure) -> bytes:
     return buf.getvalue()
 
 
+def _judge_health(d: dict) -> str:
+    """Judge health per iteration (probe.file, probe.frozen): agreement with humans, drift,
+    saturation and ties with their 95% intervals, and a one-line verdict per iteration."""
+    from mrtk.summary import judge_health_lines
+
+    iterations = sorted({r["iteration"] for r in d["stages"] if r["iteration"] >= 1})
+    rows = [{"iteration": it, "what": label, "value": text} for it in iterations for label, text in judge_health_lines(d["eval"], it)]
+    if not rows:
+        return ("<section id='judge_health'><h2>Judge health</h2><p class='note'>No probe in this run: set probe.file "
+                "(human-labelled pairs) and probe.frozen (responses re-judged every iteration).</p></section>")
+    return (f"<section id='judge_health' data-points='{len(rows)}'><h2>Judge health</h2><p class='note'>M_t judges the human probe "
+            "and the frozen iteration-1 responses at every iteration; [low, high] are 95% intervals; the verdict compares M_t's "
+            f"agreement with M_t-1's on the same pairs (paired bootstrap).</p>{_table(rows)}</section>")
+
+
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -217,6 +232,7 @@ def render_html(run_dir: Path) -> str:
              f"<h3>Model lineage</h3>{_table(d['lineage'])}<h3>Stage timings (s)</h3>{_table(d['stages'])}",
              f"<h3>Config</h3><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
              f"<h3>Versions</h3><pre>{html.escape(str(run['versions']))}</pre></section>"]
+    parts.append(_judge_health(d))
     for s in sections(d):
         parts.append(f"<section id='{s.key}' data-points='{s.points}'><h2>{html.escape(s.title)}</h2>")
         if s.note:

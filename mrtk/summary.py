@@ -38,4 +38,38 @@ def iteration_table(store: RunStore, it: int) -> Table:
     for p in s["pairs"]:
         table.add_row(f"{p['kind']} pairs {p['status']}", f"{p['n']}  ({p['reason']})")
     table.add_row("DPO", f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}")
+    health = store.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
+    for label, text in judge_health_lines(health, it):
+        table.add_row(label, text)
     return table
+
+
+def _ci(row: dict) -> str:
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    return f"{_f(row['value'])} [{_f(lo)}, {_f(hi)}]" if lo is not None else _f(row["value"])
+
+
+def judge_health_lines(eval_results: list[dict], it: int) -> list[tuple[str, str]]:
+    """The human probe and the frozen set of iteration `it` (model M_it: eval iteration it - 1),
+    each number with its 95% interval, and the verdict against the previous model."""
+    import json
+
+    lines = []
+    by: dict[str, dict] = {}
+    for r in eval_results:
+        if r["iteration"] == it - 1 and (r["eval"].startswith("probe:") or r["eval"] == "frozen"):
+            by.setdefault(r["eval"], {})[r["metric"]] = r
+    for name, m in sorted(by.items()):
+        if name.startswith("probe:") and "agreement" in m:
+            text = (f"agreement {_ci(m['agreement'])}, without ties {_ci(m['agreement_without_ties'])}, "
+                    f"ties {_ci(m['tie_rate'])}")
+            if "agreement_change" in m:
+                text += f"; vs M{it - 1}: {m['agreement_change']['value']:+.3f} [{_f(m['agreement_change']['ci_low'])}, " \
+                        f"{_f(m['agreement_change']['ci_high'])}]"
+            lines.append((f"judge vs humans ({name[6:]})", text))
+            change = m.get("agreement_change")
+            lines.append(("judge verdict", json.loads(change["details"] or "{}").get("verdict", "?") if change else "first probed model"))
+        elif name == "frozen":
+            parts = [f"{k.replace('_', ' ')} {_ci(m[k])}" for k in ("mean_shift", "top_score_share", "tie_rate", "score_length_r") if k in m]
+            lines.append(("judge drift (frozen)", ", ".join(parts)))
+    return lines

@@ -160,3 +160,36 @@ def test_cpu_without_bf16_runs_fp32_and_logs_progress(tmp_path):
     for stage in ("it1 actor", "it1 judge", "it1 meta-judge", "it1 train"):
         assert f"{stage}" in text and any(line.startswith(stage) and ": done " in line for line in text.splitlines()), stage
     assert rows(db, "SELECT stats->>'bf16' FROM lineage") == [("false",)]
+
+
+def test_judge_health_probe_and_frozen_set(tmp_path):
+    """probe.file + probe.frozen: M1 and M2 judge the human pairs and re-judge the frozen responses;
+    each iteration has agreement, drift and saturation with intervals, the report shows them, and
+    no probe or drift judgement ever reaches a pair."""
+    import yaml
+
+    probe = tmp_path / "humans.jsonl"
+    probe.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"input": "What is 2+2?", "output_1": "4.", "output_2": "Five, I think.", "label": 1},
+        {"input": "Name a colour.", "output_1": "Chair.", "output_2": "Blue.", "label": 2},
+        {"input": "Say hello in French.", "output_1": "Bonjour.", "output_2": "Hola.", "label": 1},
+        {"input": "Capital of Italy?", "output_1": "Paris.", "output_2": "Rome.", "label": 2}]))
+    cfg = tmp_path / "health.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "probe": {"file": str(probe), "limit": 3, "frozen": 4}}))
+    res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "judge health: 12 judge calls per iteration on 3 human pairs, 8 per iteration from 2 on 4 frozen responses" in res.stderr
+    assert "judge vs humans (humans)" in res.stderr and "judge drift (frozen)" in res.stderr
+    db = db_of(tmp_path / "runs")
+    got = rows(db, "SELECT iteration, metric, ci_low IS NOT NULL FROM eval_results WHERE eval = 'probe:humans' ORDER BY 1, 2")
+    assert {(i, m) for i, m, _ in got} >= {(0, "agreement"), (0, "tie_rate"), (1, "agreement"), (1, "agreement_change")}
+    assert all(has_ci for _, m, has_ci in got if m in ("agreement", "agreement_without_ties", "tie_rate", "agreement_change"))
+    assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'probe:humans'") == [(2 * 3 * 2 * TINY["judge"]["n"],)]
+    frozen = dict(rows(db, "SELECT iteration || ':' || metric, value FROM eval_results WHERE eval = 'frozen'"))
+    assert frozen["0:mean_shift"] == 0.0 and "1:mean_shift" in frozen and "1:top_score_share" in frozen
+    assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'drift'") == [(4 * TINY["judge"]["n"],)]
+    assert rows(db, """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
+                       WHERE p.kind = 'judge' AND j.source <> 'loop'""") == [(0,)]
+    mrtk("report", "--out", str(tmp_path / "r.html"), cwd=tmp_path, check=True)
+    html = (tmp_path / "r.html").read_text()
+    assert "<h2>Judge health</h2>" in html and "judge vs humans" in html and "judge verdict" in html

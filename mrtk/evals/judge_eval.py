@@ -77,7 +77,7 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
         numbers["agreement"] = (agree["agreement"], agree["ci_low"], agree["ci_high"], agree["n"])
         numbers["agreement_without_ties"] = (agree["agreement_without_ties"], agree["ci_low_without_ties"], agree["ci_high_without_ties"],
                                              agree["n"] - agree["ties"])
-        numbers["tie_rate"] = (agree["ties"] / agree["n"], None, None, agree["n"])
+        numbers["tie_rate"] = (agree["ties"] / agree["n"], *metrics.wilson(agree["ties"], agree["n"]), agree["n"])
     if pairwise:
         numbers["position_consistency"] = consistency
     if lists and not pairwise:
@@ -89,7 +89,12 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
     failed = sum(i["parse_status"] != "ok" for i in items)
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
     write_results(t, name, label, numbers, {"template": template.hash, "n": cfg.n, "score_mode": cfg.score_mode})
-    return {"judge": label, "numbers": numbers}
+    return {"judge": label, "numbers": numbers, "credits": pair_credits(pairs, preds)}
+
+
+def pair_credits(pairs: list[dict], preds: dict[str, str | None]) -> dict[str, float]:
+    """example -> 1 (the judge agrees with the humans), 0.5 (a tie), 0 (it disagrees): the paper's agreement per pair."""
+    return {p["example_id"]: 0.5 if preds.get(p["example_id"]) is None else float(preds[p["example_id"]] == p["label"]) for p in pairs}
 
 
 def _mean_scores(items: list[dict]) -> dict[str, float]:

@@ -1,0 +1,90 @@
+"""Judge health while the loop runs: is M_t's judge getting better, or drifting?
+
+Three views, each per iteration and each with a 95% interval (scipy's bootstrap, BCa, over
+the units named below; seeded):
+- the human probe (`probe.file`): M_t judges human-labelled pairs with the run's judge
+  template and mode; agreement (a tie counts 0.5), agreement without ties, tie rate;
+- the frozen set (`probe.frozen`): a fixed sample of iteration-1 responses re-judged by every
+  later model, against iteration 1's own scores of them: mean-score shift (paired per
+  response), top-score share (saturation), tie rate over same-prompt response pairs, and the
+  score-length correlation. It separates "the responses got better" from "the judge got
+  more lenient": the responses do not change;
+- the change from one iteration to the next: the paired bootstrap of the difference (per
+  probe pair, or per frozen response), and a verdict: better / worse when the interval
+  excludes 0, else "no detectable change".
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import stats
+
+TIE_WIDTH = 0.1  # two mean scores closer than this count as a tie (structured scores are continuous)
+SEED = 0
+
+
+def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float | None, float | None]:
+    """95% interval of `statistic` over resampled units (BCa, 2,000 resamples, seeded);
+    `paired_with`: a second array resampled with the same indices (statistic(x, y))."""
+    data = (np.asarray(values, float),) if paired_with is None else (np.asarray(values, float), np.asarray(paired_with, float))
+    n = len(data[0])
+    if n < 3 or all(np.ptp(d) == 0 for d in data):  # no spread: the interval is the point itself (or undefined)
+        point = float(statistic(*data)) if n else None
+        return point, point
+    with warnings.catch_warnings():  # BCa on a degenerate resample warns, then gives nan: handled below
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
+                              confidence_level=0.95, method="BCa", random_state=np.random.default_rng(SEED))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if math.isnan(lo) or math.isnan(hi):  # BCa degenerates on very skewed small samples: percentile instead
+        res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
+                              confidence_level=0.95, method="percentile", random_state=np.random.default_rng(SEED))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return lo, hi
+
+
+def paired_difference(now: list[float], before: list[float]) -> dict:
+    """Mean of now - before over paired units, with its paired-bootstrap 95% interval and whether it contains 0."""
+    diff = np.asarray(now, float) - np.asarray(before, float)
+    if len(diff) == 0:
+        return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "contains_zero": True}
+    lo, hi = bootstrap_ci(now, lambda a, b: float(np.mean(a) - np.mean(b)), paired_with=before)
+    return {"diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(diff)),
+            "contains_zero": lo is None or (lo <= 0.0 <= hi)}
+
+
+def verdict(change: dict | None) -> str:
+    if not change or change["diff"] is None:
+        return "no earlier iteration"
+    if change["contains_zero"]:
+        return "no detectable change"
+    return "better" if change["diff"] > 0 else "worse"
+
+
+def drift(base: dict[str, float], now: dict[str, float], lengths: dict[str, int], prompt_of: dict[str, str], top: float) -> dict:
+    """Frozen-set metrics of one iteration. base/now: response_id -> mean score (iteration 1 /
+    this iteration's judge); `top`: the template's highest score."""
+    ids = sorted(set(base) & set(now))
+    b, n = np.array([base[i] for i in ids]), np.array([now[i] for i in ids])
+    out: dict[str, tuple] = {}
+    if not ids:
+        return out
+    out["mean_score"] = (float(n.mean()), *bootstrap_ci(n), len(ids))
+    shift = paired_difference(list(n), list(b))
+    out["mean_shift"] = (shift["diff"], shift["ci_low"], shift["ci_high"], shift["n"])
+    is_top = (n >= top - 0.5).astype(float)
+    out["top_score_share"] = (float(is_top.mean()), *bootstrap_ci(is_top), len(ids))
+    pairs = [(i, j) for k, i in enumerate(ids) for j in ids[k + 1:] if prompt_of[i] == prompt_of[j]]
+    if pairs:
+        ties = np.array([abs(now[i] - now[j]) < TIE_WIDTH for i, j in pairs], float)
+        out["tie_rate"] = (float(ties.mean()), *bootstrap_ci(ties), len(pairs))
+    lens = np.array([lengths[i] for i in ids], float)
+    if len(ids) >= 3 and np.ptp(n) > 0 and np.ptp(lens) > 0:
+        r = float(stats.pearsonr(n, lens).statistic)
+        lo, hi = bootstrap_ci(n, lambda a, c: float(stats.pearsonr(a, c).statistic) if np.ptp(a) > 0 and np.ptp(c) > 0 else 0.0,
+                              paired_with=lens)
+        out["score_length_r"] = (r, lo, hi, len(ids))
+    return out
