@@ -446,6 +446,39 @@ def eval_arena(
     _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {arena.source}", res)
 
 
+@eval_app.command("audit")
+def eval_audit(
+    run_: Optional[str] = EvalRun, judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
+    sample: int = typer.Option(50, "--sample", help="Responses to audit, spread evenly over the iterations (both responses of each sampled pair)."),
+    dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """An external judge re-scores a stratified sample of the loop's own judgements (same prompt and rubric): per iteration
+    its correlation with the self-judge, the mean bias, and the share of actor pairs it would reverse. Evaluation only."""
+    from mrtk.evals.audit import audit
+    from mrtk.evals.external import ExternalJudge
+    from mrtk.evals.run import Target
+    from mrtk.prompts import load_template
+    from mrtk.runs import WriterLock, find_run, open_run
+    from mrtk.ui import QuietUI, RichUI
+
+    _check_eval_numbers(max_cost, 1, None)
+    if sample < 2:
+        raise MrtkError(f"--sample {sample}: give at least 2 responses (one pair)")
+    run_dir = find_run(run_)
+    with WriterLock(run_dir):
+        store, cfg, config_dir = open_run(run_dir)
+        template = load_template(cfg.judge.template, [str(d) for d in cfg.prompts.template_dirs], role="judge")
+        judge = ExternalJudge(store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
+                              temperature=0.0, max_tokens=512)
+        res = audit(Target(store, cfg, 0, "M1", ""), judge, template, sample, ui=QuietUI() if quiet else RichUI(err))
+    table = Table("iteration", "metric", "value", "95% interval", "n", title=f"audit of the self-judge by {judge_model}", title_justify="left")
+    for it, numbers in res["iterations"].items():
+        for metric, (v, lo, hi, n) in numbers.items():
+            table.add_row(str(it), metric, _fmt(v), "-" if lo is None else f"{lo:.3f} - {hi:.3f}", str(n))
+    out.print(table)
+    out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
+
+
 @eval_app.command("judge")
 def eval_judge(
     data: str = typer.Argument(..., help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM)."),

@@ -272,3 +272,24 @@ def test_arena_judge_config_is_what_is_sent(run_copy):
     hand = metrics.bt_score(prefs, seed=TINY["seed"])
     [(value, lo, hi)] = rows(db, "SELECT value, ci_low, ci_high FROM eval_results WHERE eval = 'arena-hard' AND metric = 'score'")
     assert (value, lo, hi) == (50.0, hand["ci_low"], hand["ci_high"])
+
+
+def test_audit_through_litellm_never_reaches_pairs(run_copy):
+    """`mrtk eval audit`: the external judge's scores of sampled loop responses are eval rows with
+    their calls and costs; judgements and pairs are exactly what they were."""
+    db = run_copy / DB_NAME
+    before = {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("judgements", "pairs", "meta_judgements")}
+    res = mrtk("eval", "audit", "--run", str(run_copy), "--sample", "8", "--dry-run-reply", "Relevant and clear.\nScore: 4", "-q",
+               cwd=run_copy.parent, check=True)
+    assert "pairs_reversed" in res.stdout and "mean_bias" in res.stdout
+    assert {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
+    n_items = rows(db, "SELECT count(*), count(score), count(DISTINCT call_key) FROM eval_items WHERE eval = 'audit'")[0]
+    assert n_items[0] == n_items[1] > 0 and rows(db, "SELECT count(*) FROM eval_calls")[0][0] == n_items[2]
+    assert rows(db, "SELECT DISTINCT json_extract(params, '$.dry_run')::BOOLEAN FROM eval_calls") == [(True,)]
+    # the external judge says 4 for every response: it reverses no pair, and the bias is the self-judge's mean minus 4
+    results = {(it, m): v for it, m, v in rows(db, "SELECT iteration, metric, value FROM eval_results WHERE eval = 'audit'")}
+    assert all(v == 0.0 for (_, m), v in results.items() if m == "pairs_reversed")
+    sampled = [r[0] for r in rows(db, "SELECT example_id FROM eval_items WHERE eval = 'audit'")]
+    self_mean = rows(db, f"""SELECT avg(s) - 4 FROM (SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop'
+                            AND score IS NOT NULL AND response_id IN ({", ".join(repr(x) for x in sampled)}) AND iteration = 1 GROUP BY 1)""")[0][0]
+    assert results[(1, "mean_bias")] == pytest.approx(self_mean)
