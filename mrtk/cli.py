@@ -354,6 +354,10 @@ def _print_eval(title: str, res: dict) -> None:
     for metric, (v, lo, hi, n) in res["numbers"].items():
         table.add_row(metric, _fmt(v), "-" if lo is None else f"{lo:.3f} - {hi:.3f}", str(n))
     out.print(table)
+    for metric, (v, lo, hi, n) in res["numbers"].items():
+        if "change" in metric and v is not None and lo is not None:
+            verdict = "no detectable change (the interval contains 0)" if lo <= 0 <= hi else ("better" if v > 0 else "worse")
+            out.print(f"{metric}: {v:+.3f} [{lo:.3f}, {hi:.3f}], paired bootstrap over {n}: {verdict}")
     if "cost_usd" in res:
         out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
 

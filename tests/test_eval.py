@@ -293,3 +293,19 @@ def test_audit_through_litellm_never_reaches_pairs(run_copy):
     self_mean = rows(db, f"""SELECT avg(s) - 4 FROM (SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop'
                             AND score IS NOT NULL AND response_id IN ({", ".join(repr(x) for x in sampled)}) AND iteration = 1 GROUP BY 1)""")[0][0]
     assert results[(1, "mean_bias")] == pytest.approx(self_mean)
+
+
+def test_eval_prints_the_change_from_the_previous_iteration(run_copy):
+    """Iteration 1 after iteration 0 on the same examples: the win-rate change with its paired bootstrap interval."""
+    data = run_copy.parent / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": f"Say the number {k}.", "output": str(k)} for k in range(4)]))
+    base = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--max-new-tokens", "8", "--annotator", "mrtk",
+            "--dry-run-reply", "Winner: Output A", "-q"]
+    mrtk(*base, "--iteration", "0", cwd=run_copy.parent, check=True)
+    res = mrtk(*base, "--iteration", "1", cwd=run_copy.parent, check=True)
+    db = run_copy / DB_NAME
+    [(v, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE iteration = 1 AND metric = "
+                                "'win_rate_change_from_previous_iteration'")
+    # the judge always says A: the policy wins its policy-first games in both iterations, the same seeded orders: no change
+    assert (v, n) == (0.0, 4) and lo <= 0 <= hi
+    assert "no detectable change (the interval contains 0)" in " ".join(res.stdout.split())

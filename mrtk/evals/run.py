@@ -240,6 +240,21 @@ def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tupl
         t.store.insert(con, "eval_results", rows)
 
 
+def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str, float]) -> tuple | None:
+    """The paired bootstrap of this iteration's win rate minus the previous model iteration's, over
+    the examples both judged (x100, in points): (diff, ci_low, ci_high, n), or None."""
+    from mrtk.evals import health
+
+    before = metrics.group_mean([(r["example_id"], r["preference"]) for r in t.store.fetch(
+        "SELECT example_id, preference FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ? AND preference IS NOT NULL",
+        [eval_name, t.iteration - 1, judge])])
+    ids = sorted(set(before) & set(prefs))
+    if not ids:
+        return None
+    c = health.paired_difference([100 * prefs[i] for i in ids], [100 * before[i] for i in ids])
+    return (c["diff"], c["ci_low"], c["ci_high"], c["n"])
+
+
 def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingParams, *, both_orders: bool, ui=None,
            difficulty: Path | None = None) -> dict:
     """AlpacaEval 2 against the reference outputs. `template`: AlpacaEval's own annotator
@@ -271,6 +286,9 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
                lc_name: (lc, None, None, wr["n_total"]), "avg_length": (avg_len, None, None, len(outputs)),
                "unjudged": (float(failed), None, None, len(items))}
+    change = change_from_previous(t, "alpaca", judge.model, prefs)
+    if change:
+        numbers["win_rate_change_from_previous_iteration"] = change
     write_results(t, "alpaca", judge.model, numbers, {"both_orders": both_orders, "annotator": getattr(template, "source", template.name),
                                                       "lc": how})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
@@ -286,6 +304,10 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
     bt = metrics.bt_score(prefs, seed=t.cfg.seed)
     numbers = {"score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
                "unjudged": (float(sum(r["preference"] is None for r in items)), None, None, len(items))}
+    change = change_from_previous(t, "arena-hard", judge.model, metrics.group_mean(
+        [(r["example_id"], r["preference"]) for r in items if r["preference"] is not None]))
+    if change:
+        numbers["score_change_from_previous_iteration"] = change
     write_results(t, "arena-hard", judge.model, numbers, {"judge_prompt": template.source, "max_tokens": template.max_tokens,
                                                           "games": len(items)})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
