@@ -40,5 +40,13 @@ check "actor samples not all duplicates" "$(q "select count(*) filter (where is_
 echo "stages:"; q "select iteration || ' ' || stage || ' ' || round(seconds, 1) || 's' from stages order by started_at" | sed 's/^/     /'
 echo "wall: $(( $(date +%s) - start ))s; sglang log tail:"; tail -3 "$run/sglang.log" | cut -c1-160
 if pgrep -f "sglang.launch_server.*--port ${PORT:-30123}" >/dev/null; then echo "FAIL the launched server is still running"; fail=1; fi
-[ $fail = 0 ] && echo "VERDICT: OK, two iterations on SGLang with a weight update; the server was stopped" || echo "VERDICT: FAIL"
+# The same two iterations with full fine-tuning (train.lora: null): M2 and M3 are complete models
+# that SGLang loads with /update_weights_from_disk, and no adapter files are left behind.
+( cd "$work" && mrtk run gpu.yaml --set "model=$model_dir" --set train.lora=null --set name=gpu-check-full -q ) \
+  || { echo "FAIL full fine-tune run exited $?"; fail=1; }
+full="$(ls -td "$work"/runs/*gpu-check-full*/ | head -1)"
+check "full fine-tune: run status" "$( cd "$work" && mrtk query "select status from runs" --run "$full" --format csv | tail -n +2 )" "success"
+check "full fine-tune: it2 generated with M2" "$( cd "$work" && mrtk query "select string_agg(distinct model_version) from responses where iteration = 2" --run "$full" --format csv | tail -n +2 )" "M2"
+check "full fine-tune: no adapter files" "$(ls "$full"/models/M3/adapter_* 2>/dev/null | wc -l)" "0"
+[ $fail = 0 ] && echo "VERDICT: OK, two iterations on SGLang with a weight update (LoRA and full fine-tuning); the servers were stopped" || echo "VERDICT: FAIL"
 exit $fail
