@@ -324,10 +324,12 @@ def compare(
                       ("position_consistency", "position consistency"), ("actor_pairs", "actor pairs built")):
         if key in sa or key in sb:
             table.add_row(name, _fmt(sa.get(key)), _fmt(sb.get(key)))
-    table.add_row("actor pairs the other set reverses", str(res["flipped"][0]), str(res["flipped"][1]))
+    ci = lambda c: "" if c is None else f" [{c[0]:.3f}, {c[1]:.3f}]"  # noqa: E731
+    table.add_row("actor pairs the other set reverses",
+                  *[f"{res['flipped'][i]} ({_fmt(res['flipped_share'][i])}{ci(res['flipped_ci'][i])})" for i in (0, 1)])
     out.print(table)
-    out.print(f"agreement on {res['compared_pairs']} response pairs both prefer strictly: {_fmt(res['agreement'])}; "
-              f"identical actor pairs: {res['same_actor_pairs']}")
+    out.print(f"agreement on {res['compared_pairs']} response pairs both prefer strictly: {_fmt(res['agreement'])}"
+              f"{ci(res['agreement_ci'])} (95% Wilson); identical actor pairs: {res['same_actor_pairs']}")
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a run's models: AlpacaEval 2, Arena-Hard (external judges via LiteLLM), and the policy's own judge against human labels.")

@@ -175,7 +175,21 @@ def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, 
     same = {(x["chosen_id"], x["rejected_id"]) for x in kept[0]} & {(x["chosen_id"], x["rejected_id"]) for x in kept[1]}
     out["same_actor_pairs"] = len(same)
     out["flipped"] = [sum(_reverses(x, prefs[1 - i]) for x in kept[i]) for i in (0, 1)]
+    agreeing = sum(prefs[0][k] == prefs[1][k] for k in common)
+    out["agreement_ci"] = proportion_ci(agreeing, len(common))
+    out["flipped_share"] = [_share(out["flipped"][i], len(kept[i])) for i in (0, 1)]
+    out["flipped_ci"] = [proportion_ci(out["flipped"][i], len(kept[i])) for i in (0, 1)]
     return out
+
+
+def proportion_ci(k: int, n: int) -> tuple[float, float] | None:
+    """Wilson 95% interval of k/n (scipy's binomtest), or None for n = 0."""
+    if not n:
+        return None
+    from scipy import stats
+
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def _reverses(pair: dict, prefs: dict[tuple[str, str], int]) -> bool:
