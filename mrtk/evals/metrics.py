@@ -93,7 +93,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)  # rounding can leave -0.000 at k = 0
 
 
 def ranks(values: list[float]) -> list[float]:
