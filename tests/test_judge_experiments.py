@@ -138,7 +138,7 @@ def test_nemo_meta_judge_template_hides_scores(model_dir):
     from mrtk.backends.embedded import EmbeddedBackend
     from mrtk.config import validate_config
     from mrtk.models import load_model
-    from mrtk.prompts import load_template
+    from mrtk.prompts import bind_meta_judge, load_template
     from mrtk.stages.meta_judge import run_meta_judge
 
     class Recording(EmbeddedBackend):  # the real backend; it only remembers the prompts it was given
@@ -151,7 +151,8 @@ def test_nemo_meta_judge_template_hides_scores(model_dir):
     ja = {"judgement_id": "a", "prompt_id": "p", "response_id": "r", "text": "Relevant and complete.\nScore: 4"}
     jb = {"judgement_id": "b", "prompt_id": "p", "response_id": "r", "text": "Off topic.\nScore: 1"}
     for name, shows in (("meta_judge", True), ("meta_judge_nemo", False)):
-        [row] = run_meta_judge(backend, [(ja, jb)], {"p": "Q?"}, {"r": "R."}, cfg, load_template(name, role="meta-judge"),
+        template = bind_meta_judge(load_template(name, role="meta-judge"), load_template("judge_additive5", role="judge"))
+        [row] = run_meta_judge(backend, [(ja, jb)], {"p": "Q?"}, {"r": "R."}, cfg, template,
                                iteration=1, run_seed=0, model_version="M1")
         assert row["show_scores"] is shows
         assert ("Score: 4" in backend.seen[0]) is shows and "Relevant and complete." in backend.seen[0]
