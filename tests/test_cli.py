@@ -11,10 +11,10 @@ from conftest import TINY, mrtk
 TEMPLATE_WITH_UNKNOWN_VAR = """---
 name: my_judge
 role: judge
-variables: [question, response, rubric]
+variables: [question, response, context]
 parser: score
 ---
-{{question}} {{response}} {{rubric}}
+{{question}} {{response}} {{context}}
 """
 
 
@@ -87,7 +87,7 @@ CASES = {
     # templates
     "unknown template variable": (
         lambda t: ["run", "--set", f"judge.template={write(t, 'my_judge.md', TEMPLATE_WITH_UNKNOWN_VAR)}"],
-        "unknown variable 'rubric' for the judge stage"),
+        "unknown variable 'context' for the judge stage"),
     "unknown template name": (lambda t: ["run", "--set", "judge.template=nope"], "template 'nope' not found"),
     "pairwise template in the loop": (lambda t: ["run", "--set", "judge.template=judge_pairwise"], "is a pairwise judge"),
     "template without front matter": (lambda t: ["run", "--set", f"judge.template={write(t, 'j.md', 'Rate {{response}}')}"], "no front matter"),

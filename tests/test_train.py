@@ -35,8 +35,8 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
 
     from mrtk.train_worker import launch_command
 
-    assert launch_command(tmp_path / "spec.json", 4)[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "4",
-                                                            "--module", "mrtk.train_worker", str(tmp_path / "spec.json")]
+    assert launch_command(tmp_path / "spec.json", TrainCfg(num_processes=4, batch_size=8), "cuda")[1:] == [
+        "-m", "accelerate.commands.launch", "--num_processes", "4", "--module", "mrtk.train_worker", str(tmp_path / "spec.json")]
     (tmp_path / "ex.json").write_text(json.dumps([example("a", 3), example("b", 4)]))
     spec = {"model_dir": model_dir, "examples_path": str(tmp_path / "ex.json"), "iteration": 1, "seed": 0, "device": "cpu",
             "train": TrainCfg(epochs=[1], batch_size=2, micro_batch_size=2).model_dump(mode="json"),
