@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
-from mrtk.evals.metrics import pearson
+from mrtk.evals.metrics import pearson, wilson
 from mrtk.stages.pairs import actor_pairs
 from mrtk.store.db import DB_NAME, dict_rows, open_readonly
 
@@ -183,13 +183,8 @@ def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, 
 
 
 def proportion_ci(k: int, n: int) -> tuple[float, float] | None:
-    """Wilson 95% interval of k/n (scipy's binomtest), or None for n = 0."""
-    if not n:
-        return None
-    from scipy import stats
-
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
+    """Wilson 95% interval of k/n (the one `mrtk eval judge` uses), or None for n = 0."""
+    return wilson(k, n) if n else None
 
 
 def _reverses(pair: dict, prefs: dict[tuple[str, str], int]) -> bool:

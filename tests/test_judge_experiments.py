@@ -105,8 +105,8 @@ def test_compare_sets_hand_computed():
     # A: r2 over r0. B (win rates r0 .75, r1 0, r2 .75; tie broken by the shorter): r0 over r1, which A reverses.
     assert (sa["actor_pairs"], sb["actor_pairs"], res["same_actor_pairs"], res["flipped"]) == (1, 1, 0, [0, 1])
     assert sa["score_hist"] == {1: 1, 2: 1, 3: 1} and sb["score_hist"] is None
-    # intervals: Wilson for 1 of 2 agreeing (centre 0.5, by hand: 0.5 -+ z sqrt(.25/2 + z^2/16) / (1 + z^2/2), z = 1.959964)
-    z = 1.959963984540054
+    # intervals: Wilson for 1 of 2 agreeing (centre 0.5, by hand: 0.5 -+ z sqrt(.25/2 + z^2/16) / (1 + z^2/2), z = 1.96)
+    z = 1.96
     half = z * (0.25 / 2 + z ** 2 / 16) ** 0.5 / (1 + z ** 2 / 2)
     assert res["agreement_ci"] == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
     assert res["flipped_share"] == [0.0, 1.0] and res["flipped_ci"][1][1] == pytest.approx(1.0)
