@@ -35,8 +35,8 @@ check "run status" "$(q "select status from runs")" "success"
 check "iterations trained" "$(q "select count(*) from lineage")" "2"
 check "it2 generated with M2" "$(q "select string_agg(distinct model_version) from responses where iteration = 2")" "M2"
 check "seeds honoured (deterministic server)" "$(q "select serving->>'seeds_honoured' from runs")" "true"
-check "all structured judgements parsed" "$(q "select count(*) = count(score) from judgements")" "true"
-check "actor samples not all duplicates" "$(q "select count(*) filter (where is_duplicate) < count(*) / 2 from responses")" "true"
+check "all structured judgements parsed" "$(q "select count(*) = count(score) from judgements")" "True"
+check "actor samples not all duplicates" "$(q "select count(*) filter (where is_duplicate) < count(*) / 2 from responses")" "True"
 echo "stages:"; q "select iteration || ' ' || stage || ' ' || round(seconds, 1) || 's' from stages order by started_at" | sed 's/^/     /'
 echo "wall: $(( $(date +%s) - start ))s; sglang log tail:"; tail -3 "$run/sglang.log" | cut -c1-160
 if pgrep -f "sglang.launch_server.*--port ${PORT:-30123}" >/dev/null; then echo "FAIL the launched server is still running"; fail=1; fi
