@@ -137,7 +137,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
     from mrtk.stages import train
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
-    from mrtk.prompts import bind_meta_judge, load_template
+    from mrtk.prompts import bind_meta_judge, judge_prompt, load_template
     from mrtk.resources import asset_dir
 
     want = lambda name: only is None or any(name.startswith(o) for o in only)  # noqa: E731
@@ -198,7 +198,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
             resp_rows = [{"response_id": f"r{i}", "prompt_id": f"p{i}", "text": t} for i, t in enumerate(responses)]
             questions = {f"p{i}": pool[i] for i in range(16)}
             rows, dt, mb = timed(lambda: judge.run_judge(fast, resp_rows, questions, cfg, template, iteration=1, run_seed=0, model_version="bench"))
-            prompts = [judge.judge_prompt(template, pool[i], t) for i, t in enumerate(responses) for _ in range(cfg.n)]
+            prompts = [judge_prompt(template, pool[i], t) for i, t in enumerate(responses) for _ in range(cfg.n)]
             _, dt_b, mb_b = timed(lambda: [baseline(prompts[i:i + 16], 16 if quick else 128) for i in range(0, len(prompts), 16)])
             add(Result("judge_16x3", "judgements/s", len(rows) / dt, len(prompts) / dt_b, None, mb, mb_b,
                        f"structured, {cfg.max_new_tokens}-token justification vs 128-token free text on copies",

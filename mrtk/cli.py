@@ -49,9 +49,9 @@ def run(
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
-    from mrtk.loop import Loop, check_inputs
+    from mrtk.inputs import check_inputs
+    from mrtk.loop import Loop
     from mrtk.runs import WriterLock, find_run, new_run, open_run
-    from mrtk.store.db import is_write_failure
     from mrtk.ui import QuietUI, RichUI
 
     ui = QuietUI() if quiet else RichUI(err)
@@ -67,6 +67,8 @@ def run(
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
+        if not dry_run:
+            _output_dir(out_dir, "--out")
         cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]
         inputs = check_inputs(cfg, path.parent, load_tokenizer=not dry_run)
         if dry_run:
@@ -78,21 +80,7 @@ def run(
         store = new_run(cfg, str(path.resolve()), out_dir)
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")
-        try:
-            Loop(store, cfg, inputs, ui).run()
-        except KeyboardInterrupt:
-            _record_status(store, "interrupted")
-            raise MrtkError(f"interrupted; resume with: mrtk run --resume {store.run_dir}") from None
-        except MrtkError as e:
-            _record_status(store, "error", str(e))
-            raise
-        except Exception as e:
-            if is_write_failure(e):  # disk full while saving a model or a checkpoint
-                _record_status(store, "error", str(e))
-                raise MrtkError(f"writing to {store.run_dir} failed ({' '.join(str(e).split())[-100:]}); nothing recorded before "
-                                f"it is lost: free disk space, then: mrtk run --resume {store.run_dir}") from None
-            _record_status(store, "error", f"{type(e).__name__}: {e}")
-            raise
+        Loop(store, cfg, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
     ui.info(f"[green]done[/green]: {store.run_dir}  (inspect with: mrtk query \"select * from pairs\" --run {store.run_dir})")
 
 
@@ -163,33 +151,51 @@ def report(
     from mrtk.runs import find_run
 
     run_dir = find_run(run_)
-    if fmt == "png":
-        written = write_pngs(run_dir, out_path or run_dir / "report")
-        out.print(f"wrote {len(written)} charts to {(out_path or run_dir / 'report')}")
-    elif fmt == "html":
-        target = out_path or run_dir / "report.html"
-        target.write_text(render_html(run_dir), encoding="utf-8")
-        out.print(f"wrote {target}")
-    else:
+    if fmt not in ("html", "png"):
         raise MrtkError(f"--format {fmt!r} is not one of html, png")
+    if fmt == "png":
+        folder = _output_dir(out_path or run_dir / "report", "--out")
+        written = write_pngs(run_dir, folder)
+        out.print(f"wrote {len(written)} charts to {folder}")
+    else:
+        target = _output_file(out_path or run_dir / "report.html", "--out")
+        html = render_html(run_dir)
+        try:
+            target.write_text(html, encoding="utf-8")
+        except OSError as e:
+            raise MrtkError(f"--out {target}: cannot write it ({e.strerror}); pick a writable path") from None
+        out.print(f"wrote {target}")
 
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def _record_status(store, status: str, error: str | None = None) -> None:
-    """Best effort: the run row says how it ended, unless the failure was the database itself."""
-    from mrtk.runs import set_status
+def _output_file(path: Path, flag: str) -> Path:
+    """An output file whose folder exists and is not a file, checked before any work is done."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise MrtkError(f"{flag} {path} is a folder; give a file path, e.g. {path / 'report.html'}")
+    if not folder.is_dir():
+        raise MrtkError(f"{flag} {path}: folder {folder} does not exist; create it first or pick another path")
+    if not os.access(folder, os.W_OK):
+        raise MrtkError(f"{flag} {path}: folder {folder} is not writable; pick another path")
+    return path
 
+
+def _output_dir(path: Path, flag: str) -> Path:
+    """An output folder, created (with its parents) before any work is done."""
     try:
-        set_status(store, status, error)
-    except MrtkError:
-        pass
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MrtkError(f"{flag} {path}: cannot create the folder ({e.strerror}); pick a writable path") from None
+    if not os.access(path, os.W_OK):
+        raise MrtkError(f"{flag} {path} is not writable; pick another path")
+    return path
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    """`name=value` options -> dict; a value `@FILE` reads the file."""
+    """`name=value` options -> dict."""
     values = {}
     for item in items:
         if "=" not in item:
@@ -395,8 +401,8 @@ def eval_alpaca(
         prompt = load_template(template, role="eval")
     else:
         prompt = load_annotator(annotator, annotator_dir)
+    run_dir = find_run(run_)  # before the data, which may come over the network
     examples = ev.load_instructions(data)[:limit]
-    run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         if annotator == "mrtk":
             judge = _external(target.store, judge_model, api_base, max_cost, dry, prompt)
@@ -494,13 +500,14 @@ def eval_judge(
     dirs: List[Path] = PromptDirs, quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
+    from mrtk.data import load_human_pairs
     from mrtk.evals import run as ev
     from mrtk.evals.judge_eval import judge_agreement
     from mrtk.rejudge import load_judge_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
-    pairs, lists = ev.load_human_pairs(data)
+    pairs, lists = load_human_pairs(data)
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end

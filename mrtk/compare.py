@@ -6,7 +6,7 @@ iteration, else a model version). Each set gives every response a score: its mea
 score (pointwise templates) or its share of games won (pairwise templates), and so a
 preference between any two responses to the same prompt. From those the comparison reports
 score distributions, tie and parse-failure rates, the score-length correlation, how often the
-two sets prefer the same response, and the actor pairs each would build (METHOD.md 3) with how
+two sets prefer the same response, and the actor pairs each would build (docs/METHOD.md 3) with how
 many of one set's pairs the other set reverses.
 """
 
@@ -201,11 +201,3 @@ def _share(k: int, n: int) -> float | None:
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
-
-
-def list_sets(run_dir: Path) -> list[dict]:
-    con = open_readonly(Path(run_dir) / DB_NAME)
-    try:
-        return [dict(s, label=label(s)) for s in dict_rows(con.execute(SETS_SQL))]
-    finally:
-        con.close()

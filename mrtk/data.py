@@ -19,12 +19,14 @@ from mrtk.rows import derive_seed
 TEXT_KEYS = ("prompt", "instruction", "text")
 
 
-def resolve_data_file(name: str, config_dir: Path | None = None, key: str = "prompts.file") -> Path:
-    """A data file named in a config: as given (or from the cwd), beside the config, or shipped in data/."""
-    for candidate in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir("data") / name):
+def resolve_data_file(name: str, config_dir: Path | None = None, key: str = "prompts.file", shipped: str = "data",
+                      fix: str = "give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)") -> Path:
+    """A file named in a config: as given (or from the cwd), beside the config, or shipped (in data/,
+    or in experiments/ for accelerate configs)."""
+    for candidate in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir(shipped) / name):
         if candidate.is_file():
             return candidate
-    raise MrtkError(f"{key} {name!r} not found; give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)")
+    raise MrtkError(f"{key} {name!r} not found; {fix}")
 
 
 def resolve_dir(name: str, config_dir: Path | None, key: str) -> Path:
@@ -92,3 +94,60 @@ def prompts_for_iteration(pool: list[dict], per_iteration: int, iteration: int, 
         order.extend(walk)
         passes += 1
     return order[per_iteration * (iteration - 1): per_iteration * iteration]
+
+
+def read_json_or_jsonl(path: Path) -> list:
+    if not path.is_file():
+        raise MrtkError(f"eval data {path} not found; check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise MrtkError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+    return rows
+
+
+def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:
+    """(pairs, ranked lists) from a human-labelled file: LLMBar-style {input, output_1, output_2,
+    label 1|2}, OASST pairs {context, response_a, response_b, label a|b}, PandaLM {instruction,
+    input, response1, response2, annotator1..3} (majority; ties skipped), or OASST ranked lists
+    {context, replies: [{text, rank}]}."""
+    pairs, lists = [], []
+    for i, r in enumerate(read_json_or_jsonl(Path(path))):
+        eid = str(r.get("id", r.get("idx", r.get("message_tree_id", i))))
+        if "output_1" in r:
+            pairs.append({"example_id": eid, "question": r["input"], "a": r["output_1"], "b": r["output_2"], "label": "a" if int(r["label"]) == 1 else "b"})
+        elif "response_a" in r:
+            pairs.append({"example_id": eid, "question": _context(r["context"]), "a": r["response_a"], "b": r["response_b"], "label": r["label"]})
+        elif "response1" in r:
+            votes = [r.get(f"annotator{k}") for k in (1, 2, 3)]
+            a, b = votes.count(1), votes.count(2)
+            if a != b:
+                question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+                pairs.append({"example_id": eid, "question": question, "a": _text(r["response1"]), "b": _text(r["response2"]), "label": "a" if a > b else "b"})
+        elif "replies" in r:
+            lists.append({"example_id": f"{eid}/{i}", "question": _context(r["context"]), "replies": [(x["text"], x["rank"]) for x in r["replies"]]})
+        else:
+            raise MrtkError(f"{path}: item {i} is not a known human-labelled format (LLMBar, OASST pairs or lists, PandaLM)")
+    if not pairs and not lists:
+        raise MrtkError(f"{path} holds no labelled pairs")
+    return pairs, lists
+
+
+def _text(value) -> str:
+    """Answers as text: PandaLM has a few JSON booleans and numbers where answers go."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _context(ctx) -> str:
+    if isinstance(ctx, str):
+        return ctx
+    return "\n\n".join(f"{'User' if m['role'] == 'prompter' else 'Assistant'}: {m['text']}" for m in ctx) if len(ctx) > 1 else ctx[0]["text"]

@@ -9,6 +9,7 @@ or Hugging Face id also works (an id downloads through the hub, which needs a ne
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -60,16 +61,41 @@ def embedded_model_dir() -> Path:
     if getattr(model, "hf_quantizer", None) is not None:
         # A GGUF-loaded model refuses save_pretrained and training until this record goes.
         model.hf_quantizer.remove_quantization_config(model)
-    # Write beside the target and rename, so a crash or a second process never sees half a model.
+    save_model(model, tokenizer, target, replace=False)
+    return target
+
+
+def save_model(model, tokenizer, target: Path, replace: bool = True) -> None:
+    """Write a model directory atomically: beside the target, then renamed, so a crash or a second
+    process sees either the old state or the whole model. `replace=False`: a target another
+    process finished first is kept (the embedded conversion)."""
+    from mrtk import faults
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        for stale in target.parent.glob(f".{target.name}.*"):  # left by a process killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    faults.point("save_model")
+    if replace and target.exists():
+        shutil.rmtree(target)
     try:
         tmp.rename(target)
-    except OSError:  # another process finished first
+    except OSError:  # replace=False: another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        if replace:
+            raise
+
+
+@functools.lru_cache(maxsize=2)
+def tokenizer_for(model_dir: str):
+    """The tokenizer of a model directory, loaded once per directory (the last two kept)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 EXTERNAL_PREFIXES = ("openai/", "anthropic/", "azure/", "hosted_vllm/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "mistral/",

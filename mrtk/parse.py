@@ -1,12 +1,14 @@
 """Pure parsers for judge scores and meta-judge verdicts.
 
 A parse failure is data, not an exception: every parser returns a `Parsed` with either a
-value or a reason, and callers store both next to the raw text (METHOD.md section 2).
+value or a reason, and callers store both next to the raw text (docs/METHOD.md section 2).
 Nothing here ever turns a failure into a zero.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from dataclasses import dataclass
 
@@ -76,3 +78,20 @@ def parse_arena(text: str) -> Parsed:
     if a == "B":
         op = {">>": "<<", ">": "<", "=": "=", "<": ">", "<<": ">>"}[op]
     return Parsed(f"A{op}B", "ok")
+
+
+def p_first(probs: dict[str, float]) -> float | None:
+    total = probs.get("A", 0.0) + probs.get("B", 0.0)
+    return probs.get("A", 0.0) / total if total > 0 else None
+
+
+def sample_verdict(probs: dict[str, float], temperature: float, seed: int) -> Parsed:
+    """A or B from the two tokens' probabilities (tempered); argmax at temperature 0."""
+    p_a = p_first(probs)
+    if p_a is None:
+        return Parsed(None, "failed", "no_mass_on_verdict_tokens")
+    if temperature == 0.0 or p_a in (0.0, 1.0):
+        return Parsed("A" if p_a >= 0.5 else "B", "ok")
+    la, lb = math.log(p_a) / temperature, math.log(1.0 - p_a) / temperature
+    p_a = 1.0 / (1.0 + math.exp(lb - la))
+    return Parsed("A" if random.Random(seed).random() < p_a else "B", "ok")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mrtk.backends import serving_plan
 from mrtk.config import RunConfig, at
 
 
@@ -58,14 +59,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
             + f"pairs: actor (rho {at(cfg.pairs.rho, t)})" + (" + judge" if judge_it else "")
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}")
-    if cfg.backend == "sglang":
-        from mrtk.backends.sglang import launch_command
-
-        if cfg.sglang.launch:
-            lines.append("sglang server: " + " ".join(launch_command(inputs["model"], cfg.sglang, "M1")))
-        else:
-            lines.append(f"sglang: attach to {', '.join(cfg.sglang.urls)}" + (f"; control calls to {', '.join(cfg.sglang.worker_urls)}"
-                                                                             if cfg.sglang.worker_urls else ""))
+    lines += serving_plan(cfg, inputs["model"])
     if cfg.train.num_processes > 1 or cfg.train.accelerate_config:
         from mrtk.train_worker import launch_command as accelerate_command
 

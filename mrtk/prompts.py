@@ -218,3 +218,9 @@ def check_role(template: Template, role: str) -> None:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
+
+
+def judge_prompt(template: Template, question: str, response: str) -> str:
+    """A pointwise judge template rendered for one response (the loop's judge, DPO's judge
+    examples, the external audit)."""
+    return template.render(question=question, response=response)

@@ -1,4 +1,5 @@
-"""Run directories: creating and reopening runs, the writer lock, status, model saving.
+"""Run directories: creating and reopening runs, the writer lock, the status lifecycle, a run's
+model versions, and persisting a stage's rows chunk by chunk.
 
 A run directory holds `mrtk.duckdb`, `models/M<t>/` (the merged model each iteration
 produced) and `.lock` (held by the one process writing the run).
@@ -10,18 +11,19 @@ import fcntl
 import json
 import os
 import platform
-import shutil
+import re
 import subprocess
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mrtk import faults
 from mrtk.config import RunConfig, dump_config, validate_config
 from mrtk.errors import MrtkError
+from mrtk.models import resolve_model
 from mrtk.store import RunStore
-from mrtk.store.db import DB_NAME
+from mrtk.store.db import DB_NAME, is_write_failure
 
 RUNS_DIR = "runs"
 
@@ -63,16 +65,70 @@ def open_run(run_dir: Path) -> tuple[RunStore, RunConfig, Path]:
         raise MrtkError(f"no run at {run_dir} (no {DB_NAME}); pass a run directory such as runs/<run_id>")
     store = RunStore(run_dir)
     store.migrate()
-    rows = store.fetch("SELECT config, config_path FROM runs")
-    if not rows:
+    row = store.config()
+    if row is None:
         raise MrtkError(f"run {run_dir} has no runs row; it was never started properly, start a new run")
-    config_dir = Path(rows[0]["config_path"] or ".").resolve().parent
-    return store, validate_config(json.loads(rows[0]["config"]), f"stored config of {run_dir}"), config_dir
+    config_dir = Path(row["config_path"] or ".").resolve().parent
+    return store, validate_config(json.loads(row["config"]), f"stored config of {run_dir}"), config_dir
 
 
-def set_status(store: RunStore, status: str, error: str | None = None) -> None:
-    with store.tx() as con:
-        con.execute("UPDATE runs SET status = ?, updated_at = ?, error = ?", [status, datetime.now(), error]).fetchall()
+@contextmanager
+def lifecycle(store: RunStore):
+    """A run's status, in one place: running, then success; or interrupted (Ctrl-C, SIGTERM) or
+    error with its message, recorded before the error goes on as one line. Disk full is an error
+    that names its fix; nothing recorded before it is lost."""
+    store.set_status("running")
+    try:
+        yield
+    except KeyboardInterrupt:
+        _ended(store, "interrupted")
+        raise MrtkError(f"interrupted; resume with: mrtk run --resume {store.run_dir}") from None
+    except MrtkError as e:
+        _ended(store, "error", str(e))
+        raise
+    except Exception as e:
+        if is_write_failure(e):  # disk full while saving a model or a checkpoint
+            _ended(store, "error", str(e))
+            raise MrtkError(f"writing to {store.run_dir} failed ({' '.join(str(e).split())[-100:]}); nothing recorded before "
+                            f"it is lost: free disk space, then: mrtk run --resume {store.run_dir}") from None
+        _ended(store, "error", f"{type(e).__name__}: {e}")
+        raise
+    store.set_status("success")
+
+
+def _ended(store: RunStore, status: str, error: str | None = None) -> None:
+    """Best effort: the run row says how it ended, unless the failure was the database itself."""
+    try:
+        store.set_status(status, error)
+    except MrtkError:
+        pass
+
+
+def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
+    """The model directory of a run's model version: M1 is the base model (or the SFT output),
+    M<t+1> is what iteration t trained."""
+    m = re.fullmatch(r"M(\d+)", version)
+    if not m or int(m.group(1)) < 1:
+        raise MrtkError(f"model version {version!r} is not M1, M2, ...; name one of this run's models")
+    t = int(m.group(1)) - 1
+    if t == 0 and not cfg.sft.file:
+        return resolve_model(cfg.model)
+    path = store.output_model(t)
+    if path is None or not path.is_dir():
+        raise MrtkError(f"run {store.run_dir} has no model {version} on disk (iteration {t} did not finish training); "
+                        "pick an earlier model version")
+    return str(path)
+
+
+def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int) -> None:
+    """Call a stage on `todo` in backend-sized chunks, persisting each chunk as it finishes;
+    the progress bar counts the model calls still to make (after a resume, only the missing)."""
+    if not todo:
+        return
+    size = max(1, max_rows // per_item)
+    with ui.stage(label, len(todo) * per_item) as go:
+        for i in range(0, len(todo), size):
+            store.write(table, fn(todo[i:i + size], go))
 
 
 class WriterLock:
@@ -100,21 +156,6 @@ class WriterLock:
         if self.fh:
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
-
-
-def save_model(model, tokenizer, target: Path) -> None:
-    """Write a model directory atomically: a crash leaves either the old state or the whole model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*"):  # left by a process killed mid-save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    faults.point("save_model")
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
 
 
 def latest_run(root: Path = Path(RUNS_DIR)) -> Path:

@@ -7,26 +7,12 @@ from rich.table import Table
 from mrtk.store import RunStore
 
 
-def iteration_numbers(store: RunStore, it: int) -> dict:
-    q = store.fetch
-    j = q("""SELECT count(*) AS n, count(score) AS parsed, avg(score) AS mean_score
-             FROM judgements WHERE iteration = ? AND source = 'loop'""", [it])[0]
-    r = q("SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?", [it])[0]
-    m = q("""SELECT count(*) AS n, count(verdict) AS parsed, avg((verdict = 'A')::INT) AS first_pos
-             FROM meta_judgements WHERE iteration = ?""", [it])[0]
-    reasons = q("SELECT kind, status, reason, count(*) AS n FROM pairs WHERE iteration = ? GROUP BY ALL ORDER BY ALL", [it])
-    t = q("""SELECT arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss,
-                    arg_max(reward_margin, step) AS last_margin, count(*) AS steps
-             FROM train_metrics WHERE iteration = ?""", [it])[0]
-    return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t}
-
-
 def _f(x, fmt="{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
 def iteration_table(store: RunStore, it: int) -> Table:
-    s = iteration_numbers(store, it)
+    s = store.iteration_numbers(it)
     table = Table(title=f"iteration {it}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -38,7 +24,7 @@ def iteration_table(store: RunStore, it: int) -> Table:
     for p in s["pairs"]:
         table.add_row(f"{p['kind']} pairs {p['status']}", f"{p['n']}  ({p['reason']})")
     table.add_row("DPO", f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}")
-    health = store.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
+    health = store.health_results()
     for label, text in judge_health_lines(health, it):
         table.add_row(label, text)
     return table

@@ -26,26 +26,14 @@ def check_installed(report_to: list[str]) -> None:
 def loop_metrics(store, it: int) -> dict[str, float]:
     """The loop's numbers for iteration `it`: pairs kept and dropped by reason, the judge's score
     summary (mean, spread, top-score share, unparsed share), the meta-judge's biases."""
-    from mrtk.summary import iteration_numbers
-
-    s = iteration_numbers(store, it)
+    s = store.iteration_numbers(it)
     out: dict[str, float] = {}
     for p in s["pairs"]:
         out[f"pairs/{p['kind']}_{p['status']}/{p['reason']}"] = float(p["n"])
-    scores = store.fetch("""SELECT avg(score) AS mean, stddev_pop(score) AS sd, avg((score >= 4.5)::INT) AS top,
-                                   1 - count(score) / count(*) AS unparsed
-                            FROM judgements WHERE iteration = ? AND source = 'loop'""", [it])[0]
-    for k, v in scores.items():
-        if v is not None:
-            out[f"judge/score_{k}"] = float(v)
-    bias = store.fetch("""SELECT avg((m.verdict = 'A')::INT) AS first_position_share,
-                                 avg(CASE WHEN ja.score <> jb.score THEN ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share
-                          FROM meta_judgements m JOIN judgements ja ON ja.judgement_id = m.judgement_a
-                          JOIN judgements jb ON jb.judgement_id = m.judgement_b
-                          WHERE m.iteration = ? AND m.verdict IS NOT NULL""", [it])[0]
-    for k, v in bias.items():
-        if v is not None:
-            out[f"meta_judge/{k}"] = float(v)
+    j, m = s["judgements"], s["meta"]
+    named = {"judge/score_mean": j["mean_score"], "judge/score_sd": j["sd"], "judge/score_top": j["top"], "judge/score_unparsed": j["unparsed"],
+             "meta_judge/first_position_share": m["first_pos"], "meta_judge/higher_score_share": m["higher_score_share"]}
+    out.update({k: float(v) for k, v in named.items() if v is not None})
     return out
 
 

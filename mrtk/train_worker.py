@@ -6,7 +6,7 @@ every process trains on its shard (TRL's DPOTrainer is accelerate-aware). Unshar
 process saves the merged model; under DeepSpeed ZeRO-3 or FSDP every rank takes part in
 `trainer.save_model`, which gathers the shards into one consolidated model directory (the
 form SGLang's `/update_weights_from_disk` loads). One code path with the in-process stage:
-`train.train_dpo`.
+`train.train_dpo`. `train_iteration` is what the loop calls: it picks one of the two.
 """
 
 from __future__ import annotations
@@ -46,8 +46,38 @@ def run_distributed(spec: dict, work_dir: Path, cmd: list[str], log_path: Path) 
     return json.loads(Path(spec["result_path"]).read_text())
 
 
+def train_iteration(model_dir: str, fitted: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
+                    run_dir: Path, out: Path, ui) -> tuple[list[dict], dict]:
+    """DPO for one iteration, M_t -> M_{t+1} saved at `out`: in this process, or under
+    `accelerate launch` when `train.num_processes` > 1 or `train.accelerate_config` names a
+    config (the workers save the model). Returns (per-step metrics, stats)."""
+    from mrtk.hardware import release_memory
+    from mrtk.models import save_model
+    from mrtk.stages import train
+
+    work = run_dir / "tmp" / f"train{iteration}"
+    tracker_dir = run_dir / "tracker"
+    if cfg.num_processes > 1 or cfg.accelerate_config:
+        (work / "examples.json").parent.mkdir(parents=True, exist_ok=True)
+        (work / "examples.json").write_text(json.dumps(fitted))
+        cmd = launch_command(work / "spec.json", cfg, device)
+        ui.info(f"it{iteration} train: accelerate launch {' '.join(cmd[3:])}  (log: {run_dir / 'train.log'})")
+        result = run_distributed({"model_dir": model_dir, "examples_path": str(work / "examples.json"), "train": cfg.model_dump(mode="json"),
+                                  "iteration": iteration, "seed": seed, "device": device, "work_dir": str(work), "out": str(out),
+                                  "run_name": run_dir.name, "tracker_dir": str(tracker_dir), "result_path": str(work / "result.json")},
+                                 work, cmd, run_dir / "train.log")
+        return result["metrics"], result["stats"]
+    with ui.stage(f"it{iteration} train ({len(fitted)} pairs)", train.planned_steps(len(fitted), cfg, iteration)) as go:
+        model, tok, metrics, stats = train.train_dpo(model_dir, fitted, cfg, iteration=iteration, seed=seed, device=device, work_dir=work,
+                                                     on_step=lambda: go(1), run_name=run_dir.name, tracker_dir=tracker_dir)
+    save_model(model, tok, out)
+    del model
+    release_memory()  # before a server takes its GPU memory back
+    return metrics, stats
+
+
 def main(spec_path: str) -> None:
-    from mrtk.runs import save_model
+    from mrtk.models import save_model
     from mrtk.stages.train import train_dpo
 
     spec = json.loads(Path(spec_path).read_text())

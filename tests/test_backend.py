@@ -154,7 +154,8 @@ def test_shared_prefix_judge_stage_equals_the_plain_path_in_fp32(fp32):
     prefilled once for the batch vs every prompt prefilled whole: in fp32 the same text and the
     same scores, so the shared path's masks and positions are exact."""
     from mrtk.backends.embedded import shared_prefix_len
-    from mrtk.stages.judge import judge_prompt, run_judge
+    from mrtk.prompts import judge_prompt
+    from mrtk.stages.judge import run_judge
 
     cfg, template, responses, questions = _judge_inputs()
     plain_be = EmbeddedBackend(fp32.model, fp32.tok, max_batch_rows=64, share_prefix=False)
@@ -173,7 +174,8 @@ def test_shared_prefix_judge_scores_stay_within_bf16_tolerance(model_dir):
     same text must still agree within bf16 tolerance: 0.1 of a point on the 0-5 scale (measured:
     max 0.066 shared vs plain, 0.026 plain bf16 vs fp32, on these eight)."""
     from mrtk.parse import expected_score
-    from mrtk.stages.judge import SCORE_SUFFIX, judge_prompt, score_choices
+    from mrtk.programs import SCORE_SUFFIX, score_choices
+    from mrtk.prompts import judge_prompt
 
     cfg, template, responses, questions = _judge_inputs()
     model, tok = load_model(model_dir, "bfloat16")

@@ -126,6 +126,15 @@ CASES = {
     "judge with an actor template": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "actor"], "needs a judge template"),
     "compare unknown judge set": (lambda t: ["compare", "a", "b", "--run", str(make_run(t))], "no judge set matches 'a'"),
     "report bad format": (lambda t: ["report", str(make_run(t)), "--format", "pdf"], "--format 'pdf'"),
+    "report to a missing folder": (lambda t: ["report", str(make_run(t)), "--out", str(t / "no/such/dir/r.html")],
+                                   "does not exist; create it first"),
+    "report to a folder": (lambda t: ["report", str(make_run(t)), "--out", str(t)], "is a folder; give a file path"),
+    "judge a run without responses": (lambda t: ["judge", "--run", str(make_run(t, ())), "-t", "judge_10point"], "has no responses yet"),
+    "run into a folder that is a file": (lambda t: ["run", "--out", str(write(t, "taken", "x"))], "cannot create the folder"),
+    # evals: numbers refused before any network or model work
+    "eval negative budget": (lambda t: ["eval", "alpaca", "--max-cost", "-1"], "--max-cost -1: give a budget of 0 USD or more"),
+    "eval zero answer tokens": (lambda t: ["eval", "arena-hard", "--questions", "q.jsonl", "--baseline", "b.jsonl", "--max-new-tokens", "0"],
+                                "--max-new-tokens 0"),
     "bench unknown setting": (lambda t: ["bench", "--only", "duckdb", "--set", "train.nope=1"], "unknown key 'train.nope'"),
 }
 

@@ -15,7 +15,7 @@ def test_shipped_configs_validate():
 
 
 def test_paper_preset_is_the_paper():
-    """Every number of METHOD.md in paper.yaml, and none of NeMo's filters (those are `nemo`)."""
+    """Every number of docs/METHOD.md in paper.yaml, and none of NeMo's filters (those are `nemo`)."""
     p = load_config("paper")
     assert (p.iterations, p.prompts.per_iteration, p.actor.k, p.judge.n) == (4, 5000, 7, 11)
     assert all((s.temperature, s.top_p) == (0.8, 0.95) for s in (p.actor, p.judge, p.meta_judge))

@@ -173,7 +173,7 @@ def test_eval_judge_end_to_end(run_copy):
 
 
 def test_eval_judge_reads_every_human_format(tmp_path):
-    from mrtk.evals.run import load_human_pairs
+    from mrtk.data import load_human_pairs
 
     for path in ("judge_dev/llmbar_and_mtbench_human_dev.jsonl", "judge_dev/oasst_rankings/oasst_en100_pairs_dev.jsonl",
                  "judge_dev/pandalm_testset-v1.json", "judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl"):

@@ -1,4 +1,4 @@
-"""Position weights, battle matrix, Bradley-Terry/Elo and the response pick (METHOD.md section 4)."""
+"""Position weights, battle matrix, Bradley-Terry/Elo and the response pick (docs/METHOD.md section 4)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Actor pairs with rho length control and judge-pair filters (METHOD.md sections 3-4)."""
+"""Actor pairs with rho length control and judge-pair filters (docs/METHOD.md sections 3-4)."""
 
 import random
 
@@ -13,7 +13,7 @@ def resp(rid, chars, dup=False, pid="p"):
 
 
 def test_rho_tiers_paper_example():
-    # METHOD.md: rho=0.4, S_max=5, S_min=3 -> top tier [4.2, 5], bottom tier [3, 3.8]
+    # docs/METHOD.md: rho=0.4, S_max=5, S_min=3 -> top tier [4.2, 5], bottom tier [3, 3.8]
     top, bottom = rho_tiers(5.0, 3.0, 0.4)
     assert top == pytest.approx((4.2, 5.0))
     assert bottom == pytest.approx((3.0, 3.8))

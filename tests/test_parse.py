@@ -1,4 +1,4 @@
-"""Score and verdict parsing (METHOD.md section 2), with hand-computed expectations."""
+"""Score and verdict parsing (docs/METHOD.md section 2), with hand-computed expectations."""
 
 import pytest
 

@@ -7,7 +7,7 @@ import yaml
 
 from mrtk.config import load_config
 from mrtk.errors import MrtkError
-from mrtk.loop import check_inputs
+from mrtk.inputs import check_inputs
 from mrtk.runs import WriterLock, new_run, open_run
 
 

@@ -75,3 +75,29 @@ def test_query_read_only_and_formats(store):
 def test_query_missing_database(tmp_path):
     with pytest.raises(MrtkError, match="no run database"):
         run_query(tmp_path / "nope.duckdb", "SELECT 1")
+
+
+def test_upgrade_from_m001_keeps_rows_and_adds_what_later_migrations_add(tmp_path):
+    """A database written by the first mrtk (m001 only) opens in this one: every later migration
+    is applied, the old rows are kept, and the columns and tables they added are there."""
+    from datetime import datetime
+
+    run = tmp_path / "old"
+    run.mkdir()
+    con = duckdb.connect(str(run / "mrtk.duckdb"))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)")
+    con.execute(MIGRATIONS[0][1])
+    con.execute("INSERT INTO schema_migrations (name) VALUES (?)", [MIGRATIONS[0][0]])
+    con.execute("INSERT INTO runs (run_id, status, created_at, config) VALUES ('r-old', 'success', ?, '{}')", [datetime(2026, 1, 2)])
+    con.execute("INSERT INTO judgements (judgement_id, iteration, response_id, raw_text, score) VALUES ('j1', 1, 'r1', 'Score: 4', 4.0)")
+    con.close()
+
+    store = RunStore(run)
+    assert store.migrate() == [n for n, _ in MIGRATIONS[1:]]
+    assert store.fetch("SELECT run_id, status FROM runs") == [{"run_id": "r-old", "status": "success"}]
+    assert store.fetch("SELECT judgement_id, score FROM judgements") == [{"judgement_id": "j1", "score": 4.0}]
+    columns = {(r["table_name"], r["column_name"]) for r in store.fetch("SELECT table_name, column_name FROM information_schema.columns")}
+    assert {("runs", "inference_dtype"), ("runs", "serving"), ("judgements", "source"), ("eval_calls", "logprobs")} <= columns
+    store.set_status("running")  # the verbs work on the upgraded database
+    assert store.fetch("SELECT status FROM runs") == [{"status": "running"}]
+    assert store.migrate() == []

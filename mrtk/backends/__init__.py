@@ -2,7 +2,9 @@
 `mrtk judge` and `mrtk eval` the same thing whatever the backend: `use(model_dir)` returns a
 backend generating with that model (the embedded one loads it; SGLang swaps its weights),
 `release()` / `resume()` free and take back accelerator memory around training, `close()`
-stops what was started (a launched SGLang server; attached servers are left running)."""
+stops what was started (a launched SGLang server; attached servers are left running),
+`generation_dtype()` says what generation runs in and why. This module is the one place that
+asks which backend a config names."""
 
 from __future__ import annotations
 
@@ -59,11 +61,30 @@ class EmbeddedPolicy:
     def close(self) -> None:
         self.backend = self.model_dir = None
 
+    def generation_dtype(self) -> tuple[str, str]:
+        """(dtype, why): `runtime.inference_dtype`, with `auto` decided for this machine."""
+        from mrtk.hardware import inference_dtype
 
-def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None):
-    """The policy backend of a run config: `EmbeddedPolicy` or `SGLangPolicy` (launched or attached)."""
+        return inference_dtype(self.cfg.runtime.inference_dtype, self.device)
+
+
+def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None):
+    """The policy backend of a run config: `EmbeddedPolicy` or `SGLangPolicy` (launched or attached).
+    `on_serving` gets what a served backend reports at attach (versions, whether seeds are honoured)."""
     if cfg.backend == "sglang":
         from mrtk.backends.sglang import SGLangPolicy
 
-        return SGLangPolicy(cfg.sglang, run_dir, tokenizer_for, info)
+        return SGLangPolicy(cfg.sglang, run_dir, tokenizer_for, info, on_serving)
     return EmbeddedPolicy(cfg, device)
+
+
+def serving_plan(cfg, model: str) -> list[str]:
+    """What `mrtk run --dry-run` says about serving: the SGLang launch line, or the servers attached."""
+    if cfg.backend != "sglang":
+        return []
+    from mrtk.backends.sglang import launch_command
+
+    if cfg.sglang.launch:
+        return ["sglang server: " + " ".join(launch_command(model, cfg.sglang, "M1"))]
+    return [f"sglang: attach to {', '.join(cfg.sglang.urls)}"
+            + (f"; control calls to {', '.join(cfg.sglang.worker_urls)}" if cfg.sglang.worker_urls else "")]

@@ -367,8 +367,8 @@ class SGLangPolicy:
     the servers' versions are checked; `serving` holds what the run records (versions, whether
     seeds are honoured). A new model is loaded in place with a weight update."""
 
-    def __init__(self, cfg, run_dir: Path, tokenizer_for, info=lambda text: None):
-        self.cfg, self.run_dir, self.tokenizer_for, self.info = cfg, Path(run_dir), tokenizer_for, info
+    def __init__(self, cfg, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None):
+        self.cfg, self.run_dir, self.tokenizer_for, self.info, self.on_serving = cfg, Path(run_dir), tokenizer_for, info, on_serving
         self.backend: SGLangBackend | None = None
         self.model_dir: str | None = None
         self.server: Server | None = None
@@ -387,6 +387,7 @@ class SGLangPolicy:
                 urls, self.model_dir = [url], model_dir
             client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, timeout_s=s.request_timeout_s, retries=s.retries)
             self.serving = client.check_servers()
+            self.on_serving(self.serving)
             if not self.serving["seeds_honoured"]:
                 self.info("SGLang ignores sampling_seed on these servers (no --enable-deterministic-inference): samples are "
                           "independent but not reproducible; recorded on the run (runs.serving)")
@@ -410,3 +411,6 @@ class SGLangPolicy:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    def generation_dtype(self) -> tuple[None, str]:
+        return None, "served by SGLang (the server's --dtype)"

@@ -24,25 +24,21 @@ from mrtk.evals import health, metrics
 from mrtk.evals.run import Target, write_results
 from mrtk.parse import parse_score
 from mrtk.rows import derive_seed
-from mrtk.stages.judge import judge_prompt
+from mrtk.prompts import judge_prompt
 from mrtk.ui import QuietUI
 
 
 def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
     ui = ui or QuietUI()
     store, seed = t.store, t.cfg.seed
-    iterations = [r["iteration"] for r in store.fetch("SELECT DISTINCT iteration FROM pairs WHERE kind = 'actor' AND status = 'kept' ORDER BY 1")]
+    iterations = store.pair_iterations("actor")
     per_iteration = max(1, sample // (2 * max(1, len(iterations))))
     chosen_pairs = []
     for it in iterations:
-        kept = store.fetch("SELECT * FROM pairs WHERE kind = 'actor' AND status = 'kept' AND iteration = ? ORDER BY pair_id", [it])
+        kept = store.kept_pairs(it, "actor")
         chosen_pairs += random.Random(derive_seed(seed, "audit", it)).sample(kept, min(per_iteration, len(kept)))
     ids = sorted({p[k] for p in chosen_pairs for k in ("chosen_id", "rejected_id")})
-    responses = {r["response_id"]: r for r in store.fetch("SELECT * FROM responses WHERE response_id IN (SELECT unnest(?))", [ids])}
-    questions = {(r["iteration"], r["prompt_id"]): r["text"] for r in store.fetch("SELECT iteration, prompt_id, text FROM prompts")}
-    self_scores = {r["response_id"]: r["s"] for r in store.fetch(
-        "SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop' AND score IS NOT NULL "
-        "AND response_id IN (SELECT unnest(?)) GROUP BY 1", [ids])}
+    responses, questions, self_scores = store.responses_by_id(ids), store.all_prompts(), store.loop_mean_scores(ids)
     external: dict[str, float] = {}
     with ui.stage(f"audit {judge.model}", len(ids)) as go:
         for rid in ids:

@@ -81,10 +81,10 @@ class ExternalJudge:
 
     def ask(self, messages: list[dict]) -> Reply:
         key = self.key(messages)
-        cached = self.store.fetch("SELECT raw_reply, cost_usd, logprobs FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
+        cached = self.store.cached_call(key)
         if cached:
             self.hits += 1
-            return Reply(cached[0]["raw_reply"], True, True, 0.0, key, top_logprobs=json.loads(cached[0]["logprobs"] or "null"))
+            return Reply(cached["raw_reply"], True, True, 0.0, key, top_logprobs=json.loads(cached["logprobs"] or "null"))
         dry = self.dry_run  # --dry-run-reply: never priced, never counted against --max-cost
         if not dry and self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
             raise MrtkError(f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
@@ -131,15 +131,13 @@ class ExternalJudge:
             return 0.0
 
     def _record(self, key, messages, text, status, error, usage, cost, latency, attempts, top_logprobs=None) -> None:
-        with self.store.tx() as con:
-            con.execute("DELETE FROM eval_calls WHERE call_key = ? AND status = 'failed'", [key]).fetchall()
-            self.store.insert(con, "eval_calls", [{
-                "call_key": key, "model": self.model, "api_base": self.api_base,
-                "messages": [dict(m, content=redact(m.get("content"))) for m in messages], "raw_reply": redact(text),
-                "status": status, "error": error, "prompt_tokens": getattr(usage, "prompt_tokens", None),
-                "completion_tokens": getattr(usage, "completion_tokens", None), "cost_usd": cost, "latency_s": latency,
-                "attempts": attempts, "params": {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                                                 "dry_run": self.dry_run, **self.extra}, "logprobs": top_logprobs}])
+        self.store.record_call({
+            "call_key": key, "model": self.model, "api_base": self.api_base,
+            "messages": [dict(m, content=redact(m.get("content"))) for m in messages], "raw_reply": redact(text),
+            "status": status, "error": error, "prompt_tokens": getattr(usage, "prompt_tokens", None),
+            "completion_tokens": getattr(usage, "completion_tokens", None), "cost_usd": cost, "latency_s": latency,
+            "attempts": attempts, "params": {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                                             "dry_run": self.dry_run, **self.extra}, "logprobs": top_logprobs})
 
 
 def _top_logprobs(resp) -> list[dict] | None:

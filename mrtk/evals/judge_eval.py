@@ -15,7 +15,7 @@ from collections import defaultdict
 from mrtk.config import with_template_sampling
 from mrtk.evals import metrics
 from mrtk.evals.run import Target, write_results
-from mrtk.loop import run_chunks
+from mrtk.runs import run_chunks
 from mrtk.prompts import Template
 from mrtk.rows import judgement_id, pairwise_id
 from mrtk.stages import judge as judge_stage
@@ -44,8 +44,7 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
         cfg = cfg.model_copy(update={"n": n})
     pairwise = template.stage == "pairwise-judge"
     label = f"{template.name}:{cfg.score_mode}:{t.version}"
-    have = {r["item_id"] for r in t.store.fetch("SELECT item_id FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ?",
-                                                 [name, t.iteration, label])}
+    have = {r["item_id"] for r in t.store.eval_items(name, t.iteration, label)}
     questions = {p["example_id"]: p["question"] for p in pairs} | {x["example_id"]: x["question"] for x in lists}
     answers = [{"response_id": f"{p['example_id']}#{side}", "prompt_id": p["example_id"], "text": p[side], "is_duplicate": False}
                for p in pairs for side in ("a", "b")]
@@ -68,7 +67,7 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
                                      run_seed=t.cfg.seed, model_version=t.version, on_progress=go, source="eval"), name, t.iteration, label, False)
         run_chunks(t.store, ui, f"eval judge ({label})", todo, cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows)
 
-    items = t.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ?", [name, t.iteration, label])
+    items = t.store.eval_items(name, t.iteration, label)
     preds, consistency = predictions(items, pairwise)
     labels = [p["label"] for p in pairs]
     agree = metrics.agreement(labels, [preds.get(p["example_id"]) for p in pairs]) if pairs else None

@@ -9,22 +9,21 @@ does what is missing. The external judge is used here and nowhere else.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from mrtk.backends import Request, SamplingParams, open_policy
+from mrtk.data import read_json_or_jsonl
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
-from mrtk.loop import model_for, run_chunks
 from mrtk.models import pick_device
 from mrtk.evals.alpaca_official import Annotator, official_lc
 from mrtk.evals.arena_config import ArenaJudge
 from mrtk.parse import ARENA_SCORES, Parsed, parse_arena, parse_verdict
 from mrtk.prompts import Template, load_template
 from mrtk.rows import derive_seed
-from mrtk.runs import open_run
+from mrtk.runs import model_for, open_run, run_chunks
 from mrtk.ui import QuietUI
 
 ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
@@ -59,7 +58,7 @@ class Target:
 
 def open_target(run_dir: Path, iteration: int | None) -> Target:
     store, cfg, _ = open_run(run_dir)
-    trained = [r["iteration"] for r in store.fetch("SELECT iteration FROM lineage WHERE iteration >= 1 ORDER BY 1")]
+    trained = store.trained_iterations()
     it = trained[-1] if iteration is None and trained else (iteration or 0)
     if it and it not in trained:
         raise MrtkError(f"run {run_dir} has no model from iteration {it}; trained iterations: {trained or 'none'} (0 is the seed model)")
@@ -74,12 +73,14 @@ def load_instructions(path: str | None) -> list[dict]:
     if path is None:
         try:
             from huggingface_hub import hf_hub_download
+            from huggingface_hub.utils import logging as hub_logging
 
+            hub_logging.set_verbosity_error()  # its retry warnings fold into the one error line below
             path = hf_hub_download(ALPACA_HF[0], ALPACA_HF[1], repo_type="dataset")
         except Exception as e:
             raise MrtkError(f"cannot fetch {ALPACA_HF[1]} from {ALPACA_HF[0]} ({type(e).__name__}); give the file with --data "
                             "(AlpacaEval's JSON list of instruction/output, or a JSONL of instructions)") from None
-    rows = _read_json_or_jsonl(Path(path))
+    rows = read_json_or_jsonl(Path(path))
     out = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
@@ -88,68 +89,11 @@ def load_instructions(path: str | None) -> list[dict]:
     return out
 
 
-def _read_json_or_jsonl(path: Path) -> list:
-    if not path.is_file():
-        raise MrtkError(f"eval data {path} not found; check the path")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-        return data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        pass
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MrtkError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
-    return rows
-
-
-def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:
-    """(pairs, ranked lists) from a human-labelled file: LLMBar-style {input, output_1, output_2,
-    label 1|2}, OASST pairs {context, response_a, response_b, label a|b}, PandaLM {instruction,
-    input, response1, response2, annotator1..3} (majority; ties skipped), or OASST ranked lists
-    {context, replies: [{text, rank}]}."""
-    pairs, lists = [], []
-    for i, r in enumerate(_read_json_or_jsonl(Path(path))):
-        eid = str(r.get("id", r.get("idx", r.get("message_tree_id", i))))
-        if "output_1" in r:
-            pairs.append({"example_id": eid, "question": r["input"], "a": r["output_1"], "b": r["output_2"], "label": "a" if int(r["label"]) == 1 else "b"})
-        elif "response_a" in r:
-            pairs.append({"example_id": eid, "question": _context(r["context"]), "a": r["response_a"], "b": r["response_b"], "label": r["label"]})
-        elif "response1" in r:
-            votes = [r.get(f"annotator{k}") for k in (1, 2, 3)]
-            a, b = votes.count(1), votes.count(2)
-            if a != b:
-                question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-                pairs.append({"example_id": eid, "question": question, "a": _text(r["response1"]), "b": _text(r["response2"]), "label": "a" if a > b else "b"})
-        elif "replies" in r:
-            lists.append({"example_id": f"{eid}/{i}", "question": _context(r["context"]), "replies": [(x["text"], x["rank"]) for x in r["replies"]]})
-        else:
-            raise MrtkError(f"{path}: item {i} is not a known human-labelled format (LLMBar, OASST pairs or lists, PandaLM)")
-    if not pairs and not lists:
-        raise MrtkError(f"{path} holds no labelled pairs")
-    return pairs, lists
-
-
-def _text(value) -> str:
-    """Answers as text: PandaLM has a few JSON booleans and numbers where answers go."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _context(ctx) -> str:
-    if isinstance(ctx, str):
-        return ctx
-    return "\n\n".join(f"{'User' if m['role'] == 'prompter' else 'Assistant'}: {m['text']}" for m in ctx) if len(ctx) > 1 else ctx[0]["text"]
-
-
 # -- policy outputs -------------------------------------------------------------------------
 def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: SamplingParams, ui) -> dict[str, dict]:
     """The policy's answer to each example (generated once, then read back)."""
     template = load_template(t.cfg.actor.template, role="actor")
-    have = {r["example_id"] for r in t.store.fetch("SELECT example_id FROM eval_outputs WHERE eval = ? AND iteration = ?", [eval_name, t.iteration])}
+    have = t.store.eval_outputs(eval_name, t.iteration)
     todo = [e for e in examples if e["example_id"] not in have]
 
     def fn(rows, go):
@@ -161,8 +105,7 @@ def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: Samp
                  "seed": s, "latency_s": g.latency_s} for e, [g], s in zip(rows, gens, seeds)]
 
     run_chunks(t.store, ui, f"{eval_name} answers ({t.version})", todo, 1, fn, "eval_outputs", t.cfg.runtime.max_batch_rows)
-    rows = t.store.fetch("SELECT * FROM eval_outputs WHERE eval = ? AND iteration = ?", [eval_name, t.iteration])
-    return {r["example_id"]: r for r in rows}
+    return t.store.eval_outputs(eval_name, t.iteration)
 
 
 # -- external pairwise evals -------------------------------------------------------------------
@@ -170,8 +113,7 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                       baseline: dict[str, str], *, both_orders: bool, ui) -> list[dict]:
     """Judge the policy against the baseline on each example; one eval_items row per game.
     Single order: policy first or second by a seeded coin per example; both orders: two games."""
-    done = {r["item_id"]: r for r in t.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ?",
-                                                   [eval_name, t.iteration, judge.model])}
+    done = {r["item_id"]: r for r in t.store.eval_items(eval_name, t.iteration, judge.model)}
     games = []
     for e in examples:
         first = random.Random(derive_seed(t.cfg.seed, eval_name, e["example_id"])).random() < 0.5
@@ -206,8 +148,7 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 "parse_reason": parsed.reason if parsed else "external_call_failed", "cache_hit": reply.cache_hit,
                 "cost_usd": reply.cost_usd}])
             go(1)
-    return t.store.fetch("SELECT * FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ? ORDER BY item_id",
-                         [eval_name, t.iteration, judge.model])
+    return t.store.eval_items(eval_name, t.iteration, judge.model)
 
 
 def _verdict(template: Template, text: str, policy_first: bool):
@@ -235,9 +176,7 @@ def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tupl
     """numbers: metric -> (value, ci_low, ci_high, n)."""
     rows = [{"eval": eval_name, "iteration": t.iteration, "judge": judge, "metric": m, "value": v, "ci_low": lo, "ci_high": hi,
              "n": n, "details": details} for m, (v, lo, hi, n) in numbers.items()]
-    with t.store.tx() as con:
-        con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [eval_name, t.iteration, judge]).fetchall()
-        t.store.insert(con, "eval_results", rows)
+    t.store.record_eval_results(eval_name, t.iteration, judge, rows)
 
 
 def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str, float]) -> tuple | None:
@@ -245,9 +184,8 @@ def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str,
     the examples both judged (x100, in points): (diff, ci_low, ci_high, n), or None."""
     from mrtk.evals import health
 
-    before = metrics.group_mean([(r["example_id"], r["preference"]) for r in t.store.fetch(
-        "SELECT example_id, preference FROM eval_items WHERE eval = ? AND iteration = ? AND judge = ? AND preference IS NOT NULL",
-        [eval_name, t.iteration - 1, judge])])
+    before = metrics.group_mean([(r["example_id"], r["preference"]) for r in t.store.eval_items(eval_name, t.iteration - 1, judge)
+                                 if r["preference"] is not None])
     ids = sorted(set(before) & set(prefs))
     if not ids:
         return None
@@ -315,9 +253,9 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
 
 def load_arena(question_file: str, baseline_file: str, limit: int | None) -> tuple[list[dict], dict[str, str]]:
     questions = [{"example_id": q["uid"], "instruction": q["prompt"] if "prompt" in q else q["turns"][0]["content"]}
-                 for q in _read_json_or_jsonl(Path(question_file))]
+                 for q in read_json_or_jsonl(Path(question_file))]
     baseline = {}
-    for a in _read_json_or_jsonl(Path(baseline_file)):
+    for a in read_json_or_jsonl(Path(baseline_file)):
         content = a["messages"][-1]["content"] if "messages" in a else a["choices"][0]["turns"][0]
         baseline[a["uid"]] = content["answer"] if isinstance(content, dict) else content
     questions = [q for q in questions if q["example_id"] in baseline][:limit]

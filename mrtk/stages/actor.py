@@ -1,4 +1,4 @@
-"""Actor stage: K sampled responses per prompt, exact duplicates flagged (METHOD.md 1.2)."""
+"""Actor stage: K sampled responses per prompt, exact duplicates flagged (docs/METHOD.md 1.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Judge stage: N judgements per response, parsed per METHOD.md section 2.
+"""Judge stage: N judgements per response, parsed per docs/METHOD.md section 2.
 
 Two modes. `structured` (the embedded default; SmolLM2-135M never writes `Score: X` by
 itself): a short sampled justification, then the fixed text "\\nScore: ", then the
@@ -9,31 +9,16 @@ Failures are rows with score NULL and a reason; they are never zeros.
 
 from __future__ import annotations
 
-from mrtk.backends.base import Backend, Progress, Request, SamplingParams
+from mrtk.backends.base import Backend, Progress, Request
 from mrtk.config import JudgeCfg
-from mrtk.parse import expected_score, parse_score, parse_verdict
-from mrtk.prompts import Template
+from mrtk.parse import expected_score, p_first, parse_score, parse_verdict, sample_verdict
+from mrtk.programs import PAIRWISE, raw_text, run_program, score_program
+from mrtk.prompts import Template, judge_prompt
 from mrtk.rows import derive_seed, format_score, judgement_id, pairwise_id
-from mrtk.stages.meta_judge import p_first, sample_verdict
-
-SCORE_SUFFIX = "\nScore: "
-SCORE_STOPS = ("Score:", "score:", "SCORE:")
-PAIR_SUFFIX = "\nWinner: Response"
-PAIR_CHOICES = {"A": " A", "B": " B"}
-PAIR_STOPS = ("Winner", "winner", "WINNER")
-
-
-def score_choices(template: Template) -> dict[str, str]:
-    low, high = (int(x) for x in template.score_range)
-    return {str(d): str(d) for d in range(low, high + 1)}
 
 
 def rejudge_key(template: Template, score_mode: str, model_version: str) -> str:
     return f"{template.hash}.{score_mode}.{model_version}"
-
-
-def judge_prompt(template: Template, question: str, response: str) -> str:
-    return template.render(question=question, response=response)
 
 
 def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str], cfg: JudgeCfg, template: Template, *,
@@ -41,26 +26,21 @@ def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str]
               source: str = "loop") -> list[dict]:
     """response rows -> judgement rows (N per response). Re-judgements (`source` "rejudge") are
     keyed by template hash, score mode and model, so they never collide with the loop's rows."""
-    structured = cfg.score_mode == "structured"
+    program = score_program(template) if cfg.score_mode == "structured" else None
     key = template.hash if source == "loop" else rejudge_key(template, cfg.score_mode, model_version)
-    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, SCORE_STOPS if structured else ())
     seeds = [tuple(derive_seed(run_seed, iteration, "judge", key, r["response_id"], j) for j in range(cfg.n))
              for r in responses]
     requests = [Request(judge_prompt(template, questions[r["prompt_id"]], r["text"]), s) for r, s in zip(responses, seeds)]
-    if structured:
-        outputs = backend.generate(requests, params, suffix=SCORE_SUFFIX, choices=score_choices(template), on_progress=on_progress)
-    else:
-        outputs = backend.generate(requests, params, on_progress=on_progress)
+    params, outputs = run_program(backend, requests, cfg, program, on_progress)
     rows = []
     for r, gens, row_seeds in zip(responses, outputs, seeds):
         for j, (g, seed) in enumerate(zip(gens, row_seeds)):
-            if structured:
-                raw = g.text + SCORE_SUFFIX
+            raw = raw_text(g, program)
+            if program:  # the expected score over the digits' probabilities, written after the suffix
                 parsed = expected_score(g.choice_probs or {})
                 text = raw + format_score(parsed.value) if parsed.ok else raw
             else:
-                raw = text = g.text
-                parsed = parse_score(raw, *template.score_range)
+                text, parsed = raw, parse_score(raw, *template.score_range)
             rows.append({
                 "judgement_id": judgement_id(r["response_id"], key, j), "iteration": iteration, "source": source,
                 "response_id": r["response_id"], "prompt_id": r["prompt_id"], "sample_idx": j,
@@ -90,24 +70,21 @@ def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questio
     """(response A, response B) games -> pairwise judgement rows (N per game).
     structured: justification, then "\nWinner: Response" and a verdict sampled from the
     probabilities of " A" / " B" (as the meta-judge); free_text: parse `Winner: Response X`."""
-    structured = cfg.score_mode == "structured"
+    program = PAIRWISE if cfg.score_mode == "structured" else None
     key = rejudge_key(template, cfg.score_mode, model_version)
-    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, PAIR_STOPS if structured else ())
     seeds = [tuple(derive_seed(run_seed, iteration, "pairwise", key, a["response_id"], b["response_id"], j) for j in range(cfg.n))
              for a, b in games]
     requests = [Request(template.render(question=questions[a["prompt_id"]], response_a=a["text"], response_b=b["text"]), s)
                 for (a, b), s in zip(games, seeds)]
-    if structured:
-        outputs = backend.generate(requests, params, suffix=PAIR_SUFFIX, choices=PAIR_CHOICES, on_progress=on_progress)
-    else:
-        outputs = backend.generate(requests, params, on_progress=on_progress)
+    params, outputs = run_program(backend, requests, cfg, program, on_progress)
     rows = []
     for (a, b), gens, game_seeds in zip(games, outputs, seeds):
         for j, (g, seed) in enumerate(zip(gens, game_seeds)):
-            if structured:
-                raw, parsed, p_a = g.text + PAIR_SUFFIX, sample_verdict(g.choice_probs or {}, cfg.temperature, seed), p_first(g.choice_probs or {})
+            raw = raw_text(g, program)
+            if program:
+                parsed, p_a = sample_verdict(g.choice_probs or {}, cfg.temperature, seed), p_first(g.choice_probs or {})
             else:
-                raw, parsed, p_a = g.text, parse_verdict(g.text, "response"), None
+                parsed, p_a = parse_verdict(g.text, "response"), None
             rows.append({
                 "judgement_id": pairwise_id(a["response_id"], b["response_id"], key, j), "iteration": iteration,
                 "prompt_id": a["prompt_id"], "response_a": a["response_id"], "response_b": b["response_id"],

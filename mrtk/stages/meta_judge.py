@@ -1,4 +1,4 @@
-"""Meta-judge stage: battles among one response's judgements, position weights, Elo (METHOD.md 4).
+"""Meta-judge stage: battles among one response's judgements, position weights, Elo (docs/METHOD.md 4).
 
 1. Per prompt, the response whose valid judge scores vary most (seeded tie-break).
 2. Every ordered pair of its distinct valid judgements is a battle (both orders).
@@ -19,15 +19,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from mrtk.backends.base import Backend, Progress, Request, SamplingParams
+from mrtk.backends.base import Backend, Progress, Request
 from mrtk.config import MetaJudgeCfg
-from mrtk.parse import Parsed, parse_verdict
+from mrtk.parse import p_first, parse_verdict, sample_verdict
+from mrtk.programs import META, raw_text, run_program
 from mrtk.prompts import Template
 from mrtk.rows import derive_seed, meta_id
-
-VERDICT_SUFFIX = "\nWinner: Judgement"
-VERDICT_CHOICES = {"A": " A", "B": " B"}
-VERDICT_STOPS = ("Winner", "winner", "WINNER")
 _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
 
 
@@ -70,27 +67,22 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
                    cfg: MetaJudgeCfg, template: Template, *, iteration: int, run_seed: int, model_version: str,
                    on_progress: Progress | None = None) -> list[dict]:
     """(judgement A, judgement B) battles -> meta-judgement rows."""
-    structured = cfg.mode == "structured"
+    program = META if cfg.mode == "structured" else None
     show_scores = cfg.show_scores and template.show_scores  # a NeMo-style template hides them whatever the config
-    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, VERDICT_STOPS if structured else ())
     seeds = [derive_seed(run_seed, iteration, "meta", template.hash, a["judgement_id"], b["judgement_id"]) for a, b in fights]
     requests = [
         Request(template.render(question=questions[a["prompt_id"]], response=responses[a["response_id"]],
                                 judgement_a=shown(a, show_scores), judgement_b=shown(b, show_scores)), (s,))
         for (a, b), s in zip(fights, seeds)
     ]
-    if structured:
-        outputs = backend.generate(requests, params, suffix=VERDICT_SUFFIX, choices=VERDICT_CHOICES, on_progress=on_progress)
-    else:
-        outputs = backend.generate(requests, params, on_progress=on_progress)
+    params, outputs = run_program(backend, requests, cfg, program, on_progress)
     rows = []
     for (a, b), [g], seed in zip(fights, outputs, seeds):
-        if structured:
-            raw = g.text + VERDICT_SUFFIX
-            parsed = sample_verdict(g.choice_probs or {}, cfg.temperature, seed)
-            p_a = p_first(g.choice_probs or {})
+        raw = raw_text(g, program)
+        if program:
+            parsed, p_a = sample_verdict(g.choice_probs or {}, cfg.temperature, seed), p_first(g.choice_probs or {})
         else:
-            raw, parsed, p_a = g.text, parse_verdict(g.text), None
+            parsed, p_a = parse_verdict(g.text), None
         verdict = parsed.value
         rows.append({
             "meta_id": meta_id(a["judgement_id"], b["judgement_id"], template.hash), "iteration": iteration,
@@ -103,23 +95,6 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
             "sampling": params.as_dict(), "seed": seed, "n_tokens": g.n_tokens, "latency_s": g.latency_s,
         })
     return rows
-
-
-def p_first(probs: dict[str, float]) -> float | None:
-    total = probs.get("A", 0.0) + probs.get("B", 0.0)
-    return probs.get("A", 0.0) / total if total > 0 else None
-
-
-def sample_verdict(probs: dict[str, float], temperature: float, seed: int) -> Parsed:
-    """A or B from the two tokens' probabilities (tempered); argmax at temperature 0."""
-    p_a = p_first(probs)
-    if p_a is None:
-        return Parsed(None, "failed", "no_mass_on_verdict_tokens")
-    if temperature == 0.0 or p_a in (0.0, 1.0):
-        return Parsed("A" if p_a >= 0.5 else "B", "ok")
-    la, lb = math.log(p_a) / temperature, math.log(1.0 - p_a) / temperature
-    p_a = 1.0 / (1.0 + math.exp(lb - la))
-    return Parsed("A" if random.Random(seed).random() < p_a else "B", "ok")
 
 
 def position_weights(meta_rows: list[dict], scope: str) -> dict[str, tuple[float, float]]:

@@ -1,4 +1,4 @@
-"""Pairs stage: actor pairs with length control and judge pairs from Elo (METHOD.md 3 and 4).
+"""Pairs stage: actor pairs with length control and judge pairs from Elo (docs/METHOD.md 3 and 4).
 
 Every prompt yields exactly one pair row per kind: kept, or dropped with the reason, so
 `SELECT reason, count(*) FROM pairs GROUP BY 1` explains where the training data went.

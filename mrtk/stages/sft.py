@@ -1,5 +1,5 @@
 """Optional SFT stage before iteration 1 (the paper's EFT step: the seed is first fine-tuned on
-judge data built from human rankings; METHOD.md section 1). LoRA SFT with TRL, merged into M1.
+judge data built from human rankings; docs/METHOD.md section 1). LoRA SFT with TRL, merged into M1.
 
 The data file is JSONL, one `{"prompt": ..., "completion": ...}` per line. Examples longer
 than `sft.max_length` tokens are dropped and counted, never truncated silently.

@@ -2,7 +2,7 @@
 
 The reference model is the iteration's starting model with the adapter disabled (PEFT), so
 no second copy sits in memory. TRL drops pairs longer than `max_length` with only a progress
-bar to say so (CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
+bar to say so (docs/CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
 with a recorded reason, hand TRL `max_length=None` (nothing left to truncate), and check that
 TRL trained on exactly the pairs we handed it. The trainer plumbing here is shared with the
 SFT stage (`stages/sft.py`).
@@ -19,8 +19,7 @@ from mrtk import faults
 from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
-from mrtk.prompts import Template
-from mrtk.stages.judge import judge_prompt
+from mrtk.prompts import Template, judge_prompt
 
 
 def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: dict[str, dict],

@@ -1,7 +1,8 @@
-"""The run database: migrations, bulk writes, read-only queries.
+"""The run database's mechanics: connections, migrations, bulk writes, read-only opening.
+What the loop and the commands ask of a run's data are verbs on `RunStore` (store/run.py).
 
 DuckDB lets one process hold a file read-write and then no other process may open it, not
-even read-only (CPU_NOTES.md). So the writer never holds the file across model work: each
+even read-only (docs/CPU_NOTES.md). So the writer never holds the file across model work: each
 write opens a connection, runs one transaction and closes (a few ms), and `mrtk query` in
 another process retries briefly until it gets in. Bulk inserts go through Arrow tables.
 """
@@ -86,7 +87,7 @@ def _columns(rows: list[dict]) -> dict[str, list]:
     return {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
 
 
-class RunStore:
+class Database:
     """Read-write access to one run's database, a short transaction at a time."""
 
     def __init__(self, run_dir: Path, wait_s: float = 60.0):

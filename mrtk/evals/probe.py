@@ -1,0 +1,36 @@
+"""Judge health inside the loop (`probe.*`): M_t's judge on human-labelled pairs, with the paired
+change from M_{t-1}, and the drift of its scores on a frozen set of iteration-1 responses.
+The loop generates; this module turns what was judged into `eval_results` rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mrtk.evals import health
+from mrtk.evals.judge_eval import judge_agreement, pair_credits, predictions
+from mrtk.evals.run import Target, write_results
+
+
+def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> None:
+    """Agreement with the human labels (ties 0.5), and from the second model on the paired
+    bootstrap change from the previous model with its verdict."""
+    name = f"probe:{Path(probe_cfg.file).stem}"
+    res = judge_agreement(t, pairs, [], template, n=probe_cfg.n, name=name, ui=ui)
+    previous = t.store.eval_items(name, t.iteration - 1)
+    if previous:  # the paired change from the previous model, per probe pair
+        before = pair_credits(pairs, predictions(previous, False)[0])
+        ids = sorted(set(before) & set(res["credits"]))
+        change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
+        numbers = dict(res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"]))
+        write_results(t, name, res["judge"], numbers, {"verdict": health.verdict(change), "template": template.hash})
+
+
+def record_drift(t: Target, frozen: list[dict], template, key: str | None, score_mode: str) -> None:
+    """Mean shift, top-score share, tie rate and score-length r of M_t's scores on the frozen
+    responses against iteration 1's loop scores (`key` None: M1 itself, the baseline)."""
+    ids = [r["response_id"] for r in frozen]
+    base = t.store.mean_scores(1, template_hash=template.hash, ids=ids)
+    now = base if key is None else t.store.mean_scores(1, key=key, ids=ids)
+    numbers = health.drift(base, now, {r["response_id"]: r["n_chars"] for r in frozen}, {r["response_id"]: r["prompt_id"] for r in frozen},
+                           template.score_range[1])
+    write_results(t, "frozen", f"{template.name}:{score_mode}:{t.version}", numbers, {"responses": len(ids), "template": template.hash})

@@ -1,0 +1,75 @@
+"""A run's inputs, checked before any weights load: templates (the meta-judge bound to the judge's
+rubric), the prompt pool, SFT examples, the model path, the probe pairs, the accelerate config,
+and (with the tokenizer) every prompt's and the longest meta-judge call's length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mrtk import trackers
+from mrtk.config import RunConfig, with_template_sampling
+from mrtk.data import load_human_pairs, load_pool, resolve_data_file, resolve_dir
+from mrtk.errors import MrtkError
+from mrtk.models import chat_token_ids, resolve_model
+from mrtk.prompts import bind_meta_judge, load_template
+from mrtk.stages import sft
+
+
+def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer: bool = True) -> dict:
+    """Everything that can be checked without loading weights: templates, data files, model path,
+    and (with the tokenizer, which a hub id downloads) prompt and context lengths.
+    Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
+    dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
+    judge_t = load_template(cfg.judge.template, dirs, role="judge")
+    inputs = {
+        "templates": {
+            "actor": load_template(cfg.actor.template, dirs, role="actor"),
+            "judge": judge_t,
+            "meta_judge": bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t),
+        },
+        "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
+        "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
+        "model": resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model,  # embedded: no GGUF conversion
+    }
+    trackers.check_installed(cfg.train.report_to)
+    if cfg.probe.file:  # human-labelled pairs M_t judges every iteration
+        probe = str(resolve_data_file(cfg.probe.file, config_dir, "probe.file"))
+        pairs, _ = load_human_pairs(probe)
+        if not pairs:
+            raise MrtkError(f"probe.file {cfg.probe.file}: no labelled pairs in it; give LLMBar/MT-Bench-human style pairs (mrtk eval judge's format)")
+        inputs["probe"] = pairs[: cfg.probe.limit]
+        cfg.probe.file = probe
+    if cfg.train.accelerate_config:  # as given, beside the config, or shipped (accelerate/zero3_8gpu.yaml)
+        cfg.train.accelerate_config = str(resolve_data_file(cfg.train.accelerate_config, config_dir, "train.accelerate_config", "experiments",
+                                                            "give an accelerate config file (see experiments/accelerate/)").resolve())
+    for name in ("actor", "judge", "meta_judge"):  # the effective sampling (config > template > default) is what the run stores
+        setattr(cfg, name, with_template_sampling(getattr(cfg, name), inputs["templates"][name]))
+    if load_tokenizer:
+        check_lengths(cfg, inputs)
+    return inputs
+
+
+def check_lengths(cfg: RunConfig, inputs: dict) -> None:
+    """Every prompt of the pool within prompts.max_prompt_tokens, and the longest meta-judge prompt
+    the run can build (template + prompt + response + two judgements) within the model's context."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(inputs["model"])
+    limit = cfg.prompts.max_prompt_tokens
+    for p in inputs["pool"]:
+        prompt_tokens(tok, p, limit)
+    context = getattr(AutoConfig.from_pretrained(inputs["model"]), "max_position_embeddings", None)
+    meta = len(tok(inputs["templates"]["meta_judge"].body, add_special_tokens=False)["input_ids"])
+    worst = meta + limit + cfg.actor.max_new_tokens + 2 * (cfg.judge.max_new_tokens + 8) + cfg.meta_judge.max_new_tokens + 16
+    if context and worst > context:
+        raise MrtkError(f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "
+                        "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge")
+
+
+def prompt_tokens(tok, prompt: dict, limit: int) -> int:
+    """A prompt's length in tokens as the actor sees it (chat template applied), refused over `limit`."""
+    n = len(chat_token_ids(tok, [{"role": "user", "content": prompt["text"]}], add_generation_prompt=True))
+    if n > limit:
+        raise MrtkError(f"prompt {prompt['prompt_id']}{' of ' + prompt['source'] if prompt.get('source') else ''} is {n} tokens, "
+                        f"over prompts.max_prompt_tokens={limit}; shorten or remove it, or raise the limit")
+    return n

@@ -1,0 +1,228 @@
+"""One run's data as verbs (simonw/llm's `LogStore`): what the loop, `mrtk judge` and `mrtk eval`
+read and write, so the SQL lives here and the callers say what they want.
+
+Loop rows are the judgements with `source = 'loop'` under the run's judge template hash;
+re-judgements (`mrtk judge`, the frozen drift set) carry their key (template hash, score mode,
+model version) inside their ids: `.../<key>/j<k>`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from mrtk.store.db import Database
+
+# Tables that hold one iteration's derived rows, recomputed whole (never appended to).
+_PER_ITERATION = ("elo", "pairs")
+
+
+def _keyed(key: str) -> str:
+    """The LIKE pattern of the judgement ids written under a re-judgement key."""
+    return f"%/{key}/j%"
+
+
+class RunStore(Database):
+    # -- the run row ------------------------------------------------------------------------
+    def config(self) -> dict | None:
+        """The stored runs row's config and config path, or None for a run never started."""
+        rows = self.fetch("SELECT config, config_path FROM runs")
+        return rows[0] if rows else None
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        with self.tx() as con:
+            con.execute("UPDATE runs SET status = ?, updated_at = ?, error = ?", [status, datetime.now(), error]).fetchall()
+
+    def record_generation_dtype(self, dtype: str | None, why: str) -> None:
+        with self.tx() as con:
+            con.execute("UPDATE runs SET inference_dtype = ?, inference_dtype_reason = ?", [dtype, why]).fetchall()
+
+    def record_serving(self, serving: dict) -> None:
+        """What a served backend reported at attach (versions, whether seeds are honoured)."""
+        with self.tx() as con:
+            con.execute("UPDATE runs SET serving = ?", [json.dumps(serving)]).fetchall()
+
+    # -- stages -----------------------------------------------------------------------------
+    def stage_done(self, it: int, name: str) -> bool:
+        return bool(self.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name]))
+
+    @contextmanager
+    def stage(self, it: int, name: str, on_end=lambda: None):
+        """Bookkeeping around a stage body: a `stages` row, running then done with its seconds.
+        The body runs even for a finished stage (every body computes only what is missing), and
+        then nothing is recorded. `on_end` runs before the row is marked done (memory release)."""
+        if self.stage_done(it, name):
+            yield
+            return
+        t0 = time.time()
+        self.write("stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
+        yield
+        on_end()
+        with self.tx() as con:
+            con.execute("UPDATE stages SET status = 'done', finished_at = ?, seconds = ? WHERE iteration = ? AND stage = ?",
+                        [datetime.now(), time.time() - t0, it, name]).fetchall()
+
+    # -- what one iteration holds -------------------------------------------------------------
+    def prompts(self, it: int) -> list[dict]:
+        return self.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = ? ORDER BY prompt_id", [it])
+
+    def all_prompts(self) -> dict[tuple[int, str], str]:
+        """(iteration, prompt_id) -> text, every iteration."""
+        return {(r["iteration"], r["prompt_id"]): r["text"] for r in self.fetch("SELECT iteration, prompt_id, text FROM prompts")}
+
+    def responses(self, it: int) -> list[dict]:
+        return self.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
+
+    def responses_by_id(self, ids: list[str]) -> dict[str, dict]:
+        return {r["response_id"]: r for r in self.fetch("SELECT * FROM responses WHERE response_id IN (SELECT unnest(?))", [ids])}
+
+    def response_iterations(self) -> list[int]:
+        return [r["iteration"] for r in self.fetch("SELECT DISTINCT iteration FROM responses ORDER BY 1")]
+
+    def answered_prompts(self, it: int) -> set[str]:
+        return {r["prompt_id"] for r in self.fetch("SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", [it])}
+
+    def loop_judgements(self, it: int, template_hash: str) -> list[dict]:
+        return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
+                          [it, template_hash])
+
+    def loop_judged(self, it: int, template_hash: str) -> set[str]:
+        """Response ids the loop has judged under this template."""
+        return {r["response_id"] for r in self.fetch(
+            "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop'", [it, template_hash])}
+
+    def rejudged(self, it: int, key: str) -> set[str]:
+        """Response ids judged under a re-judgement key (mrtk judge, the frozen drift set)."""
+        return {r["response_id"] for r in self.fetch(
+            "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND judgement_id LIKE ?", [it, _keyed(key)])}
+
+    def pairwise_judged(self, it: int) -> set[str]:
+        return {r["judgement_id"] for r in self.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
+
+    def mean_scores(self, it: int, *, template_hash: str | None = None, key: str | None = None, ids: list[str] | None = None) -> dict[str, float]:
+        """response_id -> mean parsed score: the loop's judgements under `template_hash`, or those
+        of a re-judgement `key`; only `ids` when given."""
+        where, params = ("source = 'loop' AND template_hash = ?", [template_hash]) if key is None else ("judgement_id LIKE ?", [_keyed(key)])
+        if ids is not None:
+            where, params = where + " AND response_id IN (SELECT unnest(?))", params + [ids]
+        got = self.fetch(f"SELECT response_id, avg(score) AS s FROM judgements WHERE iteration = ? AND score IS NOT NULL AND {where} "
+                         "GROUP BY 1", [it] + params)
+        return {r["response_id"]: r["s"] for r in got}
+
+    def loop_mean_scores(self, ids: list[str]) -> dict[str, float]:
+        """response_id -> mean loop score, whatever the iteration (the audit's self-scores)."""
+        return {r["response_id"]: r["s"] for r in self.fetch(
+            "SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop' AND score IS NOT NULL "
+            "AND response_id IN (SELECT unnest(?)) GROUP BY 1", [ids])}
+
+    def meta_judged(self, it: int, template_hash: str) -> set[tuple[str, str]]:
+        return {(m["judgement_a"], m["judgement_b"]) for m in self.fetch(
+            "SELECT judgement_a, judgement_b FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])}
+
+    def meta_judgements(self, it: int, template_hash: str) -> list[dict]:
+        return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])
+
+    def kept_pairs(self, it: int, kind: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept'" + (" AND kind = ?" if kind else "") + " ORDER BY pair_id"
+        return self.fetch(sql, [it] + ([kind] if kind else []))
+
+    def pair_iterations(self, kind: str) -> list[int]:
+        """Iterations with kept pairs of this kind."""
+        return [r["iteration"] for r in self.fetch("SELECT DISTINCT iteration FROM pairs WHERE kind = ? AND status = 'kept' ORDER BY 1", [kind])]
+
+    def drop_pairs(self, reasons: dict[str, str]) -> None:
+        """Mark kept pairs dropped (pair_id -> reason), e.g. too long to train on."""
+        with self.tx() as con:
+            for pair_id, reason in reasons.items():
+                con.execute("UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]).fetchall()
+
+    def replace_iteration(self, table: str, it: int, rows: list[dict]) -> None:
+        """An iteration's derived rows (elo, pairs), replaced whole in one transaction."""
+        if table not in _PER_ITERATION:
+            raise ValueError(f"{table} is not a per-iteration table ({', '.join(_PER_ITERATION)})")
+        with self.tx() as con:
+            con.execute(f"DELETE FROM {table} WHERE iteration = ?", [it]).fetchall()
+            self.insert(con, table, rows)
+
+    def count(self, table: str) -> int:
+        return self.fetch(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+    def iteration_numbers(self, it: int) -> dict:
+        """One iteration's numbers for the summary table and the trackers: judge scores (mean,
+        spread, top-score share, unparsed share), responses, meta-judge biases (first position,
+        higher score), pairs by kind/status/reason, DPO's first and last loss."""
+        q = self.fetch
+        j = q("""SELECT count(*) AS n, count(score) AS parsed, avg(score) AS mean_score, stddev_pop(score) AS sd,
+                        avg((score >= 4.5)::INT) AS top, 1 - count(score) / count(*) AS unparsed
+                 FROM judgements WHERE iteration = ? AND source = 'loop'""", [it])[0]
+        r = q("SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?", [it])[0]
+        m = q("""SELECT count(*) AS n, count(m.verdict) AS parsed, avg((m.verdict = 'A')::INT) AS first_pos,
+                        avg(CASE WHEN ja.score <> jb.score THEN ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share
+                 FROM meta_judgements m LEFT JOIN judgements ja ON ja.judgement_id = m.judgement_a
+                 LEFT JOIN judgements jb ON jb.judgement_id = m.judgement_b WHERE m.iteration = ?""", [it])[0]
+        reasons = q("SELECT kind, status, reason, count(*) AS n FROM pairs WHERE iteration = ? GROUP BY ALL ORDER BY ALL", [it])
+        t = q("""SELECT arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss,
+                        arg_max(reward_margin, step) AS last_margin, count(*) AS steps
+                 FROM train_metrics WHERE iteration = ?""", [it])[0]
+        return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t}
+
+    # -- models -------------------------------------------------------------------------------
+    def record_training(self, it: int, base: str, out: Path, metrics: list[dict], stats: dict, n_in: int, n_trained: int,
+                        n_too_long: int) -> None:
+        """What iteration `it` trained (lineage) and its per-step metrics, replacing a partial record."""
+        with self.tx() as con:
+            con.execute("DELETE FROM train_metrics WHERE iteration = ?", [it]).fetchall()
+            self.insert(con, "train_metrics", metrics)
+            self.insert(con, "lineage", [{
+                "iteration": it, "base_model": self.in_run(base), "output_model": self.in_run(out), "pairs_in": n_in,
+                "pairs_trained": n_trained, "pairs_dropped_too_long": n_too_long, "stats": stats,
+                "finished_at": datetime.now()}])
+
+    def output_model(self, it: int) -> Path | None:
+        """The model directory iteration `it` trained (stored relative to the run: runs can move)."""
+        rows = self.fetch("SELECT output_model FROM lineage WHERE iteration = ?", [it])
+        return self.run_dir / rows[0]["output_model"] if rows else None
+
+    def trained_iterations(self) -> list[int]:
+        return [r["iteration"] for r in self.fetch("SELECT iteration FROM lineage WHERE iteration >= 1 ORDER BY 1")]
+
+    def in_run(self, path) -> str:
+        """Paths inside the run directory are stored relative to it, so a run can be moved."""
+        try:
+            return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    # -- evals --------------------------------------------------------------------------------
+    def eval_outputs(self, name: str, it: int) -> dict[str, dict]:
+        """example_id -> the policy's stored answer for one eval and model iteration."""
+        return {r["example_id"]: r for r in self.fetch("SELECT * FROM eval_outputs WHERE eval = ? AND iteration = ?", [name, it])}
+
+    def eval_items(self, name: str, it: int, judge: str | None = None) -> list[dict]:
+        """Judged items of one eval and model iteration (one judge's, when given), by item id."""
+        sql = "SELECT * FROM eval_items WHERE eval = ? AND iteration = ?" + (" AND judge = ?" if judge is not None else "") + " ORDER BY item_id"
+        return self.fetch(sql, [name, it] + ([judge] if judge is not None else []))
+
+    def record_eval_results(self, name: str, it: int, judge: str, rows: list[dict]) -> None:
+        """One eval's numbers for a model iteration and judge, replacing the previous ones."""
+        with self.tx() as con:
+            con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [name, it, judge]).fetchall()
+            self.insert(con, "eval_results", rows)
+
+    def health_results(self) -> list[dict]:
+        """The judge-health numbers (human probe pairs, the frozen drift set) of every iteration."""
+        return self.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
+
+    def cached_call(self, key: str) -> dict | None:
+        """A successful external call with this key (eval_calls), or None."""
+        rows = self.fetch("SELECT raw_reply, cost_usd, logprobs FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
+        return rows[0] if rows else None
+
+    def record_call(self, row: dict) -> None:
+        """One external call; a failed attempt under the same key is replaced."""
+        with self.tx() as con:
+            con.execute("DELETE FROM eval_calls WHERE call_key = ? AND status = 'failed'", [row["call_key"]]).fetchall()
+            self.insert(con, "eval_calls", [row])
