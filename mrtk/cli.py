@@ -212,25 +212,16 @@ app.add_typer(prompts_app, name="prompts")
 @prompts_app.command("list")
 def prompts_list(dirs: List[Path] = PromptDirs) -> None:
     """Every template found, with role, parser, score range, variables and hash."""
-    from mrtk.prompts import load_template, template_dirs
-    from mrtk.resources import asset_dir
+    from mrtk.prompts import discover
 
-    shipped = asset_dir("prompts")
     table = Table("stage", "parser", "range", "variables", "hash", "from")
     table.columns.insert(0, Column("name", no_wrap=True))
-    seen = set()
-    for d in template_dirs(dirs):
-        for path in sorted(d.glob("*.md")) if d.is_dir() else []:
-            if path.stem in seen:
-                continue
-            seen.add(path.stem)
-            try:
-                t = load_template(str(path))
-            except MrtkError as e:
-                table.add_row(path.stem, "[red]invalid[/red]", "", "", str(e), "", str(d))
-                continue
-            rng = f"{t.score_range[0]:g}-{t.score_range[1]:g}" if t.parser == "score" else ""
-            table.add_row(path.stem, t.stage, t.parser, rng, ", ".join(t.variables), t.hash, "shipped" if d == shipped else str(d))
+    for name, t, where in discover(dirs):
+        if isinstance(t, MrtkError):
+            table.add_row(name, "[red]invalid[/red]", "", "", str(t), "", where)
+            continue
+        rng = f"{t.score_range[0]:g}-{t.score_range[1]:g}" if t.parser == "score" else ""
+        table.add_row(name, t.stage, t.parser, rng, ", ".join(t.variables), t.hash, where)
     out.print(table)
 
 
@@ -351,10 +342,14 @@ MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in t
 
 
 def _external(store, model, api_base, max_cost, dry, template):
+    """The external judge of an eval template, its sampling merged as the loop merges a stage's
+    (config.with_template_sampling): a bad value in the template is a one-line error."""
+    from mrtk.config import EvalJudgeSampling, with_template_sampling
     from mrtk.evals.external import ExternalJudge
 
+    sampling = with_template_sampling(EvalJudgeSampling(), template)
     return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                         temperature=float(template.sampling.get("temperature", 0.0)), max_tokens=int(template.sampling.get("max_new_tokens", 512)))
+                         temperature=sampling.temperature, max_tokens=sampling.max_new_tokens)
 
 
 def _print_eval(title: str, res: dict) -> None:

@@ -12,7 +12,6 @@ many of one set's pairs the other set reverses.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -21,23 +20,7 @@ from mrtk.config import validate_config
 from mrtk.errors import MrtkError
 from mrtk.evals.metrics import pearson, wilson
 from mrtk.stages.pairs import actor_pairs
-from mrtk.store.db import DB_NAME, dict_rows, open_readonly
-
-SETS_SQL = """
-SELECT 'pointwise' AS kind, template, template_hash, score_mode, source,
-       CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END AS judged_by,
-       count(*) AS n_rows, list(DISTINCT iteration ORDER BY iteration) AS iterations
-FROM judgements GROUP BY ALL
-UNION ALL
-SELECT 'pairwise', template, template_hash, score_mode, 'rejudge',
-       CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END,
-       count(*), list(DISTINCT iteration ORDER BY iteration)
-FROM pairwise_judgements GROUP BY ALL
-ORDER BY template, score_mode, source
-"""
-_FILTER = ("template_hash = $template_hash AND score_mode = $score_mode AND "
-           "(CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END) = $judged_by")
-
+from mrtk.store.reads import judge_set_rows, judge_sets, reading, responses_in, stored_config
 
 def label(s: dict) -> str:
     return ":".join([s["template"], s["score_mode"], s["source"]] + ([s["judged_by"]] if s["judged_by"] != "own" else []))
@@ -58,9 +41,8 @@ def pick_set(sets: list[dict], spec: str) -> dict:
 
 
 def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None = None) -> dict:
-    con = open_readonly(Path(run_dir) / DB_NAME)
-    try:
-        sets = dict_rows(con.execute(SETS_SQL))
+    with reading(run_dir) as con:
+        sets = judge_sets(con)
         a, b = pick_set(sets, spec_a), pick_set(sets, spec_b)
         its = sorted(set(a["iterations"]) & set(b["iterations"]))
         if iteration is not None:
@@ -68,24 +50,10 @@ def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None =
         if not its:
             raise MrtkError(f"{label(a)} and {label(b)} share no judged iteration{'' if iteration is None else f' {iteration}'}; "
                             f"they cover {a['iterations']} and {b['iterations']}")
-        cfg = validate_config(json.loads(con.execute("SELECT config FROM runs").fetchall()[0][0]), "stored config")
-        responses = dict_rows(con.execute(
-            "SELECT response_id, prompt_id, iteration, n_chars, is_duplicate FROM responses WHERE list_contains($its, iteration)", {"its": its}))
-        loaded = [_load(con, s, its) for s in (a, b)]
-    finally:
-        con.close()
+        cfg = validate_config(stored_config(con), "stored config")
+        responses = responses_in(con, its)
+        loaded = [{"kind": s["kind"], "rows": judge_set_rows(con, s, its)} for s in (a, b)]
     return compare_sets(responses, *loaded, pairs_cfg=cfg.pairs, run_seed=cfg.seed, labels=(label(a), label(b)), iterations=its)
-
-
-def _load(con, s: dict, its: list[int]) -> dict:
-    params = {k: s[k] for k in ("template_hash", "score_mode", "judged_by")} | {"its": its}
-    if s["kind"] == "pointwise":
-        rows = dict_rows(con.execute(f"SELECT iteration, prompt_id, response_id, score, parse_status FROM judgements "
-                                     f"WHERE {_FILTER} AND source = $source AND list_contains($its, iteration)", params | {"source": s["source"]}))
-    else:
-        rows = dict_rows(con.execute(f"SELECT iteration, prompt_id, response_a, response_b, verdict, winner, parse_status "
-                                     f"FROM pairwise_judgements WHERE {_FILTER} AND list_contains($its, iteration)", params))
-    return {"kind": s["kind"], "rows": rows}
 
 
 def response_scores(judge_set: dict) -> dict[str, float]:

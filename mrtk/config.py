@@ -36,6 +36,14 @@ class Sampling(_Section):
     max_new_tokens: int = Field(128, ge=1, le=8192, description="Most tokens generated per call.")
 
 
+class EvalJudgeSampling(Sampling):
+    """An external eval judge's sampling (`mrtk eval` with an eval template): greedy, 512 tokens,
+    unless the template's `sampling` says otherwise."""
+
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
+    max_new_tokens: int = Field(512, ge=1, le=8192, description="Most tokens the judge writes.")
+
+
 class PromptsCfg(_Section):
     file: str = Field("train_prompts.jsonl", description="JSONL of {'prompt': ...} (or 'instruction'/'text'); a path, or a file in the shipped data/.")
     per_iteration: int = Field(16, ge=1, description="Prompts sampled from the pool each iteration (paper: 5000 of 20000).")

@@ -224,3 +224,20 @@ def judge_prompt(template: Template, question: str, response: str) -> str:
     """A pointwise judge template rendered for one response (the loop's judge, DPO's judge
     examples, the external audit)."""
     return template.render(question=question, response=response)
+
+
+def discover(extra_dirs: list | None = None) -> list[tuple[str, "Template | MrtkError", str]]:
+    """Every template the search path holds, first found wins: (name, the template or the error
+    that makes it invalid, "shipped" or its folder)."""
+    shipped, seen, found = asset_dir("prompts"), set(), []
+    for d in template_dirs(extra_dirs):
+        for path in sorted(d.glob("*.md")) if d.is_dir() else []:
+            if path.stem in seen:
+                continue
+            seen.add(path.stem)
+            try:
+                t: Template | MrtkError = load_template(str(path))
+            except MrtkError as e:
+                t = e
+            found.append((path.stem, t, "shipped" if d == shipped else str(d)))
+    return found

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from mrtk.store.db import DB_NAME, dict_rows, open_readonly
+from mrtk.store.reads import report_data
 
 
 @dataclass
@@ -28,43 +28,9 @@ class Section:
     note: str = ""
 
 
-def _q(con, sql: str, params: list | None = None) -> list[dict]:
-    return dict_rows(con.execute(sql, params or []))
-
-
-def _has_table(con, name: str) -> bool:
-    return bool(_q(con, "SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]))
-
-
 def collect(run_dir: Path) -> dict:
-    """All numbers the report shows, by SQL over the run database."""
-    con = open_readonly(Path(run_dir) / DB_NAME)
-    try:
-        d = {
-            "run": _q(con, "SELECT * FROM runs")[0],
-            "lineage": _q(con, "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1"),
-            "stages": _q(con, "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at"),
-            "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL AND source = 'loop'"),
-            "unparsed": _q(con, "SELECT iteration, count(*) AS n, count(*) - count(score) AS unparsed FROM judgements WHERE source = 'loop' GROUP BY 1 ORDER BY 1"),
-            "lengths": _q(con, "SELECT iteration, n_chars FROM responses WHERE NOT is_duplicate"),
-            "pairs": _q(con, "SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY ALL ORDER BY ALL"),
-            "pair_lengths": _q(con, """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected
-                                       FROM pairs WHERE status = 'kept' GROUP BY ALL ORDER BY ALL"""),
-            "train": _q(con, "SELECT iteration, step, loss, reward_margin FROM train_metrics ORDER BY iteration, step"),
-            "meta_bias": _q(con, """
-                SELECT m.iteration, avg((m.verdict = 'A')::INT) AS first_position_share,
-                       avg(CASE WHEN ja.score = jb.score THEN NULL
-                                ELSE ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share,
-                       count(*) AS n
-                FROM meta_judgements m JOIN judgements ja ON ja.judgement_id = m.judgement_a
-                                       JOIN judgements jb ON jb.judgement_id = m.judgement_b
-                WHERE m.verdict IS NOT NULL GROUP BY 1 ORDER BY 1"""),
-            "elo": _q(con, "SELECT iteration, response_id, max(elo) - min(elo) AS spread FROM elo GROUP BY ALL ORDER BY ALL"),
-            "eval": _q(con, "SELECT * FROM eval_results ORDER BY 1") if _has_table(con, "eval_results") else [],
-        }
-    finally:
-        con.close()
-    return d
+    """All numbers the report shows, read from the run database (store/reads.py)."""
+    return report_data(run_dir)
 
 
 def _by_iteration(rows: list[dict], key: str) -> dict[int, list]:

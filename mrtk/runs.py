@@ -178,19 +178,7 @@ def find_run(name: str | None) -> Path:
 
 def list_runs(root: Path) -> list[dict]:
     """One summary dict per run under `root`, oldest first."""
-    from mrtk.store.db import open_readonly
+    from mrtk.store.reads import run_summary
 
-    found = []
-    for db in sorted(root.glob(f"*/{DB_NAME}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []:
-        con = open_readonly(db, wait_s=5)
-        try:
-            status, done_its, planned = con.execute(
-                "SELECT status, (SELECT count(*) FROM lineage), iterations FROM runs").fetchall()[0]
-            n, unparsed = con.execute("SELECT count(*), count(*) - count(score) FROM judgements WHERE source = 'loop'").fetchall()[0]
-            kept = con.execute("SELECT count(*) FROM pairs WHERE status = 'kept'").fetchall()[0][0]
-            loss = con.execute("SELECT arg_max(loss, iteration * 100000 + step) FROM train_metrics").fetchall()[0][0]
-        finally:
-            con.close()
-        found.append({"run": db.parent.name, "status": status, "iterations": f"{done_its}/{planned}", "judgements": n,
-                      "unparsed": unparsed, "pairs": kept, "loss": "-" if loss is None else f"{loss:.3f}"})
-    return found
+    dbs = sorted(root.glob(f"*/{DB_NAME}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    return [run_summary(db) for db in dbs]

@@ -1,6 +1,7 @@
 """Run directories: reopening for resume finds data files relative to the original config."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,3 +32,18 @@ def test_one_writer_per_run(tmp_path):
         with pytest.raises(MrtkError, match="being written by another process"):
             with WriterLock(tmp_path):
                 pass
+
+
+def test_stored_config_is_the_effective_one(tmp_path):
+    """A template's `sampling` defaults are merged before the run row is written, so runs.config
+    says what the stages used (config > template > mrtk default)."""
+    from mrtk.prompts import load_template
+
+    shipped = Path(load_template("judge_additive5").path).read_text()
+    (tmp_path / "my_judge.md").write_text(shipped.replace("parser: score", "sampling: {temperature: 0.3, max_new_tokens: 40}\nparser: score", 1))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"judge": {"template": "my_judge", "max_new_tokens": 20}, "prompts": {"template_dirs": [str(tmp_path)]}}))
+    cfg = load_config(tmp_path / "cfg.yaml")
+    check_inputs(cfg, tmp_path, load_tokenizer=False)
+    store = new_run(cfg, str(tmp_path / "cfg.yaml"), tmp_path / "runs")
+    _, stored, _ = open_run(store.run_dir)
+    assert (stored.judge.temperature, stored.judge.max_new_tokens) == (0.3, 20)  # the template's, and the config's over the template's
