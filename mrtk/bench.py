@@ -134,7 +134,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
     from mrtk.backends.embedded import EmbeddedBackend
     from mrtk.config import load_config
     from mrtk.hardware import apply_threads, inference_dtype
-    from mrtk.stages import train
+    from mrtk import training
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
     from mrtk.prompts import bind_meta_judge, judge_prompt, load_template
@@ -222,7 +222,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, on_result=None
         ref_model = fast = None  # free both copies before training
         if want("dpo"):
             add(_bench_dpo(model_dir, pool, responses, quick, exp.train.model_copy(update={"epochs": [1]})))
-            results[-1].extra["dtype"] = "bfloat16 autocast" if train.use_bf16(exp.train.bf16, "cpu") else "float32"
+            results[-1].extra["dtype"] = "bfloat16 autocast" if training.use_bf16(exp.train.bf16, "cpu") else "float32"
     if want("duckdb"):
         add(_bench_duckdb(quick))
     return {"machine": info, "results": [r.as_dict() for r in results]}
@@ -257,6 +257,7 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
     from trl import DPOConfig, DPOTrainer
 
     from mrtk.models import load_for_training
+    from mrtk import training
     from mrtk.stages import train
 
     n = 8 if quick else 32
@@ -272,13 +273,13 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
             args = DPOConfig(output_dir=str(Path(work) / "trl"), use_cpu=True, num_train_epochs=1, report_to=[], save_strategy="no",
                              disable_tqdm=True)
             data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
-            trainer = train.quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tok,
-                                              peft_config=train.lora_config(cfg.lora))
-            train.fit_and_merge(trainer)  # merged like ours, so both sides end with a plain model
+            trainer = training.quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tok,
+                                              peft_config=training.lora_config(cfg.lora))
+            training.fit_and_merge(trainer)  # merged like ours, so both sides end with a plain model
 
         _, dt_b, mb_b = timed(baseline)
     return Result("dpo_epoch_32" if not quick else "dpo_epoch_8", "pairs/s", n / dt, n / dt_b, None, mb, mb_b,
-                  f"{'bf16 autocast' if train.use_bf16(cfg.bf16, 'cpu') else 'fp32'}, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
+                  f"{'bf16 autocast' if training.use_bf16(cfg.bf16, 'cpu') else 'fp32'}, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                   "reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)")
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
-from mrtk import faults
 from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template, judge_prompt
+from mrtk.training import accumulation, fit_and_merge, lora_config, metrics_callback, quiet, stop_after_epochs, trainer_args, use_bf16
 
 
 def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: dict[str, dict],
@@ -60,118 +59,11 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped
 
 
-def world_size() -> int:
-    """Processes training together (`accelerate launch` sets WORLD_SIZE); 1 in-process."""
-    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-
-
-def accumulation(batch_size: int, micro_batch_size: int, processes: int) -> int:
-    """Gradient accumulation steps so that micro x accumulation x processes = the global batch."""
-    per_step = micro_batch_size * processes
-    if batch_size < per_step:
-        raise MrtkError(f"train.batch_size {batch_size} is below micro_batch_size x processes = {micro_batch_size} x {processes}; "
-                        "raise batch_size or lower micro_batch_size")
-    return batch_size // per_step
-
-
-def trainer_args(*, work_dir: Path, micro_batch_size: int, batch_size: int, epochs: int, lr: float, seed: int,
-                 device: str, bf16: bool) -> dict:
-    """TrainingArguments both trainers share: CPU-aware, quiet, nothing saved (we save the merged model).
-    The global batch is `batch_size` whatever the number of processes (WORLD_SIZE)."""
-    return dict(
-        output_dir=str(work_dir), per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=accumulation(batch_size, micro_batch_size, world_size()), num_train_epochs=epochs,
-        learning_rate=lr, max_length=None, bf16=bf16, use_cpu=device == "cpu", logging_steps=1, save_strategy="no",
-        report_to=[], seed=seed % (2**31), data_seed=seed % (2**31), disable_tqdm=True, dataloader_num_workers=0,
-    )
-
-
-def quiet(trainer_cls):
-    """Silence progress bars and the per-step log printer; our callback records the metrics."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    return trainer_cls
-
-
-def fit_and_merge(trainer):
-    """Train, then fold a LoRA adapter into the weights: the next model is a plain model (a full
-    fine-tune already is one)."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    t0 = time.time()
-    trainer.train()
-    merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-    faults.point("train.merge")
-    merged.eval()
-    return merged, time.time() - t0
-
-
-def lora_config(lora):
-    """PEFT's LoraConfig, or None for full fine-tuning (`lora: null`): then TRL keeps a frozen
-    copy of the starting model as the DPO reference, or none with precompute_ref_log_probs."""
-    if lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
-                      task_type="CAUSAL_LM")
-
-
-def metrics_callback(sink: list[dict], iteration: int, on_step=None):
-    """A TrainerCallback appending one train_metrics row per logging step to `sink`."""
-    from transformers import TrainerCallback
-
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                sink.append({
-                    "iteration": iteration, "step": state.global_step, "epoch": logs.get("epoch"),
-                    "loss": logs.get("loss"), "reward_margin": logs.get("rewards/margins"),
-                    "reward_accuracy": logs.get("rewards/accuracies"), "reward_chosen": logs.get("rewards/chosen"),
-                    "reward_rejected": logs.get("rewards/rejected"), "logp_chosen": logs.get("logps/chosen"),
-                    "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
-                    "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
-                })
-                faults.point("train.step")
-                if on_step:
-                    on_step()
-
-    return Record()
-
-
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
     per_process = math.ceil(n_pairs / cfg.num_processes)  # each process gets its shard of the pairs
     steps = math.ceil(math.ceil(per_process / cfg.micro_batch_size) / accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.num_processes))
     return steps * at(cfg.epochs, iteration)
-
-
-def stop_after_epochs(epochs: int):
-    """Ends training after `epochs` although the schedule spans more (train.schedule_epochs)."""
-    from transformers import TrainerCallback
-
-    class Stop(TrainerCallback):
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if state.epoch is not None and state.epoch >= epochs - 1e-6:
-                control.should_training_stop = True
-
-    return Stop()
-
-
-def use_bf16(choice: str, device: str) -> bool:
-    import torch
-
-    if choice != "auto":
-        return choice == "on"
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    from mrtk.hardware import cpu_bf16_capable
-
-    return cpu_bf16_capable()
 
 
 def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,

@@ -3,7 +3,7 @@
 # model on the GPU (runtime.device cuda, bf16 chosen by `inference_dtype: auto`, DPO on cuda:0),
 # first with LoRA, then with full fine-tuning (train.lora: null), then one screen of verdicts.
 # Usage:
-#   scripts/gpu_check_embedded.sh MODEL_DIR [WORKDIR]
+#   scripts/gpu_check_training.sh MODEL_DIR [WORKDIR]
 # MODEL_DIR is any local Hugging Face model directory (the embedded default: `python -c 'from
 # mrtk.models import embedded_model_dir; print(embedded_model_dir())'`). MRTK="python -m mrtk.cli"
 # runs mrtk from a checkout that is not installed.
