@@ -110,6 +110,8 @@ def query(
         raise MrtkError("query: give SQL, - (stdin) or @name; list saved queries with: mrtk query --list")
     if fmt not in ("table", "csv", "json"):
         raise MrtkError(f"--format {fmt!r} is not one of table, csv, json")
+    if limit < 0:
+        raise MrtkError(f"--limit {limit}: give 0 or more rows")
     if sql == "-":
         sql = sys.stdin.read()
     params = _pairs(param, "--param")
@@ -134,6 +136,8 @@ def runs(root: Path = typer.Option(Path("runs"), "--root", help="Directory holdi
     """List runs with status, iterations done and headline numbers."""
     from mrtk.runs import list_runs
 
+    if not root.is_dir():
+        raise MrtkError(f"--root {root} is not a folder; give the folder holding run directories (default: runs)")
     table = Table("run", "status", "iterations", "judgements", "unparsed", "pairs kept", "last DPO loss")
     for r in list_runs(root):
         table.add_row(*[str(r[k]) for k in ("run", "status", "iterations", "judgements", "unparsed", "pairs", "loss")])
@@ -521,6 +525,10 @@ def bench(
     """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
     from mrtk.bench import fmt_table, run_bench, to_json
 
+    known = ("actor", "judge", "meta", "dpo", "duckdb")
+    unknown = [o for o in only if not any(w.startswith(o) or o.startswith(w) for w in known)]
+    if unknown:
+        raise MrtkError(f"--only {unknown[0]!r} matches no workload; use a prefix of {', '.join(known)}")
     report = run_bench(quick=quick, only=only or None, overrides=set_, on_result=None if as_json else lambda r: err.print(
         f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})", highlight=False))
     if as_json:

@@ -118,6 +118,9 @@ CASES = {
     "query write statement": (lambda t: make_run(t) and ["query", "drop table judgements"], "read-only"),
     "query unknown saved query": (lambda t: make_run(t) and ["query", "@nope"], "no saved query @nope"),
     "query bad format": (lambda t: make_run(t) and ["query", "select 1", "--format", "xml"], "--format 'xml'"),
+    "query negative limit": (lambda t: make_run(t) and ["query", "select 1", "--limit", "-1"], "--limit -1"),
+    "runs in a missing folder": (lambda t: ["runs", "--root", str(t / "nowhere")], "is not a folder"),
+    "bench unknown workload": (lambda t: ["bench", "--only", "nope"], "--only 'nope' matches no workload"),
     # judge experiments and reports
     "judge iteration without responses": (lambda t: ["judge", "--run", str(make_run(t)), "-t", "judge_10point", "-i", "5"],
                                           "has no responses for iteration 5"),
