@@ -35,16 +35,17 @@ class Loop:
         self.t = inputs["templates"]  # actor, judge, meta_judge (bound to the judge's rubric)
         self.pool, self.base_model, self.sft_examples = inputs["pool"], inputs["model"], inputs["sft"]
         self.probe_pairs = inputs.get("probe") or []
-        self.device = pick_device(cfg.runtime.device)
-        apply_threads(cfg.runtime.threads)
-        self.policy = open_policy(cfg, self.device, store.run_dir, tokenizer_for, self.ui.info, on_serving=store.record_serving)
 
     def run(self) -> None:
-        try:
-            with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
+        with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
+            self.device = pick_device(self.cfg.runtime.device)
+            apply_threads(self.cfg.runtime.threads)
+            self.policy = open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
+                                      on_serving=self.store.record_serving)
+            try:
                 self._run()
-        finally:
-            self.policy.close()  # a launched SGLang server stops; attached ones keep running
+            finally:
+                self.policy.close()  # a launched SGLang server stops; attached ones keep running
 
     def _run(self) -> None:
         cfg, store, seed = self.cfg, self.store, self.cfg.seed
