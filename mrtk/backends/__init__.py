@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mrtk.backends.base import Backend, Generation, Request, SamplingParams
+from mrtk.backends.base import Backend, Generation, Policy, Request, SamplingParams
 
-__all__ = ["Backend", "Generation", "Request", "SamplingParams", "embedded_backend", "open_policy"]
+__all__ = ["Backend", "Generation", "Policy", "Request", "SamplingParams", "embedded_backend", "open_policy"]
 
 
 def embedded_backend(model_dir: str, runtime, device: str) -> Backend:
@@ -68,7 +68,7 @@ class EmbeddedPolicy:
         return inference_dtype(self.cfg.runtime.inference_dtype, self.device)
 
 
-def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None):
+def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None) -> Policy:
     """The policy backend of a run config: `EmbeddedPolicy` or `SGLangPolicy` (launched or attached).
     `on_serving` gets what a served backend reports at attach (versions, whether seeds are honoured)."""
     if cfg.backend == "sglang":

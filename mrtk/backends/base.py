@@ -53,3 +53,20 @@ class Backend(Protocol):
         choices: dict[str, str] | None = None,
         on_progress: Progress | None = None,
     ) -> list[list[Generation]]: ...
+
+
+class Policy(Protocol):
+    """The model a run serves, whatever the backend (`backends.open_policy`): the loop, `mrtk judge`
+    and `mrtk eval` call only these, and never ask which backend they have."""
+
+    serving: dict | None  # what a served backend reported at attach (versions, seeds honoured); None embedded
+
+    def use(self, model_dir: str) -> Backend: ...  # a backend generating with this model (load, or swap weights)
+
+    def release(self) -> None: ...  # free accelerator memory for training
+
+    def resume(self) -> None: ...  # take it back after training
+
+    def close(self) -> None: ...  # stop what was started (a launched server); attached servers keep running
+
+    def generation_dtype(self) -> tuple[str | None, str]: ...  # (dtype, why) for the runs row
