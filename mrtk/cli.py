@@ -345,15 +345,21 @@ DryReply = typer.Option(None, "--dry-run-reply", help="LiteLLM answers every cal
 MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in tokens.")
 
 
+def _judge(store, model, api_base, max_cost, dry, *, temperature: float, max_tokens: int, extra: dict | None = None):
+    """The external judge an eval command asks: `--dry-run-reply` answers instead of the API, unpriced."""
+    from mrtk.evals.external import ExternalJudge
+
+    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
+                         temperature=temperature, max_tokens=max_tokens, extra=extra or {})
+
+
 def _external(store, model, api_base, max_cost, dry, template):
     """The external judge of an eval template, its sampling merged as the loop merges a stage's
     (config.with_template_sampling): a bad value in the template is a one-line error."""
     from mrtk.config import EvalJudgeSampling, with_template_sampling
-    from mrtk.evals.external import ExternalJudge
 
     sampling = with_template_sampling(EvalJudgeSampling(), template)
-    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                         temperature=sampling.temperature, max_tokens=sampling.max_new_tokens)
+    return _judge(store, model, api_base, max_cost, dry, temperature=sampling.temperature, max_tokens=sampling.max_new_tokens)
 
 
 def _print_eval(title: str, res: dict) -> None:
@@ -361,10 +367,13 @@ def _print_eval(title: str, res: dict) -> None:
     for metric, (v, lo, hi, n) in res["numbers"].items():
         table.add_row(metric, _fmt(v), "-" if lo is None else f"{lo:.3f} - {hi:.3f}", str(n))
     out.print(table)
+    from mrtk.evals.health import verdict
+
     for metric, (v, lo, hi, n) in res["numbers"].items():
         if "change" in metric and v is not None and lo is not None:
-            verdict = "no detectable change (the interval contains 0)" if lo <= 0 <= hi else ("better" if v > 0 else "worse")
-            out.print(f"{metric}: {v:+.3f} [{lo:.3f}, {hi:.3f}], paired bootstrap over {n}: {verdict}")
+            said = verdict({"diff": v, "contains_zero": lo <= 0 <= hi})
+            out.print(f"{metric}: {v:+.3f} [{lo:.3f}, {hi:.3f}], paired bootstrap over {n}: {said}"
+                      + (" (the interval contains 0)" if lo <= 0 <= hi else ""))
     if "cost_usd" in res:
         out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
 
@@ -388,7 +397,6 @@ def eval_alpaca(
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
     from mrtk.evals.alpaca_official import load_annotator
-    from mrtk.evals.external import ExternalJudge
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
@@ -407,8 +415,8 @@ def eval_alpaca(
             judge = _external(target.store, judge_model, api_base, max_cost, dry, prompt)
         else:
             kwargs = dict(prompt.completion_kwargs)
-            judge = ExternalJudge(target.store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                                  temperature=float(kwargs.pop("temperature", 1.0)), max_tokens=int(kwargs.pop("max_tokens", 1)), extra=kwargs)
+            judge = _judge(target.store, judge_model, api_base, max_cost, dry, temperature=float(kwargs.pop("temperature", 1.0)),
+                           max_tokens=int(kwargs.pop("max_tokens", 1)), extra=kwargs)
         res = ev.alpaca(target, judge, examples, prompt, SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders,
                         ui=QuietUI() if quiet else RichUI(err), difficulty=difficulty)
     _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
@@ -441,7 +449,6 @@ def eval_arena(
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
     from mrtk.evals.arena_config import fallback_judge, load_judge_config
-    from mrtk.evals.external import ExternalJudge
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
@@ -451,8 +458,7 @@ def eval_arena(
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        judge = ExternalJudge(target.store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                              temperature=arena.temperature, max_tokens=arena.max_tokens)
+        judge = _judge(target.store, judge_model, api_base, max_cost, dry, temperature=arena.temperature, max_tokens=arena.max_tokens)
         res = ev.arena_hard(target, judge, qs, base, arena, SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
     _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {arena.source}", res)
 
@@ -466,7 +472,6 @@ def eval_audit(
     """An external judge re-scores a stratified sample of the loop's own judgements (same prompt and rubric): per iteration
     its correlation with the self-judge, the mean bias, and the share of actor pairs it would reverse. Evaluation only."""
     from mrtk.evals.audit import audit
-    from mrtk.evals.external import ExternalJudge
     from mrtk.evals.run import Target
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run, open_run
@@ -479,8 +484,7 @@ def eval_audit(
     with WriterLock(run_dir):
         store, cfg, config_dir = open_run(run_dir)
         template = load_template(cfg.judge.template, [str(d) for d in cfg.prompts.template_dirs], role="judge")
-        judge = ExternalJudge(store, judge_model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                              temperature=0.0, max_tokens=512)
+        judge = _judge(store, judge_model, api_base, max_cost, dry, temperature=0.0, max_tokens=512)
         res = audit(Target(store, cfg, 0, "M1", ""), judge, template, sample, ui=QuietUI() if quiet else RichUI(err))
     table = Table("iteration", "metric", "value", "95% interval", "n", title=f"audit of the self-judge by {judge_model}", title_justify="left")
     for it, numbers in res["iterations"].items():

@@ -132,6 +132,15 @@ class TrainCfg(_Section):
             raise ValueError("epochs must be a non-empty list of integers >= 1")
         return v
 
+    def horizon(self, iteration: int) -> int:
+        """The epochs iteration t's learning-rate schedule spans: schedule_epochs, else the epochs trained."""
+        return at(self.schedule_epochs, iteration) if self.schedule_epochs else at(self.epochs, iteration)
+
+    @property
+    def launched(self) -> bool:
+        """DPO runs under `accelerate launch` (several processes, or an accelerate config), not in this process."""
+        return self.num_processes > 1 or bool(self.accelerate_config)
+
 
 class SftCfg(_Section):
     file: str | None = Field(None, description="Optional SFT before iteration 1 (the paper's EFT step): JSONL of {'prompt', 'completion'}; null skips it.")
@@ -191,6 +200,11 @@ class RunsCfg(_Section):
         "all", description="Model directories kept under the run: all; last: the newest two (the model the last iteration started "
                            "from and the one it trained); none-but-final: only the newest. A model a resume still needs is never deleted.")
 
+    @property
+    def kept(self) -> int | None:
+        """How many of the newest model versions stay on disk; None: all."""
+        return {"all": None, "last": 2, "none-but-final": 1}[self.keep_models]
+
 
 class RunConfig(_Section):
     name: str = Field("default", description="Experiment name (recorded on the run).")
@@ -221,8 +235,8 @@ class RunConfig(_Section):
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")
         if self.train.schedule_epochs is not None:
             for t in range(1, self.iterations + 1):
-                if at(self.train.schedule_epochs, t) < at(self.train.epochs, t):
-                    raise ValueError(f"train.schedule_epochs {at(self.train.schedule_epochs, t)} is below train.epochs "
+                if self.train.horizon(t) < at(self.train.epochs, t):
+                    raise ValueError(f"train.schedule_epochs {self.train.horizon(t)} is below train.epochs "
                                      f"{at(self.train.epochs, t)} in iteration {t}; the schedule must span at least the epochs trained")
         per_step = self.train.micro_batch_size * self.train.num_processes
         if self.train.batch_size % per_step:

@@ -10,7 +10,7 @@ from mrtk import trackers
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_human_pairs, load_pool, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
-from mrtk.models import chat_token_ids, resolve_model
+from mrtk.models import chat_token_ids, resolve_model, tokenizer_for
 from mrtk.prompts import bind_meta_judge, load_template
 from mrtk.stages import sft
 
@@ -52,9 +52,9 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer:
 def check_lengths(cfg: RunConfig, inputs: dict) -> None:
     """Every prompt of the pool within prompts.max_prompt_tokens, and the longest meta-judge prompt
     the run can build (template + prompt + response + two judgements) within the model's context."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    tok = AutoTokenizer.from_pretrained(inputs["model"])
+    tok = tokenizer_for(inputs["model"])  # the same object the loop then counts prompts and pairs with
     limit = cfg.prompts.max_prompt_tokens
     for p in inputs["pool"]:
         prompt_tokens(tok, p, limit)

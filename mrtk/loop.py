@@ -195,7 +195,7 @@ class Loop:
 
     def _after_iteration(self, it: int) -> None:
         """Prune old models (runs.keep_models), log the loop's numbers to trackers, print the summary."""
-        keep = {"all": None, "last": 2, "none-but-final": 1}[self.cfg.runs.keep_models]
+        keep = self.cfg.runs.kept
         if keep is not None:  # M<it+1> was just trained; a resume starts iteration it+1 from it
             for version in range(1, it + 2 - keep):
                 path = self.store.run_dir / "models" / f"M{version}"

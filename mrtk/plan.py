@@ -52,7 +52,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
     for t in range(1, cfg.iterations + 1):
         judge_it = t in cfg.pairs.judge_iterations
         epochs = at(cfg.train.epochs, t)
-        horizon = at(cfg.train.schedule_epochs, t) if cfg.train.schedule_epochs else epochs
+        horizon = cfg.train.horizon(t)
         lines.append(
             f"iteration {t}: {p} prompts; actor {p * k} samples; judge {p * k * n} judgements; "
             + (f"meta-judge up to {p * n * (n - 1)} calls; " if judge_it else "no meta-judge; ")
@@ -60,7 +60,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}")
     lines += serving_plan(cfg, inputs["model"])
-    if cfg.train.num_processes > 1 or cfg.train.accelerate_config:
+    if cfg.train.launched:
         from mrtk.train_worker import launch_command as accelerate_command
 
         device = "cpu" if cfg.runtime.device == "cpu" else "cuda"
@@ -77,7 +77,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
         lines.append(f"trackers: {', '.join(cfg.train.report_to)} (RUN/tracker/)")
     size = model_bytes(inputs["model"])
     versions = cfg.iterations + (1 if cfg.sft.file else 0)
-    kept = {"all": versions, "last": min(2, versions), "none-but-final": 1}[cfg.runs.keep_models]
+    kept = versions if cfg.runs.kept is None else min(cfg.runs.kept, versions)
     if size is None:
         lines.append(f"disk: {versions} model versions written, {kept} kept (runs.keep_models: {cfg.runs.keep_models}); "
                      "size unknown offline (no local config.json)")

@@ -57,7 +57,7 @@ def train_iteration(model_dir: str, fitted: list[dict], cfg: TrainCfg, *, iterat
 
     work = run_dir / "tmp" / f"train{iteration}"
     tracker_dir = run_dir / "tracker"
-    if cfg.num_processes > 1 or cfg.accelerate_config:
+    if cfg.launched:
         (work / "examples.json").parent.mkdir(parents=True, exist_ok=True)
         (work / "examples.json").write_text(json.dumps(fitted))
         cmd = launch_command(work / "spec.json", cfg, device)

@@ -17,8 +17,8 @@ Length control: with `alpaca_eval` installed, its own GLM (`metrics/glm_winrate.
 difference + instruction difficulty, regularised towards the gamed baselines) computes LC from
 the annotations; its data file (`df_gamed.csv`: instruction difficulty and the gamed
 baselines' annotations) comes from the Hugging Face cache or `--difficulty FILE`. Without them
-mrtk's own GLM without the difficulty term runs, and the number is printed as
-`lc (approx., no difficulty)`.
+mrtk's own GLM without the difficulty term runs, and the number is named
+`lc_approx_no_difficulty`.
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
     import pandas as pd
     from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
-    logging.getLogger().setLevel(logging.ERROR)
     if difficulty is None:  # only a cached copy, or a download when the hub is reachable (HF_HUB_OFFLINE unset)
         from huggingface_hub import try_to_load_from_cache
 
@@ -140,10 +139,15 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
             difficulty = Path(cached)
         elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
             return None, "AlpacaEval's GLM data (df_gamed.csv) not cached and the hub is offline; pass --difficulty df_gamed.csv"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # alpaca_eval logs at INFO on the root logger; quiet only while it runs
     try:
         with _local_hub_file(difficulty):
             out = get_length_controlled_winrate(pd.DataFrame(annotations), glm_name="length_controlled_v1", save_weights_dir=None,
                                                 is_warn_extreme_changes=False)
     except Exception as e:  # offline with an empty HF cache, or a file that is not df_gamed.csv
         return None, f"AlpacaEval's GLM data unavailable ({type(e).__name__}); pass --difficulty df_gamed.csv"
+    finally:
+        root.setLevel(level)
     return float(out["length_controlled_winrate"]), "alpaca_eval length_controlled_v1"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from scipy import stats
 
 from mrtk.evals import health, metrics
 from mrtk.evals.run import Target, write_results
@@ -38,7 +37,7 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
         kept = store.kept_pairs(it, "actor")
         chosen_pairs += random.Random(derive_seed(seed, "audit", it)).sample(kept, min(per_iteration, len(kept)))
     ids = sorted({p[k] for p in chosen_pairs for k in ("chosen_id", "rejected_id")})
-    responses, questions, self_scores = store.responses_by_id(ids), store.all_prompts(), store.loop_mean_scores(ids)
+    responses, questions, self_scores = store.responses_by_id(ids), store.all_prompts(), store.mean_scores(ids)
     external: dict[str, float] = {}
     with ui.stage(f"audit {judge.model}", len(ids)) as go:
         for rid in ids:
@@ -59,10 +58,9 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
         mine = [rid for rid in ids if responses[rid]["iteration"] == it and rid in external and rid in self_scores]
         s, e = np.array([self_scores[i] for i in mine]), np.array([external[i] for i in mine])
         numbers: dict[str, tuple] = {}
-        if len(mine) >= 3 and np.ptp(s) > 0 and np.ptp(e) > 0:
-            lo, hi = health.bootstrap_ci(s, lambda a, b: float(stats.pearsonr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0,
-                                         paired_with=e)
-            numbers["correlation"] = (float(stats.pearsonr(s, e).statistic), lo, hi, len(mine))
+        r = health.correlation(s, e)
+        if r:
+            numbers["correlation"] = (*r, len(mine))
         if len(mine):
             bias = health.paired_difference(list(s), list(e))
             numbers["mean_bias"] = (bias["diff"], bias["ci_low"], bias["ci_high"], bias["n"])

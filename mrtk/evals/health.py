@@ -34,16 +34,24 @@ def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float 
     if n < 3 or all(np.ptp(d) == 0 for d in data):  # no spread: the interval is the point itself (or undefined)
         point = float(statistic(*data)) if n else None
         return point, point
-    with warnings.catch_warnings():  # BCa on a degenerate resample warns, then gives nan: handled below
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
-                              confidence_level=0.95, method="BCa", random_state=np.random.default_rng(SEED))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if math.isnan(lo) or math.isnan(hi):  # BCa degenerates on very skewed small samples: percentile instead
-        res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
-                              confidence_level=0.95, method="percentile", random_state=np.random.default_rng(SEED))
+    for method in ("BCa", "percentile"):  # BCa degenerates (nan) on very skewed small samples: percentile then
+        with warnings.catch_warnings():  # BCa on a degenerate resample warns, then gives nan
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
+                                  confidence_level=0.95, method=method, random_state=np.random.default_rng(SEED))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (math.isnan(lo) or math.isnan(hi)):
+            break
     return lo, hi
+
+
+def correlation(x, y) -> tuple[float, float | None, float | None] | None:
+    """Pearson's r of paired values with its bootstrap 95% interval; None below 3 pairs or without spread."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    r = lambda a, b: float(stats.pearsonr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0  # noqa: E731
+    return (r(x, y), *bootstrap_ci(x, r, paired_with=y))
 
 
 def paired_difference(now: list[float], before: list[float]) -> dict:
@@ -81,10 +89,7 @@ def drift(base: dict[str, float], now: dict[str, float], lengths: dict[str, int]
     if pairs:
         ties = np.array([abs(now[i] - now[j]) < TIE_WIDTH for i, j in pairs], float)
         out["tie_rate"] = (float(ties.mean()), *bootstrap_ci(ties), len(pairs))
-    lens = np.array([lengths[i] for i in ids], float)
-    if len(ids) >= 3 and np.ptp(n) > 0 and np.ptp(lens) > 0:
-        r = float(stats.pearsonr(n, lens).statistic)
-        lo, hi = bootstrap_ci(n, lambda a, c: float(stats.pearsonr(a, c).statistic) if np.ptp(a) > 0 and np.ptp(c) > 0 else 0.0,
-                              paired_with=lens)
-        out["score_length_r"] = (r, lo, hi, len(ids))
+    r = correlation(n, [lengths[i] for i in ids])
+    if r:
+        out["score_length_r"] = (*r, len(ids))
     return out

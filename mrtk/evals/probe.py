@@ -29,8 +29,8 @@ def record_drift(t: Target, frozen: list[dict], template, key: str | None, score
     """Mean shift, top-score share, tie rate and score-length r of M_t's scores on the frozen
     responses against iteration 1's loop scores (`key` None: M1 itself, the baseline)."""
     ids = [r["response_id"] for r in frozen]
-    base = t.store.mean_scores(1, template_hash=template.hash, ids=ids)
-    now = base if key is None else t.store.mean_scores(1, key=key, ids=ids)
+    base = t.store.mean_scores(ids, it=1, template_hash=template.hash)
+    now = base if key is None else t.store.mean_scores(ids, it=1, key=key)
     numbers = health.drift(base, now, {r["response_id"]: r["n_chars"] for r in frozen}, {r["response_id"]: r["prompt_id"] for r in frozen},
                            template.score_range[1])
     write_results(t, "frozen", f"{template.name}:{score_mode}:{t.version}", numbers, {"responses": len(ids), "template": template.hash})

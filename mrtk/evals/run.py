@@ -17,7 +17,7 @@ from mrtk.backends import Request, SamplingParams, open_policy
 from mrtk.data import read_json_or_jsonl
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
-from mrtk.models import pick_device
+from mrtk.models import pick_device, tokenizer_for
 from mrtk.evals.alpaca_official import Annotator, official_lc
 from mrtk.evals.arena_config import ArenaJudge
 from mrtk.parse import ARENA_SCORES, Parsed, parse_arena, parse_verdict
@@ -43,9 +43,7 @@ class Target:
 
     def backend(self):
         if self._policy is None:
-            from transformers import AutoTokenizer
-
-            self._policy = open_policy(self.cfg, pick_device(self.cfg.runtime.device), self.store.run_dir, AutoTokenizer.from_pretrained)
+            self._policy = open_policy(self.cfg, pick_device(self.cfg.runtime.device), self.store.run_dir, tokenizer_for)
         return self._policy.use(self.model_dir)
 
     def __enter__(self) -> "Target":
@@ -127,9 +125,7 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 continue
             mine, base = outputs[e["example_id"]]["output"], baseline[e["example_id"]]
             a, b = (mine, base) if policy_first else (base, mine)
-            if isinstance(template, ArenaJudge):  # the benchmark's own system prompt and template
-                messages = template.render(e["instruction"], a, b)
-            elif isinstance(template, Annotator):  # AlpacaEval's annotator: output_1 is the first shown ("m")
+            if isinstance(template, (ArenaJudge, Annotator)):  # the benchmark's own messages (AlpacaEval: output_1, "m", is shown first)
                 messages = template.render(e["instruction"], a, b)
             else:
                 messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
@@ -179,13 +175,17 @@ def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tupl
     t.store.record_eval_results(eval_name, t.iteration, judge, rows)
 
 
+def example_preferences(items: list[dict]) -> dict[str, float]:
+    """example_id -> the mean preference for the policy over its judged games (unjudged ones left out)."""
+    return metrics.group_mean([(r["example_id"], r["preference"]) for r in items if r["preference"] is not None])
+
+
 def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str, float]) -> tuple | None:
     """The paired bootstrap of this iteration's win rate minus the previous model iteration's, over
     the examples both judged (x100, in points): (diff, ci_low, ci_high, n), or None."""
     from mrtk.evals import health
 
-    before = metrics.group_mean([(r["example_id"], r["preference"]) for r in t.store.eval_items(eval_name, t.iteration - 1, judge)
-                                 if r["preference"] is not None])
+    before = example_preferences(t.store.eval_items(eval_name, t.iteration - 1, judge))
     ids = sorted(set(before) & set(prefs))
     if not ids:
         return None
@@ -202,23 +202,21 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     missing = [e["example_id"] for e in examples if not e.get("reference")]
     if missing:
         raise MrtkError(f"example {missing[0]} has no reference output; alpaca needs AlpacaEval's file with 'output' (the GPT-4 Turbo reference)")
+    references = {e["example_id"]: e["reference"] for e in examples}
     outputs = policy_outputs(t, "alpaca", examples, params, ui)
-    items = pairwise_external(t, judge, "alpaca", template, examples, outputs, {e["example_id"]: e["reference"] for e in examples},
-                              both_orders=both_orders, ui=ui)
-    prefs = metrics.group_mean([(r["example_id"], r["preference"]) for r in items if r["preference"] is not None])
+    items = pairwise_external(t, judge, "alpaca", template, examples, outputs, references, both_orders=both_orders, ui=ui)
+    prefs = example_preferences(items)
     ids = sorted(prefs)
-    ref = {e["example_id"]: len(e["reference"]) for e in examples}
     wr = metrics.win_rate([prefs[i] for i in ids])
     lc, how = None, "mrtk paraphrase"
     if isinstance(template, Annotator):  # the leaderboard's GLM, with instruction difficulty
-        references = {e["example_id"]: e["reference"] for e in examples}
         lc, how = official_lc([{"preference": 1.0 + prefs[i], "output_1": references[i], "output_2": outputs[i]["output"],
                                 "index": int(i) if str(i).isdigit() else n, "generator_1": "gpt4_1106_preview",
                                 "generator_2": f"mrtk-{t.version}", "annotator": template.name} for n, i in enumerate(ids)], difficulty)
     lc_name = "length_controlled_win_rate"
     if lc is None:  # mrtk's GLM on the length term alone: not the leaderboard's LC, and named so
         lc_name = "lc_approx_no_difficulty"
-        lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [ref[i] for i in ids])
+        lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [len(references[i]) for i in ids])
     avg_len = sum(o["n_chars"] for o in outputs.values()) / len(outputs)
     failed = sum(r["preference"] is None for r in items)
     numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
@@ -242,8 +240,7 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
     bt = metrics.bt_score(prefs, seed=t.cfg.seed)
     numbers = {"score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
                "unjudged": (float(sum(r["preference"] is None for r in items)), None, None, len(items))}
-    change = change_from_previous(t, "arena-hard", judge.model, metrics.group_mean(
-        [(r["example_id"], r["preference"]) for r in items if r["preference"] is not None]))
+    change = change_from_previous(t, "arena-hard", judge.model, example_preferences(items))
     if change:
         numbers["score_change_from_previous_iteration"] = change
     write_results(t, "arena-hard", judge.model, numbers, {"judge_prompt": template.source, "max_tokens": template.max_tokens,

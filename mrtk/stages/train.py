@@ -4,8 +4,8 @@ The reference model is the iteration's starting model with the adapter disabled 
 no second copy sits in memory. TRL drops pairs longer than `max_length` with only a progress
 bar to say so (docs/CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
 with a recorded reason, hand TRL `max_length=None` (nothing left to truncate), and check that
-TRL trained on exactly the pairs we handed it. The trainer plumbing here is shared with the
-SFT stage (`stages/sft.py`).
+TRL trained on exactly the pairs we handed it. The trainer plumbing it shares with the SFT
+stage is in `mrtk/training.py`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
 
     model, tokenizer = load_for_training(model_dir, device)
     epochs = at(cfg.epochs, iteration)
-    horizon = at(cfg.schedule_epochs, iteration) if cfg.schedule_epochs else epochs  # the paper: a 10-epoch cosine, stopped at 6/4/2/2
+    horizon = cfg.horizon(iteration)  # the paper: a 10-epoch cosine, stopped at 6/4/2/2
     metrics: list[dict] = []
     args = DPOConfig(
         **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=horizon,

@@ -102,21 +102,19 @@ class RunStore(Database):
     def pairwise_judged(self, it: int) -> set[str]:
         return {r["judgement_id"] for r in self.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
 
-    def mean_scores(self, it: int, *, template_hash: str | None = None, key: str | None = None, ids: list[str] | None = None) -> dict[str, float]:
-        """response_id -> mean parsed score: the loop's judgements under `template_hash`, or those
-        of a re-judgement `key`; only `ids` when given."""
-        where, params = ("source = 'loop' AND template_hash = ?", [template_hash]) if key is None else ("judgement_id LIKE ?", [_keyed(key)])
-        if ids is not None:
-            where, params = where + " AND response_id IN (SELECT unnest(?))", params + [ids]
-        got = self.fetch(f"SELECT response_id, avg(score) AS s FROM judgements WHERE iteration = ? AND score IS NOT NULL AND {where} "
-                         "GROUP BY 1", [it] + params)
+    def mean_scores(self, ids: list[str], *, it: int | None = None, template_hash: str | None = None,
+                    key: str | None = None) -> dict[str, float]:
+        """response_id -> mean parsed score of these responses: the loop's judgements (under
+        `template_hash` when given), or those of a re-judgement `key`; in iteration `it` when given."""
+        where, params = ["score IS NOT NULL", "response_id IN (SELECT unnest(?))"], [ids]
+        for clause, value in (("iteration = ?", it), ("template_hash = ?", template_hash), ("judgement_id LIKE ?", key and _keyed(key))):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if key is None:
+            where.append("source = 'loop'")
+        got = self.fetch(f"SELECT response_id, avg(score) AS s FROM judgements WHERE {' AND '.join(where)} GROUP BY 1", params)
         return {r["response_id"]: r["s"] for r in got}
-
-    def loop_mean_scores(self, ids: list[str]) -> dict[str, float]:
-        """response_id -> mean loop score, whatever the iteration (the audit's self-scores)."""
-        return {r["response_id"]: r["s"] for r in self.fetch(
-            "SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop' AND score IS NOT NULL "
-            "AND response_id IN (SELECT unnest(?)) GROUP BY 1", [ids])}
 
     def meta_judged(self, it: int, template_hash: str) -> set[tuple[str, str]]:
         return {(m["judgement_a"], m["judgement_b"]) for m in self.fetch(
