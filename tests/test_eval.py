@@ -309,3 +309,21 @@ def test_eval_prints_the_change_from_the_previous_iteration(run_copy):
     # the judge always says A: the policy wins its policy-first games in both iterations, the same seeded orders: no change
     assert (v, n) == (0.0, 4) and lo <= 0 <= hi
     assert "no detectable change (the interval contains 0)" in " ".join(res.stdout.split())
+
+
+def test_eval_answers_with_the_runs_own_actor_template(tmp_path):
+    """A run whose actor template lives in its own template folder: `mrtk eval` answers with that
+    template (before the fix it looked only in the shipped prompts/ and stopped: not found)."""
+    from mrtk.config import validate_config
+    from mrtk.runs import new_run
+
+    mine = tmp_path / "my_prompts"
+    mine.mkdir()
+    (mine / "terse_actor.md").write_text("---\nname: terse_actor\nrole: actor\nvariables: [prompt]\nparser: none\n---\nAnswer briefly: {{prompt}}\n")
+    cfg = validate_config({**TINY, "actor": {**TINY["actor"], "template": "terse_actor"}, "prompts": {**TINY["prompts"], "template_dirs": [str(mine)]}})
+    run = new_run(cfg, str(tmp_path / "cfg.yaml"), tmp_path / "runs").run_dir
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": "Name a colour.", "output": "Red."}]))
+    mrtk("eval", "alpaca", "--run", str(run), "--iteration", "0", "--data", str(data), "--max-new-tokens", "4", "--annotator", "mrtk",
+         "--dry-run-reply", "Winner: Output A", "-q", cwd=tmp_path, check=True)
+    assert rows(run / DB_NAME, "SELECT count(*) FROM eval_outputs") == [(1,)]

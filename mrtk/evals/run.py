@@ -90,7 +90,7 @@ def load_instructions(path: str | None) -> list[dict]:
 # -- policy outputs -------------------------------------------------------------------------
 def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: SamplingParams, ui) -> dict[str, dict]:
     """The policy's answer to each example (generated once, then read back)."""
-    template = load_template(t.cfg.actor.template, role="actor")
+    template = load_template(t.cfg.actor.template, t.cfg.prompts.template_dirs, role="actor")  # the run's own actor template
     have = t.store.eval_outputs(eval_name, t.iteration)
     todo = [e for e in examples if e["example_id"] not in have]
 
