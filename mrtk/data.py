@@ -96,23 +96,16 @@ def prompts_for_iteration(pool: list[dict], per_iteration: int, iteration: int, 
     return order[per_iteration * (iteration - 1): per_iteration * iteration]
 
 
-def read_json_or_jsonl(path: Path) -> list:
+def read_json_or_jsonl(path: Path, label: str = "eval data") -> list:
+    """A JSON list (or one object), else JSONL read by `read_jsonl`: a bad line or a byte that is
+    not UTF-8 is an error naming its line."""
     if not path.is_file():
-        raise MrtkError(f"eval data {path} not found; check the path")
-    text = path.read_text(encoding="utf-8")
+        raise MrtkError(f"{label} {path} not found; check the path")
     try:
-        data = json.loads(text)
-        return data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        pass
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MrtkError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
-    return rows
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return [obj for _, obj in read_jsonl(path, label)]
+    return data if isinstance(data, list) else [data]
 
 
 def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:

@@ -135,6 +135,8 @@ CASES = {
     "judge a run without responses": (lambda t: ["judge", "--run", str(make_run(t, ())), "-t", "judge_10point"], "has no responses yet"),
     "run into a folder that is a file": (lambda t: ["run", "--out", str(write(t, "taken", "x"))], "cannot create the folder"),
     # evals: numbers refused before any network or model work
+    "eval data not utf-8": (lambda t: ["eval", "judge", str(write(t, "h.jsonl", b'{"input": "caf\xe9", "output_1": "a", "output_2": "b", "label": 1}\n'))],
+                            "line 1 is not UTF-8"),
     "eval negative budget": (lambda t: ["eval", "alpaca", "--max-cost", "-1"], "--max-cost -1: give a budget of 0 USD or more"),
     "eval zero answer tokens": (lambda t: ["eval", "arena-hard", "--questions", "q.jsonl", "--baseline", "b.jsonl", "--max-new-tokens", "0"],
                                 "--max-new-tokens 0"),
