@@ -49,7 +49,7 @@ def run(
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
-    from mrtk.inputs import check_inputs
+    from mrtk.inputs import check_inputs, pool_warning
     from mrtk.loop import Loop
     from mrtk.runs import WriterLock, find_run, new_run, open_run
     from mrtk.ui import QuietUI, RichUI
@@ -78,6 +78,8 @@ def run(
                 out.print(line, highlight=False, soft_wrap=True)
             return
         store = new_run(cfg, str(path.resolve()), out_dir)
+    if warning := pool_warning(cfg, inputs["pool"]):
+        err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")
         Loop(store, cfg, inputs, ui).run()  # records how the run ended (runs.status), then re-raises

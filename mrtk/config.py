@@ -144,12 +144,28 @@ class TrainCfg(_Section):
 
 class SftCfg(_Section):
     file: str | None = Field(None, description="Optional SFT before iteration 1 (the paper's EFT step): JSONL of {'prompt', 'completion'}; null skips it.")
-    epochs: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
-    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(1, ge=1, description="Epochs trained (paper: the checkpoint at epoch 5).")
+    schedule_epochs: int | None = Field(None, ge=1, description="Epochs the cosine learning-rate schedule spans (paper: 10, stopped "
+                                                                 "at `epochs`); null: the epochs trained.")
+    lr: float = Field(1e-4, gt=0.0, description="Learning rate (paper: 5e-8 with full fine-tuning).")
+    batch_size: int = Field(8, ge=1, description="Global batch in examples (paper: 32).")
     micro_batch_size: int = Field(2, ge=1)
     max_length: int = Field(1024, ge=16, description="Longer examples are dropped and counted, never truncated.")
-    lora: LoraCfg | None = Field(LoraCfg(), description="LoRA adapter, merged; null: full fine-tuning.")
+    lora: LoraCfg | None = Field(LoraCfg(), description="LoRA adapter, merged; null: full fine-tuning (the paper's).")
+
+    @property
+    def horizon(self) -> int:
+        """The epochs the SFT learning-rate schedule spans: schedule_epochs, else the epochs trained."""
+        return self.schedule_epochs or self.epochs
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "SftCfg":
+        if self.horizon < self.epochs:
+            raise ValueError(f"sft.schedule_epochs {self.schedule_epochs} is below sft.epochs {self.epochs}; "
+                             "the schedule must span at least the epochs trained")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"sft.batch_size {self.batch_size} is not a multiple of sft.micro_batch_size {self.micro_batch_size}")
+        return self
 
 
 class RuntimeCfg(_Section):

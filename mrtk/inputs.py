@@ -49,6 +49,15 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer:
     return inputs
 
 
+def pool_warning(cfg: RunConfig, pool: list[dict]) -> str | None:
+    """One line when the pool is smaller than one iteration's draw: every iteration then draws the
+    whole pool (data.prompts_for_iteration), not prompts.per_iteration different prompts."""
+    if len(pool) >= cfg.prompts.per_iteration:
+        return None
+    return (f"prompts.file holds {len(pool)} prompts, fewer than prompts.per_iteration={cfg.prompts.per_iteration}: each iteration "
+            f"draws all {len(pool)} (the paper drew 5,000 of 20,000); set prompts.file to a larger pool")
+
+
 def check_lengths(cfg: RunConfig, inputs: dict) -> None:
     """Every prompt of the pool within prompts.max_prompt_tokens, and the longest meta-judge prompt
     the run can build (template + prompt + response + two judgements) within the model's context."""

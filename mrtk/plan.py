@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mrtk.backends import serving_plan
 from mrtk.config import RunConfig, at
+from mrtk.inputs import pool_warning
 
 
 def model_bytes(spec: str) -> int | None:
@@ -44,11 +45,15 @@ def model_bytes(spec: str) -> int | None:
 
 
 def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
-    p, k, n = cfg.prompts.per_iteration, cfg.actor.k, cfg.judge.n
+    p, k, n = min(cfg.prompts.per_iteration, len(inputs["pool"])), cfg.actor.k, cfg.judge.n  # what prompts_for_iteration draws
     lines = [f"experiment {cfg.name}: model {cfg.model} ({inputs['model']}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"]
+    warning = pool_warning(cfg, inputs["pool"])
+    if warning:
+        lines.append(f"warning: {warning}")
     train = "full fine-tuning" if cfg.train.lora is None else f"LoRA r={cfg.train.lora.r} merged"
     if cfg.sft.file:
-        lines.append(f"sft: {len(inputs['sft'] or [])} examples, {cfg.sft.epochs} epoch(s), {'full' if cfg.sft.lora is None else 'LoRA'} -> M1")
+        lines.append(f"sft: {len(inputs['sft'] or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
+                     f"lr {cfg.sft.lr:g}, global batch {cfg.sft.batch_size}, {'full fine-tuning' if cfg.sft.lora is None else 'LoRA'} -> M1")
     for t in range(1, cfg.iterations + 1):
         judge_it = t in cfg.pairs.judge_iterations
         epochs = at(cfg.train.epochs, t)

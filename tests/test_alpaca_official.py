@@ -13,7 +13,7 @@ import pytest
 
 from conftest import mrtk, rows
 
-pytest.importorskip("alpaca_eval")
+import alpaca_eval  # noqa: F401
 SHARED = Path(__import__("os").environ.get("MRTK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ALPACA = SHARED / "alpaca_eval"
 MODELS = ["FuseChat-Llama-3.1-8B-Instruct", "OpenHermes-2.5-Mistral-7B", "alpaca-7b", "claude-2.1", "gemma-7b-it", "gpt-3.5-turbo-1106"]

@@ -26,6 +26,8 @@ def test_paper_preset_is_the_paper():
     assert (p.train.beta, p.train.lr, p.train.batch_size, p.train.scheduler) == (0.1, 5e-6, 32, "cosine")
     assert p.train.epochs == [6, 4, 2, 2] and p.train.schedule_epochs == [10] and p.train.loss_type == ["sigmoid"]
     assert p.backend == "sglang" and p.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    # SFT on EFT (appendix A.3): a 10-epoch cosine stopped at epoch 5, lr 5e-8, global batch 32, full fine-tuning
+    assert (p.sft.epochs, p.sft.schedule_epochs, p.sft.horizon, p.sft.lr, p.sft.batch_size, p.sft.lora) == (5, 10, 10, 5e-8, 32, None)
     nemo = load_config("nemo")
     assert (nemo.pairs.drop_same_score, nemo.pairs.drop_identical_text, nemo.pairs.judge_share_cap) == (True, True, 0.15)
     assert (nemo.meta_judge.template, nemo.meta_judge.show_scores) == ("meta_judge_nemo", False)
@@ -47,6 +49,7 @@ def test_overrides():
     ({"judge": {"n": "three"}}, "judge.n"),
     ({"pairs": {"judge_iterations": [3]}, "iterations": 2}, "judge_iterations"),
     ({"judge": {"score_mode": "vibes"}}, "judge.score_mode"),
+    ({"sft": {"epochs": 5, "schedule_epochs": 3}}, "sft.schedule_epochs"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(MrtkError, match=message.replace(".", r"\.")):

@@ -87,7 +87,20 @@ def test_dry_run_prints_the_paper_plan_without_loading(tmp_path):
     assert "DPO full fine-tuning, 6 epoch(s) of a 10-epoch cosine schedule" in out
     assert "DEEPSPEED ZeRO-3, 8 processes on 1 machine(s)" in out and "--config_file" in out and "--num_processes 8" in out
     assert "sglang.launch_server" in out and "--enable-deterministic-inference" in out and "--dp-size 8" in out
-    assert "meta-judge up to 550000 calls" in out and not (tmp_path / "runs").exists()
+    # the shipped 64-prompt pool is smaller than one iteration's draw: the plan says what is drawn, with one warning line
+    assert "iteration 1: 64 prompts;" in out and "meta-judge up to 7040 calls" in out and not (tmp_path / "runs").exists()
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        "warning: prompts.file holds 64 prompts, fewer than prompts.per_iteration=5000: each iteration draws all 64 (the paper drew "
+        "5,000 of 20,000); set prompts.file to a larger pool"]
+    assert "sft:" not in out  # sft.file is null in the preset
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n" for i in range(20000)))
+    sft = tmp_path / "eft.jsonl"
+    sft.write_text(json.dumps({"prompt": "Rate this.", "completion": "Score: 3"}) + "\n")
+    out = mrtk("run", "paper", "--dry-run", "--set", f"prompts.file={pool}", "--set", f"sft.file={sft}", cwd=tmp_path, check=True,
+               timeout=120).stdout
+    assert "iteration 1: 5000 prompts;" in out and "meta-judge up to 550000 calls" in out and "warning" not in out
+    assert "sft: 1 examples, 5 epoch(s) of a 10-epoch cosine schedule, lr 5e-08, global batch 32, full fine-tuning -> M1" in out
 
 
 def test_dry_run_disk_estimate_from_a_local_model(tiny_model, tmp_path):

@@ -49,3 +49,21 @@ def test_bad_sft_files(tmp_path, content, message):
     p.write_text(content)
     with pytest.raises(MrtkError, match=message):
         load_sft_examples(p)
+
+
+def test_sft_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
+    """The paper's EFT step (appendix A.3): a 10-epoch cosine with the checkpoint at epoch 5. Here
+    2 of a 4-epoch cosine: training stops after 2 epochs, with the rates of the first half of the
+    longer schedule (not a 2-epoch cosine decaying to 0)."""
+    import math
+
+    from mrtk.config import SftCfg
+    from mrtk.stages.sft import train_sft
+
+    cfg = SftCfg(epochs=2, schedule_epochs=4, batch_size=4, micro_batch_size=4, lr=1e-4)
+    examples = [{"prompt": [{"role": "user", "content": e["prompt"]}], "completion": [{"role": "assistant", "content": e["completion"]}]}
+                for e in EXAMPLES]
+    _, _, metrics, stats = train_sft(model_dir, examples, cfg, seed=0, device="cpu", work_dir=tmp_path)
+    assert stats["steps"] == 2 and [m["step"] for m in metrics] == [1, 2]
+    expected = [1e-4 * 0.5 * (1 + math.cos(math.pi * (k - 1) / 4)) for k in (1, 2)]
+    assert [m["learning_rate"] for m in metrics] == [pytest.approx(e, rel=1e-6) for e in expected]

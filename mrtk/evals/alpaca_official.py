@@ -129,8 +129,11 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
     import logging
 
     import pandas as pd
-    from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
+    try:  # importing alpaca_eval runs its utils.py, which needs pkg_resources (setuptools < 82): the [alpaca] extra caps it
+        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+    except Exception as e:  # noqa: BLE001 - any import failure of the optional package falls back, named
+        return None, f"alpaca_eval is installed but does not import ({type(e).__name__}: {e}); pip install 'mrtk[alpaca]'"
     if difficulty is None:  # only a cached copy, or a download when the hub is reachable (HF_HUB_OFFLINE unset)
         from huggingface_hub import try_to_load_from_cache
 

@@ -208,6 +208,16 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     prefs = example_preferences(items)
     ids = sorted(prefs)
     wr = metrics.win_rate([prefs[i] for i in ids])
+    avg_len = sum(o["n_chars"] for o in outputs.values()) / len(outputs)
+    failed = sum(r["preference"] is None for r in items)
+    numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
+               "avg_length": (avg_len, None, None, len(outputs)), "unjudged": (float(failed), None, None, len(items))}
+    change = change_from_previous(t, "alpaca", judge.model, prefs)
+    if change:
+        numbers["win_rate_change_from_previous_iteration"] = change
+    details = {"both_orders": both_orders, "annotator": getattr(template, "source", template.name)}
+    # the paid-for numbers are recorded first: the LC step below uses an optional package and data file
+    write_results(t, "alpaca", judge.model, numbers, {**details, "lc": "not computed"})
     lc, how = None, "mrtk paraphrase"
     if isinstance(template, Annotator):  # the leaderboard's GLM, with instruction difficulty
         lc, how = official_lc([{"preference": 1.0 + prefs[i], "output_1": references[i], "output_2": outputs[i]["output"],
@@ -217,16 +227,8 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     if lc is None:  # mrtk's GLM on the length term alone: not the leaderboard's LC, and named so
         lc_name = "lc_approx_no_difficulty"
         lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [len(references[i]) for i in ids])
-    avg_len = sum(o["n_chars"] for o in outputs.values()) / len(outputs)
-    failed = sum(r["preference"] is None for r in items)
-    numbers = {"win_rate": (wr["win_rate"], None, None, wr["n_total"]), "standard_error": (wr["standard_error"], None, None, wr["n_total"]),
-               lc_name: (lc, None, None, wr["n_total"]), "avg_length": (avg_len, None, None, len(outputs)),
-               "unjudged": (float(failed), None, None, len(items))}
-    change = change_from_previous(t, "alpaca", judge.model, prefs)
-    if change:
-        numbers["win_rate_change_from_previous_iteration"] = change
-    write_results(t, "alpaca", judge.model, numbers, {"both_orders": both_orders, "annotator": getattr(template, "source", template.name),
-                                                      "lc": how})
+    numbers[lc_name] = (lc, None, None, wr["n_total"])
+    write_results(t, "alpaca", judge.model, numbers, {**details, "lc": how})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
 

@@ -1,5 +1,7 @@
 """Optional SFT stage before iteration 1 (the paper's EFT step: the seed is first fine-tuned on
-judge data built from human rankings; docs/METHOD.md section 1). LoRA SFT with TRL, merged into M1.
+judge data built from human rankings; docs/METHOD.md section 1). SFT with TRL (LoRA, merged into M1,
+or full fine-tuning), on a cosine schedule that may span more epochs than it trains (the paper:
+10 epochs, checkpoint at epoch 5).
 
 The data file is JSONL, one `{"prompt": ..., "completion": ...}` per line. Examples longer
 than `sft.max_length` tokens are dropped and counted, never truncated silently.
@@ -14,7 +16,7 @@ from mrtk.config import SftCfg
 from mrtk.data import read_jsonl
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
-from mrtk.training import fit_and_merge, lora_config, metrics_callback, quiet, trainer_args, use_bf16
+from mrtk.training import fit_and_merge, lora_config, metrics_callback, quiet, stop_after_epochs, trainer_args, use_bf16
 
 
 def load_sft_examples(path: Path) -> list[dict]:
@@ -41,10 +43,10 @@ def train_sft(model_dir: str, examples: list[dict], cfg: SftCfg, *, seed: int, d
         raise MrtkError(f"sft: every example is longer than sft.max_length={cfg.max_length} tokens; raise it")
     metrics: list[dict] = []
     args = SFTConfig(**trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size,
-                                    epochs=cfg.epochs, lr=cfg.lr, seed=seed, device=device, bf16=use_bf16("auto", device)),
+                                    epochs=cfg.horizon, lr=cfg.lr, seed=seed, device=device, bf16=use_bf16("auto", device)),
                      lr_scheduler_type="cosine")
     trainer = quiet(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(fitting), processing_class=tokenizer,
-                                peft_config=lora_config(cfg.lora), callbacks=[metrics_callback(metrics, 0, on_step)])
+                                peft_config=lora_config(cfg.lora), callbacks=[metrics_callback(metrics, 0, on_step), stop_after_epochs(cfg.epochs)])
     merged, seconds = fit_and_merge(trainer)
     stats = {"examples_in": len(examples), "examples_trained": len(fitting), "dropped_too_long": len(examples) - len(fitting),
              "steps": trainer.state.global_step, "train_seconds": seconds}
