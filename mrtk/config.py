@@ -69,6 +69,9 @@ class MetaJudgeCfg(Sampling):
     mode: Literal["structured", "free_text"] = Field(
         "structured", description="structured: justification, then 'Winner: Judgement ' and a sampled A/B from the two tokens' probabilities; free_text: parse 'Winner: Judgement X'.")
     show_scores: bool = Field(True, description="Show the judgements' scores to the meta-judge (paper: yes; NeMo: no).")
+    require_variance: bool = Field(True, description="NeMo's rule: a prompt whose responses' scores do not vary, or whose Elo comes out "
+                                                     "flat, gives no judge pair. false: the paper's (the highest-variance response even at "
+                                                     "zero variance, Elo ties broken at random, seeded).")
     position_weights: Literal["iteration", "response", "none"] = Field(
         "iteration", description="Scope of the first/second-position win counts used to weight battles.")
     elo_l2: float = Field(0.01, gt=0.0, description="L2 regularisation of the Bradley-Terry fit (keeps a clean sweep finite).")

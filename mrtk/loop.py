@@ -81,7 +81,8 @@ class Loop:
                     self._probe(it, model)
 
             # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
-            picks = meta_judge.pick_responses(responses, judgements, run_seed=seed, iteration=it)
+            picks = meta_judge.pick_responses(responses, judgements, run_seed=seed, iteration=it,
+                                              require_variance=cfg.meta_judge.require_variance)
             elo = []
             if it in cfg.pairs.judge_iterations:
                 with store.stage(it, "meta_judge", release_memory):

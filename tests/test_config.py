@@ -31,6 +31,7 @@ def test_paper_preset_is_the_paper():
     nemo = load_config("nemo")
     assert (nemo.pairs.drop_same_score, nemo.pairs.drop_identical_text, nemo.pairs.judge_share_cap) == (True, True, 0.15)
     assert (nemo.meta_judge.template, nemo.meta_judge.show_scores) == ("meta_judge_nemo", False)
+    assert (p.meta_judge.require_variance, nemo.meta_judge.require_variance) == (False, True)
     assert nemo.model_dump(exclude={"name", "pairs", "meta_judge"}) == p.model_dump(exclude={"name", "pairs", "meta_judge"})
 
 

@@ -89,3 +89,19 @@ def test_hidden_scores():
     j = {"text": "Fine answer.\nScore: 4.25"}
     assert shown(j, True).endswith("Score: 4.25")
     assert "Score" not in shown(j, False)
+
+
+def test_pick_without_require_variance_is_the_papers_random_tie_break():
+    """The paper picks the highest-variance response and breaks ties at random; zero variance is
+    not excluded (NeMo's rule, `require_variance`). Saturated scores (iteration 2 in the paper)
+    still give a pick: a seeded draw among the tied responses, spread over both."""
+    by_response = [{"response_id": f"{p}/{r}", "prompt_id": p, "is_duplicate": False} for p in ("p0", "p1", "p2", "p3", "p4", "p5")
+                   for r in ("a", "b")]
+    js = [{"response_id": r["response_id"], "score": 5.0} for r in by_response for _ in range(3)]  # all 5: zero variance
+    assert set(pick_responses(by_response, js, run_seed=0, iteration=2).values()) == {(None, "no_response_with_score_variance")}
+    picks = pick_responses(by_response, js, run_seed=0, iteration=2, require_variance=False)
+    assert all(why == "ok" and rid.startswith(pid + "/") for pid, (rid, why) in picks.items())
+    assert {rid.split("/")[1] for rid, _ in picks.values()} == {"a", "b"}  # random, not always the first id
+    assert picks == pick_responses(by_response, js, run_seed=0, iteration=2, require_variance=False)  # seeded
+    one = [{"response_id": "p0/a", "score": 5.0}]  # fewer than two valid scores: no pick under either rule
+    assert pick_responses(by_response[:1], one, run_seed=0, iteration=2, require_variance=False) == {"p0": (None, "no_response_with_2_valid_scores")}

@@ -125,3 +125,22 @@ def test_share_cap():
     assert sum(r["status"] == "kept" for r in capped) == 3
     assert all(r["reason"] == "judge_share_cap_0.15" for r in capped if r["status"] == "dropped")
     assert apply_share_cap(actor, judge, None, iteration=1, run_seed=0) == judge
+
+
+def test_flat_elo_is_broken_at_random_without_require_variance():
+    """The paper breaks Elo ties at random; NeMo's rule (require_variance) drops the prompt."""
+    js = [judgement(f"j{i}", 5.0) for i in range(4)]
+    flat = [elo(f"j{i}", 1000) for i in range(4)]
+    paper = MetaJudgeCfg(max_chosen_chars=[None], require_variance=False)
+    cfg = PairsCfg(drop_same_score=False, drop_identical_text=False)
+    assert run_judge_pairs(js, flat, cfg=cfg)["reason"] == "no_elo_spread"
+    chosen = []
+    for seed in range(12):
+        row = judge_pairs({"p": ("r", "ok")}, flat, js, cfg, paper, iteration=1, run_seed=seed)[0]
+        assert row["status"] == "kept" and row["chosen_id"] != row["rejected_id"]
+        chosen.append(row["chosen_id"])
+    assert len(set(chosen)) > 1  # a seeded random draw, not always the first judgement
+    # a separated Elo is unaffected by the knob
+    row = judge_pairs({"p": ("r", "ok")}, [elo("j0", 1100), elo("j1", 900), elo("j2", 1000), elo("j3", 1000)], js, cfg, paper,
+                      iteration=1, run_seed=0)[0]
+    assert (row["chosen_id"], row["rejected_id"]) == ("j0", "j1")

@@ -1,6 +1,8 @@
 """Meta-judge stage: battles among one response's judgements, position weights, Elo (docs/METHOD.md 4).
 
-1. Per prompt, the response whose valid judge scores vary most (seeded tie-break).
+1. Per prompt, the response whose valid judge scores vary most (seeded tie-break); with
+   `require_variance` (NeMo's rule) a prompt whose scores do not vary at all is skipped, without
+   it (the paper) the pick is among all responses with two or more valid judgements.
 2. Every ordered pair of its distinct valid judgements is a battle (both orders).
 3. The meta-judge says which judgement is better (structured: short justification, then
    "\\nWinner: Judgement" and the probabilities of " A" / " B", verdict sampled from them;
@@ -28,10 +30,13 @@ from mrtk.rows import derive_seed, meta_id
 _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
 
 
-def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: int, iteration: int) -> dict[str, tuple[str | None, str]]:
+def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: int, iteration: int,
+                   require_variance: bool = True) -> dict[str, tuple[str | None, str]]:
     """prompt_id -> (response_id with the highest score variance, "ok") or (None, reason).
     The variance is numpy's population variance (np.var, ddof=0); it only ranks a prompt's
-    responses, each with the same N, so the sample variance would pick the same response."""
+    responses, each with the same N, so the sample variance would pick the same response.
+    `require_variance`: NeMo's rule (zero variance everywhere: no pick); off, the paper's (a tie,
+    zero included, is broken at random, seeded by prompt)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for j in judgements:
         if j["score"] is not None:
@@ -43,7 +48,11 @@ def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: i
     picks: dict[str, tuple[str | None, str]] = {}
     for pid, rs in sorted(by_prompt.items()):
         candidates = [(float(np.var(scores[r["response_id"]])), r["response_id"]) for r in rs if len(scores[r["response_id"]]) >= 2]
-        candidates = [c for c in candidates if c[0] > 0.0]
+        if not candidates:
+            picks[pid] = (None, "no_response_with_2_valid_scores")
+            continue
+        if require_variance:
+            candidates = [c for c in candidates if c[0] > 0.0]
         if not candidates:
             picks[pid] = (None, "no_response_with_score_variance")
             continue

@@ -71,7 +71,10 @@ def actor_pairs(responses: list[dict], judgements: list[dict], cfg: PairsCfg, *,
 
 def judge_pairs(picks: dict[str, tuple[str | None, str]], elo_rows: list[dict], judgements: list[dict],
                 cfg: PairsCfg, meta_cfg: MetaJudgeCfg, *, iteration: int, run_seed: int) -> list[dict]:
-    """One judge pair per prompt: highest vs lowest Elo among its picked response's judgements."""
+    """One judge pair per prompt: highest vs lowest Elo among its picked response's judgements, ties
+    broken at random (seeded). A flat Elo (no verdict separates the judgements) is dropped as
+    `no_elo_spread` under meta_judge.require_variance (NeMo); without it (the paper) the tie-break
+    picks two distinct judgements."""
     by_id = {j["judgement_id"]: j for j in judgements}
     elo_by_response: dict[str, list[dict]] = defaultdict(list)
     for e in elo_rows:
@@ -84,12 +87,13 @@ def judge_pairs(picks: dict[str, tuple[str | None, str]], elo_rows: list[dict], 
         if rid is None:
             rows.append(dict(base, status="dropped", reason=why))
             continue
-        if len(ratings) < 2 or max(e["elo"] for e in ratings) - min(e["elo"] for e in ratings) <= 1e-6:
+        flat = len(ratings) >= 2 and max(e["elo"] for e in ratings) - min(e["elo"] for e in ratings) <= 1e-6
+        if len(ratings) < 2 or (flat and meta_cfg.require_variance):
             rows.append(dict(base, status="dropped", reason="no_elo_spread"))
             continue
         rng = random.Random(derive_seed(run_seed, iteration, "judge_pair", pid))
         hi = _pick_elo(ratings, max, rng)
-        lo = _pick_elo(ratings, min, rng)
+        lo = _pick_elo([e for e in ratings if e is not hi], min, rng)  # distinct from hi also when the Elo is flat
         chosen, rejected = by_id[hi["judgement_id"]], by_id[lo["judgement_id"]]
         row = dict(base, chosen_id=chosen["judgement_id"], rejected_id=rejected["judgement_id"],
                    chosen_score=chosen["score"], rejected_score=rejected["score"],
