@@ -274,6 +274,51 @@ def test_arena_judge_config_is_what_is_sent(run_copy):
     assert (value, lo, hi) == (50.0, hand["ci_low"], hand["ci_high"])
 
 
+def test_arena_asks_once_more_when_no_verdict_label(store, tmp_path):
+    """Arena-Hard-Auto's gen_judgment.py: no label in the reply -> the same conversation plus
+    "continue your judgment ..." once more; the verdict is read from both replies joined. Each call
+    is a logged LiteLLM call (its mock path), the second carrying the first reply as an assistant turn."""
+    from mrtk.evals.arena_config import CONTINUE, load_judge_config
+
+    cfg = tmp_path / "judge_config.yaml"
+    cfg.write_text(JUDGE_CONFIG)
+    arena = load_judge_config(cfg)
+    real = judge(store, None, dry_run=True)
+
+    class ByTurn:  # the real judge, its mock reply chosen by the conversation's length
+        def __init__(self, replies):
+            self.replies = replies
+
+        def ask(self, messages):
+            real.mock_response = self.replies[(len(messages) - 2) // 2]
+            return real.ask(messages)
+
+    messages = arena.render("Add 2 and 2.", "4", "5")
+    reply = arena.ask(ByTurn(["A is right, B is wrong.", "My final verdict: [[A>>B]]"]), messages)
+    assert reply.text == "A is right, B is wrong.\nMy final verdict: [[A>>B]]" and arena.verdict(reply.text) == ("A>>B", "ok")
+    calls = sorted((json.loads(r["messages"]) for r in store.fetch("SELECT messages FROM eval_calls")), key=len)
+    assert len(calls) == 2 and calls[1] == messages + [{"role": "assistant", "content": "A is right, B is wrong."},
+                                                       {"role": "user", "content": CONTINUE}]
+    # a label in the first reply: one call; two attempts without one: no verdict, both texts kept
+    assert arena.ask(ByTurn(["[[B>A]]"]), arena.render("Q2", "a", "b")).text == "[[B>A]]"
+    reply = arena.ask(ByTurn(["hmm", "still thinking"]), arena.render("Q3", "a", "b"))
+    assert reply.text == "hmm\nstill thinking" and arena.verdict(reply.text) == (None, "no_arena_verdict")
+
+
+def test_arena_config_without_system_prompt_is_refused(tmp_path):
+    """The newer Arena-Hard-Auto YAML (config/arena-hard-v0.1.yaml) has no system prompt; sending
+    its user template alone would not be the benchmark's judge."""
+    from mrtk.evals.arena_config import load_judge_config
+
+    cfg = tmp_path / "arena-hard-v0.1.yaml"
+    cfg.write_text("judge_model: gpt-4.1\ntemperature: 0.0\nmax_tokens: 16000\n"
+                   "prompt_template: \"<|User Prompt|>\\n{QUESTION}\\n\\n<|The Start of Assistant A's Answer|>\\n{ANSWER_A}\\n"
+                   "<|The End of Assistant A's Answer|>\\n\\n<|The Start of Assistant B's Answer|>\\n{ANSWER_B}\\n"
+                   "<|The End of Assistant B's Answer|>\"\n")
+    with pytest.raises(MrtkError, match="no system_prompt .*add `system_prompt: ...`"):
+        load_judge_config(cfg)
+
+
 def test_audit_through_litellm_never_reaches_pairs(run_copy):
     """`mrtk eval audit`: the external judge's scores of sampled loop responses are eval rows with
     their calls and costs; judgements and pairs are exactly what they were."""

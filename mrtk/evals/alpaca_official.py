@@ -27,6 +27,7 @@ import importlib.util
 import math
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,9 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
     import pandas as pd
 
     try:  # importing alpaca_eval runs its utils.py, which needs pkg_resources (setuptools < 82): the [alpaca] extra caps it
-        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+        with warnings.catch_warnings():  # setuptools 81 warns on every import of pkg_resources: not the user's to act on
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
     except Exception as e:  # noqa: BLE001 - any import failure of the optional package falls back, named
         return None, f"alpaca_eval is installed but does not import ({type(e).__name__}: {e}); pip install 'mrtk[alpaca]'"
     if difficulty is None:  # only a cached copy, or a download when the hub is reachable (HF_HUB_OFFLINE unset)

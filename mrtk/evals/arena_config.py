@@ -7,7 +7,12 @@ Arena-Hard-Auto (github.com/lmarena/arena-hard-auto) keeps its judge in YAML: th
 `prompt_template` with `{QUESTION}`, `{ANSWER_A}`, `{ANSWER_B}`. `mrtk eval arena-hard
 --judge-config FILE` sends exactly that system prompt and template with those settings, and
 reads the verdict as the benchmark does: the distinct matches of `regex_pattern`; exactly one
-is the verdict, none or several disagreeing is no verdict. Without a file, mrtk's own
+is the verdict, none or several disagreeing is no verdict. When a reply has no verdict label at
+all, the judge is asked once more in the same conversation ("continue your judgment and finish by
+outputting a final verdict label") and the verdict is read from both replies joined, as
+`gen_judgment.py` does (two attempts). The newer configs keep the system prompt out of the YAML
+(in `utils/judge_utils.py`'s JUDGE_SETTINGS); a file without `system_prompt` is refused in one
+line rather than sending the user template alone. Without a file, mrtk's own
 paraphrase (`prompts/eval_arena_hard.md`) is used with the benchmark's numbers, and every
 printout names it as the fallback.
 """
@@ -15,7 +20,7 @@ printout names it as the fallback.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -24,6 +29,9 @@ from mrtk.errors import MrtkError
 
 DEFAULT_MAX_TOKENS = 4096  # arena-hard-auto config/judge_config.yaml (v0.1): the judge's and the answers' limit
 DEFAULT_REGEX = r"\[\[([AB<>=]+)\]\]"
+# arena-hard-auto gen_judgment.py: the second attempt's user turn, and two attempts in all
+CONTINUE = "continue your judgment and finish by outputting a final verdict label"
+ATTEMPTS = 2
 _PLACEHOLDERS = {"{question_1}": "{{question}}", "{answer_1}": "{{output_a}}", "{answer_2}": "{{output_b}}",
                  "{QUESTION}": "{{question}}", "{ANSWER_A}": "{{output_a}}", "{ANSWER_B}": "{{output_b}}"}
 # Arena-Hard verdict strings -> the A-first form mrtk's ARENA_SCORES uses.
@@ -43,6 +51,21 @@ class ArenaJudge:
         values = {"question": question, "output_a": output_a, "output_b": output_b}
         user = re.sub(r"{{(question|output_a|output_b)}}", lambda m: values[m.group(1)], self.body)
         return ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [{"role": "user", "content": user}]
+
+    def ask(self, judge, messages: list[dict]):
+        """One game as gen_judgment.py plays it: a reply without any verdict label gets the CONTINUE
+        turn (the conversation so far, then that request), up to ATTEMPTS replies; the returned
+        reply's text is the replies joined by newlines, the text the verdict is read from."""
+        reply, texts = None, []
+        for _ in range(ATTEMPTS):
+            reply = judge.ask(messages)
+            if not reply.ok:
+                return reply if not texts else replace(reply, text="\n".join(texts))
+            texts.append(reply.text or "")
+            if self.verdict("\n".join(texts))[1] != "no_arena_verdict":
+                break
+            messages = messages + [{"role": "assistant", "content": reply.text or ""}, {"role": "user", "content": CONTINUE}]
+        return replace(reply, text="\n".join(texts))
 
     def verdict(self, text: str | None) -> tuple[str | None, str]:
         """(A-first verdict or None, reason) as arena-hard-auto's get_score: one distinct match."""
@@ -76,11 +99,14 @@ def load_judge_config(path: str | Path) -> ArenaJudge:
         raise MrtkError(f"--judge-config {path}: prompt_template lacks {{question_1}}/{{answer_1}}/{{answer_2}} "
                         "(or {QUESTION}/{ANSWER_A}/{ANSWER_B})")
     system = raw.get("system_prompt")
+    if not (isinstance(system, str) and system.strip()):
+        raise MrtkError(f"--judge-config {path}: no system_prompt (Arena-Hard-Auto's newer configs keep it in utils/judge_utils.py); "
+                        "add `system_prompt: ...` to the file, or give v0.1's config/judge_config.yaml")
     try:
         re.compile(raw.get("regex_pattern") or DEFAULT_REGEX)
     except re.error as e:
         raise MrtkError(f"--judge-config {path}: regex_pattern is not a regular expression ({e})") from None
-    return ArenaJudge(system_prompt=system if isinstance(system, str) and system.strip() else None, body=body,
+    return ArenaJudge(system_prompt=system, body=body,
                       temperature=float(raw.get("temperature", 0.0)), max_tokens=int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)),
                       regex=raw.get("regex_pattern") or DEFAULT_REGEX, source=str(path))
 

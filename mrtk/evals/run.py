@@ -129,7 +129,7 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 messages = template.render(e["instruction"], a, b)
             else:
                 messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
-            reply = judge.ask(messages)
+            reply = template.ask(judge, messages) if isinstance(template, ArenaJudge) else judge.ask(messages)  # Arena-Hard asks twice
             if isinstance(template, Annotator) and reply.ok:
                 p_first, reason = template.preference_first(reply.text, reply.top_logprobs)
                 parsed = Parsed((reply.text or "").strip()[:8] or None, "ok" if p_first is not None else "failed", reason)
@@ -227,7 +227,7 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     if lc is None:  # mrtk's GLM on the length term alone: not the leaderboard's LC, and named so
         lc_name = "lc_approx_no_difficulty"
         lc = metrics.length_controlled_win_rate([prefs[i] for i in ids], [outputs[i]["n_chars"] for i in ids], [len(references[i]) for i in ids])
-    numbers[lc_name] = (lc, None, None, wr["n_total"])
+    numbers = dict(list(numbers.items())[:2] + [(lc_name, (lc, None, None, wr["n_total"]))] + list(numbers.items())[2:])  # after WR, SE
     write_results(t, "alpaca", judge.model, numbers, {**details, "lc": how})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
