@@ -372,10 +372,11 @@ def _print_eval(title: str, res: dict) -> None:
     from mrtk.evals.health import verdict
 
     for metric, (v, lo, hi, n) in res["numbers"].items():
-        if "change" in metric and v is not None and lo is not None:
-            said = verdict({"diff": v, "contains_zero": lo <= 0 <= hi})
-            out.print(f"{metric}: {v:+.3f} [{lo:.3f}, {hi:.3f}], paired bootstrap over {n}: {said}"
-                      + (" (the interval contains 0)" if lo <= 0 <= hi else ""))
+        if "change" in metric and v is not None:
+            said = verdict({"diff": v, "ci_low": lo, "ci_high": hi, "n": n})
+            interval = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
+            out.print(f"{metric}: {v:+.3f}{interval}, paired bootstrap over {n}: {said}"
+                      + (" (the interval contains 0)" if lo is not None and lo <= 0 <= hi else ""))
     if "cost_usd" in res:
         out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
 

@@ -50,8 +50,7 @@ def judge_health_lines(eval_results: list[dict], it: int) -> list[tuple[str, str
             text = (f"agreement {_ci(m['agreement'])}, without ties {_ci(m['agreement_without_ties'])}, "
                     f"ties {_ci(m['tie_rate'])}")
             if "agreement_change" in m:
-                text += f"; vs M{it - 1}: {m['agreement_change']['value']:+.3f} [{_f(m['agreement_change']['ci_low'])}, " \
-                        f"{_f(m['agreement_change']['ci_high'])}]"
+                text += f"; vs M{it - 1}: {_ci(m['agreement_change'])}"
             lines.append((f"judge vs humans ({name[6:]})", text))
             change = m.get("agreement_change")
             lines.append(("judge verdict", json.loads(change["details"] or "{}").get("verdict", "?") if change else "first probed model"))

@@ -11,7 +11,7 @@ def test_frozen_set_metrics_by_hand():
     base = {"r1": 2.0, "r2": 3.0, "r3": 1.0, "r4": 4.0}
     now = {"r1": 3.0, "r2": 4.0, "r3": 2.0, "r4": 5.0}  # every response judged exactly one point higher
     out = health.drift(base, now, {"r1": 10, "r2": 20, "r3": 30, "r4": 40}, {"r1": "p1", "r2": "p1", "r3": "p2", "r4": "p2"}, 5.0)
-    assert out["mean_shift"][:3] == (1.0, 1.0, 1.0)  # no spread in the shift: the interval is the point
+    assert out["mean_shift"][:3] == (1.0, None, None)  # four responses: the shift, but too few for an interval
     assert out["top_score_share"][0] == 0.25  # only r4 is at or above 4.5
     assert out["tie_rate"][0] == 0.0 and out["tie_rate"][3] == 2  # two same-prompt pairs, none within 0.1
     # Pearson of (3, 4, 2, 5) with (10, 20, 30, 40): sum dx*dy = 20, sxx = 5, syy = 500 -> 20 / 50 = 0.4
@@ -44,6 +44,20 @@ def test_paired_bootstrap_interval_contains_zero_for_noise():
     assert change["diff"] == 0.0 and change["ci_low"] < 0 < change["ci_high"]
     assert change["contains_zero"] and health.verdict(change) == "no detectable change"
     assert health.verdict(None) == "no earlier iteration"
+
+
+@pytest.mark.parametrize("now, before", [
+    ([1.0, 1.0], [0.0, 0.0]),                                  # two units, no spread in either arm
+    ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),                        # three
+    ([1.0, 0.5, 1.0, 1.0, 0.5, 1.0], [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]),  # a handful with spread
+])
+def test_too_few_paired_units_give_no_verdict(now, before):
+    """Below the minimum the change is reported without an interval, and no better/worse verdict
+    (before: a zero-width interval at the point and "better")."""
+    change = health.paired_difference(now, before)
+    assert change["diff"] == pytest.approx(sum(now) / len(now) - sum(before) / len(before)) and change["n"] == len(now)
+    assert (change["ci_low"], change["ci_high"]) == (None, None)
+    assert health.verdict(change) == f"too few pairs ({len(now)}; a verdict needs {health.MIN_PAIRED_UNITS})"
 
 
 def test_bootstrap_is_scipys_and_seeded():

@@ -24,6 +24,9 @@ from scipy import stats
 
 TIE_WIDTH = 0.1  # two mean scores closer than this count as a tie (structured scores are continuous)
 SEED = 0
+# mrtk's rule: fewer paired units than this give a change but no interval and no verdict (a
+# bootstrap over 2-3 units gives a zero-width interval; over a handful it under-covers badly).
+MIN_PAIRED_UNITS = 10
 
 
 def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float | None, float | None]:
@@ -55,19 +58,26 @@ def correlation(x, y) -> tuple[float, float | None, float | None] | None:
 
 
 def paired_difference(now: list[float], before: list[float]) -> dict:
-    """Mean of now - before over paired units, with its paired-bootstrap 95% interval and whether it contains 0."""
+    """Mean of now - before over paired units, with its paired-bootstrap 95% interval and whether it
+    contains 0. Below MIN_PAIRED_UNITS units there is no interval (None): a bootstrap over two or
+    three units returns a zero-width interval that looks like certainty."""
     diff = np.asarray(now, float) - np.asarray(before, float)
     if len(diff) == 0:
         return {"diff": None, "ci_low": None, "ci_high": None, "n": 0, "contains_zero": True}
+    if len(diff) < MIN_PAIRED_UNITS:
+        return {"diff": float(diff.mean()), "ci_low": None, "ci_high": None, "n": int(len(diff)), "contains_zero": True}
     lo, hi = bootstrap_ci(now, lambda a, b: float(np.mean(a) - np.mean(b)), paired_with=before)
     return {"diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(diff)),
             "contains_zero": lo is None or (lo <= 0.0 <= hi)}
 
 
 def verdict(change: dict | None) -> str:
+    """better / worse when the paired interval excludes 0; no verdict below MIN_PAIRED_UNITS units."""
     if not change or change["diff"] is None:
         return "no earlier iteration"
-    if change["contains_zero"]:
+    if change["n"] < MIN_PAIRED_UNITS or change["ci_low"] is None:
+        return f"too few pairs ({change['n']}; a verdict needs {MIN_PAIRED_UNITS})"
+    if change["ci_low"] <= 0.0 <= change["ci_high"]:
         return "no detectable change"
     return "better" if change["diff"] > 0 else "worse"
 
