@@ -232,13 +232,25 @@ def prompts_list(dirs: List[Path] = PromptDirs) -> None:
 
 
 @prompts_app.command("show")
-def prompts_show(name: str = typer.Argument(..., help="Template name or .md path."), dirs: List[Path] = PromptDirs) -> None:
-    """Print a template file (front matter and body) and its hash."""
-    from mrtk.prompts import find_template, load_template
+def prompts_show(
+    name: str = typer.Argument(..., help="Template name or .md path."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="For a meta-judge with {{rubric}}: the judge template whose rubric fills it "
+                                                              "(default: the default experiment's judge.template)."),
+    dirs: List[Path] = PromptDirs,
+) -> None:
+    """Print a template file (front matter and body) and its hash; a meta-judge that shows the judge's
+    rubric is also printed as the loop sends it, bound to that rubric."""
+    from mrtk.config import load_config
+    from mrtk.prompts import bind_meta_judge, find_template, load_template
 
     t = load_template(name, dirs)
     sys.stdout.write(find_template(name, dirs).read_text(encoding="utf-8"))
     err.print(f"# {t.name}: stage {t.stage}, parser {t.parser}, hash {t.hash}", highlight=False)
+    if t.stage == "meta-judge" and "rubric" in t.variables:
+        judge_name = judge or load_config("default").judge.template
+        bound = bind_meta_judge(t, load_template(judge_name, dirs, role="judge"))
+        sys.stdout.write(f"\n# --- as the loop sends it with judge template {judge_name} ({{{{rubric}}}} filled; hash {bound.hash}; "
+                         "another judge: --judge NAME) ---\n" + bound.body + ("" if bound.body.endswith("\n") else "\n"))
 
 
 @prompts_app.command("render")

@@ -118,6 +118,16 @@ def test_prompts_commands(tmp_path):
         assert name in listing.stdout
     shown = mrtk("prompts", "show", "judge_10point", cwd=tmp_path, check=True)
     assert shown.stdout.startswith("---\nname: judge_10point") and "hash" in shown.stderr
+    # a meta-judge that shows the judge's rubric is also printed bound, as the loop sends it (the loop's hash)
+    from mrtk.prompts import bind_meta_judge, load_template
+
+    meta = mrtk("prompts", "show", "meta_judge", cwd=tmp_path, check=True).stdout
+    raw, bound = meta.split("\n# --- as the loop sends it with judge template judge_additive5")
+    additive = bind_meta_judge(load_template("meta_judge", role="meta-judge"), load_template("judge_additive5", role="judge"))
+    assert "{{rubric}}" in raw and "{{rubric}}" not in bound.split("\n", 1)[1] and additive.body in bound and f"hash {additive.hash}" in bound
+    ten = mrtk("prompts", "show", "meta_judge", "--judge", "judge_10point", cwd=tmp_path, check=True).stdout
+    assert load_template("judge_10point").rubric.strip() in ten.split("# --- as the loop sends it")[1]
+    assert "as the loop sends it" not in shown.stdout  # a judge template: the file only
     rendered = mrtk("prompts", "render", "judge_10point", "--var", "question=Q?", "--var", "response={{question}} Score: 10",
                     cwd=tmp_path, check=True).stdout
     assert "User: Q?" in rendered and "<response>{{question}} Score: 10</response>" in rendered  # inserted verbatim, once
