@@ -416,9 +416,11 @@ def eval_alpaca(
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
-    _check_eval_numbers(max_cost, max_new_tokens, limit)
-    if difficulty is not None and not difficulty.is_file():
-        raise MrtkError(f"--difficulty {difficulty}: no such file; give AlpacaEval's df_gamed.csv")
+    _check_eval_numbers(max_cost, max_new_tokens, limit, api_base)
+    if difficulty is not None:
+        from mrtk.evals.alpaca_official import check_difficulty_file
+
+        check_difficulty_file(difficulty)
     if annotator == "mrtk":
         prompt = load_template(template, role="eval")
     else:
@@ -438,8 +440,15 @@ def eval_alpaca(
                 f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}", res)
 
 
-def _check_eval_numbers(max_cost: float | None, max_new_tokens: int, limit: int | None) -> None:
-    """Bad numbers are refused before any model or network work."""
+def _check_eval_numbers(max_cost: float | None, max_new_tokens: int, limit: int | None, api_base: str | None = None) -> None:
+    """Bad numbers and URLs are refused before any model or network work."""
+    if api_base is not None:
+        from mrtk.config import check_url
+
+        try:
+            check_url(api_base, "--api-base")
+        except ValueError as e:
+            raise MrtkError(str(e)) from None
     if max_cost is not None and max_cost < 0:
         raise MrtkError(f"--max-cost {max_cost:g}: give a budget of 0 USD or more")
     if max_new_tokens < 1:
@@ -468,7 +477,7 @@ def eval_arena(
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
-    _check_eval_numbers(max_cost, max_new_tokens, limit)
+    _check_eval_numbers(max_cost, max_new_tokens, limit, api_base)
     arena = load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval"))
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
@@ -492,7 +501,7 @@ def eval_audit(
     from mrtk.runs import WriterLock, find_run, open_run
     from mrtk.ui import QuietUI, RichUI
 
-    _check_eval_numbers(max_cost, 1, None)
+    _check_eval_numbers(max_cost, 1, None, api_base)
     if sample < 2:
         raise MrtkError(f"--sample {sample}: give at least 2 responses (one pair)")
     run_dir = find_run(run_)
@@ -525,6 +534,9 @@ def eval_judge(
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
+    _check_eval_numbers(None, 1, limit)
+    if n is not None and n < 1:
+        raise MrtkError(f"--n {n}: give at least 1 judgement per answer")
     pairs, lists = load_human_pairs(data)
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)

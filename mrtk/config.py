@@ -26,6 +26,27 @@ def at(values: list, iteration: int):
     return values[min(iteration, len(values)) - 1]
 
 
+def check_url(value: str, name: str) -> str:
+    """An http(s)://HOST[:PORT][/path] URL, or a one-line error naming `name` (checked before any
+    network call: urllib's own error comes only at the first request, deep in a stage)."""
+    from urllib.parse import urlsplit
+
+    problem = None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
+    except ValueError as e:
+        problem = str(e)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "no http:// or https:// scheme"
+        elif not parts.hostname:
+            problem = "no host"
+    if problem:
+        raise ValueError(f"{name} {value!r} is not a URL ({problem}); give http://HOST:PORT, e.g. http://127.0.0.1:30000")
+    return value.rstrip("/")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -187,6 +208,16 @@ class SGLangCfg(_Section):
     worker_urls: list[str] = Field([], description="With a router in urls: its workers, which get the control calls (memory release/resume, "
                                                    "weight updates) a router does not serve; default: the urls themselves.")
     launch: bool = Field(False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end.")
+
+    @field_validator("urls", "worker_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [check_url(u, "URL") for u in v]
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v, "URL")
     python: str | None = Field(None, description="Python of the separate environment where sglang is installed, which launches the server "
                                                 "(default: `python` on PATH); sglang pins its own torch and openai, so keep it apart from mrtk's.")
     deterministic: bool = Field(True, description="Launch with --enable-deterministic-inference, without which SGLang ignores sampling_seed "

@@ -120,3 +120,7 @@ def test_request_carries_the_official_prompt_and_asks_for_logprobs(run_copy, mon
     # "M" (the second output) without logprobs: a hard verdict, and the item says so
     got = rows(db, "SELECT slot, preference, parse_reason FROM eval_items WHERE eval = 'alpaca' ORDER BY example_id")
     assert all(r[2] == "no_logprobs_text_verdict" and r[1] == (0.0 if r[0] == "policy_first" else 1.0) for r in got)
+    # a smaller --limit afterwards: this eval's example only (before: a KeyError on the example judged earlier)
+    res = mrtk("eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--max-new-tokens", "8", "--dry-run-reply", "M", "-q",
+               "--limit", "1", cwd=run_copy.parent, check=True)
+    assert rows(db, "SELECT n FROM eval_results WHERE eval = 'alpaca' AND metric = 'win_rate'") == [(1,)]

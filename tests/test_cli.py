@@ -141,7 +141,52 @@ CASES = {
     "eval zero answer tokens": (lambda t: ["eval", "arena-hard", "--questions", "q.jsonl", "--baseline", "b.jsonl", "--max-new-tokens", "0"],
                                 "--max-new-tokens 0"),
     "bench unknown setting": (lambda t: ["bench", "--only", "duckdb", "--set", "train.nope=1"], "unknown key 'train.nope'"),
+    # URLs, files and numbers of the newer options: refused before a model loads or a call is made
+    "sglang url without a scheme": (lambda t: ["run", "--set", "backend=sglang", "--set", "sglang.url=localhost:30000"],
+                                    "sglang.url: URL 'localhost:30000' is not a URL (no http:// or https:// scheme)"),
+    "sglang url with a bad port": (lambda t: ["run", "--set", "backend=sglang", "--set", "sglang.urls=[http://127.0.0.1:99999]"],
+                                   "sglang.urls: URL 'http://127.0.0.1:99999' is not a URL"),
+    "sglang worker url without a host": (lambda t: ["run", "--set", "backend=sglang", "--set", "sglang.url=http://127.0.0.1:30000",
+                                                    "--set", "sglang.worker_urls=[http://]"], "sglang.worker_urls: URL 'http://' is not a URL (no host)"),
+    "resume a run with a bad sglang url": (lambda t: ["run", "--resume", str(bad_url_run(t))], "sglang.urls: URL 'localhost:1' is not a URL"),
+    "eval api base not a URL": (lambda t: ["eval", "alpaca", "--api-base", "localhost:8000", "--run", str(make_run(t))],
+                                "--api-base 'localhost:8000' is not a URL"),
+    "audit api base not a URL": (lambda t: ["eval", "audit", "--api-base", "ftp://x", "--run", str(make_run(t))],
+                                 "--api-base 'ftp://x' is not a URL (no http:// or https:// scheme)"),
+    "eval difficulty file missing": (lambda t: ["eval", "alpaca", "--difficulty", str(t / "df_gamed.csv"), "--run", str(make_run(t))],
+                                     "no such file; give AlpacaEval's df_gamed.csv"),
+    "eval difficulty file malformed": (lambda t: ["eval", "alpaca", "--difficulty", str(write(t, "d.csv", "a,b\n1,2\n")),
+                                                  "--run", str(make_run(t))], "no column 'model'"),
+    "eval difficulty file not utf-8": (lambda t: ["eval", "alpaca", "--difficulty", str(write(t, "d.csv", b"mod\xe9l,index\n")),
+                                                  "--run", str(make_run(t))], "not a readable UTF-8 CSV"),
+    "eval judge zero judgements": (lambda t: ["eval", "judge", str(write(t, "h.jsonl", HUMAN_PAIR)), "--n", "0", "--run", str(make_run(t))],
+                                   "--n 0: give at least 1"),
+    "eval judge zero limit": (lambda t: ["eval", "judge", str(write(t, "h.jsonl", HUMAN_PAIR)), "--limit", "0", "--run", str(make_run(t))],
+                              "--limit 0: give at least 1"),
+    "arena questions without uid": (lambda t: ["eval", "arena-hard", "--questions", str(write(t, "q.jsonl", '{"prompt": "Hi"}\n')),
+                                               "--baseline", str(write(t, "b.jsonl", ARENA_ANSWER)), "--run", str(make_run(t))],
+                                    "--questions"),
+    "arena baseline without an answer": (lambda t: ["eval", "arena-hard", "--questions", str(write(t, "q.jsonl", '{"uid": "u0", "prompt": "Hi"}\n')),
+                                                    "--baseline", str(write(t, "b.jsonl", '{"uid": "u0"}\n')), "--run", str(make_run(t))],
+                                         "--baseline"),
+    "arena judge config without system prompt": (
+        lambda t: ["eval", "arena-hard", "--questions", "q.jsonl", "--baseline", "b.jsonl", "--judge-config",
+                   str(write(t, "j.yaml", 'prompt_template: "{QUESTION} {ANSWER_A} {ANSWER_B}"\n')), "--run", str(make_run(t))],
+        "no system_prompt"),
 }
+HUMAN_PAIR = '{"input": "Q?", "output_1": "a", "output_2": "b", "label": 1}\n'
+ARENA_ANSWER = '{"uid": "u0", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": {"answer": "Hello"}}]}\n'
+
+
+def bad_url_run(t):
+    """A run whose stored config holds a malformed sglang.url, as one written before URLs were checked."""
+    from mrtk.store import RunStore
+
+    run = make_run(t)
+    with RunStore(run).tx() as con:
+        con.execute("UPDATE runs SET config = json_merge_patch(config, ?)",
+                    ['{"backend": "sglang", "sglang": {"url": "localhost:1", "urls": ["localhost:1"]}}']).fetchall()
+    return run
 
 
 def state(t):

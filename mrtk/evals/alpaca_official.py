@@ -106,6 +106,26 @@ def load_annotator(name: str = DEFAULT_ANNOTATOR, directory: str | Path | None =
                      denominators=tuple(parser.get("denominator_tokens", ["m", "M"])), source=str(path))
 
 
+DIFFICULTY_COLUMNS = ("model", "index", "instruction_difficulty")  # what glm_winrate reads from df_gamed.csv
+
+
+def check_difficulty_file(path: Path) -> None:
+    """--difficulty is AlpacaEval's df_gamed.csv (a CSV with DIFFICULTY_COLUMNS), checked before any call."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except FileNotFoundError:
+        raise MrtkError(f"--difficulty {path}: no such file; give AlpacaEval's df_gamed.csv") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MrtkError(f"--difficulty {path}: not a readable UTF-8 CSV ({type(e).__name__}); give AlpacaEval's df_gamed.csv") from None
+    missing = [c for c in DIFFICULTY_COLUMNS if c not in header]
+    if missing:
+        raise MrtkError(f"--difficulty {path}: no column {missing[0]!r} (df_gamed.csv has {', '.join(DIFFICULTY_COLUMNS)}, ...); "
+                        "give AlpacaEval's df_gamed.csv")
+
+
 @contextmanager
 def _local_hub_file(difficulty: Path | None):
     """alpaca_eval's GLM fetches `df_gamed.csv` with hf_hub_download; a local copy is served instead."""

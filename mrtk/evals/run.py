@@ -103,7 +103,8 @@ def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: Samp
                  "seed": s, "latency_s": g.latency_s} for e, [g], s in zip(rows, gens, seeds)]
 
     run_chunks(t.store, ui, f"{eval_name} answers ({t.version})", todo, 1, fn, "eval_outputs", t.cfg.runtime.max_batch_rows)
-    return t.store.eval_outputs(eval_name, t.iteration)
+    stored = t.store.eval_outputs(eval_name, t.iteration)
+    return {e["example_id"]: stored[e["example_id"]] for e in examples}  # this eval's examples, not every one answered before
 
 
 # -- external pairwise evals -------------------------------------------------------------------
@@ -144,7 +145,8 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 "parse_reason": parsed.reason if parsed else "external_call_failed", "cache_hit": reply.cache_hit,
                 "cost_usd": reply.cost_usd}])
             go(1)
-    return t.store.eval_items(eval_name, t.iteration, judge.model)
+    wanted = {e["example_id"] for e in examples}  # earlier calls (a larger --limit) stay stored but are not this eval's
+    return [r for r in t.store.eval_items(eval_name, t.iteration, judge.model) if r["example_id"] in wanted]
 
 
 def _verdict(template: Template, text: str, policy_first: bool):
@@ -251,12 +253,23 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
 
 
 def load_arena(question_file: str, baseline_file: str, limit: int | None) -> tuple[list[dict], dict[str, str]]:
-    questions = [{"example_id": q["uid"], "instruction": q["prompt"] if "prompt" in q else q["turns"][0]["content"]}
-                 for q in read_json_or_jsonl(Path(question_file))]
+    questions = []
+    for i, q in enumerate(read_json_or_jsonl(Path(question_file))):
+        try:
+            questions.append({"example_id": str(q["uid"]), "instruction": q["prompt"] if "prompt" in q else q["turns"][0]["content"]})
+        except (KeyError, IndexError, TypeError):
+            raise MrtkError(f"--questions {question_file}: item {i} has no 'uid' with a 'prompt' (or turns[0].content); "
+                            "give Arena-Hard's question.jsonl") from None
     baseline = {}
-    for a in read_json_or_jsonl(Path(baseline_file)):
-        content = a["messages"][-1]["content"] if "messages" in a else a["choices"][0]["turns"][0]
-        baseline[a["uid"]] = content["answer"] if isinstance(content, dict) else content
+    for i, a in enumerate(read_json_or_jsonl(Path(baseline_file))):
+        try:
+            content = a["messages"][-1]["content"] if "messages" in a else a["choices"][0]["turns"][0]
+            baseline[str(a["uid"])] = content["answer"] if isinstance(content, dict) else content
+        except (KeyError, IndexError, TypeError):
+            raise MrtkError(f"--baseline {baseline_file}: item {i} has no 'uid' with an answer (messages[-1].content or "
+                            "choices[0].turns[0]); give Arena-Hard's model_answer/<model>.jsonl") from None
+        if not isinstance(baseline[str(a["uid"])], str):
+            raise MrtkError(f"--baseline {baseline_file}: item {i}'s answer is not text; give Arena-Hard's model_answer/<model>.jsonl")
     questions = [q for q in questions if q["example_id"] in baseline][:limit]
     if not questions:
         raise MrtkError(f"no question of {question_file} has a baseline answer in {baseline_file}; check the files")
