@@ -30,8 +30,12 @@ from mrtk.ui import QuietUI
 
 
 class Loop:
-    def __init__(self, store: RunStore, cfg: RunConfig, inputs: dict, ui=None):
+    """`open_policy` and `train` are what a test hands in instead of the model (tests/scripted.py):
+    the backends' opener, and the DPO step (model dir, pairs -> model saved at `out`)."""
+
+    def __init__(self, store: RunStore, cfg: RunConfig, inputs: dict, ui=None, *, open_policy=open_policy, train=train_iteration):
         self.store, self.cfg, self.ui = store, cfg, ui or QuietUI()
+        self.open_policy, self.train_step = open_policy, train
         self.t = inputs["templates"]  # actor, judge, meta_judge (bound to the judge's rubric)
         self.pool, self.base_model, self.sft_examples = inputs["pool"], inputs["model"], inputs["sft"]
         self.probe_pairs = inputs.get("probe") or []
@@ -40,7 +44,7 @@ class Loop:
         with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
             self.device = pick_device(self.cfg.runtime.device)
             apply_threads(self.cfg.runtime.threads)
-            self.policy = open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
+            self.policy = self.open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
                                       on_serving=self.store.record_serving)
             try:
                 self._run()
@@ -135,7 +139,7 @@ class Loop:
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
         out = self.store.run_dir / "models" / f"M{it + 1}"
         self.policy.release()  # the generation copy (embedded) or the server's GPU memory (SGLang) goes to DPO
-        metrics, stats = train_iteration(model, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
+        metrics, stats = self.train_step(model, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
                                          run_dir=self.store.run_dir, out=out, ui=self.ui)
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self.store.record_training(it, model, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
@@ -175,6 +179,7 @@ class Loop:
     # -- around the stages ----------------------------------------------------------------------
     def _announce(self) -> None:
         """The generation dtype (auto decides per machine) and what judge health costs, before it is spent."""
+        self.store.record_templates(self.t.values())
         dtype, why = self.policy.generation_dtype()
         self.store.record_generation_dtype(dtype, why)
         self.ui.info(f"generation dtype: {dtype or 'server'} ({why})")

@@ -63,6 +63,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
         pairwise = job.template.stage == "pairwise-judge"
         table = "pairwise_judgements" if pairwise else "judgements"
         n_responses, before = store.count("responses"), store.count(table)
+        store.record_templates([job.template])
         policy = open_policy(cfg, pick_device(cfg.runtime.device), run_dir, tokenizer_for)  # the run's own backend (SGLang runs: its servers)
         try:
             for it in its:

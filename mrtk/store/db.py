@@ -171,6 +171,17 @@ def dict_rows(cur) -> list[dict]:
 
 
 def open_readonly(path: Path, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection. A database written by an older mrtk is first brought up to this
+    schema (one short write: the views the readers use live in the migrations)."""
     if not path.is_file():
         raise MrtkError(f"no run database at {path}; run `mrtk run` first or pass --run RUN_DIR")
+    con = _connect(path, read_only=True, wait_s=wait_s)
+    try:
+        applied = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    except duckdb.Error:  # not an mrtk database (or an empty one): the reader's own query says what is wrong
+        return con
+    if {name for name, _ in MIGRATIONS} <= applied:
+        return con
+    con.close()
+    Database(path.parent).migrate()
     return _connect(path, read_only=True, wait_s=wait_s)

@@ -109,9 +109,43 @@ ALTER TABLE eval_calls ADD COLUMN params JSON;
 ALTER TABLE eval_calls ADD COLUMN logprobs JSON;
 """
 
+# A stage that fails says so: `error` (or `interrupted`) with its reason, not `running` forever.
+M005_STAGE_ERRORS = """
+ALTER TABLE stages ADD COLUMN error VARCHAR;
+"""
+
+# Headline numbers defined once, as views (summary, report, trackers and `mrtk query` read
+# them). The top score comes from the template's own range (`templates`, written by the loop
+# and `mrtk judge`): score >= high - 0.5, so 4.5 on 0-5 and 9.5 on 1-10; NULL when the range is
+# not recorded (runs before this migration).
+M006_METRIC_VIEWS = """
+CREATE TABLE templates (
+    template_hash VARCHAR PRIMARY KEY, name VARCHAR, role VARCHAR, parser VARCHAR, score_low DOUBLE, score_high DOUBLE,
+    body VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE VIEW iteration_judge_scores AS
+SELECT j.iteration, j.source, j.template, j.template_hash, count(*) AS judgements, count(j.score) AS parsed,
+       count(*) - count(j.score) AS unparsed, 1 - count(j.score) / count(*) AS unparsed_share,
+       avg(j.score) AS mean_score, stddev_pop(j.score) AS score_sd, any_value(t.score_high) AS score_high,
+       avg((j.score >= t.score_high - 0.5)::INT) AS top_score_share
+FROM judgements j LEFT JOIN templates t ON t.template_hash = j.template_hash
+GROUP BY j.iteration, j.source, j.template, j.template_hash;
+CREATE VIEW iteration_meta_bias AS
+SELECT m.iteration, m.template, count(*) AS battles, count(m.verdict) AS verdicts,
+       avg((m.verdict = 'A')::INT) AS first_position_share,
+       avg(CASE WHEN ja.score <> jb.score THEN ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share
+FROM meta_judgements m LEFT JOIN judgements ja ON ja.judgement_id = m.judgement_a
+LEFT JOIN judgements jb ON jb.judgement_id = m.judgement_b
+GROUP BY m.iteration, m.template;
+CREATE VIEW iteration_pairs AS
+SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY iteration, kind, status, reason;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
     ("m003_evals", M003_EVALS),
     ("m004_run_hardware", M004_RUN_HARDWARE),
+    ("m005_stage_errors", M005_STAGE_ERRORS),
+    ("m006_metric_views", M006_METRIC_VIEWS),
 ]

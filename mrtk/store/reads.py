@@ -91,20 +91,15 @@ def report_data(run_dir: Path) -> dict:
             "lineage": _q(con, "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1"),
             "stages": _q(con, "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at"),
             "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL AND source = 'loop'"),
-            "unparsed": _q(con, "SELECT iteration, count(*) AS n, count(*) - count(score) AS unparsed FROM judgements WHERE source = 'loop' GROUP BY 1 ORDER BY 1"),
+            "unparsed": _q(con, "SELECT iteration, sum(judgements) AS n, sum(unparsed) AS unparsed FROM iteration_judge_scores "
+                                "WHERE source = 'loop' GROUP BY 1 ORDER BY 1"),
             "lengths": _q(con, "SELECT iteration, n_chars FROM responses WHERE NOT is_duplicate"),
-            "pairs": _q(con, "SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY ALL ORDER BY ALL"),
+            "pairs": _q(con, "SELECT iteration, kind, status, reason, n FROM iteration_pairs ORDER BY ALL"),
             "pair_lengths": _q(con, """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected
                                        FROM pairs WHERE status = 'kept' GROUP BY ALL ORDER BY ALL"""),
             "train": _q(con, "SELECT iteration, step, loss, reward_margin FROM train_metrics ORDER BY iteration, step"),
-            "meta_bias": _q(con, """
-                SELECT m.iteration, avg((m.verdict = 'A')::INT) AS first_position_share,
-                       avg(CASE WHEN ja.score = jb.score THEN NULL
-                                ELSE ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share,
-                       count(*) AS n
-                FROM meta_judgements m JOIN judgements ja ON ja.judgement_id = m.judgement_a
-                                       JOIN judgements jb ON jb.judgement_id = m.judgement_b
-                WHERE m.verdict IS NOT NULL GROUP BY 1 ORDER BY 1"""),
+            "meta_bias": _q(con, """SELECT iteration, first_position_share, higher_score_share, verdicts AS n
+                                    FROM iteration_meta_bias WHERE verdicts > 0 ORDER BY 1"""),
             "elo": _q(con, "SELECT iteration, response_id, max(elo) - min(elo) AS spread FROM elo GROUP BY ALL ORDER BY ALL"),
             "eval": _q(con, "SELECT * FROM eval_results ORDER BY 1") if _has_table(con, "eval_results") else [],
         }

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from mrtk.errors import MrtkError
 from mrtk.store.db import Database
 
 # Tables that hold one iteration's derived rows, recomputed whole (never appended to).
@@ -40,6 +41,12 @@ class RunStore(Database):
         with self.tx() as con:
             con.execute("UPDATE runs SET inference_dtype = ?, inference_dtype_reason = ?", [dtype, why]).fetchall()
 
+    def record_templates(self, templates) -> None:
+        """The templates whose hashes rows carry (name, role, score range, body): the metric views
+        read a judge's top score from its range. Idempotent by hash."""
+        self.write("templates", [{"template_hash": t.hash, "name": t.name, "role": t.role, "parser": t.parser,
+                                  "score_low": t.score_range[0], "score_high": t.score_range[1], "body": t.body} for t in templates])
+
     def record_serving(self, serving: dict) -> None:
         """What a served backend reported at attach (versions, whether seeds are honoured)."""
         with self.tx() as con:
@@ -51,19 +58,35 @@ class RunStore(Database):
 
     @contextmanager
     def stage(self, it: int, name: str, on_end=lambda: None):
-        """Bookkeeping around a stage body: a `stages` row, running then done with its seconds.
-        The body runs even for a finished stage (every body computes only what is missing), and
-        then nothing is recorded. `on_end` runs before the row is marked done (memory release)."""
+        """Bookkeeping around a stage body: a `stages` row, running then done with its seconds; a
+        body that raises leaves it `error` (Ctrl-C: `interrupted`) with the reason, then the
+        exception goes on (a SIGKILL leaves `running`). A resumed stage starts a fresh row. The
+        body runs even for a finished stage (every body computes only what is missing), and then
+        nothing is recorded. `on_end` runs before the row is marked done (memory release)."""
         if self.stage_done(it, name):
             yield
             return
         t0 = time.time()
-        self.write("stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
-        yield
-        on_end()
         with self.tx() as con:
-            con.execute("UPDATE stages SET status = 'done', finished_at = ?, seconds = ? WHERE iteration = ? AND stage = ?",
-                        [datetime.now(), time.time() - t0, it, name]).fetchall()
+            con.execute("DELETE FROM stages WHERE iteration = ? AND stage = ?", [it, name]).fetchall()
+            self.insert(con, "stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
+        try:
+            yield
+            on_end()
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+            self._end_stage(it, name, status, time.time() - t0, f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
+            raise
+        self._end_stage(it, name, "done", time.time() - t0, None)
+
+    def _end_stage(self, it: int, name: str, status: str, seconds: float, error: str | None) -> None:
+        try:
+            with self.tx() as con:
+                con.execute("UPDATE stages SET status = ?, finished_at = ?, seconds = ?, error = ? WHERE iteration = ? AND stage = ?",
+                            [status, datetime.now(), seconds, error, it, name]).fetchall()
+        except MrtkError:  # the failure was the database itself (disk full): the run row says so, the stage stays `running`
+            if status == "done":
+                raise
 
     # -- what one iteration holds -------------------------------------------------------------
     def prompts(self, it: int) -> list[dict]:
@@ -153,15 +176,14 @@ class RunStore(Database):
         spread, top-score share, unparsed share), responses, meta-judge biases (first position,
         higher score), pairs by kind/status/reason, DPO's first and last loss."""
         q = self.fetch
-        j = q("""SELECT count(*) AS n, count(score) AS parsed, avg(score) AS mean_score, stddev_pop(score) AS sd,
-                        avg((score >= 4.5)::INT) AS top, 1 - count(score) / count(*) AS unparsed
-                 FROM judgements WHERE iteration = ? AND source = 'loop'""", [it])[0]
+        j = (q("""SELECT judgements AS n, parsed, mean_score, score_sd AS sd, top_score_share AS top, unparsed_share AS unparsed
+                  FROM iteration_judge_scores WHERE iteration = ? AND source = 'loop'""", [it]) or
+             [{"n": 0, "parsed": 0, "mean_score": None, "sd": None, "top": None, "unparsed": None}])[0]
         r = q("SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?", [it])[0]
-        m = q("""SELECT count(*) AS n, count(m.verdict) AS parsed, avg((m.verdict = 'A')::INT) AS first_pos,
-                        avg(CASE WHEN ja.score <> jb.score THEN ((m.verdict = 'A') = (ja.score > jb.score))::INT END) AS higher_score_share
-                 FROM meta_judgements m LEFT JOIN judgements ja ON ja.judgement_id = m.judgement_a
-                 LEFT JOIN judgements jb ON jb.judgement_id = m.judgement_b WHERE m.iteration = ?""", [it])[0]
-        reasons = q("SELECT kind, status, reason, count(*) AS n FROM pairs WHERE iteration = ? GROUP BY ALL ORDER BY ALL", [it])
+        m = (q("""SELECT battles AS n, verdicts AS parsed, first_position_share AS first_pos, higher_score_share
+                  FROM iteration_meta_bias WHERE iteration = ?""", [it]) or
+             [{"n": 0, "parsed": 0, "first_pos": None, "higher_score_share": None}])[0]
+        reasons = q("SELECT kind, status, reason, n FROM iteration_pairs WHERE iteration = ? ORDER BY ALL", [it])
         t = q("""SELECT arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss,
                         arg_max(reward_margin, step) AS last_margin, count(*) AS steps
                  FROM train_metrics WHERE iteration = ?""", [it])[0]

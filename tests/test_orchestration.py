@@ -1,0 +1,172 @@
+"""The loop's orchestration in-process, with a scripted policy and DPO step (tests/scripted.py):
+every stage's rows, skip and resume, chunked persistence, the stage rows' statuses, the probe,
+and what the loop asks of its policy. Seconds each; the same checks with the real model are the
+`slow` end-to-end tests (test_loop.py, test_faults.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY, check_complete, rows
+from scripted import Crash, ScriptedPolicy, scripted_train
+
+from mrtk.config import validate_config
+from mrtk.errors import MrtkError
+from mrtk.inputs import check_inputs
+from mrtk.loop import Loop
+from mrtk.runs import new_run, open_run
+from mrtk.store.db import DB_NAME
+
+SNAPSHOT = {  # what must be identical between a resumed run and an uninterrupted one
+    "prompts": "SELECT iteration, prompt_id, text FROM prompts",
+    "responses": "SELECT response_id, text, n_tokens, finish_reason, is_duplicate, model_version, seed FROM responses",
+    "judgements": "SELECT judgement_id, raw_text, score, parse_status, seed FROM judgements",
+    "meta_judgements": "SELECT meta_id, raw_text, verdict, winner FROM meta_judgements",
+    "elo": "SELECT judgement_id, round(elo, 6) FROM elo",
+    "pairs": "SELECT pair_id, status, reason, chosen_id, rejected_id FROM pairs",
+    "lineage": "SELECT iteration, base_model, output_model, pairs_trained FROM lineage",
+}
+
+
+def start(tmp_path: Path, **sections) -> tuple:
+    raw = {**TINY, **sections}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = validate_config(raw)
+    inputs = check_inputs(cfg, tmp_path)
+    return new_run(cfg, str(path), tmp_path / "runs"), cfg, inputs
+
+
+def run(store, cfg, inputs, policy: ScriptedPolicy) -> None:
+    Loop(store, cfg, inputs, open_policy=policy.opener, train=scripted_train).run()
+
+
+def resume(run_dir: Path, policy: ScriptedPolicy) -> None:
+    store, cfg, config_dir = open_run(run_dir)
+    run(store, cfg, check_inputs(cfg, config_dir), policy)
+
+
+def snapshot(db: Path) -> dict[str, set]:
+    return {table: set(rows(db, sql)) for table, sql in SNAPSHOT.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    work = tmp_path_factory.mktemp("whole")
+    store, cfg, inputs = start(work)
+    policy = ScriptedPolicy()
+    run(store, cfg, inputs, policy)
+    return store.run_dir / DB_NAME, policy
+
+
+def test_a_scripted_run_is_complete(uninterrupted):
+    db, _ = uninterrupted
+    check_complete(db)
+
+
+def test_the_loop_opens_releases_resumes_and_closes_its_policy(uninterrupted):
+    """The loop asks only the Policy protocol: opened once, memory released before and resumed after
+    each DPO step, closed once at the end; iteration 2 generates with the model iteration 1 trained."""
+    _, policy = uninterrupted
+    control = [c[0] for c in policy.calls if c[0] != "generate"]
+    assert control == ["open", "release", "resume", "release", "resume", "close"]
+    models = [c[1] for c in policy.calls if c[0] == "generate"]
+    assert models[0] == Path(models[0]).name and "M2" in models and models.index("M2") > max(i for i, m in enumerate(models) if m != "M2")
+
+
+@pytest.mark.parametrize("share", [0.03, 0.2, 0.5, 0.7, 0.95])
+def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, share):
+    """A backend that dies after N samples (a share of the whole run's): the run and the stage say
+    `error` with the reason, the chunks finished before it are kept, and a resume ends with exactly
+    the uninterrupted run."""
+    crash_after = int(share * uninterrupted[1].samples)
+    store, cfg, inputs = start(tmp_path)
+    with pytest.raises(Crash):
+        run(store, cfg, inputs, ScriptedPolicy(crash_after=crash_after))
+    db = store.run_dir / DB_NAME
+    assert rows(db, "SELECT status, error LIKE '%scripted crash%' FROM runs") == [("error", True)]
+    [(stage, error)] = rows(db, "SELECT stage, error FROM stages WHERE status = 'error'")
+    assert error.startswith(f"Crash: scripted crash after {crash_after} samples")
+    assert rows(db, "SELECT count(*) FROM stages WHERE status = 'running'") == [(0,)]
+    kept = snapshot(db)
+    resume(store.run_dir, ScriptedPolicy())
+    check_complete(db)
+    now = snapshot(db)
+    assert now == snapshot(uninterrupted[0])
+    for table in ("responses", "judgements", "meta_judgements"):  # rows written before the crash are unchanged
+        assert kept[table] <= now[table]
+    assert rows(db, "SELECT count(*) FROM stages WHERE status != 'done'") == [(0,)]
+
+
+def test_chunks_are_persisted_as_they_finish(tmp_path):
+    """max_batch_rows 4 with K=2: two prompts a chunk; a crash in the third chunk keeps two chunks."""
+    store, cfg, inputs = start(tmp_path)
+    with pytest.raises(Crash):
+        run(store, cfg, inputs, ScriptedPolicy(crash_after=9))
+    db = store.run_dir / DB_NAME
+    assert rows(db, "SELECT count(*) FROM responses") == [(8,)]  # chunks 1-2 of the actor stage's... 
+    assert rows(db, "SELECT stage, status FROM stages") == [("actor", "done"), ("judge", "error")][: len(rows(db, "SELECT 1 FROM stages"))]
+
+
+def test_a_finished_run_resumed_does_nothing(tmp_path):
+    store, cfg, inputs = start(tmp_path)
+    run(store, cfg, inputs, ScriptedPolicy())
+    db = store.run_dir / DB_NAME
+    before = snapshot(db)
+    again = ScriptedPolicy()
+    resume(store.run_dir, again)
+    assert snapshot(db) == before and not [c for c in again.calls if c[0] == "generate"]
+
+
+def test_ctrl_c_marks_the_stage_interrupted(tmp_path):
+    class Interrupting(ScriptedPolicy):
+        def use(self, model_dir):
+            if self.samples:
+                raise KeyboardInterrupt
+            self.samples += 1
+            return super().use(model_dir)
+
+    store, cfg, inputs = start(tmp_path)
+    with pytest.raises(MrtkError, match="interrupted; resume with"):
+        run(store, cfg, inputs, Interrupting())
+    db = store.run_dir / DB_NAME
+    assert rows(db, "SELECT status FROM runs") == [("interrupted",)]
+    assert rows(db, "SELECT stage, status, error FROM stages WHERE status != 'done'") == [("actor", "interrupted", "KeyboardInterrupt: ")]
+
+
+def test_judge_health_probe_and_frozen_set_in_process(tmp_path):
+    """The shipped probe set by name, and the frozen set: eval rows per model, the change from M1
+    at M2 with no verdict on four pairs, the probe's stage rows, the frozen re-judge's rows."""
+    store, cfg, inputs = start(tmp_path, probe={"file": "probe_human.jsonl", "limit": 4, "frozen": 3})
+    run(store, cfg, inputs, ScriptedPolicy())
+    db = store.run_dir / DB_NAME
+    assert rows(db, "SELECT iteration, status FROM stages WHERE stage = 'probe' ORDER BY 1") == [(1, "done"), (2, "done")]
+    assert rows(db, "SELECT iteration, count(*) FROM eval_items WHERE eval = 'probe:probe_human' GROUP BY 1 ORDER BY 1") == \
+        [(0, 4 * 2 * TINY["judge"]["n"]), (1, 4 * 2 * TINY["judge"]["n"])]
+    [(diff, lo, n, details)] = rows(db, "SELECT value, ci_low, n, details->>'verdict' FROM eval_results "
+                                        "WHERE eval = 'probe:probe_human' AND metric = 'agreement_change'")
+    assert n == 4 and lo is None and details == "too few pairs (4; a verdict needs 10)"
+    assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'drift'") == [(3 * TINY["judge"]["n"],)]
+    assert {m for (m,) in rows(db, "SELECT metric FROM eval_results WHERE eval = 'frozen'")} >= {"mean_score", "top_score_share"}
+
+
+def test_top_score_share_follows_the_judge_templates_range(tmp_path):
+    """judge_10point (1-10): the top score is >= 9.5, not 0-5's 4.5; the summary, the trackers'
+    numbers and `select * from iteration_judge_scores` read the same view."""
+    from mrtk import trackers
+    from mrtk.store import RunStore
+
+    store, cfg, inputs = start(tmp_path, judge={**TINY["judge"], "template": "judge_10point"}, iterations=1,
+                               pairs={"judge_iterations": [1], "judge_share_cap": None})
+    run(store, cfg, inputs, ScriptedPolicy())
+    db = store.run_dir / DB_NAME
+    [(by_hand,)] = rows(db, "SELECT avg((score >= 9.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")
+    [(wrong,)] = rows(db, "SELECT avg((score >= 4.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")
+    assert by_hand != wrong  # scripted 1-10 scores spread over the range: the two rules differ
+    [(view, high)] = rows(db, "SELECT top_score_share, score_high FROM iteration_judge_scores WHERE iteration = 1 AND source = 'loop'")
+    assert (view, high) == (pytest.approx(by_hand), 10.0)
+    numbers = RunStore(store.run_dir).iteration_numbers(1)
+    assert numbers["judgements"]["top"] == pytest.approx(by_hand)
+    assert trackers.loop_metrics(RunStore(store.run_dir), 1)["judge/score_top"] == pytest.approx(by_hand)
