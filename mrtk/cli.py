@@ -67,22 +67,22 @@ def run(
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
+        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]  # --prompts: part of building it
         if not dry_run:
             _output_dir(out_dir, "--out")
-        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]
         inputs = check_inputs(cfg, path.parent, load_tokenizer=not dry_run)
         if dry_run:
             from mrtk.plan import plan_lines
 
-            for line in plan_lines(cfg, inputs):
+            for line in plan_lines(inputs):
                 out.print(line, highlight=False, soft_wrap=True)
             return
-        store = new_run(cfg, str(path.resolve()), out_dir)
-    if warning := pool_warning(cfg, inputs["pool"]):
+        store = new_run(inputs.cfg, str(path.resolve()), out_dir)  # the effective config is what the run stores
+    if warning := pool_warning(inputs.cfg, inputs.pool):
         err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")
-        Loop(store, cfg, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
+        Loop(store, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
     ui.info(f"[green]done[/green]: {store.run_dir}  (inspect with: mrtk query \"select * from pairs\" --run {store.run_dir})")
 
 
@@ -359,21 +359,15 @@ DryReply = typer.Option(None, "--dry-run-reply", help="LiteLLM answers every cal
 MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in tokens.")
 
 
-def _judge(store, model, api_base, max_cost, dry, *, temperature: float, max_tokens: int, extra: dict | None = None):
-    """The external judge an eval command asks: `--dry-run-reply` answers instead of the API, unpriced."""
+def _judge(store, model, api_base, max_cost, dry, grader=None, *, temperature: float = 0.0, max_tokens: int = 512):
+    """The external judge an eval command asks, with the grader's sampling (or the given one):
+    `--dry-run-reply` answers instead of the API, unpriced."""
     from mrtk.evals.external import ExternalJudge
 
+    if grader is not None:
+        temperature, max_tokens = grader.temperature, grader.max_tokens
     return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                         temperature=temperature, max_tokens=max_tokens, extra=extra or {})
-
-
-def _external(store, model, api_base, max_cost, dry, template):
-    """The external judge of an eval template, its sampling merged as the loop merges a stage's
-    (config.with_template_sampling): a bad value in the template is a one-line error."""
-    from mrtk.config import EvalJudgeSampling, with_template_sampling
-
-    sampling = with_template_sampling(EvalJudgeSampling(), template)
-    return _judge(store, model, api_base, max_cost, dry, temperature=sampling.temperature, max_tokens=sampling.max_new_tokens)
+                         temperature=temperature, max_tokens=max_tokens, extra=dict(grader.extra) if grader else {})
 
 
 def _print_eval(title: str, res: dict) -> None:
@@ -411,6 +405,7 @@ def eval_alpaca(
     """AlpacaEval 2: win rate, standard error and length-controlled win rate against the reference answers."""
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
+    from mrtk.evals import graders
     from mrtk.evals.alpaca_official import load_annotator
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
@@ -421,20 +416,13 @@ def eval_alpaca(
         from mrtk.evals.alpaca_official import check_difficulty_file
 
         check_difficulty_file(difficulty)
-    if annotator == "mrtk":
-        prompt = load_template(template, role="eval")
-    else:
-        prompt = load_annotator(annotator, annotator_dir)
+    grader = (graders.from_template(load_template(template, role="eval")) if annotator == "mrtk"
+              else graders.from_annotator(load_annotator(annotator, annotator_dir)))
     run_dir = find_run(run_)  # before the data, which may come over the network
     examples = ev.load_instructions(data)[:limit]
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        if annotator == "mrtk":
-            judge = _external(target.store, judge_model, api_base, max_cost, dry, prompt)
-        else:
-            kwargs = dict(prompt.completion_kwargs)
-            judge = _judge(target.store, judge_model, api_base, max_cost, dry, temperature=float(kwargs.pop("temperature", 1.0)),
-                           max_tokens=int(kwargs.pop("max_tokens", 1)), extra=kwargs)
-        res = ev.alpaca(target, judge, examples, prompt, SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders,
+        judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
+        res = ev.alpaca(target, judge, examples, grader, SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders,
                         ui=QuietUI() if quiet else RichUI(err), difficulty=difficulty)
     _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
                 f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}", res)
@@ -472,19 +460,20 @@ def eval_arena(
     """Arena-Hard: two games per question (positions swapped) against the baseline; score with a bootstrap 95% interval."""
     from mrtk.backends import SamplingParams
     from mrtk.evals import run as ev
+    from mrtk.evals import graders
     from mrtk.evals.arena_config import fallback_judge, load_judge_config
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
 
     _check_eval_numbers(max_cost, max_new_tokens, limit, api_base)
-    arena = load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval"))
+    grader = graders.from_arena(load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval")))
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        judge = _judge(target.store, judge_model, api_base, max_cost, dry, temperature=arena.temperature, max_tokens=arena.max_tokens)
-        res = ev.arena_hard(target, judge, qs, base, arena, SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
-    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {arena.source}", res)
+        judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
+        res = ev.arena_hard(target, judge, qs, base, grader, SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
+    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {grader.source}", res)
 
 
 @eval_app.command("audit")

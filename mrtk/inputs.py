@@ -4,6 +4,7 @@ and (with the tokenizer) every prompt's and the longest meta-judge call's length
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrtk import trackers
@@ -11,41 +12,63 @@ from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_human_pairs, load_pool, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, resolve_model, tokenizer_for
-from mrtk.prompts import bind_meta_judge, load_template
+from mrtk.prompts import Template, bind_meta_judge, load_template
 from mrtk.stages import sft
 
 
-def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer: bool = True) -> dict:
+@dataclass(frozen=True)
+class Templates:
+    actor: Template
+    judge: Template
+    meta_judge: Template  # bound to the judge's rubric
+
+    def all(self) -> tuple[Template, ...]:
+        return (self.actor, self.judge, self.meta_judge)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads, checked: `cfg` is the effective config (data paths resolved, each stage's
+    sampling merged: config > template > default), the one a run stores and every stage reads."""
+
+    cfg: RunConfig
+    templates: Templates
+    pool: list[dict]
+    sft: list[dict] | None
+    model: str  # the resolved base model directory (or the hub id / "embedded" on a dry run)
+    probe: list[dict] = field(default_factory=list)
+
+
+def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer: bool = True) -> Inputs:
     """Everything that can be checked without loading weights: templates, data files, model path,
-    and (with the tokenizer, which a hub id downloads) prompt and context lengths.
-    Relative data paths may sit beside the config (`config_dir`), also when a run is resumed."""
+    and (with the tokenizer, which a hub id downloads) prompt and context lengths. `cfg` is left
+    as it is; the effective config is built here, once. Relative data paths may sit beside the
+    config (`config_dir`), also when a run is resumed."""
+    effective = cfg.model_copy(deep=True)
     dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
     judge_t = load_template(cfg.judge.template, dirs, role="judge")
-    inputs = {
-        "templates": {
-            "actor": load_template(cfg.actor.template, dirs, role="actor"),
-            "judge": judge_t,
-            "meta_judge": bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t),
-        },
-        "pool": load_pool(resolve_data_file(cfg.prompts.file, config_dir)),
-        "sft": sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None,
-        "model": resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model,  # embedded: no GGUF conversion
-    }
+    templates = Templates(actor=load_template(cfg.actor.template, dirs, role="actor"), judge=judge_t,
+                          meta_judge=bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t))
+    pool = load_pool(resolve_data_file(cfg.prompts.file, config_dir))
+    sft_examples = sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None
+    model = resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model  # embedded: no GGUF conversion
     trackers.check_installed(cfg.train.report_to)
+    probe: list[dict] = []
     if cfg.probe.file:  # human-labelled pairs M_t judges every iteration
-        probe = str(resolve_data_file(cfg.probe.file, config_dir, "probe.file"))
-        pairs, _ = load_human_pairs(probe)
+        path = resolve_data_file(cfg.probe.file, config_dir, "probe.file")
+        pairs, _ = load_human_pairs(str(path))
         if not pairs:
             raise MrtkError(f"probe.file {cfg.probe.file}: no labelled pairs in it; give LLMBar/MT-Bench-human style pairs (mrtk eval judge's format)")
-        inputs["probe"] = pairs[: cfg.probe.limit]
-        cfg.probe.file = probe
+        probe = pairs[: cfg.probe.limit]
+        effective.probe.file = str(path)
     if cfg.train.accelerate_config:  # as given, beside the config, or shipped (accelerate/zero3_8gpu.yaml)
-        cfg.train.accelerate_config = str(resolve_data_file(cfg.train.accelerate_config, config_dir, "train.accelerate_config", "experiments",
-                                                            "give an accelerate config file (see experiments/accelerate/)").resolve())
-    for name in ("actor", "judge", "meta_judge"):  # the effective sampling (config > template > default) is what the run stores
-        setattr(cfg, name, with_template_sampling(getattr(cfg, name), inputs["templates"][name]))
+        effective.train.accelerate_config = str(resolve_data_file(cfg.train.accelerate_config, config_dir, "train.accelerate_config",
+                                                                  "experiments", "give an accelerate config file (see experiments/accelerate/)").resolve())
+    for name, template in (("actor", templates.actor), ("judge", templates.judge), ("meta_judge", templates.meta_judge)):
+        setattr(effective, name, with_template_sampling(getattr(cfg, name), template))  # what the run stores is what the stages use
+    inputs = Inputs(cfg=effective, templates=templates, pool=pool, sft=sft_examples, model=model, probe=probe)
     if load_tokenizer:
-        check_lengths(cfg, inputs)
+        check_lengths(inputs)
     return inputs
 
 
@@ -58,17 +81,18 @@ def pool_warning(cfg: RunConfig, pool: list[dict]) -> str | None:
             f"draws all {len(pool)} (the paper drew 5,000 of 20,000); set prompts.file to a larger pool")
 
 
-def check_lengths(cfg: RunConfig, inputs: dict) -> None:
+def check_lengths(inputs: Inputs) -> None:
     """Every prompt of the pool within prompts.max_prompt_tokens, and the longest meta-judge prompt
     the run can build (template + prompt + response + two judgements) within the model's context."""
     from transformers import AutoConfig
 
-    tok = tokenizer_for(inputs["model"])  # the same object the loop then counts prompts and pairs with
+    cfg = inputs.cfg
+    tok = tokenizer_for(inputs.model)  # the same object the loop then counts prompts and pairs with
     limit = cfg.prompts.max_prompt_tokens
-    for p in inputs["pool"]:
+    for p in inputs.pool:
         prompt_tokens(tok, p, limit)
-    context = getattr(AutoConfig.from_pretrained(inputs["model"]), "max_position_embeddings", None)
-    meta = len(tok(inputs["templates"]["meta_judge"].body, add_special_tokens=False)["input_ids"])
+    context = getattr(AutoConfig.from_pretrained(inputs.model), "max_position_embeddings", None)
+    meta = len(tok(inputs.templates.meta_judge.body, add_special_tokens=False)["input_ids"])
     worst = meta + limit + cfg.actor.max_new_tokens + 2 * (cfg.judge.max_new_tokens + 8) + cfg.meta_judge.max_new_tokens + 16
     if context and worst > context:
         raise MrtkError(f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "

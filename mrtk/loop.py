@@ -10,16 +10,16 @@ never asks which one it has.
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 
 from mrtk import summary, trackers
 from mrtk.backends import open_policy
-from mrtk.config import RunConfig
 from mrtk.data import prompts_for_iteration
 from mrtk.errors import MrtkError
 from mrtk.hardware import apply_threads, release_memory
-from mrtk.inputs import prompt_tokens
+from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.rows import derive_seed
 from mrtk.runs import lifecycle, model_for, run_chunks
@@ -33,14 +33,15 @@ class Loop:
     """`open_policy` and `train` are what a test hands in instead of the model (tests/scripted.py):
     the backends' opener, and the DPO step (model dir, pairs -> model saved at `out`)."""
 
-    def __init__(self, store: RunStore, cfg: RunConfig, inputs: dict, ui=None, *, open_policy=open_policy, train=train_iteration):
-        self.store, self.cfg, self.ui = store, cfg, ui or QuietUI()
+    def __init__(self, store: RunStore, inputs: Inputs, ui=None, *, open_policy=open_policy, train=train_iteration):
+        self.store, self.cfg, self.ui = store, inputs.cfg, ui or QuietUI()  # the effective config (inputs.check_inputs)
         self.open_policy, self.train_step = open_policy, train
-        self.t = inputs["templates"]  # actor, judge, meta_judge (bound to the judge's rubric)
-        self.pool, self.base_model, self.sft_examples = inputs["pool"], inputs["model"], inputs["sft"]
-        self.probe_pairs = inputs.get("probe") or []
+        self.t = inputs.templates  # actor, judge, meta_judge (bound to the judge's rubric)
+        self.pool, self.base_model, self.sft_examples, self.probe_pairs = inputs.pool, inputs.model, inputs.sft, inputs.probe
 
     def run(self) -> None:
+        gc.collect()
+        gc.freeze()  # what exists by now stays: each stage's collection (release_memory) scans only what the run makes
         with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
             self.device = pick_device(self.cfg.runtime.device)
             apply_threads(self.cfg.runtime.threads)
@@ -69,15 +70,15 @@ class Loop:
             with store.stage(it, "actor", release_memory):
                 answered = store.answered_prompts(it)
                 todo = [p for p in prompts if p["prompt_id"] not in answered]
-                self._generate(it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t["actor"])
+                self._generate(it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t.actor)
             responses = store.responses(it)
 
             # 2. judge: N judgements of each distinct response
             with store.stage(it, "judge", release_memory):
-                judged = store.loop_judged(it, self.t["judge"].hash)
+                judged = store.loop_judged(it, self.t.judge.hash)
                 todo = [r for r in responses if not r["is_duplicate"] and r["response_id"] not in judged]
-                self._generate(it, model, "judge", todo, cfg.judge.n, "judgements", judge.run_judge, questions, cfg.judge, self.t["judge"])
-            judgements = store.loop_judgements(it, self.t["judge"].hash)
+                self._generate(it, model, "judge", todo, cfg.judge.n, "judgements", judge.run_judge, questions, cfg.judge, self.t.judge)
+            judgements = store.loop_judgements(it, self.t.judge.hash)
 
             # judge health (optional): M_t judges human-labelled pairs and a frozen set of responses
             if cfg.probe.file or cfg.probe.frozen:
@@ -117,13 +118,13 @@ class Loop:
         run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows)
 
     def _meta_judge(self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]) -> list[dict]:
-        h = self.t["meta_judge"].hash
+        h = self.t.meta_judge.hash
         fights = [f for rid, _ in picks.values() if rid for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])]
         seen = self.store.meta_judged(it, h)
         todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
         texts = {r["response_id"]: r["text"] for r in responses}
         self._generate(it, model, "meta-judge", todo, 1, "meta_judgements", meta_judge.run_meta_judge,
-                       questions, texts, self.cfg.meta_judge, self.t["meta_judge"])
+                       questions, texts, self.cfg.meta_judge, self.t.meta_judge)
         elo = meta_judge.elo_ratings(self.store.meta_judgements(it, h), judgements, self.cfg.meta_judge.position_weights,
                                      self.cfg.meta_judge.elo_l2)
         self.store.replace_iteration("elo", it, elo)
@@ -131,7 +132,7 @@ class Loop:
 
     def _train(self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict]) -> None:
         examples = train.examples_from_pairs(self.store.kept_pairs(it), questions, {r["response_id"]: r for r in responses},
-                                             {j["judgement_id"]: j for j in judgements}, self.t["judge"])
+                                             {j["judgement_id"]: j for j in judgements}, self.t.judge)
         fitted, too_long = train.fit_examples(examples, tokenizer_for(model), self.cfg.train.max_length)
         self.store.drop_pairs(too_long)
         if not fitted:
@@ -164,22 +165,22 @@ class Loop:
 
         target = Target(self.store, self.cfg, it - 1, f"M{it}", model, self.policy)  # the loop's own policy: not closed by the probe
         if self.probe_pairs:
-            probe.human_agreement(target, self.probe_pairs, self.t["judge"], self.cfg.probe, self.ui)
+            probe.human_agreement(target, self.probe_pairs, self.t.judge, self.cfg.probe, self.ui)
         if self.cfg.probe.frozen:
             pool = [r for r in self.store.responses(1) if not r["is_duplicate"]]
             frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(pool, min(self.cfg.probe.frozen, len(pool)))
-            key = judge.rejudge_key(self.t["judge"], self.cfg.judge.score_mode, f"M{it}")
+            key = judge.rejudge_key(self.t.judge, self.cfg.judge.score_mode, f"M{it}")
             if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
                 have = self.store.rejudged(1, key)
                 questions = {p["prompt_id"]: p["text"] for p in self.store.prompts(1)}
                 self._generate(it, model, "frozen re-judge", [r for r in frozen if r["response_id"] not in have], self.cfg.judge.n,
-                               "judgements", judge.run_judge, questions, self.cfg.judge, self.t["judge"], iteration=1, source="drift")
-            probe.record_drift(target, frozen, self.t["judge"], key if it > 1 else None, self.cfg.judge.score_mode)
+                               "judgements", judge.run_judge, questions, self.cfg.judge, self.t.judge, iteration=1, source="drift")
+            probe.record_drift(target, frozen, self.t.judge, key if it > 1 else None, self.cfg.judge.score_mode)
 
     # -- around the stages ----------------------------------------------------------------------
     def _announce(self) -> None:
         """The generation dtype (auto decides per machine) and what judge health costs, before it is spent."""
-        self.store.record_templates(self.t.values())
+        self.store.record_templates(self.t.all())
         dtype, why = self.policy.generation_dtype()
         self.store.record_generation_dtype(dtype, why)
         self.ui.info(f"generation dtype: {dtype or 'server'} ({why})")

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from mrtk.backends import serving_plan
-from mrtk.config import RunConfig, at
-from mrtk.inputs import pool_warning
+from mrtk.config import at
+from mrtk.inputs import Inputs, pool_warning
 
 
 def model_bytes(spec: str) -> int | None:
@@ -44,15 +44,16 @@ def model_bytes(spec: str) -> int | None:
     return params * 4
 
 
-def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
-    p, k, n = min(cfg.prompts.per_iteration, len(inputs["pool"])), cfg.actor.k, cfg.judge.n  # what prompts_for_iteration draws
-    lines = [f"experiment {cfg.name}: model {cfg.model} ({inputs['model']}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"]
-    warning = pool_warning(cfg, inputs["pool"])
+def plan_lines(inputs: Inputs) -> list[str]:
+    cfg = inputs.cfg
+    p, k, n = min(cfg.prompts.per_iteration, len(inputs.pool)), cfg.actor.k, cfg.judge.n  # what prompts_for_iteration draws
+    lines = [f"experiment {cfg.name}: model {cfg.model} ({inputs.model}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"]
+    warning = pool_warning(cfg, inputs.pool)
     if warning:
         lines.append(f"warning: {warning}")
     train = "full fine-tuning" if cfg.train.lora is None else f"LoRA r={cfg.train.lora.r} merged"
     if cfg.sft.file:
-        lines.append(f"sft: {len(inputs['sft'] or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
+        lines.append(f"sft: {len(inputs.sft or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
                      f"lr {cfg.sft.lr:g}, global batch {cfg.sft.batch_size}, {'full fine-tuning' if cfg.sft.lora is None else 'LoRA'} -> M1")
     for t in range(1, cfg.iterations + 1):
         judge_it = t in cfg.pairs.judge_iterations
@@ -64,7 +65,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
             + f"pairs: actor (rho {at(cfg.pairs.rho, t)})" + (" + judge" if judge_it else "")
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}")
-    lines += serving_plan(cfg, inputs["model"])
+    lines += serving_plan(cfg, inputs.model)
     if cfg.train.launched:
         from mrtk.train_worker import launch_command as accelerate_command
 
@@ -80,7 +81,7 @@ def plan_lines(cfg: RunConfig, inputs: dict) -> list[str]:
                                             if cfg.train.precompute_ref_log_probs is None else "a frozen copy of M_t made by TRL"))
     if cfg.train.report_to:
         lines.append(f"trackers: {', '.join(cfg.train.report_to)} (RUN/tracker/)")
-    size = model_bytes(inputs["model"])
+    size = model_bytes(inputs.model)
     versions = cfg.iterations + (1 if cfg.sft.file else 0)
     kept = versions if cfg.runs.kept is None else min(cfg.runs.kept, versions)
     if size is None:

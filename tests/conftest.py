@@ -48,8 +48,31 @@ def mrtk(*args: str, cwd: Path, check: bool = False, **kw) -> subprocess.Complet
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, model_dir) -> Path:
-    """One finished tiny run (2 iterations on the embedded model), shared by the tests that read it."""
+    """One finished tiny run (2 iterations), made in-process in seconds by the scripted policy and
+    DPO step (tests/scripted.py): the real stages, parsing and store, scripted model calls. Its
+    model versions are the embedded model's files linked, so `mrtk eval` / `mrtk judge` on it
+    load and run the real model. `real_run` is the same run on the real model (slow tests)."""
+    from scripted import ScriptedPolicy, scripted_train
+
+    from mrtk.config import load_config
+    from mrtk.inputs import check_inputs
+    from mrtk.loop import Loop
+    from mrtk.runs import new_run
+
     work = tmp_path_factory.mktemp("run")
+    cfg_path = work / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(TINY))
+    cfg = load_config(cfg_path, [])
+    inputs = check_inputs(cfg, work)
+    store = new_run(inputs.cfg, str(cfg_path), work / "runs")
+    Loop(store, inputs, open_policy=ScriptedPolicy().opener, train=scripted_train).run()
+    return work
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, model_dir) -> Path:
+    """One finished tiny run (2 iterations on the embedded model, real DPO), for the slow tests."""
+    work = tmp_path_factory.mktemp("real_run")
     cfg = work / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     mrtk("run", str(cfg), "--quiet", cwd=work, check=True, timeout=900)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import time
 from pathlib import Path
 
+from mrtk import faults
 from mrtk.backends.base import Generation
 
 WORDS = ("the", "answer", "is", "clear", "because", "it", "covers", "each", "part", "of", "question", "well", "but", "misses",
@@ -30,6 +32,7 @@ class ScriptedBackend:
         self.policy, self.model_dir = policy, model_dir
 
     def generate(self, requests, params, *, suffix=None, choices=None, on_progress=None):
+        time.sleep(self.policy.delay)
         out = []
         for r in requests:
             gens = []
@@ -46,6 +49,7 @@ class ScriptedBackend:
                 gens.append(Generation(text, n, "length" if n == params.max_new_tokens else "eos", 0.0, probs))
                 self.policy.samples += 1
             out.append(gens)
+            faults.point("generate.batch")  # the embedded backend's crash point, once per request here
             if on_progress:
                 on_progress(len(r.seeds))
         self.policy.calls.append(("generate", Path(self.model_dir).name, len(requests)))
@@ -57,8 +61,8 @@ class ScriptedPolicy:
 
     serving = None
 
-    def __init__(self, crash_after: int | None = None):
-        self.crash_after, self.samples, self.calls = crash_after, 0, []
+    def __init__(self, crash_after: int | None = None, delay: float = 0.0):
+        self.crash_after, self.delay, self.samples, self.calls = crash_after, delay, 0, []
 
     def opener(self, *args, **kwargs):
         """What `Loop(open_policy=...)` calls: (cfg, device, run_dir, tokenizer_for, info, on_serving=...)."""
@@ -93,9 +97,11 @@ def link_model(model_dir, *, out: Path, **_) -> None:
 def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, out, ui):
     """The DPO step's contract (train_worker.train_iteration): the model saved at `out`, one
     metrics row per step and the stats; here one step per pair, no weights changed."""
+    metrics = []
+    for k in range(len(fitted)):
+        metrics.append({"iteration": iteration, "step": k + 1, "epoch": 1.0, "loss": 0.693, "reward_margin": 0.0, "learning_rate": cfg.lr})
+        faults.point("train.step")
     link_model(model_dir, out=out)
-    metrics = [{"iteration": iteration, "step": k + 1, "epoch": 1.0, "loss": 0.693, "reward_margin": 0.0, "learning_rate": cfg.lr}
-               for k in range(len(fitted))]
     return metrics, {"pairs_trained": len(fitted), "epochs": 1, "steps": len(fitted), "train_seconds": 0.0, "bf16": False}
 
 

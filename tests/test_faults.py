@@ -17,7 +17,10 @@ batches a regenerated row is batched with other neighbours (other left padding),
 logits can differ in the last bits, and sampled text can differ from the uninterrupted run;
 the first two checks still hold (that is what `tests/test_loop.py` checks with default batching).
 
-The default suite runs 3 trials; `python -m pytest -m slow tests/test_faults.py` runs 20.
+The default suite runs 3 trials of the same process shape with the scripted policy and DPO step
+(`tests/scripted_run.py`: the real config, store, loop and DuckDB; crash points db.commit,
+generate.batch and train.step), in seconds; `python -m pytest -m slow tests/test_faults.py`
+runs 3 and 20 trials on the real model, every crash point.
 """
 
 from __future__ import annotations
@@ -57,32 +60,53 @@ def snapshot(db: Path) -> dict[str, set]:
     return {table: set(rows(db, sql)) for table, sql in SNAPSHOT.items()}
 
 
-def start(work: Path, env_extra: dict) -> subprocess.Popen:
+SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")
+SCRIPTED_POINTS = ("db.commit", "generate.batch", "train.step")  # the scripted DPO step merges and saves nothing
+
+
+def start(work: Path, env_extra: dict, runner: str = "real") -> subprocess.Popen:
     cfg = work / "faults.yaml"
     cfg.write_text(yaml.safe_dump(FAULT_CFG))
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
-    return subprocess.Popen([sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, SCRIPTED_RUN, str(cfg)] if runner == "scripted" else [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"]
+    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
+def resume(work: Path, run_dir: Path, runner: str) -> subprocess.CompletedProcess:
+    if runner == "scripted":
+        return subprocess.run([sys.executable, SCRIPTED_RUN, "--resume", str(run_dir)], cwd=work, capture_output=True, text=True,
+                              timeout=1200)
+    return mrtk("run", "--resume", str(run_dir), "--quiet", cwd=work, timeout=1200)
+
+
+def uninterrupted(work: Path, runner: str) -> dict:
     """The uninterrupted run, counting how often it passes each crash point."""
-    work = tmp_path_factory.mktemp("baseline")
     log = work / "points.log"
     t0 = time.time()
-    proc = start(work, {"MRTK_FAULT_LOG": str(log)})
+    proc = start(work, {"MRTK_FAULT_LOG": str(log)}, runner)
     _, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err[-3000:]
     db = db_of(work / "runs")
     check_complete(db, FAULT_CFG)
-    return {"snapshot": snapshot(db), "counts": Counter(log.read_text().split()), "seconds": time.time() - t0}
+    return {"snapshot": snapshot(db), "counts": Counter(log.read_text().split()), "seconds": time.time() - t0, "runner": runner,
+            "points": SCRIPTED_POINTS if runner == "scripted" else POINTS}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return uninterrupted(tmp_path_factory.mktemp("baseline"), "real")
+
+
+@pytest.fixture(scope="module")
+def scripted_baseline(tmp_path_factory):
+    return uninterrupted(tmp_path_factory.mktemp("scripted_baseline"), "scripted")
 
 
 def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 0.0) -> dict:
     """Kill one run at `point`:n (or after `delay` seconds), resume it, check it. Returns a summary."""
+    runner = baseline["runner"]
     for _ in range(4):
-        proc = start(work, {"MRTK_FAULT": f"{point}:{n}"} if point else {})
+        proc = start(work, {"MRTK_FAULT": f"{point}:{n}"} if point else {}, runner)
         if point is None:
             try:
                 proc.wait(timeout=delay)  # finished before the kill (a faster machine than the baseline's): shorter delay
@@ -97,7 +121,7 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
     db = db_of(work / "runs")
     before = snapshot(db)
     stage = rows(db, "SELECT iteration || ':' || stage FROM stages WHERE status = 'running'") or [("between stages",)]
-    res = mrtk("run", "--resume", str(db.parent), "--quiet", cwd=work, timeout=1200)
+    res = resume(work, db.parent, runner)
     assert res.returncode == 0, res.stderr[-3000:]
     check_complete(db, FAULT_CFG)
     after = snapshot(db)
@@ -115,12 +139,12 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
             "rows_checked": sum(len(v) for v in after.values())}
 
 
-def plan(trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0) -> list[tuple[str | None, int, float]]:
+def plan(trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0, points=POINTS) -> list[tuple[str | None, int, float]]:
     """Crash points in turn, the pass to die at drawn uniformly; `timed` trials die after a random delay."""
     rng = random.Random(seed)
     out = []
     for i in range(trials - timed):
-        point = POINTS[i % len(POINTS)]
+        point = points[i % len(points)]
         low = FIRST_KILLABLE_COMMIT if point == "db.commit" else 1
         out.append((point, rng.randint(low, counts[point]), 0.0))
     out += [(None, 0, rng.uniform(8.0, 0.9 * seconds)) for _ in range(timed)]
@@ -128,9 +152,9 @@ def plan(trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0
 
 
 def run_trials(tmp_path: Path, baseline: dict, trials: int, seed: int, timed: int = 0) -> list[dict]:
-    assert all(baseline["counts"][p] > 0 for p in POINTS), baseline["counts"]
+    assert all(baseline["counts"][p] > 0 for p in baseline["points"]), baseline["counts"]
     results = []
-    for i, (point, n, delay) in enumerate(plan(trials, seed, baseline["counts"], baseline["seconds"], timed)):
+    for i, (point, n, delay) in enumerate(plan(trials, seed, baseline["counts"], baseline["seconds"], timed, baseline["points"])):
         work = tmp_path / f"trial{i}"
         work.mkdir()
         results.append(trial(work, baseline, point, n, delay))
@@ -143,6 +167,12 @@ def run_trials(tmp_path: Path, baseline: dict, trials: int, seed: int, timed: in
     return results
 
 
+def test_fault_injection_three_trials_scripted(scripted_baseline, tmp_path):
+    results = run_trials(tmp_path, scripted_baseline, trials=3, seed=1)
+    assert [r["kill"].split(":")[0] for r in results] == list(SCRIPTED_POINTS)
+
+
+@pytest.mark.slow
 def test_fault_injection_three_trials(baseline, tmp_path):
     results = run_trials(tmp_path, baseline, trials=3, seed=1)
     assert len(results) == 3
@@ -157,7 +187,7 @@ def test_fault_injection_twenty_trials(baseline, tmp_path):
 def test_kill_before_the_run_exists(tmp_path):
     """Killed while writing its first rows (commit 2: the runs row), a run cannot be resumed, and says
     so in one line; nothing else was recorded to lose."""
-    proc = start(tmp_path, {"MRTK_FAULT": "db.commit:2"})
+    proc = start(tmp_path, {"MRTK_FAULT": "db.commit:2"}, "scripted")  # the same commits as `mrtk run` before the loop starts
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     db = db_of(tmp_path / "runs")
@@ -197,6 +227,7 @@ except MrtkError as e:
     assert rows(tmp_path / "mrtk.duckdb", "SELECT count(*), count(DISTINCT iteration) FROM prompts") == [(200 * int(done), int(done))]
 
 
+@pytest.mark.slow
 def test_run_stops_with_one_line_when_the_disk_fills_while_saving_a_model(tmp_path, model_dir):
     """The first model save (~540 MB) passes a 100 MB file limit: exit 2, one line, the iteration's
     rows all committed and the run marked as failed, resumable."""

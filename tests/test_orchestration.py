@@ -34,18 +34,17 @@ def start(tmp_path: Path, **sections) -> tuple:
     raw = {**TINY, **sections}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cfg = validate_config(raw)
-    inputs = check_inputs(cfg, tmp_path)
-    return new_run(cfg, str(path), tmp_path / "runs"), cfg, inputs
+    inputs = check_inputs(validate_config(raw), tmp_path)
+    return new_run(inputs.cfg, str(path), tmp_path / "runs"), inputs
 
 
-def run(store, cfg, inputs, policy: ScriptedPolicy) -> None:
-    Loop(store, cfg, inputs, open_policy=policy.opener, train=scripted_train).run()
+def run(store, inputs, policy: ScriptedPolicy) -> None:
+    Loop(store, inputs, open_policy=policy.opener, train=scripted_train).run()
 
 
 def resume(run_dir: Path, policy: ScriptedPolicy) -> None:
     store, cfg, config_dir = open_run(run_dir)
-    run(store, cfg, check_inputs(cfg, config_dir), policy)
+    run(store, check_inputs(cfg, config_dir), policy)
 
 
 def snapshot(db: Path) -> dict[str, set]:
@@ -55,9 +54,9 @@ def snapshot(db: Path) -> dict[str, set]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     work = tmp_path_factory.mktemp("whole")
-    store, cfg, inputs = start(work)
+    store, inputs = start(work)
     policy = ScriptedPolicy()
-    run(store, cfg, inputs, policy)
+    run(store, inputs, policy)
     return store.run_dir / DB_NAME, policy
 
 
@@ -82,9 +81,9 @@ def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run
     `error` with the reason, the chunks finished before it are kept, and a resume ends with exactly
     the uninterrupted run."""
     crash_after = int(share * uninterrupted[1].samples)
-    store, cfg, inputs = start(tmp_path)
+    store, inputs = start(tmp_path)
     with pytest.raises(Crash):
-        run(store, cfg, inputs, ScriptedPolicy(crash_after=crash_after))
+        run(store, inputs, ScriptedPolicy(crash_after=crash_after))
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT status, error LIKE '%scripted crash%' FROM runs") == [("error", True)]
     [(stage, error)] = rows(db, "SELECT stage, error FROM stages WHERE status = 'error'")
@@ -102,17 +101,17 @@ def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run
 
 def test_chunks_are_persisted_as_they_finish(tmp_path):
     """max_batch_rows 4 with K=2: two prompts a chunk; a crash in the third chunk keeps two chunks."""
-    store, cfg, inputs = start(tmp_path)
+    store, inputs = start(tmp_path)
     with pytest.raises(Crash):
-        run(store, cfg, inputs, ScriptedPolicy(crash_after=9))
+        run(store, inputs, ScriptedPolicy(crash_after=9))
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT count(*) FROM responses") == [(8,)]  # chunks 1-2 of the actor stage's... 
     assert rows(db, "SELECT stage, status FROM stages") == [("actor", "done"), ("judge", "error")][: len(rows(db, "SELECT 1 FROM stages"))]
 
 
 def test_a_finished_run_resumed_does_nothing(tmp_path):
-    store, cfg, inputs = start(tmp_path)
-    run(store, cfg, inputs, ScriptedPolicy())
+    store, inputs = start(tmp_path)
+    run(store, inputs, ScriptedPolicy())
     db = store.run_dir / DB_NAME
     before = snapshot(db)
     again = ScriptedPolicy()
@@ -128,9 +127,9 @@ def test_ctrl_c_marks_the_stage_interrupted(tmp_path):
             self.samples += 1
             return super().use(model_dir)
 
-    store, cfg, inputs = start(tmp_path)
+    store, inputs = start(tmp_path)
     with pytest.raises(MrtkError, match="interrupted; resume with"):
-        run(store, cfg, inputs, Interrupting())
+        run(store, inputs, Interrupting())
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT status FROM runs") == [("interrupted",)]
     assert rows(db, "SELECT stage, status, error FROM stages WHERE status != 'done'") == [("actor", "interrupted", "KeyboardInterrupt: ")]
@@ -139,8 +138,8 @@ def test_ctrl_c_marks_the_stage_interrupted(tmp_path):
 def test_judge_health_probe_and_frozen_set_in_process(tmp_path):
     """The shipped probe set by name, and the frozen set: eval rows per model, the change from M1
     at M2 with no verdict on four pairs, the probe's stage rows, the frozen re-judge's rows."""
-    store, cfg, inputs = start(tmp_path, probe={"file": "probe_human.jsonl", "limit": 4, "frozen": 3})
-    run(store, cfg, inputs, ScriptedPolicy())
+    store, inputs = start(tmp_path, probe={"file": "probe_human.jsonl", "limit": 4, "frozen": 3})
+    run(store, inputs, ScriptedPolicy())
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT iteration, status FROM stages WHERE stage = 'probe' ORDER BY 1") == [(1, "done"), (2, "done")]
     assert rows(db, "SELECT iteration, count(*) FROM eval_items WHERE eval = 'probe:probe_human' GROUP BY 1 ORDER BY 1") == \
@@ -158,9 +157,9 @@ def test_top_score_share_follows_the_judge_templates_range(tmp_path):
     from mrtk import trackers
     from mrtk.store import RunStore
 
-    store, cfg, inputs = start(tmp_path, judge={**TINY["judge"], "template": "judge_10point"}, iterations=1,
+    store, inputs = start(tmp_path, judge={**TINY["judge"], "template": "judge_10point"}, iterations=1,
                                pairs={"judge_iterations": [1], "judge_share_cap": None})
-    run(store, cfg, inputs, ScriptedPolicy())
+    run(store, inputs, ScriptedPolicy())
     db = store.run_dir / DB_NAME
     [(by_hand,)] = rows(db, "SELECT avg((score >= 9.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")
     [(wrong,)] = rows(db, "SELECT avg((score >= 4.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")

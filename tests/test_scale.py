@@ -30,6 +30,7 @@ def tiny_model(model_dir, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 def test_full_fine_tune_trains_all_weights_and_feeds_the_next_iteration(tiny_model, tmp_path):
     """`train.lora: null`: M2 is a complete model directory with every weight changed and no adapter
     files; iteration 2 generates with it. TensorBoard gets DPO's loss and the loop's numbers;

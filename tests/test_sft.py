@@ -20,6 +20,7 @@ EXAMPLES = [
 ]
 
 
+@pytest.mark.slow
 def test_sft_then_iteration_uses_its_model(tmp_path, model_dir):
     data = tmp_path / "eft.jsonl"
     data.write_text("\n".join(json.dumps(e) for e in EXAMPLES) + "\n")

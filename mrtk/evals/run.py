@@ -18,10 +18,9 @@ from mrtk.data import read_json_or_jsonl
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
 from mrtk.models import pick_device, tokenizer_for
-from mrtk.evals.alpaca_official import Annotator, official_lc
-from mrtk.evals.arena_config import ArenaJudge
-from mrtk.parse import ARENA_SCORES, Parsed, parse_arena, parse_verdict
-from mrtk.prompts import Template, load_template
+from mrtk.evals.alpaca_official import official_lc
+from mrtk.evals.graders import Grader
+from mrtk.prompts import load_template
 from mrtk.rows import derive_seed
 from mrtk.runs import model_for, open_run, run_chunks
 from mrtk.ui import QuietUI
@@ -108,10 +107,10 @@ def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: Samp
 
 
 # -- external pairwise evals -------------------------------------------------------------------
-def pairwise_external(t: Target, judge, eval_name: str, template: Template, examples: list[dict], outputs: dict[str, dict],
+def pairwise_external(t: Target, judge, eval_name: str, grader: Grader, examples: list[dict], outputs: dict[str, dict],
                       baseline: dict[str, str], *, both_orders: bool, ui) -> list[dict]:
-    """Judge the policy against the baseline on each example; one eval_items row per game.
-    Single order: policy first or second by a seeded coin per example; both orders: two games."""
+    """Judge the policy against the baseline on each example with `grader`; one eval_items row per
+    game. Single order: policy first or second by a seeded coin per example; both orders: two games."""
     done = {r["item_id"]: r for r in t.store.eval_items(eval_name, t.iteration, judge.model)}
     games = []
     for e in examples:
@@ -126,17 +125,9 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
                 continue
             mine, base = outputs[e["example_id"]]["output"], baseline[e["example_id"]]
             a, b = (mine, base) if policy_first else (base, mine)
-            if isinstance(template, (ArenaJudge, Annotator)):  # the benchmark's own messages (AlpacaEval: output_1, "m", is shown first)
-                messages = template.render(e["instruction"], a, b)
-            else:
-                messages = [{"role": "user", "content": template.render(question=e["instruction"], output_a=a, output_b=b)}]
-            reply = template.ask(judge, messages) if isinstance(template, ArenaJudge) else judge.ask(messages)  # Arena-Hard asks twice
-            if isinstance(template, Annotator) and reply.ok:
-                p_first, reason = template.preference_first(reply.text, reply.top_logprobs)
-                parsed = Parsed((reply.text or "").strip()[:8] or None, "ok" if p_first is not None else "failed", reason)
-                pref, weight = (None if p_first is None else p_first if policy_first else 1.0 - p_first), 1
-            else:
-                parsed, pref, weight = _verdict(template, reply.text, policy_first) if reply.ok else (None, None, 1)
+            reply = grader.judge(judge, grader.messages(e["instruction"], a, b))
+            parsed, p_first, weight = grader.read(reply.text, reply.top_logprobs) if reply.ok else (None, None, 1)
+            pref = None if p_first is None else p_first if policy_first else 1.0 - p_first
             t.store.write_replace("eval_items", "item_id", [{
                 "item_id": item_id, "eval": eval_name, "iteration": t.iteration, "example_id": e["example_id"],
                 "slot": "policy_first" if policy_first else "policy_second", "judge": judge.model, "call_key": reply.call_key,
@@ -147,27 +138,6 @@ def pairwise_external(t: Target, judge, eval_name: str, template: Template, exam
             go(1)
     wanted = {e["example_id"] for e in examples}  # earlier calls (a larger --limit) stay stored but are not this eval's
     return [r for r in t.store.eval_items(eval_name, t.iteration, judge.model) if r["example_id"] in wanted]
-
-
-def _verdict(template: Template, text: str, policy_first: bool):
-    """(parsed, P(policy wins), weight) from a judge reply."""
-    if isinstance(template, ArenaJudge):
-        value, reason = template.verdict(text)
-        parsed = Parsed(value, "ok" if value else "failed", None if value else reason)
-        if not parsed.ok:
-            return parsed, None, 1
-        p_first, weight = ARENA_SCORES[value[1:-1]]
-    elif template.parser == "arena":
-        parsed = parse_arena(text)
-        if not parsed.ok:
-            return parsed, None, 1
-        p_first, weight = ARENA_SCORES[parsed.value[1:-1]]
-    else:
-        parsed = parse_verdict(text, "output")
-        if not parsed.ok:
-            return parsed, None, 1
-        p_first, weight = (1.0 if parsed.value == "A" else 0.0), 1
-    return parsed, (p_first if policy_first else 1.0 - p_first), weight
 
 
 def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tuple], details: dict) -> None:
@@ -195,18 +165,18 @@ def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str,
     return (c["diff"], c["ci_low"], c["ci_high"], c["n"])
 
 
-def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingParams, *, both_orders: bool, ui=None,
+def alpaca(t: Target, judge, examples: list[dict], grader: Grader, params: SamplingParams, *, both_orders: bool, ui=None,
            difficulty: Path | None = None) -> dict:
-    """AlpacaEval 2 against the reference outputs. `template`: AlpacaEval's own annotator
-    (alpaca_official.Annotator: weighted preference from logprobs, the leaderboard's LC) or
-    mrtk's paraphrase (an eval Template: hard verdicts, LC without the difficulty term)."""
+    """AlpacaEval 2 against the reference outputs. `grader`: AlpacaEval's own annotator (weighted
+    preference from logprobs, the leaderboard's LC) or mrtk's paraphrase (hard verdicts, LC without
+    the difficulty term)."""
     ui = ui or QuietUI()
     missing = [e["example_id"] for e in examples if not e.get("reference")]
     if missing:
         raise MrtkError(f"example {missing[0]} has no reference output; alpaca needs AlpacaEval's file with 'output' (the GPT-4 Turbo reference)")
     references = {e["example_id"]: e["reference"] for e in examples}
     outputs = policy_outputs(t, "alpaca", examples, params, ui)
-    items = pairwise_external(t, judge, "alpaca", template, examples, outputs, references, both_orders=both_orders, ui=ui)
+    items = pairwise_external(t, judge, "alpaca", grader, examples, outputs, references, both_orders=both_orders, ui=ui)
     prefs = example_preferences(items)
     ids = sorted(prefs)
     wr = metrics.win_rate([prefs[i] for i in ids])
@@ -217,14 +187,14 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     change = change_from_previous(t, "alpaca", judge.model, prefs)
     if change:
         numbers["win_rate_change_from_previous_iteration"] = change
-    details = {"both_orders": both_orders, "annotator": getattr(template, "source", template.name)}
+    details = {"both_orders": both_orders, "annotator": grader.source}
     # the paid-for numbers are recorded first: the LC step below uses an optional package and data file
     write_results(t, "alpaca", judge.model, numbers, {**details, "lc": "not computed"})
     lc, how = None, "mrtk paraphrase"
-    if isinstance(template, Annotator):  # the leaderboard's GLM, with instruction difficulty
+    if grader.leaderboard_lc:  # the leaderboard's GLM, with instruction difficulty
         lc, how = official_lc([{"preference": 1.0 + prefs[i], "output_1": references[i], "output_2": outputs[i]["output"],
                                 "index": int(i) if str(i).isdigit() else n, "generator_1": "gpt4_1106_preview",
-                                "generator_2": f"mrtk-{t.version}", "annotator": template.name} for n, i in enumerate(ids)], difficulty)
+                                "generator_2": f"mrtk-{t.version}", "annotator": grader.name} for n, i in enumerate(ids)], difficulty)
     lc_name = "length_controlled_win_rate"
     if lc is None:  # mrtk's GLM on the length term alone: not the leaderboard's LC, and named so
         lc_name = "lc_approx_no_difficulty"
@@ -234,12 +204,12 @@ def alpaca(t: Target, judge, examples: list[dict], template, params: SamplingPar
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
 
-def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str], template: "ArenaJudge", params: SamplingParams, ui=None) -> dict:
-    """Two games per question (positions swapped) judged with `template`: Arena-Hard-Auto's own
+def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str], grader: Grader, params: SamplingParams, ui=None) -> dict:
+    """Two games per question (positions swapped) judged with `grader`: Arena-Hard-Auto's own
     judge config (arena_config.py) or mrtk's named fallback."""
     ui = ui or QuietUI()
     outputs = policy_outputs(t, "arena-hard", questions, params, ui)
-    items = pairwise_external(t, judge, "arena-hard", template, questions, outputs, baseline, both_orders=True, ui=ui)
+    items = pairwise_external(t, judge, "arena-hard", grader, questions, outputs, baseline, both_orders=True, ui=ui)
     prefs = [r["preference"] for r in items if r["preference"] is not None for _ in range(int(r["label"] or 1))]
     bt = metrics.bt_score(prefs, seed=t.cfg.seed)
     numbers = {"score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
@@ -247,7 +217,7 @@ def arena_hard(t: Target, judge, questions: list[dict], baseline: dict[str, str]
     change = change_from_previous(t, "arena-hard", judge.model, example_preferences(items))
     if change:
         numbers["score_change_from_previous_iteration"] = change
-    write_results(t, "arena-hard", judge.model, numbers, {"judge_prompt": template.source, "max_tokens": template.max_tokens,
+    write_results(t, "arena-hard", judge.model, numbers, {"judge_prompt": grader.source, "max_tokens": grader.max_tokens,
                                                           "games": len(items)})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
