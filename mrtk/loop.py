@@ -42,15 +42,18 @@ class Loop:
     def run(self) -> None:
         gc.collect()
         gc.freeze()  # what exists by now stays: each stage's collection (release_memory) scans only what the run makes
-        with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
-            self.device = pick_device(self.cfg.runtime.device)
-            apply_threads(self.cfg.runtime.threads)
-            self.policy = self.open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
-                                      on_serving=self.store.record_serving)
-            try:
-                self._run()
-            finally:
-                self.policy.close()  # a launched SGLang server stops; attached ones keep running
+        try:
+            with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
+                self.device = pick_device(self.cfg.runtime.device)
+                apply_threads(self.cfg.runtime.threads)
+                self.policy = self.open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
+                                               on_serving=self.store.record_serving)
+                try:
+                    self._run()
+                finally:
+                    self.policy.close()  # a launched SGLang server stops; attached ones keep running
+        finally:
+            gc.unfreeze()
 
     def _run(self) -> None:
         cfg, store, seed = self.cfg, self.store, self.cfg.seed

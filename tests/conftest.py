@@ -38,12 +38,48 @@ def tiny_config(tmp_path) -> Path:
 
 
 def mrtk(*args: str, cwd: Path, check: bool = False, **kw) -> subprocess.CompletedProcess:
-    """Run the real `mrtk` command line in a subprocess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    res = subprocess.run([sys.executable, "-m", "mrtk.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, **kw)
+    """Run the real `mrtk` command line (`mrtk.cli.main`, argv, exit code, stdout, stderr) in this
+    process: the imports (torch, transformers, LiteLLM: seconds each) are paid once per test session
+    instead of once per call. An exception main() does not turn into a one-line error is printed as
+    a traceback on stderr, as the command would print it. MRTK_TEST_SUBPROCESS=1 runs each call in
+    a subprocess instead. Tests that kill or watch a process start one themselves."""
+    if os.environ.get("MRTK_TEST_SUBPROCESS") == "1":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        kw.pop("input", None)
+        res = subprocess.run([sys.executable, "-m", "mrtk.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, **kw)
+    else:
+        res = _in_process(list(args), cwd)
     if check and res.returncode != 0:
         raise AssertionError(f"mrtk {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res
+
+
+def _in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    from mrtk import cli
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here, argv, sigterm = os.getcwd(), sys.argv, signal.getsignal(signal.SIGTERM)
+    os.chdir(cwd)
+    sys.argv = ["mrtk", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - what the process would die of, printed as it would print it
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        signal.signal(signal.SIGTERM, sigterm)  # `mrtk run` installs its own
+    return subprocess.CompletedProcess(["mrtk", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ def test_queries_during_a_run_are_consistent(tiny_config, tmp_path, runner):
     """`mrtk query` from another process, over and over while a run writes: every answer
     comes back (no lock traceback) and shows whole transactions only: no judgement without its
     response, no response with part of its N judgements, no prompt with part of its K responses."""
-    proc = subprocess.Popen(run_command(runner, tiny_config, delay=0.3), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(run_command(runner, tiny_config, delay=0.1), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     answers = []
     try:

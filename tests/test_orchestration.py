@@ -75,7 +75,7 @@ def test_the_loop_opens_releases_resumes_and_closes_its_policy(uninterrupted):
     assert models[0] == Path(models[0]).name and "M2" in models and models.index("M2") > max(i for i, m in enumerate(models) if m != "M2")
 
 
-@pytest.mark.parametrize("share", [0.03, 0.2, 0.5, 0.7, 0.95])
+@pytest.mark.parametrize("share", [0.03, 0.5, 0.95])  # early, middle and late in the run
 def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, share):
     """A backend that dies after N samples (a share of the whole run's): the run and the stage say
     `error` with the reason, the chunks finished before it are kept, and a resume ends with exactly

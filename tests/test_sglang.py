@@ -139,11 +139,33 @@ def sglang_config(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path):
+def run_loop(config: Path, cwd: Path, how: str) -> None:
+    """`mrtk run CONFIG` (real DPO, a subprocess), or the same loop in-process with the real SGLang
+    client and the scripted DPO step of tests/scripted.py (M_{t+1} = M_t's files, linked)."""
+    if how == "subprocess":
+        mrtk("run", str(config), "--quiet", cwd=cwd, check=True, timeout=1200)
+        return
+    from scripted import scripted_train
+
+    from mrtk.config import load_config
+    from mrtk.inputs import check_inputs
+    from mrtk.loop import Loop
+    from mrtk.runs import new_run
+
+    inputs = check_inputs(load_config(config), config.parent)
+    Loop(new_run(inputs.cfg, str(config), cwd / "runs"), inputs, train=scripted_train).run()
+
+
+# Both slow: the stand-in decodes each input alone in fp32 with the real model (~200 s a run here)
+HOW = [pytest.param("in-process", id="in-process", marks=pytest.mark.slow), pytest.param("subprocess", id="subprocess", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path, how):
     """A whole tiny run through the SGLang backend: release -> train -> resume -> update -> flush
     between iterations, every row tagged with its weights."""
     with SGLangDouble(model_dir, deterministic=True) as d:
-        mrtk("run", str(sglang_config(tmp_path, d.url)), "--quiet", cwd=tmp_path, check=True, timeout=1200)
+        run_loop(sglang_config(tmp_path, d.url), tmp_path, how)
         paths = [p for p, _ in d.log if p != "/generate"]
         assert paths == ["/server_info", "/update_weights_from_disk",  # attach: version check, then the loop loads M1 itself
                          "/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",  # it flushes itself
@@ -169,7 +191,8 @@ def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path):
     assert rows(db, "SELECT count(*) FROM responses WHERE is_duplicate")[0][0] < rows(db, "SELECT count(*) / 2 FROM responses")[0][0]
 
 
-def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp_path):
+@pytest.mark.parametrize("how", HOW)
+def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp_path, how):
     """sglang-router serves generation only: generation goes through it, memory release/resume and
     weight updates to each worker (sglang.worker_urls); without worker_urls, one line up front."""
     with SGLangDouble(model_dir, deterministic=True) as w1, SGLangDouble(model_dir, deterministic=True) as w2, \
@@ -184,7 +207,7 @@ def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp
         cfg["sglang"]["worker_urls"] = [w1.url, w2.url]
         path.write_text(yaml.safe_dump(cfg))
         (tmp_path / "ok").mkdir()
-        mrtk("run", str(path), "--quiet", cwd=tmp_path / "ok", check=True, timeout=1200)
+        run_loop(path, tmp_path / "ok", how)
         for w in (w1, w2):
             control = [p for p, _ in w.log if p not in ("/generate", "/server_info")]
             assert control == ["/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation",
