@@ -78,9 +78,9 @@ class Loop:
 
             # 2. judge: N judgements of each distinct response
             with store.stage(it, "judge", release_memory):
-                judged = store.loop_judged(it, self.t.judge.hash)
-                todo = [r for r in responses if not r["is_duplicate"] and r["response_id"] not in judged]
-                self._generate(it, model, "judge", todo, cfg.judge.n, "judgements", judge.run_judge, questions, cfg.judge, self.t.judge)
+                job = judge.Judging(self.t.judge, cfg.judge)
+                todo = job.missing(responses, store.judged_ids(job.table, it, job.key))
+                self._generate(it, model, "judge", todo, cfg.judge.n, job.table, job.run, questions)
             judgements = store.loop_judgements(it, self.t.judge.hash)
 
             # judge health (optional): M_t judges human-labelled pairs and a frozen set of responses
@@ -172,13 +172,12 @@ class Loop:
         if self.cfg.probe.frozen:
             pool = [r for r in self.store.responses(1) if not r["is_duplicate"]]
             frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(pool, min(self.cfg.probe.frozen, len(pool)))
-            key = judge.rejudge_key(self.t.judge, self.cfg.judge.score_mode, f"M{it}")
+            job = judge.Judging(self.t.judge, self.cfg.judge, source="drift", model_version=f"M{it}")
             if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
-                have = self.store.rejudged(1, key)
                 questions = {p["prompt_id"]: p["text"] for p in self.store.prompts(1)}
-                self._generate(it, model, "frozen re-judge", [r for r in frozen if r["response_id"] not in have], self.cfg.judge.n,
-                               "judgements", judge.run_judge, questions, self.cfg.judge, self.t.judge, iteration=1, source="drift")
-            probe.record_drift(target, frozen, self.t.judge, key if it > 1 else None, self.cfg.judge.score_mode)
+                self._generate(it, model, "frozen re-judge", job.missing(frozen, self.store.judged_ids(job.table, 1, job.key)),
+                               self.cfg.judge.n, job.table, job.run, questions, iteration=1)
+            probe.record_drift(target, frozen, self.t.judge, job.key if it > 1 else None, self.cfg.judge.score_mode)
 
     # -- around the stages ----------------------------------------------------------------------
     def _announce(self) -> None:

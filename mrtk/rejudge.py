@@ -18,7 +18,6 @@ from mrtk.config import with_template_sampling
 from mrtk.errors import MrtkError
 from mrtk.models import pick_device, resolve_model, tokenizer_for
 from mrtk.prompts import Template, check_role, load_template
-from mrtk.rows import pairwise_id
 from mrtk.runs import WriterLock, model_for, open_run, run_chunks
 from mrtk.stages import judge
 from mrtk.ui import QuietUI
@@ -60,8 +59,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
         jcfg = jcfg.model_copy(update={k: v for k, v in (("n", job.n), ("score_mode", job.score_mode)) if v is not None})
         if jcfg.score_mode not in ("structured", "free_text"):
             raise MrtkError(f"--score-mode {jcfg.score_mode!r} is not structured or free_text")
-        pairwise = job.template.stage == "pairwise-judge"
-        table = "pairwise_judgements" if pairwise else "judgements"
+        table = judge.Judging(job.template, jcfg).table
         n_responses, before = store.count("responses"), store.count(table)
         store.record_templates([job.template])
         policy = open_policy(cfg, pick_device(cfg.runtime.device), run_dir, tokenizer_for)  # the run's own backend (SGLang runs: its servers)
@@ -71,22 +69,13 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 model_dir = model_for(store, cfg, version) if version[:1] == "M" and version[1:].isdigit() else resolve_model(version)
                 responses = store.responses(it)
                 questions = {p["prompt_id"]: p["text"] for p in store.prompts(it)}
-                key = judge.rejudge_key(job.template, jcfg.score_mode, version)
-                common = dict(iteration=it, run_seed=cfg.seed, model_version=version)
-                if pairwise:  # every ordered pair of a prompt's responses, with the ids run_pairwise_judge gives its rows
-                    have = store.pairwise_judged(it)
-                    todo = [g for g in judge.pairwise_games(responses)
-                            if any(pairwise_id(g[0]["response_id"], g[1]["response_id"], key, j) not in have for j in range(jcfg.n))]
+                judging = judge.Judging(job.template, jcfg, source="rejudge", model_version=version)
+                key = judging.key
+                todo = judging.missing(responses, store.judged_ids(table, it, key))
 
-                    def chunk(rows, go, model_dir=model_dir, questions=questions, common=common):
-                        return judge.run_pairwise_judge(policy.use(model_dir), rows, questions, jcfg, job.template, on_progress=go, **common)
-                else:
-                    have = store.rejudged(it, key)
-                    todo = [r for r in responses if not r["is_duplicate"] and r["response_id"] not in have]
-
-                    def chunk(rows, go, model_dir=model_dir, questions=questions, common=common):
-                        return judge.run_judge(policy.use(model_dir), rows, questions, jcfg, job.template, on_progress=go,
-                                               source="rejudge", **common)
+                def chunk(rows, go, model_dir=model_dir, questions=questions, judging=judging, it=it, version=version):
+                    return judging.run(policy.use(model_dir), rows, questions, iteration=it, run_seed=cfg.seed, model_version=version,
+                                       on_progress=go)
                 run_chunks(store, ui, f"it{it} judge {job.template.name}", todo, jcfg.n, chunk, table, cfg.runtime.max_batch_rows)
         finally:
             policy.close()  # a launched SGLang server stops; attached ones keep running

@@ -33,6 +33,20 @@ def meta_id(judgement_a: str, judgement_b: str, template_hash: str) -> str:
     return f"{judgement_a}|{judgement_b}|{template_hash}"
 
 
+def eval_item_id(eval_name: str, iteration: int, judge: str, unit: str) -> str:
+    """An `eval_items` row: one judged unit (a game, or a judgement) of an eval for a model iteration and judge."""
+    return f"{eval_name}/{iteration}/{judge}/{unit}"
+
+
+def eval_output_id(eval_name: str, iteration: int, example_id: str) -> str:
+    return f"{eval_name}/{iteration}/{example_id}"
+
+
+def answer_id(example_id: str, side: str) -> str:
+    """A human-labelled pair's answer ("a", "b") or a ranked list's reply (its index), judged as a response."""
+    return f"{example_id}#{side}"
+
+
 def format_score(score: float) -> str:
     """How a structured judgement's score is written into its text (`Score: 3` or `Score: 2.37`)."""
     return str(int(score)) if float(score).is_integer() else f"{score:.2f}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrtk.evals import health
-from mrtk.evals.judge_eval import judge_agreement, pair_credits, predictions
+from mrtk.evals.judge_eval import judge_agreement, pair_credits, said
 from mrtk.evals.run import Target, write_results
 
 
@@ -18,7 +18,7 @@ def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> No
     res = judge_agreement(t, pairs, [], template, n=probe_cfg.n, name=name, ui=ui)
     previous = t.store.eval_items(name, t.iteration - 1)
     if previous:  # the paired change from the previous model, per probe pair
-        before = pair_credits(pairs, predictions(previous, False)[0])
+        before = pair_credits(pairs, res["job"].preferences(said(previous))[0])
         ids = sorted(set(before) & set(res["credits"]))
         change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
         numbers = dict(res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"]))

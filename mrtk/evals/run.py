@@ -21,7 +21,7 @@ from mrtk.models import pick_device, tokenizer_for
 from mrtk.evals.alpaca_official import official_lc
 from mrtk.evals.graders import Grader
 from mrtk.prompts import load_template
-from mrtk.rows import derive_seed
+from mrtk.rows import derive_seed, eval_item_id, eval_output_id
 from mrtk.runs import model_for, open_run, run_chunks
 from mrtk.ui import QuietUI
 
@@ -96,7 +96,7 @@ def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: Samp
     def fn(rows, go):
         seeds = [derive_seed(t.cfg.seed, "eval", eval_name, t.iteration, e["example_id"]) for e in rows]
         gens = t.backend().generate([Request(template.render(prompt=e["instruction"]), (s,)) for e, s in zip(rows, seeds)], params, on_progress=go)
-        return [{"output_id": f"{eval_name}/{t.iteration}/{e['example_id']}", "eval": eval_name, "iteration": t.iteration,
+        return [{"output_id": eval_output_id(eval_name, t.iteration, e["example_id"]), "eval": eval_name, "iteration": t.iteration,
                  "example_id": e["example_id"], "instruction": e["instruction"], "output": g.text, "n_chars": len(g.text),
                  "n_tokens": g.n_tokens, "finish_reason": g.finish, "model_version": t.version, "sampling": params.as_dict(),
                  "seed": s, "latency_s": g.latency_s} for e, [g], s in zip(rows, gens, seeds)]
@@ -119,7 +119,7 @@ def pairwise_external(t: Target, judge, eval_name: str, grader: Grader, examples
             games.append((e, policy_first))
     with ui.stage(f"{eval_name} judge {judge.model}", len(games)) as go:
         for e, policy_first in games:
-            item_id = f"{eval_name}/{t.iteration}/{judge.model}/{e['example_id']}/{'policy_first' if policy_first else 'policy_second'}"
+            item_id = eval_item_id(eval_name, t.iteration, judge.model, f"{e['example_id']}/{'policy_first' if policy_first else 'policy_second'}")
             if item_id in done and done[item_id]["parse_status"] == "ok":
                 go(1)
                 continue

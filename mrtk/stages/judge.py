@@ -1,5 +1,10 @@
 """Judge stage: N judgements per response, parsed per docs/METHOD.md section 2.
 
+`Judging` is the one entry for "judge these items", whoever asks (the loop's judge stage, the
+frozen drift re-judge, `mrtk judge`, `mrtk eval judge` and the probe): it picks pointwise or
+pairwise from the template, knows the units (a response, or an ordered pair of responses) and the
+ids each unit writes, says which units are missing given the stored ids, and runs them.
+
 Two modes. `structured` (the embedded default; SmolLM2-135M never writes `Score: X` by
 itself): a short sampled justification, then the fixed text "\\nScore: ", then the
 expected score over the probabilities of the digit tokens in the template's score range.
@@ -8,6 +13,9 @@ Failures are rows with score NULL and a reason; they are never zeros.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
 
 from mrtk.backends.base import Backend, Progress, Request
 from mrtk.config import JudgeCfg
@@ -95,3 +103,99 @@ def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questio
                 "latency_s": g.latency_s,
             })
     return rows
+
+
+@dataclass(frozen=True)
+class Judging:
+    """One judging job. `cfg`: n, score mode and sampling (template defaults already merged);
+    `source`: loop (ids keyed by the template hash), or drift / rejudge / eval (keyed by template,
+    score mode and `model_version`, so they never collide with the loop's rows)."""
+
+    template: Template
+    cfg: JudgeCfg
+    source: str = "loop"
+    model_version: str = "M1"
+
+    @property
+    def pairwise(self) -> bool:
+        return self.template.stage == "pairwise-judge"
+
+    @property
+    def scores(self) -> bool:
+        """A pointwise judge scores each response; a pairwise one only orders two."""
+        return not self.pairwise
+
+    @property
+    def table(self) -> str:
+        return "pairwise_judgements" if self.pairwise else "judgements"
+
+    @property
+    def key(self) -> str:
+        return self.template.hash if self.source == "loop" else rejudge_key(self.template, self.cfg.score_mode, self.model_version)
+
+    def units(self, responses: list[dict]) -> list:
+        """What one request judges: a distinct response, or an ordered pair of a prompt's responses."""
+        return pairwise_games(responses) if self.pairwise else [r for r in responses if not r["is_duplicate"]]
+
+    def ids(self, unit) -> list[str]:
+        """The row ids a unit writes (N of them), as the runs below give them."""
+        if self.pairwise:
+            return [pairwise_id(unit[0]["response_id"], unit[1]["response_id"], self.key, j) for j in range(self.cfg.n)]
+        return [judgement_id(unit["response_id"], self.key, j) for j in range(self.cfg.n)]
+
+    def missing(self, responses: list[dict], stored: set[str]) -> list:
+        """The units with a row id not in `stored` (a unit's N rows are written in one transaction)."""
+        return [u for u in self.units(responses) if not set(self.ids(u)) <= stored]
+
+    def run(self, backend: Backend, units: list, questions: dict[str, str], *, iteration: int, run_seed: int, model_version: str,
+            on_progress: Progress | None = None) -> list[dict]:
+        """units -> rows of `table` (N per unit)."""
+        if self.pairwise:
+            return run_pairwise_judge(backend, units, questions, self.cfg, self.template, iteration=iteration, run_seed=run_seed,
+                                      model_version=model_version, on_progress=on_progress)
+        return run_judge(backend, units, questions, self.cfg, self.template, iteration=iteration, run_seed=run_seed,
+                         model_version=model_version, on_progress=on_progress, source=self.source)
+
+    def said(self, row: dict) -> dict:
+        """What a row says about its unit: the prompt, the unit ("response" or "response_a|response_b"),
+        a score (pointwise) or a verdict and p(A) (pairwise)."""
+        if self.pairwise:
+            return {"prompt_id": row["prompt_id"], "unit": f"{row['response_a']}|{row['response_b']}", "score": None,
+                    "verdict": row["verdict"], "p_a": row.get("p_a")}
+        return {"prompt_id": row["prompt_id"], "unit": row["response_id"], "score": row["score"], "verdict": None, "p_a": None}
+
+    def preferences(self, said: list[dict]) -> tuple[dict[str, str | None], tuple]:
+        """For two answers of one prompt ("<prompt>#a", "<prompt>#b", as `rows.answer_id` names
+        them), prompt -> "a" | "b" | None (a tie): the higher mean score, or the net of the
+        pairwise verdicts in both orders; and (position consistency, None, None, prompts seen in
+        both orders) for a pairwise judge: the share whose winner survives the swap."""
+        if not self.pairwise:
+            scores = mean_scores(said)
+            out = {}
+            for p in {s["prompt_id"] for s in said}:
+                a, b = scores.get(f"{p}#a"), scores.get(f"{p}#b")
+                out[p] = None if a is None or b is None or a == b else ("a" if a > b else "b")
+            return out, (None, None, None, 0)
+        net: dict[str, int] = defaultdict(int)
+        by_order: dict[tuple[str, str], int] = defaultdict(int)
+        for s in said:
+            if s["verdict"] is None:
+                continue
+            first, second = s["unit"].split("|")
+            side = (first if s["verdict"] == "A" else second).rsplit("#", 1)[1]
+            net[s["prompt_id"]] += 1 if side == "a" else -1
+            by_order[(s["prompt_id"], "ab" if first.endswith("#a") else "ba")] += 1 if side == "a" else -1
+        out = {p: (None if v == 0 else ("a" if v > 0 else "b")) for p, v in net.items()}
+        both = [p for p in {p for p, _ in by_order} if (p, "ab") in by_order and (p, "ba") in by_order]
+        same = sum((by_order[(p, "ab")] > 0) == (by_order[(p, "ba")] > 0) and by_order[(p, "ab")] != 0 and by_order[(p, "ba")] != 0
+                   for p in both)
+        return out, (same / len(both) if both else None, None, None, len(both))
+
+
+def mean_scores(said: list[dict]) -> dict[str, float]:
+    """unit (a response) -> the mean of its parsed scores."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for s in said:
+        if s["score"] is not None:
+            sums[s["unit"]].append(s["score"])
+    return {u: sum(v) / len(v) for u, v in sums.items()}

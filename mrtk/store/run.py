@@ -112,18 +112,13 @@ class RunStore(Database):
         return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
                           [it, template_hash])
 
-    def loop_judged(self, it: int, template_hash: str) -> set[str]:
-        """Response ids the loop has judged under this template."""
-        return {r["response_id"] for r in self.fetch(
-            "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop'", [it, template_hash])}
-
-    def rejudged(self, it: int, key: str) -> set[str]:
-        """Response ids judged under a re-judgement key (mrtk judge, the frozen drift set)."""
-        return {r["response_id"] for r in self.fetch(
-            "SELECT DISTINCT response_id FROM judgements WHERE iteration = ? AND judgement_id LIKE ?", [it, _keyed(key)])}
-
-    def pairwise_judged(self, it: int) -> set[str]:
-        return {r["judgement_id"] for r in self.fetch("SELECT judgement_id FROM pairwise_judgements WHERE iteration = ?", [it])}
+    def judged_ids(self, table: str, it: int, key: str) -> set[str]:
+        """The row ids of `table` (judgements or pairwise_judgements) written in iteration `it` under
+        a judging key (stages.judge.Judging.key: the template hash of the loop's rows, or a re-judgement key)."""
+        if table not in ("judgements", "pairwise_judgements"):
+            raise ValueError(f"{table} is not a judgement table")
+        return {r["judgement_id"] for r in self.fetch(f"SELECT judgement_id FROM {table} WHERE iteration = ? AND judgement_id LIKE ?",
+                                                      [it, f"%{key}/j%"])}
 
     def mean_scores(self, ids: list[str], *, it: int | None = None, template_hash: str | None = None,
                     key: str | None = None) -> dict[str, float]:
