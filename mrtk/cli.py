@@ -509,14 +509,15 @@ def eval_audit(
 
 @eval_app.command("judge")
 def eval_judge(
-    data: str = typer.Argument(..., help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM)."),
+    data: str = typer.Argument(..., help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM); "
+                                         "a path, or a shipped set: probe_human.jsonl."),
     run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
     template: Optional[str] = typer.Option(None, "--template", "-t", help="Judge template (default: the run's judge template)."),
     n: Optional[int] = typer.Option(None, "--n", help="Judgements per answer (default: the run's judge.n)."),
     dirs: List[Path] = PromptDirs, quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
-    from mrtk.data import load_human_pairs
+    from mrtk.data import load_human_pairs, resolve_data_file
     from mrtk.evals import run as ev
     from mrtk.evals.judge_eval import judge_agreement
     from mrtk.rejudge import load_judge_template
@@ -526,7 +527,7 @@ def eval_judge(
     _check_eval_numbers(None, 1, limit)
     if n is not None and n < 1:
         raise MrtkError(f"--n {n}: give at least 1 judgement per answer")
-    pairs, lists = load_human_pairs(data)
+    pairs, lists = load_human_pairs(str(resolve_data_file(data, None, "DATA", fix="give a path, or a shipped set: probe_human.jsonl")))
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end

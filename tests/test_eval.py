@@ -170,6 +170,9 @@ def test_eval_judge_end_to_end(run_copy):
     assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge:llmbar_and_mtbench_human_dev'") == [(8, 8, 8)]
     [(value, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE metric = 'agreement'")
     assert n == 4 and lo <= value <= hi and (value * 8).is_integer()  # hits and half-credit ties over 4 pairs
+    # the shipped probe set by name, from a folder that is not the repository
+    mrtk("eval", "judge", "probe_human.jsonl", "--run", str(run_copy), "--limit", "2", "--n", "1", "-q", cwd=run_copy.parent, check=True)
+    assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'judge:probe_human'") == [(4,)]
 
 
 def test_eval_judge_reads_every_human_format(tmp_path):
