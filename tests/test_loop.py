@@ -24,7 +24,7 @@ SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")
 RUNNERS = [pytest.param("scripted", id="scripted"), pytest.param("real", id="real", marks=pytest.mark.slow)]
 
 
-def run_command(runner: str, config: Path, delay: float = 0.05) -> list[str]:
+def run_command(runner: str, config: Path, delay: float = 0.03) -> list[str]:
     """`mrtk run CONFIG --quiet`, or its scripted twin (each generate call `delay` s: long enough to watch)."""
     if runner == "scripted":
         return [sys.executable, SCRIPTED_RUN, "--delay", str(delay), str(config)]
@@ -32,9 +32,11 @@ def run_command(runner: str, config: Path, delay: float = 0.05) -> list[str]:
 
 
 def resume(runner: str, run_dir: Path, cwd: Path) -> None:
+    """`--resume`: the scripted one in this process (the kill is what needs a process)."""
     if runner == "scripted":
-        subprocess.run([sys.executable, SCRIPTED_RUN, "--resume", str(run_dir)], cwd=cwd, check=True, timeout=900,
-                       capture_output=True)
+        import scripted_run
+
+        scripted_run.main(["--resume", str(run_dir)])
     else:
         mrtk("run", "--resume", str(run_dir), "--quiet", cwd=cwd, check=True, timeout=900)
 
@@ -134,7 +136,7 @@ def test_queries_during_a_run_are_consistent(tiny_config, tmp_path, runner):
     """`mrtk query` from another process, over and over while a run writes: every answer
     comes back (no lock traceback) and shows whole transactions only: no judgement without its
     response, no response with part of its N judgements, no prompt with part of its K responses."""
-    proc = subprocess.Popen(run_command(runner, tiny_config, delay=0.1), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(run_command(runner, tiny_config), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     answers = []
     try:
