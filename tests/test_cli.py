@@ -248,7 +248,8 @@ def test_bench_json_for_one_workload(tmp_path):
 
     res = mrtk("bench", "--quick", "--only", "duckdb", "--json", "--set", "judge.n=2", cwd=tmp_path, check=True)
     report = json.loads(res.stdout)
-    assert report["machine"]["overrides"] == ["judge.n=2"] and report["machine"]["matmul_gflops_bf16"] > 0
+    m = report["machine"]  # bf16 is measured only where generation uses it (emulated bf16 on an AVX2-only CPU takes minutes)
+    assert m["overrides"] == ["judge.n=2"] and m["matmul_gflops_fp32"] > 0 and (m["inference_dtype"] != "bfloat16" or m["matmul_gflops_bf16"] > 0)
     [row] = report["results"]
     assert row["workload"] == "duckdb_ingest" and row["rows"] == 100_000
     assert row["ingest_seconds"] > 0 and row["group_by_seconds"] > 0 and row["baseline"] > 0
