@@ -115,6 +115,23 @@ def real_run(tmp_path_factory, model_dir) -> Path:
     return work
 
 
+# What must be identical between a resumed run and an uninterrupted one (test_faults, test_orchestration).
+SNAPSHOT = {
+    "prompts": "SELECT iteration, prompt_id, text FROM prompts",
+    "responses": "SELECT response_id, text, n_tokens, finish_reason, is_duplicate, model_version, seed FROM responses",
+    "judgements": "SELECT judgement_id, raw_text, score, parse_status, seed FROM judgements",
+    "meta_judgements": "SELECT meta_id, raw_text, verdict, winner FROM meta_judgements",
+    "elo": "SELECT judgement_id, round(elo, 6) FROM elo",
+    "pairs": "SELECT pair_id, status, reason, chosen_id, rejected_id FROM pairs",
+    "train_metrics": "SELECT iteration, step, round(loss, 5) FROM train_metrics",
+    "lineage": "SELECT iteration, base_model, output_model, pairs_trained FROM lineage",
+}
+
+
+def snapshot(db: Path) -> dict[str, set]:
+    return {table: set(rows(db, sql)) for table, sql in SNAPSHOT.items()}
+
+
 def db_of(out: Path) -> Path:
     [db] = list(out.glob("*/mrtk.duckdb"))
     return db

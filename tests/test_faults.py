@@ -37,27 +37,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, check_complete, db_of, mrtk, rows
+from conftest import SNAPSHOT, TINY, check_complete, db_of, mrtk, rows, snapshot
 
 FAULT_CFG = {**TINY, "runtime": {"max_batch_rows": 1}}
 POINTS = ("db.commit", "generate.batch", "train.step", "train.merge", "save_model")
 FIRST_KILLABLE_COMMIT = 3  # commits 1-2 create the schema and the runs row: see test_kill_before_the_run_exists
 
-SNAPSHOT = {
-    "prompts": "SELECT iteration, prompt_id, text FROM prompts",
-    "responses": "SELECT response_id, text, n_tokens, finish_reason, is_duplicate, model_version, seed FROM responses",
-    "judgements": "SELECT judgement_id, raw_text, score, parse_status, seed FROM judgements",
-    "meta_judgements": "SELECT meta_id, raw_text, verdict, winner FROM meta_judgements",
-    "elo": "SELECT judgement_id, round(elo, 6) FROM elo",
-    "pairs": "SELECT pair_id, status, reason, chosen_id, rejected_id FROM pairs",
-    "train_metrics": "SELECT iteration, step, round(loss, 5) FROM train_metrics",
-    "lineage": "SELECT iteration, base_model, output_model, pairs_trained FROM lineage",
-}
 GENERATED = ("responses", "judgements", "meta_judgements")  # rows written once and never rewritten
-
-
-def snapshot(db: Path) -> dict[str, set]:
-    return {table: set(rows(db, sql)) for table, sql in SNAPSHOT.items()}
 
 
 SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, check_complete, rows
+from conftest import TINY, check_complete, rows, snapshot
 from scripted import Crash, ScriptedPolicy, scripted_train
 
 from mrtk.config import validate_config
@@ -18,17 +18,6 @@ from mrtk.inputs import check_inputs
 from mrtk.loop import Loop
 from mrtk.runs import new_run, open_run
 from mrtk.store.db import DB_NAME
-
-SNAPSHOT = {  # what must be identical between a resumed run and an uninterrupted one
-    "prompts": "SELECT iteration, prompt_id, text FROM prompts",
-    "responses": "SELECT response_id, text, n_tokens, finish_reason, is_duplicate, model_version, seed FROM responses",
-    "judgements": "SELECT judgement_id, raw_text, score, parse_status, seed FROM judgements",
-    "meta_judgements": "SELECT meta_id, raw_text, verdict, winner FROM meta_judgements",
-    "elo": "SELECT judgement_id, round(elo, 6) FROM elo",
-    "pairs": "SELECT pair_id, status, reason, chosen_id, rejected_id FROM pairs",
-    "lineage": "SELECT iteration, base_model, output_model, pairs_trained FROM lineage",
-}
-
 
 def start(tmp_path: Path, **sections) -> tuple:
     raw = {**TINY, **sections}
@@ -45,10 +34,6 @@ def run(store, inputs, policy: ScriptedPolicy) -> None:
 def resume(run_dir: Path, policy: ScriptedPolicy) -> None:
     store, cfg, config_dir = open_run(run_dir)
     run(store, check_inputs(cfg, config_dir), policy)
-
-
-def snapshot(db: Path) -> dict[str, set]:
-    return {table: set(rows(db, sql)) for table, sql in SNAPSHOT.items()}
 
 
 @pytest.fixture(scope="module")
