@@ -115,6 +115,8 @@ def real_run(tmp_path_factory, model_dir) -> Path:
     return work
 
 
+SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")  # `mrtk run`'s path with the scripted policy
+
 # What must be identical between a resumed run and an uninterrupted one (test_faults, test_orchestration).
 SNAPSHOT = {
     "prompts": "SELECT iteration, prompt_id, text FROM prompts",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -103,7 +102,3 @@ def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, 
         faults.point("train.step")
     link_model(model_dir, out=out)
     return metrics, {"pairs_trained": len(fitted), "epochs": 1, "steps": len(fitted), "train_seconds": 0.0, "bf16": False}
-
-
-def remove_models(run_dir: Path) -> None:
-    shutil.rmtree(Path(run_dir) / "models", ignore_errors=True)

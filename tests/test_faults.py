@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SNAPSHOT, TINY, check_complete, db_of, mrtk, rows, snapshot
+from conftest import SCRIPTED_RUN, SNAPSHOT, TINY, check_complete, db_of, mrtk, rows, snapshot
 
 FAULT_CFG = {**TINY, "runtime": {"max_batch_rows": 1}}
 POINTS = ("db.commit", "generate.batch", "train.step", "train.merge", "save_model")
@@ -46,7 +46,6 @@ FIRST_KILLABLE_COMMIT = 3  # commits 1-2 create the schema and the runs row: see
 GENERATED = ("responses", "judgements", "meta_judgements")  # rows written once and never rewritten
 
 
-SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")
 SCRIPTED_POINTS = ("db.commit", "generate.batch", "train.step")  # the scripted DPO step merges and saves nothing
 
 

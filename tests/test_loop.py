@@ -18,9 +18,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import TINY, check_complete, db_of, mrtk, rows
+from conftest import SCRIPTED_RUN, TINY, check_complete, db_of, mrtk, rows
 
-SCRIPTED_RUN = str(Path(__file__).resolve().parent / "scripted_run.py")
 RUNNERS = [pytest.param("scripted", id="scripted"), pytest.param("real", id="real", marks=pytest.mark.slow)]
 
 
