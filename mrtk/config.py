@@ -233,7 +233,12 @@ class SGLangCfg(_Section):
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     retries: int = Field(4, ge=0, description="Retries (with backoff) of a failed HTTP call.")
-    max_batch_rows: int = Field(256, ge=1, description="Most samples sent in one /generate call.")
+    max_batch_rows: int = Field(256, ge=1, description="Most samples in one /generate request (a prompt's K samples go together "
+                                                       "up to this).")
+    max_inflight: int = Field(256, ge=1, description="Samples kept in flight per server when its /server_info reports no capacity "
+                                                     "(max_running_requests); otherwise twice what it runs at once.")
+    smg: bool = Field(False, description="urls is one SGLang Model Gateway (smg, started with --enable-rl): control calls (weights, "
+                                         "memory) fan out to its workers through it, so no worker_urls.")
 
 
 class ProbeCfg(_Section):

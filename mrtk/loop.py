@@ -111,14 +111,17 @@ class Loop:
 
     # -- the stages' bodies -------------------------------------------------------------------
     def _generate(self, it: int, model: str, what: str, todo: list, per_item: int, table: str, stage, *args,
-                  iteration: int | None = None, **kw) -> None:
-        """Run a generating stage on `todo` with model M_t, a backend-sized chunk at a time, each
-        chunk's rows persisted to `table` as it finishes."""
+                  iteration: int | None = None, group=None, **kw) -> None:
+        """Run a generating stage on `todo` with model M_t, its rows persisted to `table` as they
+        finish (in-process backends: a chunk at a time; served ones: the servers' window in flight)."""
+        backend = self.policy.use(model) if todo else None
+
         def chunk(rows, go):
-            return stage(self.policy.use(model), rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
+            return stage(backend, rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
                          model_version=f"M{it}", on_progress=go, **kw)
 
-        run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows)
+        run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows,
+                   backend.window() if backend else 0, group)
 
     def _meta_judge(self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]) -> list[dict]:
         h = self.t.meta_judge.hash
@@ -127,7 +130,7 @@ class Loop:
         todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
         texts = {r["response_id"]: r["text"] for r in responses}
         self._generate(it, model, "meta-judge", todo, 1, "meta_judgements", meta_judge.run_meta_judge,
-                       questions, texts, self.cfg.meta_judge, self.t.meta_judge)
+                       questions, texts, self.cfg.meta_judge, self.t.meta_judge, group=meta_judge.battle_group)
         elo = meta_judge.elo_ratings(self.store.meta_judgements(it, h), judgements, self.cfg.meta_judge.position_weights,
                                      self.cfg.meta_judge.elo_l2)
         self.store.replace_iteration("elo", it, elo)

@@ -76,7 +76,8 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 def chunk(rows, go, model_dir=model_dir, questions=questions, judging=judging, it=it, version=version):
                     return judging.run(policy.use(model_dir), rows, questions, iteration=it, run_seed=cfg.seed, model_version=version,
                                        on_progress=go)
-                run_chunks(store, ui, f"it{it} judge {job.template.name}", todo, jcfg.n, chunk, table, cfg.runtime.max_batch_rows)
+                run_chunks(store, ui, f"it{it} judge {job.template.name}", todo, jcfg.n, chunk, table, cfg.runtime.max_batch_rows,
+                           policy.use(model_dir).window() if todo else 0)
         finally:
             policy.close()  # a launched SGLang server stops; attached ones keep running
         return {"written": store.count(table) - before, "table": table, "iterations": its, "key": key,

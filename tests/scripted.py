@@ -30,6 +30,9 @@ class ScriptedBackend:
     def __init__(self, policy: "ScriptedPolicy", model_dir: str):
         self.policy, self.model_dir = policy, model_dir
 
+    def window(self) -> int:
+        return self.policy.window
+
     def generate(self, requests, params, *, suffix=None, choices=None, on_progress=None):
         time.sleep(self.policy.delay)
         out = []
@@ -60,8 +63,9 @@ class ScriptedPolicy:
 
     serving = None
 
-    def __init__(self, crash_after: int | None = None, delay: float = 0.0):
+    def __init__(self, crash_after: int | None = None, delay: float = 0.0, window: int = 0):
         self.crash_after, self.delay, self.samples, self.calls = crash_after, delay, 0, []
+        self.window = window  # > 0: served like SGLang (calls in flight together, rows streamed)
 
     def opener(self, *args, **kwargs):
         """What `Loop(open_policy=...)` calls: (cfg, device, run_dir, tokenizer_for, info, on_serving=...)."""

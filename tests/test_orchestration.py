@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY, check_complete, rows, snapshot
-from scripted import Crash, ScriptedPolicy, scripted_train
+from scripted import Crash, ScriptedBackend, ScriptedPolicy, scripted_train
 
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
@@ -103,12 +103,15 @@ def test_a_finished_run_resumed_does_nothing(uninterrupted):
 
 
 def test_ctrl_c_marks_the_stage_interrupted(tmp_path):
+    class Interrupted(ScriptedBackend):
+        def generate(self, *args, **kwargs):  # Ctrl-C during the actor stage's second chunk
+            if any(c[0] == "generate" for c in self.policy.calls):
+                raise KeyboardInterrupt
+            return super().generate(*args, **kwargs)
+
     class Interrupting(ScriptedPolicy):
         def use(self, model_dir):
-            if self.samples:
-                raise KeyboardInterrupt
-            self.samples += 1
-            return super().use(model_dir)
+            return Interrupted(self, model_dir)
 
     store, inputs = start(tmp_path)
     with pytest.raises(MrtkError, match="interrupted; resume with"):

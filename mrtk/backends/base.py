@@ -54,6 +54,8 @@ class Backend(Protocol):
         on_progress: Progress | None = None,
     ) -> list[list[Generation]]: ...
 
+    def window(self) -> int: ...  # samples it takes in flight at once (a server's capacity); 0: one call at a time, in-process
+
 
 class Policy(Protocol):
     """The model a run serves, whatever the backend (`backends.open_policy`): the loop, `mrtk judge`

@@ -112,6 +112,9 @@ class EmbeddedBackend:
         return ids
 
     # -- public -------------------------------------------------------------------------
+    def window(self) -> int:
+        return 0  # in-process: one batch at a time, sized by max_batch_rows / max_batch_tokens
+
     @torch.inference_mode()
     def generate(
         self,

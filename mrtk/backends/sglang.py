@@ -34,6 +34,7 @@ never crashes the client.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import math
@@ -44,9 +45,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -155,51 +159,167 @@ def _payload(raw: bytes):
         return raw.decode(errors="replace")
 
 
+OVERSUBSCRIBE = 8  # samples in flight per running slot a server reports: its queue never runs dry
+
+
+class _Slot:
+    """One URL generation goes to: its window (samples in flight at most), what is in flight, and
+    how long it has failed without an answer in between."""
+
+    def __init__(self, url: str, window: int):
+        self.url, self.window, self.outstanding = url, window, 0
+        self.failures, self.failing_since, self.dead, self.last_error = 0, None, False, ""
+
+
 class SGLangClient:
-    """Generation spread round-robin over one or more servers (or one router), control calls
-    (memory release/resume, weight updates) sent to every worker, all retried with backoff.
+    """Generation over one or more servers (or one router/gateway URL), many requests in flight:
+    each `/generate` goes to the live server with the fewest outstanding samples, within its
+    window (sized from the server's `/server_info`, else `max_inflight`); a failed request is
+    retried on another server at once, or on the same one with backoff when it is the only one.
+    A server that fails `retries + 1` times in a row over `dead_after_s` is dropped; the stage
+    goes on with the rest, and fails in one line naming the servers when none is left.
+    Control calls (memory release/resume, weight updates) go to every worker, retried with backoff.
 
     `worker_urls`: where control calls go when `urls` is an SGLang router, which serves
     generation only (sglang-router 0.3.2 has no weight-update or memory endpoints); default:
-    the servers in `urls` themselves."""
+    the servers in `urls` themselves. `smg`: `urls` is one SGLang Model Gateway started with
+    `--enable-rl`, whose RL control plane fans control calls out to its workers
+    (`/v1/rl/engine/{path}?selector=engine=sglang`, smg 1.13.0 smg/rl.py:199-217)."""
 
-    def __init__(self, urls: list[str], *, worker_urls: list[str] | None = None, timeout_s: float = 600.0, retries: int = 4,
-                 backoff_s: float = 1.0):
+    def __init__(self, urls: list[str], *, worker_urls: list[str] | None = None, smg: bool = False, timeout_s: float = 600.0,
+                 retries: int = 4, backoff_s: float = 1.0, max_inflight: int = 256):
         if not urls:
             raise MrtkError("sglang: no server URL; set sglang.urls or sglang.launch: true")
         self.urls = [u.rstrip("/") for u in urls]
+        self.smg = smg
         self.worker_urls = [u.rstrip("/") for u in worker_urls] if worker_urls else self.urls
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self._next = itertools.cycle(range(len(self.urls)))
+        self.timeout_s, self.retries, self.backoff_s, self.max_inflight = timeout_s, retries, backoff_s, max_inflight
+        self.dead_after_s = backoff_s * (2 ** (retries + 1) - 1)  # the backoff schedule of one request, spent
+        self.slots = [_Slot(u, max_inflight) for u in self.urls]
+        self.cond = threading.Condition()
+        self.local = threading.local()  # one keep-alive connection per thread and server
 
+    # -- generation: many requests in flight --------------------------------------------------
+    def window(self) -> int:
+        """Samples in flight over all servers at most."""
+        return sum(s.window for s in self.slots if not s.dead)
+
+    def generate(self, body: dict, samples: int):
+        """POST /generate to the least-loaded live server with room for `samples` more."""
+        tried: set[str] = set()
+        for attempt in itertools.count():
+            slot = self._acquire(samples, tried)
+            try:
+                payload = self._send(slot.url, "/generate", body, None)
+            except (OSError, ConnectionError, http.client.HTTPException) as e:
+                self._release(slot, samples, f"{type(e).__name__}: {e}")
+                tried.add(slot.url)
+                with self.cond:
+                    live = [s.url for s in self.slots if not s.dead]
+                if not live:
+                    raise MrtkError(self._none_left()) from None
+                if set(live) <= tried:  # every live server failed this request: wait, then try them again
+                    time.sleep(self.backoff_s * 2 ** min(attempt, 6))
+                    tried.clear()
+                continue
+            self._release(slot, samples, None)
+            return payload
+
+    def _acquire(self, samples: int, avoid: set[str]) -> _Slot:
+        with self.cond:
+            while True:
+                live = [s for s in self.slots if not s.dead]
+                if not live:
+                    raise MrtkError(self._none_left())
+                fits = [s for s in live if s.outstanding == 0 or s.outstanding + samples <= s.window]
+                pick = min(fits, key=lambda s: (s.url in avoid, s.outstanding / s.window), default=None)
+                if pick is not None:
+                    pick.outstanding += samples
+                    return pick
+                self.cond.wait()
+
+    def _release(self, slot: _Slot, samples: int, error: str | None) -> None:
+        with self.cond:
+            slot.outstanding -= samples
+            if error is None:
+                slot.failures, slot.failing_since = 0, None
+            else:
+                slot.failures += 1
+                slot.failing_since = slot.failing_since or time.monotonic()
+                slot.last_error = error
+                if slot.failures > self.retries and time.monotonic() - slot.failing_since >= self.dead_after_s:
+                    slot.dead = True
+            self.cond.notify_all()
+
+    def _none_left(self) -> str:
+        gone = "; ".join(f"{s.url} ({s.last_error})" for s in self.slots)
+        return (f"SGLang did not answer /generate after {self.retries + 1} tries: {gone}; finished rows are saved, "
+                "fix the server and run: mrtk run --resume RUN")
+
+    def _send(self, url: str, path: str, body, method):
+        """One HTTP call on this thread's keep-alive connection to `url`."""
+        conns = self.local.__dict__.setdefault("conns", {})
+        conn = conns.get(url)
+        if conn is None:
+            parts = urllib.parse.urlsplit(url)
+            conn = conns[url] = http.client.HTTPConnection(parts.netloc, timeout=self.timeout_s)
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            conn.request(method or ("POST" if body is not None else "GET"), path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+        except BaseException:
+            conn.close()
+            conns.pop(url, None)
+            raise
+        if resp.status in RETRY_STATUS:
+            raise ConnectionError(f"HTTP {resp.status}: {raw.decode(errors='replace')[:300]}")
+        if resp.status >= 400:
+            text = " ".join(raw.decode(errors="replace")[:300].split())
+            if resp.status == 404 and path != "/generate":
+                raise MrtkError(f"{url} has no {path} (HTTP 404): an SGLang router serves generation only; list its workers "
+                                "in sglang.worker_urls so control calls reach them (or set sglang.smg for an SMG gateway)")
+            raise MrtkError(f"SGLang refused {path}: HTTP {resp.status} from {url}{path}: {text}")
+        return _payload(raw)
+
+    # -- control calls ---------------------------------------------------------------------------
     def call(self, path: str, body: dict | None = None, *, every: bool = False, method: str | None = None):
-        """POST (or GET without a body) `path` to the next server; with `every`, to every worker
-        (weight updates, memory). Either way a failed try is retried with backoff."""
+        """POST (or GET without a body) `path` to the first live server; with `every`, to every
+        worker (weight updates, memory), through the gateway with `smg`. Retried with backoff."""
+        if every and self.smg:
+            return self._fanout(path, body)
         if every:
-            return [self._retrying(lambda u=u: u, path, body, method) for u in self.worker_urls]
-        return self._retrying(lambda: self.urls[next(self._next)], path, body, method)
+            return [self._retrying(u, path, body, method) for u in self.worker_urls]
+        return self._retrying(self.urls[0], path, body, method)
 
-    def _retrying(self, pick_url, path, body, method):
+    def _fanout(self, path: str, body):
+        """smg's `/v1/rl/engine/{path}?selector=engine=sglang`: every worker's answer body, or a
+        one-line error naming the workers that failed (smg/rl.py:199-217 reads 200/207 the same way)."""
+        route = f"/v1/rl/engine/{path.lstrip('/')}?selector=engine%3Dsglang"
+        answer = self._retrying(self.urls[0], route, body if body is not None else {}, "POST")
+        if not isinstance(answer, dict) or "results" not in answer:
+            raise MrtkError(f"{self.urls[0]} answered {route} with {str(answer)[:80]!r}; is it an SMG gateway started with --enable-rl?")
+        if answer.get("failed"):
+            names = ", ".join(f"{f.get('url') or f.get('worker_id')} ({f.get('error')}: {f.get('message')})" for f in answer["failed"])
+            raise MrtkError(f"SGLang workers failed {path} through the gateway: {names}; fix them and run: mrtk run --resume RUN")
+        bodies = []
+        for r in answer["results"].values():
+            if int(r.get("status", 0)) >= 400 and not isinstance(r.get("body"), dict):
+                raise MrtkError(f"SGLang worker {r.get('url')} refused {path}: HTTP {r.get('status')} {str(r.get('body'))[:200]}")
+            bodies.append(r.get("body"))
+        return bodies
+
+    def _retrying(self, url, path, body, method):
         for attempt in range(self.retries + 1):
-            url = pick_url()
             try:
                 return self._send(url, path, body, method)
-            except (OSError, ConnectionError) as e:  # refused, reset, timed out, 5xx/429: another try
+            except (OSError, ConnectionError, http.client.HTTPException) as e:  # refused, reset, timed out, 5xx/429: another try
                 last = f"{url}: {e}"
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise MrtkError(f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
                         "fix the server and run: mrtk run --resume RUN")
 
-    def _send(self, url, path, body, method):
-        try:
-            status, payload = _request(url + path, body, self.timeout_s, method)
-        except ServerError as e:
-            if "HTTP 404" in str(e) and path != "/generate":
-                raise MrtkError(f"{url} has no {path} (HTTP 404): an SGLang router serves generation only; list its workers "
-                                "in sglang.worker_urls so control calls reach them") from None
-            raise MrtkError(f"SGLang refused {path}: {e}") from None
-        return payload
-
+    # -- what the servers are ----------------------------------------------------------------
     def server_info(self, url: str) -> dict:
         """`/server_info` (0.5.x; `/get_server_info` in older releases), or {} if neither answers."""
         for path in ("/server_info", "/get_server_info"):
@@ -213,11 +333,24 @@ class SGLangClient:
                 return payload
         return {}
 
+    def _worker_infos(self) -> dict[str, dict]:
+        if not self.smg:
+            return {u: self.server_info(u) for u in self.worker_urls}
+        workers = self._retrying(self.urls[0], "/v1/rl/workers", None, "GET")
+        if not isinstance(workers, dict) or not workers.get("workers"):
+            raise MrtkError(f"{self.urls[0]} lists no workers at /v1/rl/workers; start the gateway with --enable-rl and its workers")
+        infos = {}
+        for w in workers["workers"]:
+            answer = self._retrying(self.urls[0], f"/v1/rl/workers/{w['id']}/engine/server_info", None, "GET")
+            infos[w.get("url") or w["id"]] = (answer or {}).get("body") if isinstance((answer or {}).get("body"), dict) else {}
+        return infos
+
     def check_servers(self) -> dict:
         """Refuse servers older than MIN_VERSION (no `sampling_seed` before 0.5.3: every request
-        would be HTTP 500); returns what the run records: versions and whether seeds are honoured
-        (only with --enable-deterministic-inference, sampling_batch_info.py:157-171)."""
-        infos = {u: self.server_info(u) for u in self.worker_urls}
+        would be HTTP 500); size each URL's window from what its servers report; returns what
+        the run records: versions, windows and whether seeds are honoured (only with
+        --enable-deterministic-inference, sampling_batch_info.py:157-171)."""
+        infos = self._worker_infos()
         for url, info in infos.items():
             if not info:
                 hint = " (an SGLang router? list its workers in sglang.worker_urls)" if self.worker_urls == self.urls else ""
@@ -227,9 +360,27 @@ class SGLangClient:
             if _version_tuple(got) < MIN_VERSION:
                 raise MrtkError(f"SGLang {got} at {url} is older than {'.'.join(map(str, MIN_VERSION))} (no sampling_seed); "
                                 f"upgrade it: pip install 'sglang>={'.'.join(map(str, MIN_VERSION))}'")
+        windows = {u: window_for(i, self.max_inflight) for u, i in infos.items()}
+        for slot in self.slots:  # a server is its own window; a router or gateway gets its workers' sum
+            slot.window = windows[slot.url] if slot.url in windows else sum(windows.values())
         deterministic = all(bool(i.get("enable_deterministic_inference")) for i in infos.values())
         return {"versions": {u: i.get("version") for u, i in infos.items()}, "deterministic": deterministic,
-                "seeds_honoured": deterministic, "urls": self.urls, "worker_urls": self.worker_urls}
+                "seeds_honoured": deterministic, "urls": self.urls, "worker_urls": list(infos),
+                "windows": {s.url: s.window for s in self.slots}}
+
+
+def window_for(info: dict, fallback: int) -> int:
+    """Samples to keep in flight at one server: OVERSUBSCRIBE x the requests it runs at once, as
+    `/server_info` reports them (per DP rank in `internal_states`, sglang 0.5.23
+    scheduler_components/internal_state.py:73; else `max_running_requests` x `dp_size`), or
+    `fallback` (sglang.max_inflight) when it says nothing."""
+    per_rank = [s.get("effective_max_running_requests_per_dp") for s in info.get("internal_states") or [] if isinstance(s, dict)]
+    if per_rank and all(isinstance(x, int) and x > 0 for x in per_rank):
+        return OVERSUBSCRIBE * sum(per_rank)
+    running = info.get("max_running_requests")
+    if isinstance(running, int) and running > 0:
+        return OVERSUBSCRIBE * running * max(1, int(info.get("dp_size") or 1))
+    return fallback
 
 
 class SGLangBackend:
@@ -239,34 +390,72 @@ class SGLangBackend:
         self.client, self.tok = client, tokenizer
         self.weight_version = weight_version
         self.max_batch_rows = max_batch_rows
+        self.tok_lock = threading.Lock()  # a fast tokenizer is one Rust object: one thread in it at a time
+        self.choice_ids: dict[tuple, dict[str, list[int]]] = {}  # a program's choices, tokenized once
+
+    def window(self) -> int:
+        """Samples the servers take in flight together (callers keep that many requests going)."""
+        return self.client.window()
 
     # -- tokens --------------------------------------------------------------------------
     def chat_ids(self, prompt: str) -> list[int]:
         """The prompt as token ids, counted the way mrtk counts and TRL trains. Sent as `input_ids`:
         SGLang tokenizes `text` with add_special_tokens=True (tokenizer_manager.py:1068 in 0.5.23),
         which would put a second BOS before a Llama-3 chat template's own <|begin_of_text|>."""
-        return chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        with self.tok_lock:
+            return chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+    def _ids(self, text: str) -> list[int]:
+        with self.tok_lock:
+            return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], params: SamplingParams, *, suffix: str | None = None,
                  choices: dict[str, str] | None = None, on_progress: Progress | None = None) -> list[list[Generation]]:
-        results: list[list[Generation]] = []
-        per_call = max(1, self.max_batch_rows // max(1, len(requests[0].seeds))) if requests else 1
-        for start in range(0, len(requests), per_call):
-            chunk = requests[start:start + per_call]
+        """The requests as /generate batches of at most `max_batch_rows` samples (a prompt's K
+        samples stay in one: the radix cache prefills the prompt once), all batches in flight at
+        once within the servers' window; a structured program sends a batch's scoring request as
+        soon as its texts return. Answers keep the requests' order. Callers that want one batch
+        per prompt (the loop) call with one prompt, many calls at a time (`runs.run_chunks`)."""
+        batches, current, size = [], [], 0
+        for r in requests:
+            for start in range(0, len(r.seeds), self.max_batch_rows):  # only a K above max_batch_rows is split
+                part = Request(r.prompt, r.seeds[start:start + self.max_batch_rows])
+                if current and size + len(part.seeds) > self.max_batch_rows:
+                    batches.append(current)
+                    current, size = [], 0
+                current.append(part)
+                size += len(part.seeds)
+        if current:
+            batches.append(current)
+
+        def one(batch: list[Request]) -> list[list[Generation]]:
             t0 = time.perf_counter()
-            prompt_ids = [self.chat_ids(r.prompt) for r in chunk]
-            gens = self._sample(chunk, prompt_ids, params)
+            ids = [self.chat_ids(r.prompt) for r in batch]
+            gens = self._sample(batch, ids, params)
             if suffix is not None and choices:
-                self._score(prompt_ids, gens, suffix, choices)
-            per_row = (time.perf_counter() - t0) / max(1, sum(len(g) for g in gens))
+                self._score(ids, gens, suffix, choices)
+            per = (time.perf_counter() - t0) / max(1, sum(len(g) for g in gens))
             for row in gens:
                 for g in row:
-                    g.latency_s = per_row
-            results += gens
+                    g.latency_s = per
             if on_progress:
-                on_progress(sum(len(r.seeds) for r in chunk))
-        return results
+                on_progress(sum(len(r.seeds) for r in batch))
+            return gens
+
+        if len(batches) <= 1:
+            rows = [row for b in batches for row in one(b)]
+        else:
+            with ThreadPoolExecutor(min(len(batches), max(1, self.window() // self.max_batch_rows) or 1),
+                                    thread_name_prefix="mrtk-sglang") as pool:
+                rows = [row for got in pool.map(one, batches) for row in got]
+        out, it = [], iter(rows)  # rejoin a request split over batches
+        for r in requests:
+            row = []
+            while len(row) < len(r.seeds):
+                row += next(it)
+            out.append(row)
+        return out
 
     def _sampling(self, params: SamplingParams, seed: int) -> dict:
         body = {"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
@@ -275,16 +464,16 @@ class SGLangBackend:
             body["stop"] = list(params.stop)
         return body
 
-    def _sample(self, chunk: Sequence[Request], prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def _sample(self, batch: list[Request], prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
         """One request entry per sample, each with its own seed. Not `n: K`: the K copies of one
         entry share one sampling-params object, and with deterministic inference the seeded
         sampler hashes only (seed, position), so all K samples would be the same text. The
         radix cache still prefills a prompt once for its K entries."""
-        body = {"input_ids": [ids for ids, r in zip(prompt_ids, chunk) for _ in r.seeds],
-                "sampling_params": [self._sampling(params, seed) for r in chunk for seed in r.seeds]}
+        body = {"input_ids": [ids for ids, r in zip(prompt_ids, batch) for _ in r.seeds],
+                "sampling_params": [self._sampling(params, seed) for r in batch for seed in r.seeds]}
         answers = iter(self._generate(body, len(body["input_ids"])))
         out = []
-        for r in chunk:  # answers come back in input order
+        for r in batch:  # answers come back in input order
             row = []
             for _ in r.seeds:
                 a = next(answers)
@@ -295,8 +484,11 @@ class SGLangBackend:
         return out
 
     def _score(self, prompt_ids: list[list[int]], gens: list[list[Generation]], suffix: str, choices: dict[str, str]) -> None:
-        ids = {label: self.tok(piece, add_special_tokens=False)["input_ids"] for label, piece in choices.items()}
-        inputs = [p + self.tok(g.text + suffix, add_special_tokens=False)["input_ids"] for p, row in zip(prompt_ids, gens) for g in row]
+        key = tuple(choices.items())
+        if key not in self.choice_ids:
+            self.choice_ids[key] = {label: self._ids(piece) for label, piece in choices.items()}
+        ids = self.choice_ids[key]
+        inputs = [p + self._ids(g.text + suffix) for p, row in zip(prompt_ids, gens) for g in row]
         flat = [g for row in gens for g in row]
         if all(len(v) == 1 for v in ids.values()):
             token_ids = [v[0] for v in ids.values()]
@@ -314,7 +506,7 @@ class SGLangBackend:
                 g.choice_probs = {label: float(piece.strip() == got) for label, piece in choices.items()}
 
     def _generate(self, body: dict, expect: int) -> list[dict]:
-        answers = self.client.call("/generate", body)
+        answers = self.client.generate(body, expect)
         answers = answers if isinstance(answers, list) else [answers]
         if not all(isinstance(a, dict) and isinstance(a.get("meta_info"), dict) for a in answers):
             raise MrtkError(f"SGLang answered /generate with {str(answers[0])[:80]!r}, not generations; is the URL an SGLang server?")
@@ -385,7 +577,8 @@ class SGLangPolicy:
                 self.server = Server(launch_command(model_dir, s, version), url, self.run_dir / "sglang.log", s.startup_timeout_s)
                 self.server.__enter__()
                 urls, self.model_dir = [url], model_dir
-            client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, timeout_s=s.request_timeout_s, retries=s.retries)
+            client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, smg=s.smg and not s.launch,
+                                  timeout_s=s.request_timeout_s, retries=s.retries, max_inflight=s.max_inflight)
             self.serving = client.check_servers()
             self.on_serving(self.serving)
             if not self.serving["seeds_honoured"]:

@@ -68,6 +68,11 @@ def battles(judgements: list[dict]) -> list[tuple[dict, dict]]:
     return [(a, b) for a in valid for b in valid if a["judgement_id"] != b["judgement_id"]]
 
 
+def battle_group(battle: tuple[dict, dict]) -> str:
+    """The battles of one response go to a server together: they share its question and response."""
+    return battle[0]["response_id"]
+
+
 def shown(judgement: dict, show_scores: bool) -> str:
     return judgement["text"] if show_scores else _SCORE_LINE.sub("", judgement["text"]).rstrip()
 

@@ -1,0 +1,173 @@
+"""`mrtk bench --only serving`: how full the SGLang path keeps its servers, against simulated
+servers (`mrtk.serving_sim`: continuous batching, a fixed time per decode step, seeded
+long-tailed answer lengths, a radix cache), each in its own process as a real server is.
+
+For each generating stage of an iteration (actor: K samples per prompt; judge: the structured
+program, N justifications then the score read per response; meta-judge: the structured verdict
+per battle of the picked responses' judgements), run the loop's own path (`runs.run_chunks` ->
+the stage function -> `SGLangBackend` -> HTTP, rows written to a real run database) against:
+1 server, 4 servers, and a router in front of 4 workers. Reported per stage: decoded tokens
+per second as a share of the capacity of the servers used (`slots / step_s` each), and the
+speed-up of 4 servers and of the router over 1 server. One run gives ratios on one machine;
+wall times are only their inputs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrtk.serving_sim import LatencyModel
+
+
+@dataclass(frozen=True)
+class Sizes:
+    prompts: int = 256  # actor prompts, K samples each
+    k: int = 4
+    n: int = 3  # judgements per response
+    judged: int = 342  # responses judged (N each)
+    meta_responses: int = 171  # responses whose judgements battle (N*(N-1) battles each)
+    actor_tokens: int = 48  # max_new_tokens per stage (the simulated lengths: 5% reach it)
+    judge_tokens: int = 48
+    meta_tokens: int = 32
+
+
+QUICK = Sizes(prompts=64, judged=86, meta_responses=43)
+# A stage must be many times its longest answer on each of 4 servers (as a paper-scale stage is):
+# about 250 samples per slot. Few slots and 5 ms steps keep that to seconds while the client
+# (its tokenizer: ~1 ms per 600-token prompt) and 4 simulated servers share 2 CPU cores.
+MODEL = LatencyModel(slots=4, step_s=0.005)
+
+
+def launch(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """A `python -m mrtk.serving_sim` process and the URL it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "mrtk.serving_sim", *args], stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise RuntimeError(f"the serving simulator did not start ({url!r})")
+    return proc, url
+
+
+@contextmanager
+def simulated(servers: int, router: bool = False, model: LatencyModel = MODEL, rl: bool = False):
+    """`servers` simulated servers (and a router in front of them): (generation URLs, worker URLs)."""
+    procs = []
+    try:
+        workers = []
+        for _ in range(servers):
+            p, u = launch(["--slots", str(model.slots), "--step-ms", str(model.step_s * 1000)])
+            procs.append(p)
+            workers.append(u)
+        urls = workers
+        if router:
+            p, u = launch(["--router", *workers] + (["--rl"] if rl else []))
+            procs.append(p)
+            urls = [u]
+        yield urls, workers
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def sim_stats(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/sim_stats", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(("1 server", 1, False), ("4 servers", 4, False),
+                                                                              ("router + 4", 4, True))) -> dict:
+    """{stage: {layout: {tokens, seconds, tokens_per_s, of_capacity}, speedup_<layout>: x}}."""
+    from mrtk.backends.sglang import SGLangBackend, SGLangClient
+    from mrtk.config import load_config
+    from mrtk.models import embedded_model_dir, tokenizer_for
+    from mrtk.prompts import bind_meta_judge, load_template
+    from mrtk.runs import run_chunks
+    from mrtk.stages import actor, judge, meta_judge
+    from mrtk.store import RunStore
+    from mrtk.ui import QuietUI
+
+    sz = sizes or (QUICK if quick else Sizes())
+    cfg = load_config(None, [f"actor.k={sz.k}", f"judge.n={sz.n}", f"actor.max_new_tokens={sz.actor_tokens}",
+                             f"judge.max_new_tokens={sz.judge_tokens}", f"meta_judge.max_new_tokens={sz.meta_tokens}"])
+    tok = tokenizer_for(str(embedded_model_dir()))
+    t_actor = load_template(cfg.actor.template, role="actor")
+    t_judge = load_template(cfg.judge.template, role="judge")
+    t_meta = bind_meta_judge(load_template(cfg.meta_judge.template, role="meta-judge"), t_judge)
+    prompts = [{"prompt_id": f"p{i:05d}", "text": f"Question {i}: explain, with an example, how {w} works."}
+               for i, w in enumerate(["a lever", "a loan", "photosynthesis", "a hash map", "a vaccine", "tides"] * (sz.prompts // 6 + 1))][:sz.prompts]
+    questions = {p["prompt_id"]: p["text"] for p in prompts}
+    report: dict = {"model": {"slots": MODEL.slots, "step_ms": MODEL.step_s * 1000, "capacity_tokens_per_s": MODEL.capacity},
+                    "sizes": sz.__dict__, "stages": {}}
+    with tempfile.TemporaryDirectory() as d:
+        for name, servers, router in layouts:
+            store = RunStore(Path(d) / name.replace(" ", "_").replace("+", ""))
+            store.migrate()
+            with simulated(servers, router) as (urls, workers):
+                client = SGLangClient(urls, worker_urls=workers if router else None, retries=2, backoff_s=0.05)
+                client.check_servers()
+                backend = SGLangBackend(client, tok, weight_version="M1")
+
+                def stage(label: str, todo: list, per_item: int, fn, table: str, group=None):
+                    before = [sim_stats(w) for w in workers]
+                    t0, c0 = time.monotonic(), time.process_time()
+                    run_chunks(store, QuietUI(), label, todo, per_item, fn, table, 256, backend.window(), group)
+                    seconds, client_cpu = time.monotonic() - t0, time.process_time() - c0
+                    after = [sim_stats(w) for w in workers]
+                    tokens = sum(a["tokens"] - b["tokens"] for a, b in zip(after, before))
+                    server_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before))
+                    report["stages"].setdefault(label, {})[name] = {
+                        "tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+                        "of_capacity": round(tokens / seconds / (MODEL.capacity * servers), 3), "samples": len(todo) * per_item,
+                        "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2)}
+
+                kw = {"iteration": 1, "run_seed": 1, "model_version": "M1"}
+                stage("actor", prompts, sz.k, lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t_actor, on_progress=go, **kw),
+                      "responses")
+                responses = store.responses(1)
+                job = judge.Judging(t_judge, cfg.judge)
+                stage("judge", job.units(responses)[:sz.judged], sz.n, lambda rows, go: job.run(backend, rows, questions, on_progress=go, **kw),
+                      job.table)
+                judgements = store.loop_judgements(1, t_judge.hash)
+                by_response: dict[str, list] = {}
+                for j in judgements:
+                    by_response.setdefault(j["response_id"], []).append(j)
+                texts = {r["response_id"]: r["text"] for r in responses}
+                fights = [f for rid in sorted(by_response)[:sz.meta_responses] for f in meta_judge.battles(by_response[rid])]
+                stage("meta-judge", fights, 1, lambda rows, go: meta_judge.run_meta_judge(
+                    backend, rows, questions, texts, cfg.meta_judge, t_meta, on_progress=go, **kw), "meta_judgements",
+                      meta_judge.battle_group)
+    base = layouts[0][0]
+    for label, by_layout in report["stages"].items():
+        for name, *_ in layouts[1:]:
+            if name in by_layout and base in by_layout:
+                by_layout[f"speedup {name}"] = round(by_layout[name]["tokens_per_s"] / by_layout[base]["tokens_per_s"], 2)
+    return report
+
+
+def fmt(report: dict) -> str:
+    lines = [f"simulated servers: {report['model']['slots']} slots, {report['model']['step_ms']} ms/step "
+             f"({report['model']['capacity_tokens_per_s']:.0f} tokens/s each)"]
+    for label, by in report["stages"].items():
+        parts = [f"{k}: {v['of_capacity']:.0%} of capacity ({v['samples']} samples, {v['seconds']:.1f}s)"
+                 for k, v in by.items() if isinstance(v, dict)]
+        parts += [f"{k} {v:.2f}x" for k, v in by.items() if not isinstance(v, dict)]
+        lines.append(f"{label:11s} " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+
+    r = run_serving_bench(quick="--quick" in sys.argv)
+    print(fmt(r))
+    print(json.dumps(r, indent=1))
