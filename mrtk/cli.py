@@ -539,17 +539,26 @@ def eval_judge(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of every workload in about a minute."),
-    only: List[str] = typer.Option([], "--only", help="Only workloads starting with this (actor, judge, meta, dpo, duckdb); repeatable."),
+    only: List[str] = typer.Option([], "--only", help="Only workloads starting with this (actor, judge, meta, dpo, duckdb, serving); "
+                                   "repeatable. serving: the SGLang path against simulated servers (1, 4, a router), never run unasked."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     set_: List[str] = typer.Option([], "--set", help="Change a setting of the default experiment the workloads use (key=value, as mrtk run); repeatable."),
 ) -> None:
     """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
     from mrtk.bench import fmt_table, run_bench, to_json
 
-    known = ("actor", "judge", "meta", "dpo", "duckdb")
+    known = ("actor", "judge", "meta", "dpo", "duckdb", "serving")
     unknown = [o for o in only if not any(w.startswith(o) or o.startswith(w) for w in known)]
     if unknown:
         raise MrtkError(f"--only {unknown[0]!r} matches no workload; use a prefix of {', '.join(known)}")
+    if only and all("serving".startswith(o) for o in only):
+        import json
+
+        from mrtk.serving_bench import fmt, run_serving_bench
+
+        report = run_serving_bench(quick=quick)
+        sys.stdout.write(json.dumps(report, indent=1) + "\n" if as_json else fmt(report) + "\n")
+        return
     report = run_bench(quick=quick, only=only or None, overrides=set_, on_result=None if as_json else lambda r: err.print(
         f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})", highlight=False))
     if as_json:

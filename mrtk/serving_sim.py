@@ -31,7 +31,10 @@ batch as slots free up (FIFO). Answer lengths are seeded and long-tailed: `long_
 run to `max_new_tokens`, the rest are geometric with mean `mean_share * max_new_tokens`.
 Capacity is `slots / step_s` tokens per second; `GET /sim_stats` (the stand-in's own) gives
 decoded tokens, busy time and every request's arrival and answer time, from which the client's
-achieved share of capacity and the servers' overlap are computed.
+achieved share of capacity and the servers' overlap are computed. Texts are seeded by (input,
+sampling_seed, weight version): with `deterministic` (--enable-deterministic-inference) the same
+request gives the same answer, greedy (temperature 0) always. `die_after`: stop, as a killed
+server, once that many /generate requests have arrived (in-flight ones get no answer).
 
 `SimRouter` forwards `/generate` over HTTP to the worker with the fewest outstanding samples
 (what SGLang Model Gateway's load balancing converges to under load) and, with `rl=True`,
@@ -211,11 +214,12 @@ class SimServer(Served):
         self.waiting: deque[_Entry] = deque()
         self.running: list[_Entry] = []
         self.cache: set[int] = set()
-        self.tokens = self.steps = 0
+        self.tokens = self.steps = self.prefilled = 0
         self.busy_s = 0.0
         self.requests: list[list] = []  # [path, samples, arrived, answered] per /generate, in arrival order
         self.log: list[tuple[str, dict | None]] = []  # control calls (weights, memory), as the other stand-ins
         self.stopped = False
+        self.die_after: int | None = None  # stop (as a killed server) when this many /generate requests have arrived
         self._serve(port, self._handler())
         self.scheduler = threading.Thread(target=self._schedule, daemon=True)
 
@@ -247,6 +251,7 @@ class SimServer(Served):
                     e = self.waiting.popleft()
                     prefill += self._prefill(e.blocks)
                     self.running.append(e)
+                self.prefilled += prefill
                 still = []
                 for e in self.running:
                     e.decoded += 1
@@ -340,7 +345,7 @@ class SimServer(Served):
 
     def stats(self) -> dict:
         with self.cond:
-            return {"tokens": self.tokens, "steps": self.steps, "busy_s": self.busy_s, "capacity": self.model.capacity, "model": asdict(self.model),
+            return {"tokens": self.tokens, "steps": self.steps, "prefilled": self.prefilled, "busy_s": self.busy_s, "capacity": self.model.capacity, "model": asdict(self.model),
                     "requests": [list(r) for r in self.requests], "now": time.monotonic(), "cpu_s": time.process_time()}
 
     # -- /generate -------------------------------------------------------------------------
@@ -349,7 +354,12 @@ class SimServer(Served):
         rngs, entries, answers = [], [], []
         for i, (ids, sp) in enumerate(zip(inputs, sps)):
             for j in range(int(sp.get("n", 1))):
-                seed = sp.get("sampling_seed") if self.deterministic and sp.get("sampling_seed") is not None else random.randrange(2**31)
+                if float(sp.get("temperature", 1.0)) == 0.0:  # greedy: the same answer every time
+                    seed = 0
+                elif self.deterministic and sp.get("sampling_seed") is not None:
+                    seed = sp["sampling_seed"]
+                else:  # sampling_seed ignored without --enable-deterministic-inference
+                    seed = random.randrange(2**31)
                 digest = hashlib.blake2b(json.dumps([ids, seed, self.weight_version, sp.get("regex")]).encode(), digest_size=8).digest()
                 rngs.append((i, j, random.Random(int.from_bytes(digest, "big"))))
         batch = _Batch(len(rngs))
@@ -366,6 +376,8 @@ class SimServer(Served):
             self.requests.append(record)
             self.waiting.extend(entries)
             self.cond.notify_all()
+            if self.die_after is not None and len(self.requests) >= self.die_after:
+                threading.Thread(target=self.stop, daemon=True).start()
         batch.done.wait()
         if batch.error:
             return None, None

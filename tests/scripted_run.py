@@ -1,6 +1,7 @@
 """`python tests/scripted_run.py [--delay S] CONFIG` (or `--resume RUN_DIR`): what `mrtk run` does (config,
 inputs, run row, writer lock, the loop, one-line errors), with the scripted policy and DPO step
-of tests/scripted.py. A separate process, so the kill -9 trials and the live-query test of the
+of tests/scripted.py (a config with `backend: sglang` keeps the real SGLang client and only
+scripts the DPO step). A separate process, so the kill -9 trials and the live-query test of the
 fast suite can SIGKILL it and read it from outside, in seconds instead of minutes. `--delay S`:
 each generate call takes S seconds more (a model's time), so a run lasts long enough to watch."""
 
@@ -33,8 +34,11 @@ def main(argv: list[str]) -> None:
         cfg = load_config(path, [])
         inputs = check_inputs(cfg, path.parent)
         store = new_run(inputs.cfg, str(path.resolve()), Path("runs"))
+    from mrtk.backends import open_policy
+
+    served = inputs.cfg.backend == "sglang"  # the real SGLang client against the servers in the config (tests: mrtk.serving_sim)
     with WriterLock(store.run_dir):
-        Loop(store, inputs, open_policy=ScriptedPolicy(delay=delay).opener, train=scripted_train).run()
+        Loop(store, inputs, open_policy=open_policy if served else ScriptedPolicy(delay=delay).opener, train=scripted_train).run()
 
 
 if __name__ == "__main__":

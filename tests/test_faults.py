@@ -49,17 +49,19 @@ GENERATED = ("responses", "judgements", "meta_judgements")  # rows written once 
 SCRIPTED_POINTS = ("db.commit", "generate.batch", "train.step")  # the scripted DPO step merges and saves nothing
 
 
-def start(work: Path, env_extra: dict, runner: str = "real") -> subprocess.Popen:
+def start(work: Path, env_extra: dict, runner: str = "real", config: dict | None = None) -> subprocess.Popen:
+    """runner real: `mrtk run`; scripted: tests/scripted_run.py; sglang: the same with `config`'s
+    SGLang servers (tests/test_serving.py: simulated ones) and the real SGLang client."""
     cfg = work / "faults.yaml"  # one request per call for the real model (see above); the scripted one is exact in any batch
-    cfg.write_text(yaml.safe_dump(FAULT_CFG if runner == "real" else TINY))
+    cfg.write_text(yaml.safe_dump(config or (FAULT_CFG if runner == "real" else TINY)))
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
-    cmd = [sys.executable, SCRIPTED_RUN, str(cfg)] if runner == "scripted" else [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"]
+    cmd = [sys.executable, SCRIPTED_RUN, str(cfg)] if runner != "real" else [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"]
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def resume(work: Path, run_dir: Path, runner: str) -> subprocess.CompletedProcess:
     """`--resume` (the kill is what needs a process; the resume runs in this one for the scripted runner)."""
-    if runner == "scripted":
+    if runner != "real":
         import scripted_run
 
         scripted_run.main(["--resume", str(run_dir)])
@@ -67,17 +69,17 @@ def resume(work: Path, run_dir: Path, runner: str) -> subprocess.CompletedProces
     return mrtk("run", "--resume", str(run_dir), "--quiet", cwd=work, timeout=1200)
 
 
-def uninterrupted(work: Path, runner: str) -> dict:
+def uninterrupted(work: Path, runner: str, config: dict | None = None, points=None) -> dict:
     """The uninterrupted run, counting how often it passes each crash point."""
     log = work / "points.log"
     t0 = time.time()
-    proc = start(work, {"MRTK_FAULT_LOG": str(log)}, runner)
+    proc = start(work, {"MRTK_FAULT_LOG": str(log)}, runner, config)
     _, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err[-3000:]
     db = db_of(work / "runs")
-    check_complete(db, FAULT_CFG)
+    check_complete(db, config or FAULT_CFG)
     return {"snapshot": snapshot(db), "counts": Counter(log.read_text().split()), "seconds": time.time() - t0, "runner": runner,
-            "points": SCRIPTED_POINTS if runner == "scripted" else POINTS}
+            "points": points or (SCRIPTED_POINTS if runner == "scripted" else POINTS), "config": config}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
     """Kill one run at `point`:n (or after `delay` seconds), resume it, check it. Returns a summary."""
     runner = baseline["runner"]
     for _ in range(4):
-        proc = start(work, {"MRTK_FAULT": f"{point}:{n}"} if point else {}, runner)
+        proc = start(work, {"MRTK_FAULT": f"{point}:{n}"} if point else {}, runner, baseline.get("config"))
         if point is None:
             try:
                 proc.wait(timeout=delay)  # finished before the kill (a faster machine than the baseline's): shorter delay
@@ -111,7 +113,7 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
     stage = rows(db, "SELECT iteration || ':' || stage FROM stages WHERE status = 'running'") or [("between stages",)]
     res = resume(work, db.parent, runner)
     assert res.returncode == 0, res.stderr[-3000:]
-    check_complete(db, FAULT_CFG)
+    check_complete(db, baseline.get("config") or FAULT_CFG)
     after = snapshot(db)
     for table in GENERATED:
         assert before[table] <= after[table], f"{table}: rows committed before the kill changed after the resume"

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mrtk.backends.base import Generation, Progress, Request, SamplingParams
+from mrtk import faults
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids
 
@@ -439,6 +440,7 @@ class SGLangBackend:
             for row in gens:
                 for g in row:
                     g.latency_s = per
+            faults.point("generate.batch")  # a crash point of the kill -9 trials, once per answered batch
             if on_progress:
                 on_progress(sum(len(r.seeds) for r in batch))
             return gens

@@ -1,0 +1,219 @@
+"""The SGLang path at the servers' speed (issue: saturate the servers), against simulated
+SGLang servers (`mrtk.serving_sim`: the protocol of sglang 0.5.23, continuous batching with a
+fixed step time, long-tailed answer lengths, a radix cache), in this process or as processes.
+
+What is checked: windows sized from what `/server_info` reports; a two-iteration run keeps two
+servers busy together (from the servers' own request logs); a server killed mid-stage leaves the
+stage to the other, and the last one gone is a one-line error with the finished rows kept; the
+kill -9 trial on the SGLang path; the SMG gateway's RL control plane for weights and memory; and
+(slow) the benchmark's shares of capacity and speed-ups, and flat memory over a 20k-sample stage.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import pytest
+import yaml
+from conftest import SNAPSHOT, TINY, check_complete, db_of, rows, snapshot
+from scripted import scripted_train
+from test_faults import run_trials, uninterrupted
+
+from mrtk.backends import open_policy
+from mrtk.backends.sglang import OVERSUBSCRIBE, SGLangBackend, SGLangClient, window_for
+from mrtk.config import validate_config
+from mrtk.errors import MrtkError
+from mrtk.inputs import check_inputs
+from mrtk.loop import Loop
+from mrtk.runs import new_run
+from mrtk.serving_sim import LatencyModel, SimRouter, SimServer
+
+FAST = LatencyModel(slots=4, step_s=0.002)
+SERVED = {**TINY, "prompts": {"per_iteration": 8}, "actor": {"k": 4, "max_new_tokens": 24}, "judge": {"n": 3, "max_new_tokens": 16},
+          "backend": "sglang"}
+
+
+def served(urls: list[str], **sglang) -> dict:
+    return {**SERVED, "sglang": {"urls": urls, "retries": 1, **sglang}}
+
+
+def run_loop(tmp_path, raw: dict):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    inputs = check_inputs(validate_config(raw), tmp_path)
+    store = new_run(inputs.cfg, str(path), tmp_path / "runs")
+    Loop(store, inputs, open_policy=open_policy, train=scripted_train).run()
+    return store
+
+
+def busy(sim: SimServer) -> list[tuple[float, float]]:
+    """The server's busy periods: the union of its /generate requests' (arrived, answered)."""
+    out: list[list[float]] = []
+    for _, _, start, end in sorted(r for r in sim.stats()["requests"] if r[3] is not None):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [tuple(x) for x in out]
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Both busy / either busy, over the run."""
+    both = sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
+    either = sum(e - s for s, e in a) + sum(e - s for s, e in b) - both
+    return both / either if either else 0.0
+
+
+@pytest.fixture()
+def two():
+    with SimServer(FAST) as a, SimServer(FAST) as b:
+        yield a, b
+
+
+def test_window_is_sized_from_what_the_server_reports():
+    """sglang 0.5.23 /server_info: per DP rank in internal_states, else max_running_requests x dp_size, else max_inflight."""
+    ranks = {"max_running_requests": 48, "dp_size": 2, "internal_states": [{"effective_max_running_requests_per_dp": 48}] * 2}
+    assert window_for(ranks, 256) == OVERSUBSCRIBE * 96
+    assert window_for({"max_running_requests": 48, "dp_size": 2}, 256) == OVERSUBSCRIBE * 96
+    assert window_for({"max_running_requests": None, "internal_states": [{}]}, 256) == 256
+    with SimServer(LatencyModel(slots=12), dp_size=3) as sim:
+        client = SGLangClient([sim.url], max_inflight=7)
+        assert client.check_servers()["windows"] == {sim.url: OVERSUBSCRIBE * 12}
+
+
+def test_a_prompts_samples_prefill_once_and_come_back_together(two, model_dir):
+    from mrtk.backends.base import Request, SamplingParams
+    from mrtk.models import tokenizer_for
+
+    a, _ = two
+    backend = SGLangBackend(SGLangClient([a.url]), tokenizer_for(model_dir))
+    backend.client.check_servers()
+    [gens] = backend.generate([Request("Name three rivers in Europe, with a fact about each.", (1, 2, 3, 4))], SamplingParams(0.8, 0.95, 24))
+    [(_, samples, _, _)] = a.stats()["requests"]
+    assert samples == 4 and len(gens) == 4 and len({g.text for g in gens}) > 1
+    prompt = len(backend.chat_ids("Name three rivers in Europe, with a fact about each."))
+    assert a.stats()["prefilled"] < 2 * prompt  # the K entries share the prompt's blocks: prefilled once, not 4 times
+
+
+def test_two_iteration_run_keeps_both_servers_busy(two, tmp_path):
+    a, b = two
+    store = run_loop(tmp_path, served([a.url, b.url]))
+    db = store.run_dir / "mrtk.duckdb"
+    check_complete(db, SERVED)
+    share = overlap(busy(a), busy(b))
+    assert share > 0.6, f"both servers busy {share:.0%} of the generation time"
+    for sim in two:  # each got its share of the work
+        assert sum(r[1] for r in sim.stats()["requests"]) > 0.3 * sum(r[1] for s in two for r in s.stats()["requests"])
+    assert rows(db, "SELECT serving->>'windows' IS NOT NULL FROM runs") == [(True,)]
+
+
+def test_a_server_killed_mid_stage_leaves_the_stage_to_the_other(two, tmp_path):
+    a, b = two
+    a.die_after = 3  # gone during the actor stage, requests in flight unanswered
+    store = run_loop(tmp_path, served([a.url, b.url]))
+    check_complete(store.run_dir / "mrtk.duckdb", SERVED)
+    assert a.stopped and len(a.stats()["requests"]) == 3
+
+
+def test_the_last_server_gone_is_one_line_and_finished_rows_stay(tmp_path):
+    with SimServer(LatencyModel(slots=1, step_s=0.002)) as sim:  # a window of 2 actor requests: the 5th arrives after 3 answers
+        sim.die_after = 5
+        with pytest.raises(MrtkError) as e:
+            run_loop(tmp_path, served([sim.url]))
+    message = str(e.value)
+    assert "\n" not in message and sim.url in message and "mrtk run --resume" in message
+    db = db_of(tmp_path / "runs")
+    kept = rows(db, "SELECT count(*) FROM responses")[0][0]
+    assert 0 < kept < SERVED["prompts"]["per_iteration"] * SERVED["actor"]["k"]  # answered requests written, in-flight ones not
+    assert rows(db, "SELECT stage, status FROM stages WHERE status != 'done'") == [("actor", "error")]
+
+
+def test_gateway_control_plane_reaches_every_worker(two, model_dir):
+    """smg 1.13.0 (--enable-rl): weight updates fan out through /v1/rl/engine/..., no worker_urls."""
+    from mrtk.models import tokenizer_for
+
+    a, b = two
+    with SimRouter([a.url, b.url], rl=True) as gateway:
+        client = SGLangClient([gateway.url], smg=True, retries=0)
+        serving = client.check_servers()
+        assert sorted(serving["worker_urls"]) == sorted([a.url, b.url]) and serving["windows"] == {gateway.url: 2 * OVERSUBSCRIBE * 4}
+        backend = SGLangBackend(client, tokenizer_for(model_dir))
+        backend.release()
+        backend.resume()
+        backend.update_weights(model_dir, "M2")
+        assert [p for p, _ in a.log] == [p for p, _ in b.log] == ["/release_memory_occupation", "/resume_memory_occupation",
+                                                                   "/update_weights_from_disk"]
+        assert a.weight_version == b.weight_version == "M2"
+        with pytest.raises(MrtkError, match="could not load /nowhere"):
+            backend.update_weights("/nowhere", "M3")
+    with SimRouter([a.url]) as router:  # sglang-router: no control plane, so worker_urls are needed
+        with pytest.raises(MrtkError, match="no /v1/rl/workers.*HTTP 404|sglang.smg"):
+            SGLangClient([router.url], smg=True, retries=0).check_servers()
+
+
+@pytest.fixture(scope="module")
+def sglang_baseline(tmp_path_factory):
+    with SimServer(FAST) as a, SimServer(FAST) as b:
+        config = served([a.url, b.url])
+        yield uninterrupted(tmp_path_factory.mktemp("sglang_baseline"), "sglang", config, points=("generate.batch", "db.commit"))
+
+
+def test_kill_9_mid_stage_on_the_sglang_path_resumes_to_the_uninterrupted_run(sglang_baseline, tmp_path):
+    """tests/test_faults.py's trial with `backend: sglang` against two simulated servers: killed
+    after an answered batch, resumed, equal to the uninterrupted run row for row."""
+    [result] = run_trials(tmp_path, sglang_baseline, trials=1, seed=4)
+    assert result["kill"].startswith("generate.batch") and result["rows_checked"] > 0
+
+
+@pytest.mark.slow
+def test_more_kill_9_trials_on_the_sglang_path(sglang_baseline, tmp_path):
+    results = run_trials(tmp_path, sglang_baseline, trials=4, seed=5)
+    assert len(results) == 4
+
+
+@pytest.mark.slow
+def test_benchmark_meets_the_servers_capacity():
+    """`mrtk bench --only serving`: >= 90% of capacity with one server, >= 3.6x with four and
+    through a router, for the actor, judge and meta-judge stages."""
+    from mrtk.serving_bench import fmt, run_serving_bench
+
+    report = run_serving_bench()
+    print("\n" + fmt(report))
+    for stage, by in report["stages"].items():
+        assert by["1 server"]["of_capacity"] >= 0.9, (stage, by)
+        assert by["speedup 4 servers"] >= 3.6 and by["speedup router + 4"] >= 3.6, (stage, by)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
+    """A 20k-sample actor stage against a fast simulated server, in a fresh process: peak
+    resident memory under 1 GB (rows go to DuckDB as they finish, nothing is held)."""
+    import subprocess
+
+    script = f"""
+import resource, sys
+from mrtk.serving_sim import LatencyModel, SimServer
+from mrtk.backends.sglang import SGLangBackend, SGLangClient
+from mrtk.config import load_config
+from mrtk.models import tokenizer_for
+from mrtk.prompts import load_template
+from mrtk.runs import run_chunks
+from mrtk.stages import actor
+from mrtk.store import RunStore
+from mrtk.ui import QuietUI
+cfg = load_config(None, ["actor.k=4", "actor.max_new_tokens=64"])
+store = RunStore({str(tmp_path / 'run')!r}); store.migrate()
+with SimServer(LatencyModel(slots=256, step_s=0.001)) as sim:
+    client = SGLangClient([sim.url]); client.check_servers()
+    backend = SGLangBackend(client, tokenizer_for({model_dir!r}))
+    prompts = [{{"prompt_id": f"p{{i}}", "text": f"Question {{i}}: describe a city you know."}} for i in range(5000)]
+    t = load_template(cfg.actor.template, role="actor")
+    run_chunks(store, QuietUI(), "actor", prompts, 4, lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t, iteration=1,
+               run_seed=1, model_version="M1", on_progress=go), "responses", 256, backend.window())
+print(store.count("responses"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    count, peak_mb = map(int, out.stdout.split()[-2:])
+    assert count == 20_000 and peak_mb < 1024, (count, peak_mb)
