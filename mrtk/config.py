@@ -285,6 +285,9 @@ class RunConfig(_Section):
             self.sglang.urls = self.sglang.urls + [self.sglang.url]
         if self.backend == "sglang" and not (self.sglang.launch or self.sglang.urls):
             raise ValueError("backend sglang needs sglang.launch: true, sglang.url: http://HOST:PORT or sglang.urls: [...]")
+        if self.sglang.smg and (self.sglang.launch or len(self.sglang.urls) != 1 or self.sglang.worker_urls):
+            raise ValueError("sglang.smg: true needs exactly one gateway URL in sglang.url, no sglang.worker_urls (the gateway "
+                             "reaches its workers) and sglang.launch: false")
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")

@@ -27,11 +27,11 @@ from mrtk.serving_sim import LatencyModel
 
 @dataclass(frozen=True)
 class Sizes:
-    prompts: int = 256  # actor prompts, K samples each
+    prompts: int = 384  # actor prompts, K samples each
     k: int = 4
     n: int = 3  # judgements per response
-    judged: int = 342  # responses judged (N each)
-    meta_responses: int = 171  # responses whose judgements battle (N*(N-1) battles each)
+    judged: int = 512  # responses judged (N each)
+    meta_responses: int = 342  # responses whose judgements battle (N*(N-1) battles each)
     actor_tokens: int = 48  # max_new_tokens per stage (the simulated lengths: 5% reach it)
     judge_tokens: int = 48
     meta_tokens: int = 32
@@ -39,7 +39,7 @@ class Sizes:
 
 QUICK = Sizes(prompts=64, judged=86, meta_responses=43)
 # A stage must be many times its longest answer on each of 4 servers (as a paper-scale stage is):
-# about 250 samples per slot. Few slots and 5 ms steps keep that to seconds while the client
+# about 400 samples per slot. Few slots and 5 ms steps keep that to seconds while the client
 # (its tokenizer: ~1 ms per 600-token prompt) and 4 simulated servers share 2 CPU cores.
 MODEL = LatencyModel(slots=4, step_s=0.005)
 

@@ -111,12 +111,19 @@ class JsonHandler(BaseHTTPRequestHandler):
         self._headers_buffer = []
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # a client killed mid-request is no server error
+            super().handle_error(request, client_address)
+
+
 class Served:
     """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread, as a context manager."""
 
     def _serve(self, port: int, handler) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer(("127.0.0.1", port), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -37,72 +37,15 @@ Run it as a process with `python tests/sglang_double.py --model DIR --port P`.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-SAMPLING_FIELDS = ("max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
-                   "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n", "json_schema", "regex",
-                   "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
-                   "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice")
-
-
-class BadRequest(Exception):
-    pass
-
-
-class JsonHandler(BaseHTTPRequestHandler):
-    """GET and POST with an optional JSON body to `_route(body)`; `_reply` answers JSON, or plain
-    text for a str payload (as SGLang's /flush_cache does)."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self._route(None)
-
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        self._route(json.loads(self.rfile.read(n) or b"null"))
-
-    def _route(self, body):
-        raise NotImplementedError
-
-    def _reply(self, status, payload):
-        text = isinstance(payload, str)
-        raw = payload.encode() if text else json.dumps(payload).encode() if payload is not None else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain" if text else "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-
-class Served:
-    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread, as a context manager."""
-
-    def _serve(self, port: int, handler) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
+from mrtk.serving_sim import FLUSHED, BadRequest, JsonHandler, Served, generate_inputs
 
 class SGLangDouble(Served):
     def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
@@ -159,8 +102,7 @@ class SGLangDouble(Served):
             self.released = False
             return 200, {}
         if path == "/flush_cache":
-            return 200, ("Cache flushed.\nPlease check backend logs for more details. "
-                         "(When there are running or waiting requests, the operation will not be performed.)\n")
+            return 200, FLUSHED
         if path == "/update_weights_from_disk":
             try:
                 self.engine = self.load(body["model_path"])
@@ -177,34 +119,7 @@ class SGLangDouble(Served):
 
     # -- /generate -------------------------------------------------------------------------
     def generate(self, body: dict):
-        if not isinstance(body, dict):
-            raise BadRequest("invalid type: expected a JSON object")
-        if (body.get("text") is None) == (body.get("input_ids") is None):
-            raise BadRequest("Either text, input_ids or input_embeds should be provided.")
-        if body.get("text") is not None:
-            texts = body["text"]
-            single = isinstance(texts, str)
-            texts = [texts] if single else texts
-            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-                raise BadRequest("invalid type for `text`: expected a string or a list of strings")
-            inputs = [self.engine.tok(t)["input_ids"] for t in texts]  # add_special_tokens=True, as SGLang
-        else:
-            inputs = body["input_ids"]
-            single = isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], int)
-            inputs = [inputs] if single else inputs
-            if not inputs or not all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in inputs):
-                raise BadRequest("input_ids cannot be empty.")
-        sps = body.get("sampling_params") or {}
-        sps = [sps] * len(inputs) if isinstance(sps, dict) else sps
-        if len(sps) != len(inputs):
-            raise BadRequest("The length of sampling_params and text must match")
-        for sp in sps:
-            for key in sp:
-                if key not in SAMPLING_FIELDS:
-                    raise BadRequest(f"unknown field `{key}`, expected one of {', '.join(f'`{f}`' for f in SAMPLING_FIELDS)}")
-            for key in ("json_schema", "regex", "ebnf"):
-                if key in sp and sp[key] is not None and not isinstance(sp[key], str):
-                    raise BadRequest(f"invalid type for `{key}`: expected a string")
+        inputs, sps, single = generate_inputs(body, lambda t: self.engine.tok(t)["input_ids"])  # add_special_tokens=True, as SGLang
         want_ids = body.get("token_ids_logprob")
         out = []
         for i, (ids, sp) in enumerate(zip(inputs, sps)):

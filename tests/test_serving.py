@@ -11,12 +11,11 @@ kill -9 trial on the SGLang path; the SMG gateway's RL control plane for weights
 
 from __future__ import annotations
 
-import resource
 import sys
 
 import pytest
 import yaml
-from conftest import SNAPSHOT, TINY, check_complete, db_of, rows, snapshot
+from conftest import TINY, check_complete, db_of, rows
 from scripted import scripted_train
 from test_faults import run_trials, uninterrupted
 

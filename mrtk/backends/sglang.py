@@ -160,7 +160,7 @@ def _payload(raw: bytes):
         return raw.decode(errors="replace")
 
 
-OVERSUBSCRIBE = 8  # samples in flight per running slot a server reports: its queue never runs dry
+OVERSUBSCRIBE = 8  # samples in flight per slot a server reports: a request holds its share until its slowest sample ends
 
 
 class _Slot:
