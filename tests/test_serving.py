@@ -5,8 +5,8 @@ fixed step time, long-tailed answer lengths, a radix cache), in this process or 
 What is checked: windows sized from what `/server_info` reports; a two-iteration run keeps two
 servers busy together (from the servers' own request logs); a server killed mid-stage leaves the
 stage to the other, and the last one gone is a one-line error with the finished rows kept; the
-kill -9 trial on the SGLang path; the SMG gateway's RL control plane for weights and memory; and
-(slow) the benchmark's shares of capacity and speed-ups, and flat memory over a 20k-sample stage.
+SMG gateway's RL control plane for weights and memory; and (slow) kill -9 trials on the SGLang
+path, the benchmark's shares of capacity and speed-ups, and flat memory over a 20k-sample stage.
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def sglang_baseline(tmp_path_factory):
         yield uninterrupted(tmp_path_factory.mktemp("sglang_baseline"), "sglang", config, points=("generate.batch", "db.commit"))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stage_on_the_sglang_path_resumes_to_the_uninterrupted_run(sglang_baseline, tmp_path):
     """tests/test_faults.py's trial with `backend: sglang` against two simulated servers: killed
     after an answered batch, resumed, equal to the uninterrupted run row for row."""
@@ -215,4 +216,5 @@ print(store.count("responses"), resource.getrusage(resource.RUSAGE_SELF).ru_maxr
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     count, peak_mb = map(int, out.stdout.split()[-2:])
+    print(f"\n{count} samples streamed: peak resident {peak_mb} MB")
     assert count == 20_000 and peak_mb < 1024, (count, peak_mb)
