@@ -73,8 +73,26 @@ WORDS = ("the answer is clear and well reasoned with a short example that shows 
          "so a reader can follow it and check the result against the question").split()
 
 
+MEMORY = ("/release_memory_occupation", "/resume_memory_occupation")
+COMMON = ("/health", "/model_info", "/get_model_info", "/flush_cache", *MEMORY)
+
+
 class BadRequest(Exception):
     pass
+
+
+def common_call(server, path: str) -> tuple[int, object]:
+    """The endpoints every stand-in answers alike (COMMON): health, model info (no version,
+    http_server.py:812), /flush_cache's plain text, memory release/resume (a released server
+    answers /generate with 503 here)."""
+    if path == "/health":
+        return 200, None
+    if path in ("/model_info", "/get_model_info"):
+        return 200, {"model_path": server.model_path, "weight_version": server.weight_version, "is_generation": True}
+    if path == "/flush_cache":
+        return 200, FLUSHED
+    server.released = path == MEMORY[0]
+    return 200, {}
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -319,24 +337,14 @@ class SimServer(Served):
                 "internal_states": [{"effective_max_running_requests_per_dp": per_dp} for _ in range(self.dp_size)]}
 
     def handle(self, path: str, body):
-        if path == "/health":
-            return 200, None
-        if path in ("/model_info", "/get_model_info"):
-            return 200, {"model_path": self.model_path, "weight_version": self.weight_version, "is_generation": True}
+        if path in MEMORY or path == "/update_weights_from_disk":
+            self.log.append((path, body))  # the control calls, as the other stand-ins record them
+        if path in COMMON:
+            return common_call(self, path)
         if path in ("/server_info", "/get_server_info"):
             return 200, self.info()
         if path == "/sim_stats":
             return 200, self.stats()
-        if path == "/flush_cache":
-            return 200, FLUSHED
-        if path != "/generate":
-            self.log.append((path, body))
-        if path == "/release_memory_occupation":
-            self.released = True
-            return 200, {}
-        if path == "/resume_memory_occupation":
-            self.released = False
-            return 200, {}
         if path == "/update_weights_from_disk":
             if not Path(str(body.get("model_path"))).exists():
                 return 400, {"success": False, "message": f"model path {body.get('model_path')} not found", "num_paused_requests": 0}
@@ -378,7 +386,7 @@ class SimServer(Served):
             answers.append(self._answer(inputs[i], sp, rng, length, body, i, j))
         record = ["/generate", len(entries), time.monotonic(), None]
         with self.cond:
-            if self.stopped:
+            if self.stopped or (self.die_after is not None and len(self.requests) >= self.die_after):  # dying: no new work
                 return None, None
             self.requests.append(record)
             self.waiting.extend(entries)

@@ -45,7 +45,7 @@ import threading
 
 import torch
 
-from mrtk.serving_sim import FLUSHED, BadRequest, JsonHandler, Served, generate_inputs
+from mrtk.serving_sim import COMMON, BadRequest, JsonHandler, Served, common_call, generate_inputs
 
 class SGLangDouble(Served):
     def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
@@ -88,21 +88,11 @@ class SGLangDouble(Served):
         return Handler
 
     def handle(self, path: str, body):
-        if path == "/health":
-            return 200, None
-        if path in ("/model_info", "/get_model_info"):
-            return 200, {"model_path": self.model_path, "weight_version": self.weight_version, "is_generation": True}
+        if path in COMMON:
+            return common_call(self, path)
         if path in ("/server_info", "/get_server_info"):
             return 200, {"model_path": self.model_path, "enable_deterministic_inference": self.deterministic,
                          "version": self.version, "frontend": "python"}
-        if path == "/release_memory_occupation":
-            self.released = True
-            return 200, {}
-        if path == "/resume_memory_occupation":
-            self.released = False
-            return 200, {}
-        if path == "/flush_cache":
-            return 200, FLUSHED
         if path == "/update_weights_from_disk":
             try:
                 self.engine = self.load(body["model_path"])
