@@ -114,14 +114,12 @@ class Loop:
                   iteration: int | None = None, group=None, **kw) -> None:
         """Run a generating stage on `todo` with model M_t, its rows persisted to `table` as they
         finish (in-process backends: a chunk at a time; served ones: the servers' window in flight)."""
-        backend = self.policy.use(model) if todo else None
-
         def chunk(rows, go):
-            return stage(backend, rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
+            return stage(self.policy.use(model), rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
                          model_version=f"M{it}", on_progress=go, **kw)
 
         run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows,
-                   backend.window() if backend else 0, group)
+                   lambda: self.policy.use(model), group)
 
     def _meta_judge(self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]) -> list[dict]:
         h = self.t.meta_judge.hash

@@ -77,7 +77,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                     return judging.run(policy.use(model_dir), rows, questions, iteration=it, run_seed=cfg.seed, model_version=version,
                                        on_progress=go)
                 run_chunks(store, ui, f"it{it} judge {job.template.name}", todo, jcfg.n, chunk, table, cfg.runtime.max_batch_rows,
-                           policy.use(model_dir).window() if todo else 0)
+                           lambda model_dir=model_dir: policy.use(model_dir))
         finally:
             policy.close()  # a launched SGLang server stops; attached ones keep running
         return {"written": store.count(table) - before, "table": table, "iterations": its, "key": key,

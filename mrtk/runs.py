@@ -128,12 +128,13 @@ FLUSH_ROWS, FLUSH_S = 256, 1.0  # a streamed stage writes its finished rows this
 
 
 def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int,
-               window: int = 0, group=None) -> None:
+               backend=None, group=None) -> None:
     """Call a stage on `todo`, persisting rows as they finish; the progress bar counts the model
     calls still to make (after a resume, only the missing).
 
-    `window` is what the backend takes in flight (samples; `Backend.window()`). 0 (in-process
-    backends): backend-sized chunks one after another, each written when done. Above 0 (served
+    `backend` opens the backend `fn` generates with (called only when there is work): its
+    `window()` is what it takes in flight (samples). 0 (in-process backends; no `backend`):
+    backend-sized chunks one after another, each written when done. Above 0 (served
     backends): one item per call (with `group`, a run of consecutive items with the same key:
     e.g. the battles of one response, which share its prefix), enough calls in flight to fill the
     window, so every server stays full and no call waits for an unrelated one; finished rows are
@@ -141,6 +142,7 @@ def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, t
     most the calls in flight."""
     if not todo:
         return
+    window = backend().window() if backend else 0
     with ui.stage(label, len(todo) * per_item) as go:
         if window <= 0:
             size = max(1, max_rows // per_item)

@@ -48,9 +48,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +57,7 @@ from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+TRANSIENT = (OSError, http.client.HTTPException)  # refused, reset, timed out, a retryable status (ConnectionError): try again
 MIN_VERSION = (0, 5, 3)  # `sampling_seed` exists from 0.5.3 (sglang/srt/sampling/sampling_params.py)
 
 
@@ -110,9 +108,9 @@ class Server:
                 self.stop()
                 raise MrtkError(f"SGLang exited with code {self.proc.returncode} while starting; see {self.log_path}")
             try:
-                if _request(self.url + "/health", None, timeout=5.0)[0] == 200:
+                if _request(self.url, "/health", None, timeout=5.0)[0] == 200:
                     return self
-            except (OSError, ServerError):
+            except (*TRANSIENT, ServerError):  # not up yet
                 pass
             time.sleep(1.0)
         self.stop()
@@ -135,18 +133,31 @@ class Server:
             self.proc.wait(timeout=10)
 
 
-def _request(url: str, body: dict | None, timeout: float, method: str | None = None) -> tuple[int, object]:
+def _exchange(conn: http.client.HTTPConnection, url: str, path: str, body, method: str | None = None) -> tuple[int, object]:
+    """One HTTP call on `conn` (to `url`): (status, payload). A status worth retrying (408, 429,
+    5xx) raises ConnectionError, another 4xx ServerError; a connection that failed is closed."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if body is not None else "GET"),
-                                 headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, _payload(resp.read())
-    except urllib.error.HTTPError as e:
-        text = e.read().decode(errors="replace")[:300]
-        if e.code in RETRY_STATUS:
-            raise ConnectionError(f"HTTP {e.code}: {text}") from None
-        raise ServerError(f"HTTP {e.code} from {url}: {' '.join(text.split())}") from None
+        conn.request(method or ("POST" if body is not None else "GET"), path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    except BaseException:
+        conn.close()
+        raise
+    if resp.status in RETRY_STATUS:
+        raise ConnectionError(f"HTTP {resp.status}: {raw.decode(errors='replace')[:300]}")
+    if resp.status >= 400:
+        raise ServerError(f"HTTP {resp.status} from {url}{path}: {' '.join(raw.decode(errors='replace')[:300].split())}")
+    return resp.status, _payload(raw)
+
+
+def _request(url: str, path: str, body: dict | None, timeout: float) -> tuple[int, object]:
+    """One call on a connection of its own (health and server checks)."""
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=timeout)
+    try:
+        return _exchange(conn, url, path, body)
+    finally:
+        conn.close()
 
 
 def _payload(raw: bytes):
@@ -212,7 +223,7 @@ class SGLangClient:
             slot = self._acquire(samples, tried)
             try:
                 payload = self._send(slot.url, "/generate", body, None)
-            except (OSError, ConnectionError, http.client.HTTPException) as e:
+            except TRANSIENT as e:
                 self._release(slot, samples, f"{type(e).__name__}: {e}")
                 tried.add(slot.url)
                 with self.cond:
@@ -258,30 +269,17 @@ class SGLangClient:
                 "fix the server and run: mrtk run --resume RUN")
 
     def _send(self, url: str, path: str, body, method):
-        """One HTTP call on this thread's keep-alive connection to `url`."""
+        """One HTTP call on this thread's keep-alive connection to `url` (a closed one reconnects)."""
         conns = self.local.__dict__.setdefault("conns", {})
-        conn = conns.get(url)
-        if conn is None:
-            parts = urllib.parse.urlsplit(url)
-            conn = conns[url] = http.client.HTTPConnection(parts.netloc, timeout=self.timeout_s)
-        data = json.dumps(body).encode() if body is not None else None
+        if url not in conns:
+            conns[url] = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=self.timeout_s)
         try:
-            conn.request(method or ("POST" if body is not None else "GET"), path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
-        except BaseException:
-            conn.close()
-            conns.pop(url, None)
-            raise
-        if resp.status in RETRY_STATUS:
-            raise ConnectionError(f"HTTP {resp.status}: {raw.decode(errors='replace')[:300]}")
-        if resp.status >= 400:
-            text = " ".join(raw.decode(errors="replace")[:300].split())
-            if resp.status == 404 and path != "/generate":
+            return _exchange(conns[url], url, path, body, method)[1]
+        except ServerError as e:
+            if "HTTP 404" in str(e) and path != "/generate":
                 raise MrtkError(f"{url} has no {path} (HTTP 404): an SGLang router serves generation only; list its workers "
-                                "in sglang.worker_urls so control calls reach them (or set sglang.smg for an SMG gateway)")
-            raise MrtkError(f"SGLang refused {path}: HTTP {resp.status} from {url}{path}: {text}")
-        return _payload(raw)
+                                "in sglang.worker_urls so control calls reach them (or set sglang.smg for an SMG gateway)") from None
+            raise MrtkError(f"SGLang refused {path}: {e}") from None
 
     # -- control calls ---------------------------------------------------------------------------
     def call(self, path: str, body: dict | None = None, *, every: bool = False, method: str | None = None):
@@ -314,7 +312,7 @@ class SGLangClient:
         for attempt in range(self.retries + 1):
             try:
                 return self._send(url, path, body, method)
-            except (OSError, ConnectionError, http.client.HTTPException) as e:  # refused, reset, timed out, 5xx/429: another try
+            except TRANSIENT as e:  # refused, reset, timed out, 5xx/429: another try
                 last = f"{url}: {e}"
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise MrtkError(f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
@@ -325,10 +323,10 @@ class SGLangClient:
         """`/server_info` (0.5.x; `/get_server_info` in older releases), or {} if neither answers."""
         for path in ("/server_info", "/get_server_info"):
             try:
-                status, payload = _request(url + path, None, self.timeout_s)
+                status, payload = _request(url, path, None, self.timeout_s)
             except ServerError:
                 continue
-            except OSError as e:
+            except TRANSIENT as e:
                 raise MrtkError(f"SGLang at {url} does not answer ({e}); start it or fix sglang.urls") from None
             if isinstance(payload, dict):
                 return payload
@@ -414,10 +412,10 @@ class SGLangBackend:
     def generate(self, requests: Sequence[Request], params: SamplingParams, *, suffix: str | None = None,
                  choices: dict[str, str] | None = None, on_progress: Progress | None = None) -> list[list[Generation]]:
         """The requests as /generate batches of at most `max_batch_rows` samples (a prompt's K
-        samples stay in one: the radix cache prefills the prompt once), all batches in flight at
-        once within the servers' window; a structured program sends a batch's scoring request as
-        soon as its texts return. Answers keep the requests' order. Callers that want one batch
-        per prompt (the loop) call with one prompt, many calls at a time (`runs.run_chunks`)."""
+        samples stay in one: the radix cache prefills the prompt once), one after another; a
+        structured program sends a batch's scoring request as soon as its texts return. Answers
+        keep the requests' order. Requests in flight come from the callers: `runs.run_chunks`
+        calls with one prompt (or one response's battles) from as many threads as `window()` fills."""
         batches, current, size = [], [], 0
         for r in requests:
             for start in range(0, len(r.seeds), self.max_batch_rows):  # only a K above max_batch_rows is split
@@ -445,12 +443,7 @@ class SGLangBackend:
                 on_progress(sum(len(r.seeds) for r in batch))
             return gens
 
-        if len(batches) <= 1:
-            rows = [row for b in batches for row in one(b)]
-        else:
-            with ThreadPoolExecutor(min(len(batches), max(1, self.window() // self.max_batch_rows) or 1),
-                                    thread_name_prefix="mrtk-sglang") as pool:
-                rows = [row for got in pool.map(one, batches) for row in got]
+        rows = [row for b in batches for row in one(b)]
         out, it = [], iter(rows)  # rejoin a request split over batches
         for r in requests:
             row = []
@@ -579,7 +572,7 @@ class SGLangPolicy:
                 self.server = Server(launch_command(model_dir, s, version), url, self.run_dir / "sglang.log", s.startup_timeout_s)
                 self.server.__enter__()
                 urls, self.model_dir = [url], model_dir
-            client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, smg=s.smg and not s.launch,
+            client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, smg=s.smg,  # smg with launch: refused by the config
                                   timeout_s=s.request_timeout_s, retries=s.retries, max_inflight=s.max_inflight)
             self.serving = client.check_servers()
             self.on_serving(self.serving)

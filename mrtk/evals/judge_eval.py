@@ -41,9 +41,8 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
         out = job.run(t.backend(), rows, questions, iteration=t.iteration, run_seed=t.cfg.seed, model_version=t.version, on_progress=go)
         return [_item(job, r, name, t.iteration, label) for r in out]
 
-    todo = job.missing(answers, stored)
-    run_chunks(t.store, ui, f"eval judge ({label})", todo, cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows,
-               t.backend().window() if todo else 0)
+    run_chunks(t.store, ui, f"eval judge ({label})", job.missing(answers, stored), cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows,
+               t.backend)
     items = t.store.eval_items(name, t.iteration, label)
     preds, consistency = job.preferences(said(items))
     labels = [p["label"] for p in pairs]

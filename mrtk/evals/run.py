@@ -101,8 +101,7 @@ def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: Samp
                  "n_tokens": g.n_tokens, "finish_reason": g.finish, "model_version": t.version, "sampling": params.as_dict(),
                  "seed": s, "latency_s": g.latency_s} for e, [g], s in zip(rows, gens, seeds)]
 
-    run_chunks(t.store, ui, f"{eval_name} answers ({t.version})", todo, 1, fn, "eval_outputs", t.cfg.runtime.max_batch_rows,
-               t.backend().window() if todo else 0)
+    run_chunks(t.store, ui, f"{eval_name} answers ({t.version})", todo, 1, fn, "eval_outputs", t.cfg.runtime.max_batch_rows, t.backend)
     stored = t.store.eval_outputs(eval_name, t.iteration)
     return {e["example_id"]: stored[e["example_id"]] for e in examples}  # this eval's examples, not every one answered before
 
