@@ -84,9 +84,14 @@ def sim_stats(url: str) -> dict:
         return json.loads(r.read())
 
 
-def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(("1 server", 1, False), ("4 servers", 4, False),
-                                                                              ("router + 4", 4, True))) -> dict:
-    """{stage: {layout: {tokens, seconds, tokens_per_s, of_capacity}, speedup_<layout>: x}}."""
+LAYOUTS = (("1 server", 1, False, False), ("4 servers", 4, False, False), ("router + 4", 4, True, False),
+           ("4 servers, one call at a time", 4, False, True))  # the last: the client as it was (actor stage only)
+
+
+def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=LAYOUTS) -> dict:
+    """{stage: {layout: {tokens, seconds, tokens_per_s, of_capacity}, speedup_<layout>: x}}. A
+    layout is (name, servers, a router in front, serial): serial runs the actor stage as the
+    client did before requests were kept in flight, one call of up to 256 samples at a time."""
     from mrtk.backends.sglang import SGLangBackend, SGLangClient
     from mrtk.config import load_config
     from mrtk.models import embedded_model_dir, tokenizer_for
@@ -109,7 +114,7 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(
     report: dict = {"model": {"slots": MODEL.slots, "step_ms": MODEL.step_s * 1000, "capacity_tokens_per_s": MODEL.capacity},
                     "sizes": sz.__dict__, "stages": {}}
     with tempfile.TemporaryDirectory() as d:
-        for name, servers, router in layouts:
+        for name, servers, router, serial in layouts:
             store = RunStore(Path(d) / name.replace(" ", "_").replace("+", ""))
             store.migrate()
             with simulated(servers, router) as (urls, workers):
@@ -120,7 +125,7 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(
                 def stage(label: str, todo: list, per_item: int, fn, table: str, group=None):
                     before = [sim_stats(w) for w in workers]
                     t0, c0 = time.monotonic(), time.process_time()
-                    run_chunks(store, QuietUI(), label, todo, per_item, fn, table, 256, backend.window(), group)
+                    run_chunks(store, QuietUI(), label, todo, per_item, fn, table, 256, None if serial else lambda: backend, group)
                     seconds, client_cpu = time.monotonic() - t0, time.process_time() - c0
                     after = [sim_stats(w) for w in workers]
                     tokens = sum(a["tokens"] - b["tokens"] for a, b in zip(after, before))
@@ -133,6 +138,8 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(
                 kw = {"iteration": 1, "run_seed": 1, "model_version": "M1"}
                 stage("actor", prompts, sz.k, lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t_actor, on_progress=go, **kw),
                       "responses")
+                if serial:
+                    continue
                 responses = store.responses(1)
                 job = judge.Judging(t_judge, cfg.judge)
                 stage("judge", job.units(responses)[:sz.judged], sz.n, lambda rows, go: job.run(backend, rows, questions, on_progress=go, **kw),
@@ -151,6 +158,10 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=(
         for name, *_ in layouts[1:]:
             if name in by_layout and base in by_layout:
                 by_layout[f"speedup {name}"] = round(by_layout[name]["tokens_per_s"] / by_layout[base]["tokens_per_s"], 2)
+        for name, servers, _, serial in layouts:  # requests in flight against the client as it was, on the same servers
+            same = next((n for n, s, r, ser in layouts if s == servers and not r and not ser), None)
+            if serial and name in by_layout and same in by_layout:
+                by_layout[f"{same} over {name}"] = round(by_layout[same]["tokens_per_s"] / by_layout[name]["tokens_per_s"], 2)
     return report
 
 
@@ -164,10 +175,3 @@ def fmt(report: dict) -> str:
         lines.append(f"{label:11s} " + "; ".join(parts))
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    import json
-
-    r = run_serving_bench(quick="--quick" in sys.argv)
-    print(fmt(r))
-    print(json.dumps(r, indent=1))

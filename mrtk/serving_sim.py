@@ -30,8 +30,9 @@ samples and its scoring requests prefill the shared prefix once); waiting entrie
 batch as slots free up (FIFO). Answer lengths are seeded and long-tailed: `long_share` of them
 run to `max_new_tokens`, the rest are geometric with mean `mean_share * max_new_tokens`.
 Capacity is `slots / step_s` tokens per second; `GET /sim_stats` (the stand-in's own) gives
-decoded tokens, busy time and every request's arrival and answer time, from which the client's
-achieved share of capacity and the servers' overlap are computed. Texts are seeded by (input,
+decoded tokens, busy time and CPU time, from which the client's achieved share of capacity is
+computed; in-process, `requests` holds every request's [path, samples, arrived, answered], from
+which the servers' overlap is. Texts are seeded by (input,
 sampling_seed, weight version): with `deterministic` (--enable-deterministic-inference) the same
 request gives the same answer, greedy (temperature 0) always. `die_after`: stop, as a killed
 server, once that many /generate requests have arrived (in-flight ones get no answer).
@@ -361,7 +362,7 @@ class SimServer(Served):
     def stats(self) -> dict:
         with self.cond:
             return {"tokens": self.tokens, "steps": self.steps, "prefilled": self.prefilled, "busy_s": self.busy_s, "capacity": self.model.capacity, "model": asdict(self.model),
-                    "requests": [list(r) for r in self.requests], "now": time.monotonic(), "cpu_s": time.process_time()}
+                    "requests": len(self.requests), "now": time.monotonic(), "cpu_s": time.process_time()}
 
     # -- /generate -------------------------------------------------------------------------
     def generate(self, body):
@@ -493,10 +494,12 @@ class SimRouter(Served):
 
 
 def _samples(body) -> int:
-    if not isinstance(body, dict):
+    """Samples a /generate body asks for (0 for a malformed one: the worker answers it)."""
+    try:
+        _, sps, _ = generate_inputs(body, lambda text: [0])
+    except BadRequest:
         return 0
-    inputs = body.get("input_ids") or body.get("text") or []
-    return 1 if inputs and not isinstance(inputs[0], (list, str)) or isinstance(inputs, str) else len(inputs)
+    return sum(int(sp.get("n", 1)) for sp in sps)
 
 
 def main(argv: list[str]) -> None:
