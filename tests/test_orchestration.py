@@ -85,13 +85,15 @@ def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run
 
 
 def test_chunks_are_persisted_as_they_finish(tmp_path):
-    """max_batch_rows 4 with K=2: two prompts a chunk; a crash in the third chunk keeps two chunks."""
+    """max_batch_rows 4 with K=2: two prompts a chunk, so the actor stage's 8 samples are two chunks;
+    a crash in the third chunk (the judge stage's first) keeps both."""
     store, inputs = start(tmp_path)
     with pytest.raises(Crash):
         run(store, inputs, ScriptedPolicy(crash_after=9))
     db = store.run_dir / DB_NAME
-    assert rows(db, "SELECT count(*) FROM responses") == [(8,)]  # chunks 1-2 of the actor stage's... 
-    assert rows(db, "SELECT stage, status FROM stages") == [("actor", "done"), ("judge", "error")][: len(rows(db, "SELECT 1 FROM stages"))]
+    assert rows(db, "SELECT count(*) FROM responses") == [(8,)]
+    assert rows(db, "SELECT count(*) FROM judgements") == [(0,)]
+    assert rows(db, "SELECT stage, status FROM stages ORDER BY started_at") == [("actor", "done"), ("judge", "error")]
 
 
 def test_a_finished_run_resumed_does_nothing(uninterrupted):
