@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -39,8 +40,10 @@ class ScriptedBackend:
         for r in requests:
             gens = []
             for seed in r.seeds:
-                if self.policy.crash_after is not None and self.policy.samples >= self.policy.crash_after:
-                    raise Crash(f"scripted crash after {self.policy.samples} samples")
+                with self.policy.lock:  # served, calls come from several threads at once
+                    if self.policy.crash_after is not None and self.policy.samples >= self.policy.crash_after:
+                        raise Crash(f"scripted crash after {self.policy.samples} samples")
+                    self.policy.samples += 1
                 rng = random.Random(hashlib.sha256(f"{Path(self.model_dir).name}\0{r.prompt}\0{seed}".encode()).digest())
                 n = rng.randint(2, max(2, params.max_new_tokens))
                 text = " ".join(rng.choice(WORDS) for _ in range(n))
@@ -49,7 +52,6 @@ class ScriptedBackend:
                     weights = [rng.random() ** 3 for _ in choices]
                     probs = {label: w / sum(weights) * 0.95 for label, w in zip(choices, weights)}
                 gens.append(Generation(text, n, "length" if n == params.max_new_tokens else "eos", 0.0, probs))
-                self.policy.samples += 1
             out.append(gens)
             faults.point("generate.batch")  # the embedded backend's crash point, once per request here
             if on_progress:
@@ -65,7 +67,8 @@ class ScriptedPolicy:
 
     def __init__(self, crash_after: int | None = None, delay: float = 0.0, window: int = 0):
         self.crash_after, self.delay, self.samples, self.calls = crash_after, delay, 0, []
-        self.window = window  # > 0: served like SGLang (calls in flight together, rows streamed)
+        self.window = window  # > 0: served like SGLang (calls in flight together from run_chunks' lanes, rows streamed)
+        self.lock = threading.Lock()
 
     def opener(self, *args, **kwargs):
         """What `Loop(open_policy=...)` calls: (cfg, device, run_dir, tokenizer_for, info, on_serving=...)."""

@@ -60,22 +60,23 @@ def test_the_loop_opens_releases_resumes_and_closes_its_policy(uninterrupted):
     assert models[0] == Path(models[0]).name and "M2" in models and models.index("M2") > max(i for i, m in enumerate(models) if m != "M2")
 
 
-@pytest.mark.parametrize("share", [0.05, 0.6])  # in iteration 1's actor stage, in iteration 2
-def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, share):
+@pytest.mark.parametrize("share,window", [(0.05, 0), (0.6, 0), (0.6, 8)])  # iteration 1's actor stage, iteration 2; served
+def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, share, window):
     """A backend that dies after N samples (a share of the whole run's): the run and the stage say
     `error` with the reason, the chunks finished before it are kept, and a resume ends with exactly
-    the uninterrupted run."""
+    the uninterrupted run. `window` 8: served like SGLang, calls in flight from run_chunks' lanes
+    and rows streamed to DuckDB as they finish."""
     crash_after = int(share * uninterrupted[1].samples)
     store, inputs = start(tmp_path)
     with pytest.raises(Crash):
-        run(store, inputs, ScriptedPolicy(crash_after=crash_after))
+        run(store, inputs, ScriptedPolicy(crash_after=crash_after, window=window))
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT status, error LIKE '%scripted crash%' FROM runs") == [("error", True)]
     [(stage, error)] = rows(db, "SELECT stage, error FROM stages WHERE status = 'error'")
     assert error.startswith(f"Crash: scripted crash after {crash_after} samples")
     assert rows(db, "SELECT count(*) FROM stages WHERE status = 'running'") == [(0,)]
     kept = snapshot(db)
-    resume(store.run_dir, ScriptedPolicy())
+    resume(store.run_dir, ScriptedPolicy(window=window))
     check_complete(db)
     now = snapshot(db)
     assert now == snapshot(uninterrupted[0])
