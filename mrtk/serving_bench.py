@@ -39,9 +39,10 @@ class Sizes:
 
 QUICK = Sizes(prompts=64, judged=86, meta_responses=43)
 # A stage must be many times its longest answer on each of 4 servers (as a paper-scale stage is):
-# about 400 samples per slot. Few slots and 5 ms steps keep that to seconds while the client
-# (its tokenizer: ~1 ms per 600-token prompt) and 4 simulated servers share 2 CPU cores.
-MODEL = LatencyModel(slots=4, step_s=0.005)
+# about 400 samples per slot. Few slots keep that to seconds; 8 ms steps leave the client (its
+# tokenizer: ~1 ms per 600-token prompt) and 4 simulated servers enough of 2 CPU cores (at 5 ms a
+# busy machine measured 3.3-3.4x where a quiet one measured 3.7-4.0x).
+MODEL = LatencyModel(slots=4, step_s=0.008)
 
 
 def launch(args: list[str]) -> tuple[subprocess.Popen, str]:

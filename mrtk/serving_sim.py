@@ -428,7 +428,7 @@ class SimRouter(Served):
     def __init__(self, worker_urls: list[str], *, rl: bool = False, port: int = 0):
         self.workers = [u.rstrip("/") for u in worker_urls]
         self.outstanding = {u: 0 for u in self.workers}
-        self.rl, self.lock = rl, threading.Lock()
+        self.rl, self.lock, self.local = rl, threading.Lock(), threading.local()
         self.log: list[tuple[str, dict | None]] = []
         router = self
 
@@ -441,14 +441,19 @@ class SimRouter(Served):
         self._serve(port, Handler)
 
     def _forward(self, url: str, path: str, body, method: str | None = None):
-        conn = HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=600)
+        """One call to a worker on this handler thread's kept-alive connection to it (as a gateway pools them)."""
+        conns = self.local.__dict__.setdefault("conns", {})
+        if url not in conns:
+            conns[url] = HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=600)
+        conn = conns[url]
         try:
             conn.request(method or ("POST" if body is not None else "GET"), path,
                          body=json.dumps(body).encode() if body is not None else None, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             raw = resp.read()
-        finally:
+        except BaseException:
             conn.close()
+            raise
         try:
             return resp.status, json.loads(raw) if raw else None
         except ValueError:
