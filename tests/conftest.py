@@ -11,6 +11,20 @@ import duckdb
 import pytest
 import yaml
 
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch's threads (and the
+    processes its tests start inherit it): two workers each running two threads on two cores
+    fight for them. Set before any test imports torch; a thread count set outside wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        if "torch" in sys.modules:  # a plugin imported it first: it read the variable already
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
+
 TINY = {
     "name": "tiny", "seed": 3, "iterations": 2,
     "prompts": {"per_iteration": 4},

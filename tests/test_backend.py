@@ -152,18 +152,20 @@ def _judge_inputs():
 def test_shared_prefix_judge_stage_equals_the_plain_path_in_fp32(fp32):
     """The whole judge stage (sampled justification, N=3, score) with the system + rubric prefix
     prefilled once for the batch vs every prompt prefilled whole: in fp32 the same text and the
-    same scores, so the shared path's masks and positions are exact."""
+    same scores, so the shared path's masks and positions are exact. Four of the eight answers
+    (two prompts' worth, padded to different lengths) keep it to seconds on one thread."""
     from mrtk.backends.embedded import shared_prefix_len
     from mrtk.prompts import judge_prompt
     from mrtk.stages.judge import run_judge
 
     cfg, template, responses, questions = _judge_inputs()
+    responses = responses[:4]
     plain_be = EmbeddedBackend(fp32.model, fp32.tok, max_batch_rows=64, share_prefix=False)
     encoded = [fp32.encode(judge_prompt(template, questions[r["prompt_id"]], r["text"])) for r in responses]
     assert shared_prefix_len(encoded) > 200  # the rubric really is shared
     shared = run_judge(fp32, responses, questions, cfg, template, iteration=1, run_seed=3, model_version="M0")
     plain = run_judge(plain_be, responses, questions, cfg, template, iteration=1, run_seed=3, model_version="M0")
-    assert len(shared) == 3 * len(JUDGED) and all(r["score"] is not None for r in shared)
+    assert len(shared) == 3 * len(responses) and all(r["score"] is not None for r in shared)
     assert [r["raw_text"] for r in shared] == [r["raw_text"] for r in plain]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(shared, plain)) < 1e-4
 
