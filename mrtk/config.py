@@ -96,6 +96,10 @@ class MetaJudgeCfg(Sampling):
     position_weights: Literal["iteration", "response", "none"] = Field(
         "iteration", description="Scope of the first/second-position win counts used to weight battles.")
     elo_l2: float = Field(0.01, gt=0.0, description="L2 regularisation of the Bradley-Terry fit (keeps a clean sweep finite).")
+    verdict: Literal["hard", "soft"] = Field(
+        "hard", description="hard: each battle's sampled A/B is a win (the paper). soft (ours, FairEval's balanced position calibration): "
+                            "p(A) averaged over both orders of the same two judgements enters Bradley-Terry as fractional wins, so a "
+                            "first-position preference in both orders is a tie; needs mode: structured.")
     max_chosen_chars: PerIter = Field([1100, 1000], description="Per iteration: drop a judge pair whose chosen judgement is longer (characters); null disables.")
     max_new_tokens: int = Field(48, ge=1, le=8192)
 
@@ -107,6 +111,10 @@ class PairsCfg(_Section):
     drop_same_score: bool = Field(True, description="Drop judge pairs whose two judgements give the same score (NeMo).")
     drop_identical_text: bool = Field(True, description="Drop judge pairs whose two judgements have identical text (NeMo).")
     judge_share_cap: float | None = Field(0.15, gt=0.0, le=1.0, description="Most judge pairs as a share of all pairs (NeMo ~15%); null disables.")
+    rejected_from: Literal["current", "initial"] = Field(
+        "current", description="current: an actor pair's rejected response is one of M_t's (the paper). initial (Temporal "
+                               "Self-Rewarding's anchored rejection, arXiv 2508.06026): from iteration 2 on, the rejected response is "
+                               "one of M1's own samples of the same prompt (generated once, table anchor_responses), judged by M_t.")
 
     @field_validator("rho")
     @classmethod
@@ -142,6 +150,19 @@ class TrainCfg(_Section):
     precompute_ref_log_probs: bool | None = Field(None, description="Reference log-probs once per iteration instead of every step; "
                                                   "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).")
     gradient_checkpointing: bool = Field(False)
+    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="TRL's DPO label smoothing (conservative DPO): the share of "
+                                                                     "each pair's loss spent on the reversed pair.")
+    consistency: Literal["off", "avg"] = Field(
+        "off", description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
+                           "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "
+                           "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 7: ranked by judge scores, "
+                           "not CREAM's DPO implicit reward).")
+
+    @field_validator("consistency", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
     num_processes: int = Field(1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel).")
     accelerate_config: str | None = Field(None, description="An accelerate config file (DeepSpeed ZeRO-2/3, FSDP, several machines; "
                                                            "experiments/accelerate/) for `accelerate launch --config_file`; relative paths: beside the config.")
@@ -300,6 +321,15 @@ class RunConfig(_Section):
         if self.train.batch_size % per_step:
             raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of micro_batch_size x num_processes = "
                              f"{self.train.micro_batch_size} x {self.train.num_processes}, so no global batch equals it; change one of them")
+        if self.meta_judge.verdict == "soft" and self.meta_judge.mode != "structured":
+            raise ValueError("meta_judge.verdict: soft reads the meta-judge's A/B probabilities, which only meta_judge.mode: "
+                             "structured has; set mode: structured or verdict: hard")
+        if self.train.consistency != "off" and "sigmoid" not in self.train.loss_type:
+            raise ValueError(f"train.consistency: {self.train.consistency} sets DPO's label smoothing, which TRL applies to the "
+                             "sigmoid loss; add sigmoid to train.loss_type or set consistency: off")
+        if self.train.consistency != "off" and self.runs.keep_models == "none-but-final":
+            raise ValueError("train.consistency re-judges with the previous model, which runs.keep_models: none-but-final deletes; "
+                             "use keep_models: last or all")
         for name in ("rho", "max_chosen_chars"):
             if not getattr(self.pairs, name):
                 raise ValueError(f"pairs.{name} must list at least one value")

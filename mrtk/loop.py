@@ -23,7 +23,7 @@ from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.rows import derive_seed
 from mrtk.runs import lifecycle, model_for, run_chunks
-from mrtk.stages import actor, judge, meta_judge, pairs, sft, train
+from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
 from mrtk.train_worker import train_iteration
 from mrtk.ui import QuietUI
@@ -76,6 +76,12 @@ class Loop:
                 self._generate(it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t.actor)
             responses = store.responses(it)
 
+            # anchored rejection (pairs.rejected_from: initial, from iteration 2): M1's samples of these prompts, judged by M_t
+            anchors, anchor_judgements = None, []
+            if cfg.pairs.rejected_from == "initial" and it > 1:
+                with store.stage(it, "anchor", release_memory):
+                    anchors, anchor_judgements = self._anchors(it, model, prompts, questions)
+
             # 2. judge: N judgements of each distinct response
             with store.stage(it, "judge", release_memory):
                 job = judge.Judging(self.t.judge, cfg.judge)
@@ -88,6 +94,12 @@ class Loop:
                 with store.stage(it, "probe", release_memory):
                     self._probe(it, model)
 
+            # consistency (train.consistency, from iteration 2): M_{t-1}'s judge re-scores M_t's responses
+            smoothing = self.cfg.train.label_smoothing
+            if cfg.train.consistency != "off" and it > 1:
+                with store.stage(it, "consistency", release_memory):
+                    smoothing = self._consistency(it, questions, responses, judgements)
+
             # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
             picks = meta_judge.pick_responses(responses, judgements, run_seed=seed, iteration=it,
                                               require_variance=cfg.meta_judge.require_variance)
@@ -98,7 +110,7 @@ class Loop:
 
             # 4. pairs: actor pairs from the scores, judge pairs from the Elo
             with store.stage(it, "pairs", release_memory):
-                rows = pairs.actor_pairs(responses, judgements, cfg.pairs, iteration=it, run_seed=seed)
+                rows = pairs.actor_pairs(responses, judgements + anchor_judgements, cfg.pairs, iteration=it, run_seed=seed, anchors=anchors)
                 if it in cfg.pairs.judge_iterations:
                     judge_rows = pairs.judge_pairs(picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=seed)
                     rows += pairs.apply_share_cap(rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed)
@@ -106,17 +118,18 @@ class Loop:
 
             # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
             with store.stage(it, "train", release_memory):
-                self._train(it, model, questions, responses, judgements)
+                self._train(it, model, questions, responses + (anchors or []), judgements, smoothing)
             self._after_iteration(it)
 
     # -- the stages' bodies -------------------------------------------------------------------
     def _generate(self, it: int, model: str, what: str, todo: list, per_item: int, table: str, stage, *args,
-                  iteration: int | None = None, group=None, **kw) -> None:
-        """Run a generating stage on `todo` with model M_t, its rows persisted to `table` as they
-        finish (in-process backends: a chunk at a time; served ones: the servers' window in flight)."""
+                  iteration: int | None = None, group=None, version: str | None = None, **kw) -> None:
+        """Run a generating stage on `todo` with model M_t (or `version` at `model`), its rows persisted
+        to `table` as they finish (in-process backends: a chunk at a time; served ones: the servers'
+        window in flight)."""
         def chunk(rows, go):
             return stage(self.policy.use(model), rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
-                         model_version=f"M{it}", on_progress=go, **kw)
+                         model_version=version or f"M{it}", on_progress=go, **kw)
 
         run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows,
                    lambda: self.policy.use(model), group)
@@ -130,11 +143,46 @@ class Loop:
         self._generate(it, model, "meta-judge", todo, 1, "meta_judgements", meta_judge.run_meta_judge,
                        questions, texts, self.cfg.meta_judge, self.t.meta_judge, group=meta_judge.battle_group)
         elo = meta_judge.elo_ratings(self.store.meta_judgements(it, h), judgements, self.cfg.meta_judge.position_weights,
-                                     self.cfg.meta_judge.elo_l2)
+                                     self.cfg.meta_judge.elo_l2, self.cfg.meta_judge.verdict)
         self.store.replace_iteration("elo", it, elo)
         return elo
 
-    def _train(self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict]) -> None:
+    def _anchors(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
+        """M1's K samples of iteration t's prompts (generated once: only prompts without them), and
+        M_t's judgements of them (source 'anchor', keyed by M_t)."""
+        have = {r["prompt_id"] for r in self.store.anchor_responses(it)}
+        self._generate(it, model_for(self.store, self.cfg, "M1"), "anchor (M1 samples)", [p for p in prompts if p["prompt_id"] not in have],
+                       self.cfg.actor.k, "anchor_responses", actor.run_actor, self.cfg.actor, self.t.actor, version="M1", anchor=True)
+        anchors = self.store.anchor_responses(it)
+        job = judge.Judging(self.t.judge, self.cfg.judge, source="anchor", model_version=f"M{it}")
+        self._generate(it, model, "anchor judge", job.missing(anchors, self.store.judged_ids(job.table, it, job.key)), self.cfg.judge.n,
+                       job.table, job.run, questions)
+        return anchors, self.store.keyed_judgements(it, job.key)
+
+    def _consistency(self, it: int, questions: dict, responses: list[dict], judgements: list[dict]) -> float:
+        """M_{t-1}'s judge on M_t's responses (only what is missing), the per-prompt consistency of the
+        two rankings, recorded as eval `consistency`; returns the label smoothing DPO trains with."""
+        before = f"M{it - 1}"
+        job = judge.Judging(self.t.judge, self.cfg.judge, source="consistency", model_version=before)
+        todo = job.missing(responses, self.store.judged_ids(job.table, it, job.key))
+        self._generate(it, model_for(self.store, self.cfg, before), f"consistency re-judge ({before})", todo, self.cfg.judge.n,
+                       job.table, job.run, questions, version=before)
+        live = [r for r in responses if not r["is_duplicate"]]
+        ids = [r["response_id"] for r in live]
+        now = {rid: mean for rid, (mean, _) in pairs.rewards(judgements).items()}
+        per_prompt = consistency.prompt_consistency(now, self.store.mean_scores(ids, it=it, key=job.key),
+                                                    {r["response_id"]: r["prompt_id"] for r in live})
+        numbers = consistency.summary(per_prompt)
+        self.store.record_eval_results("consistency", it, f"{self.t.judge.name}:{before}", [
+            {"eval": "consistency", "iteration": it, "judge": f"{self.t.judge.name}:{before}", "metric": m, "value": v, "ci_low": lo,
+             "ci_high": hi, "n": n, "details": {"template": self.t.judge.hash, "prompts": len({r['prompt_id'] for r in live})}}
+            for m, (v, lo, hi, n) in numbers.items()])
+        smoothing = numbers["label_smoothing"][0]
+        self.ui.info(f"consistency with {before}: {numbers['consistency'][0] if per_prompt else float('nan'):.3f} over "
+                     f"{len(per_prompt)} prompts -> DPO label smoothing {smoothing:.3f}")
+        return smoothing
+
+    def _train(self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict], smoothing: float) -> None:
         examples = train.examples_from_pairs(self.store.kept_pairs(it), questions, {r["response_id"]: r for r in responses},
                                              {j["judgement_id"]: j for j in judgements}, self.t.judge)
         fitted, too_long = train.fit_examples(examples, tokenizer_for(model), self.cfg.train.max_length)
@@ -144,7 +192,8 @@ class Loop:
                             "raise prompts.per_iteration or actor.k, or lower pairs.rho")
         out = self.store.run_dir / "models" / f"M{it + 1}"
         self.policy.release()  # the generation copy (embedded) or the server's GPU memory (SGLang) goes to DPO
-        metrics, stats = self.train_step(model, fitted, self.cfg.train, iteration=it, seed=self.cfg.seed, device=self.device,
+        train_cfg = self.cfg.train.model_copy(update={"label_smoothing": smoothing})
+        metrics, stats = self.train_step(model, fitted, train_cfg, iteration=it, seed=self.cfg.seed, device=self.device,
                                          run_dir=self.store.run_dir, out=out, ui=self.ui)
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self.store.record_training(it, model, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
@@ -207,7 +256,8 @@ class Loop:
         """Prune old models (runs.keep_models), log the loop's numbers to trackers, print the summary."""
         keep = self.cfg.runs.kept
         if keep is not None:  # M<it+1> was just trained; a resume starts iteration it+1 from it
-            for version in range(1, it + 2 - keep):
+            first = 2 if self.cfg.pairs.rejected_from == "initial" else 1  # anchored rejection samples M1 every iteration
+            for version in range(first, it + 2 - keep):
                 path = self.store.run_dir / "models" / f"M{version}"
                 if path.is_dir():
                     shutil.rmtree(path)

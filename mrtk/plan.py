@@ -55,6 +55,7 @@ def plan_lines(inputs: Inputs) -> list[str]:
     if cfg.sft.file:
         lines.append(f"sft: {len(inputs.sft or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
                      f"lr {cfg.sft.lr:g}, global batch {cfg.sft.batch_size}, {'full fine-tuning' if cfg.sft.lora is None else 'LoRA'} -> M1")
+    lines.append("beyond the paper: " + "; ".join(switch_lines(cfg)))
     for t in range(1, cfg.iterations + 1):
         judge_it = t in cfg.pairs.judge_iterations
         epochs = at(cfg.train.epochs, t)
@@ -63,6 +64,8 @@ def plan_lines(inputs: Inputs) -> list[str]:
             f"iteration {t}: {p} prompts; actor {p * k} samples; judge {p * k * n} judgements; "
             + (f"meta-judge up to {p * n * (n - 1)} calls; " if judge_it else "no meta-judge; ")
             + f"pairs: actor (rho {at(cfg.pairs.rho, t)})" + (" + judge" if judge_it else "")
+            + (f"; consistency re-judge {p * k * n} judgements by M{t - 1}" if cfg.train.consistency != "off" and t > 1 else "")
+            + (f"; anchors {p * k} M1 samples + {p * k * n} judgements" if cfg.pairs.rejected_from == "initial" and t > 1 else "")
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}")
     lines += serving_plan(cfg, inputs.model)
@@ -91,6 +94,18 @@ def plan_lines(inputs: Inputs) -> list[str]:
         lines.append(f"disk: {size / 1e9:.1f} GB per model version (fp32); {versions} written, at most {min(kept + 1, versions)} "
                      f"on disk at once, {kept} kept (runs.keep_models: {cfg.runs.keep_models}): {kept * size / 1e9:.1f} GB at the end")
     return lines
+
+
+def switch_lines(cfg) -> list[str]:
+    """The published follow-ups (docs/METHOD.md 7) by name: each on, or 'none' (the paper's loop)."""
+    on = []
+    if cfg.meta_judge.verdict == "soft":
+        on.append("meta_judge.verdict: soft (order-debiased soft meta-judge verdicts, FairEval arXiv 2305.17926)")
+    if cfg.train.consistency != "off":
+        on.append(f"train.consistency: {cfg.train.consistency} (consistency-regularised DPO, CREAM arXiv 2410.12735)")
+    if cfg.pairs.rejected_from == "initial":
+        on.append("pairs.rejected_from: initial (anchored rejection, Temporal Self-Rewarding arXiv 2508.06026)")
+    return on or ["none (the paper's loop)"]
 
 
 def _accelerate_summary(path: str) -> str:

@@ -108,4 +108,5 @@ def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, 
         metrics.append({"iteration": iteration, "step": k + 1, "epoch": 1.0, "loss": 0.693, "reward_margin": 0.0, "learning_rate": cfg.lr})
         faults.point("train.step")
     link_model(model_dir, out=out)
-    return metrics, {"pairs_trained": len(fitted), "epochs": 1, "steps": len(fitted), "train_seconds": 0.0, "bf16": False}
+    return metrics, {"pairs_trained": len(fitted), "epochs": 1, "steps": len(fitted), "train_seconds": 0.0, "bf16": False,
+                     "label_smoothing": cfg.label_smoothing}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from mrtk.stages.meta_judge import (battle_matrix, battles, elo_ratings, fit_bradley_terry, pick_responses,
-                                    position_weights, sample_verdict, shown)
+                                    position_weights, sample_verdict, shown, soft_preferences)
 
 
-def meta(a, b, verdict, rid="r"):
-    return {"judgement_a": a, "judgement_b": b, "verdict": verdict, "response_id": rid, "prompt_id": "p", "iteration": 1}
+def meta(a, b, verdict, rid="r", p_a=None):
+    return {"judgement_a": a, "judgement_b": b, "verdict": verdict, "response_id": rid, "prompt_id": "p", "iteration": 1, "p_a": p_a}
 
 
 def test_position_weights_hand_computed():
@@ -105,3 +105,34 @@ def test_pick_without_require_variance_is_the_papers_random_tie_break():
     assert picks == pick_responses(by_response, js, run_seed=0, iteration=2, require_variance=False)  # seeded
     one = [{"response_id": "p0/a", "score": 5.0}]  # fewer than two valid scores: no pick under either rule
     assert pick_responses(by_response[:1], one, run_seed=0, iteration=2, require_variance=False) == {"p0": (None, "no_response_with_2_valid_scores")}
+
+
+def test_soft_verdicts_cancel_a_first_position_preference_and_keep_a_real_one():
+    """issue 25: p(A) = 0.9 in both orders is a tie (0.5) between the two judgements, not a win
+    for either; 0.9 for x when x is first and 0.1 for y when y is first is 0.9 for x."""
+    js = [{"judgement_id": j, "response_id": "r", "score": 3.0} for j in ("x", "y")]
+    biased = [meta("x", "y", "A", p_a=0.9), meta("y", "x", "A", p_a=0.9)]
+    assert soft_preferences(biased) == {("x", "y"): (pytest.approx(0.5), 2)}
+    elo = {r["judgement_id"]: r["elo"] for r in elo_ratings(biased, js, "iteration", 0.01, "soft")}
+    assert elo["x"] == pytest.approx(elo["y"], abs=1e-9)  # a tie: no judge pair would come of it
+    hard = {r["judgement_id"]: r["elo"] for r in elo_ratings(biased, js, "none", 0.01)}
+    assert hard["x"] == pytest.approx(hard["y"])  # hard verdicts with no weights: one win each, also even here...
+    one_sided = [meta("x", "y", "A", p_a=0.9), meta("y", "x", "A", p_a=0.9), meta("x", "y", "A", p_a=0.9)]
+    assert soft_preferences(one_sided)[("x", "y")][0] == pytest.approx((0.9 + 0.1 + 0.9) / 3)  # ...but the soft mean keeps counting
+    real = [meta("x", "y", "A", p_a=0.9), meta("y", "x", "B", p_a=0.1)]
+    assert soft_preferences(real) == {("x", "y"): (pytest.approx(0.9), 2)}
+    elo = {r["judgement_id"]: r for r in elo_ratings(real, js, "iteration", 0.01, "soft")}
+    assert elo["x"]["elo"] > elo["y"]["elo"] and elo["x"]["weighted_wins"] == pytest.approx(1.8)
+    assert (elo["x"]["w1"], elo["x"]["w2"]) == (1.0, 1.0)
+
+
+def test_soft_verdicts_are_fractional_wins_in_the_fit():
+    """Three judgements: the soft matrix holds 2 x the order-averaged probability per pair, and
+    a battle without p(A) (an unparsed structured answer) adds nothing."""
+    from mrtk.stages.meta_judge import soft_matrix
+
+    rows = [meta("x", "y", "A", p_a=0.8), meta("y", "x", "B", p_a=0.4), meta("x", "z", "A", p_a=0.6), meta("z", "x", None)]
+    mat = soft_matrix(rows, ["x", "y", "z"])
+    assert mat[0, 1] == pytest.approx(2 * 0.7) and mat[1, 0] == pytest.approx(2 * 0.3)
+    assert mat[0, 2] == pytest.approx(0.6) and mat[2, 0] == pytest.approx(0.4)
+    assert mat[1, 2] == mat[2, 1] == 0.0

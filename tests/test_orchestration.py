@@ -158,3 +158,44 @@ def test_top_score_share_follows_the_judge_templates_range(tmp_path):
     numbers = RunStore(store.run_dir).iteration_numbers(1)
     assert numbers["judgements"]["top"] == pytest.approx(by_hand)
     assert trackers.loop_metrics(RunStore(store.run_dir), 1)["judge/score_top"] == pytest.approx(by_hand)
+
+
+def test_the_three_switches_run_in_the_loop(tmp_path):
+    """issue 25, each switch on the real stages and store (scripted model calls): soft verdicts give
+    the Elo rows no position weights; consistency re-judges iteration 2 with M1 and DPO gets
+    1 - mean(c) as its label smoothing; anchored rejection samples M1 on iteration 2's prompts once
+    and takes every kept actor pair's rejected text from those samples."""
+    store, inputs = start(tmp_path, meta_judge={**TINY["meta_judge"], "verdict": "soft"}, train={**TINY["train"], "consistency": "avg"},
+                          pairs={**TINY["pairs"], "rejected_from": "initial"})
+    policy = ScriptedPolicy()
+    run(store, inputs, policy)
+    db = store.run_dir / DB_NAME
+    assert rows(db, "SELECT status FROM runs") == [("success",)]
+    assert rows(db, "SELECT iteration, list(stage ORDER BY stage) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [
+        (1, ["actor", "judge", "meta_judge", "pairs", "train"]), (2, ["actor", "anchor", "consistency", "judge", "meta_judge", "pairs", "train"])]
+    # soft: fractional wins, no position weights
+    assert rows(db, "SELECT DISTINCT w1, w2 FROM elo") == [(1.0, 1.0)]
+    assert rows(db, "SELECT count(*) FROM elo WHERE weighted_wins != round(weighted_wins)")[0][0] > 0
+    # consistency: M1's judgements of iteration 2's responses, one per loop judgement, and the smoothing DPO trained with
+    k, n, per = TINY["actor"]["k"], TINY["judge"]["n"], TINY["prompts"]["per_iteration"]
+    assert rows(db, "SELECT iteration, model_version, count(*) FROM judgements WHERE source = 'consistency' GROUP BY ALL") == \
+        [(2, "M1", rows(db, "SELECT count(*) FROM judgements WHERE source = 'loop' AND iteration = 2")[0][0])]
+    [(c, ls, n_prompts)] = rows(db, """SELECT max(value) FILTER (WHERE metric = 'consistency'), max(value) FILTER (WHERE metric = 'label_smoothing'),
+                                        max(n) FROM eval_results WHERE eval = 'consistency' AND iteration = 2""")
+    assert 0 < n_prompts <= per and ls == pytest.approx(min(0.5, max(0.0, 1 - c)))
+    smoothing = rows(db, "SELECT iteration, stats->>'label_smoothing' FROM lineage ORDER BY 1")
+    assert smoothing == [(1, "0.0"), (2, str(ls))]
+    # anchored rejection: M1's samples of iteration 2's prompts; kept actor pairs reject one of them
+    assert rows(db, "SELECT iteration, model_version, count(*) FROM anchor_responses GROUP BY ALL") == [(2, "M1", per * k)]
+    assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'anchor' AND model_version = 'M2'")[0][0] == \
+        per * k * n - n * rows(db, "SELECT count(*) FROM anchor_responses WHERE is_duplicate")[0][0]
+    kept = rows(db, "SELECT rejected_id, chosen_id FROM pairs WHERE iteration = 2 AND kind = 'actor' AND status = 'kept'")
+    assert kept and all(r.startswith("it2/") and "/a" in r and "/r" in ch for r, ch in kept)
+    assert rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1 AND kind = 'actor' AND rejected_id LIKE '%/a%'")[0][0] == 0
+    models = [c[1] for c in policy.calls if c[0] == "generate"]
+    assert models.index("M2") < max(i for i, m in enumerate(models) if m == models[0])  # M1 asked again in iteration 2
+    # a finished run resumed does nothing more: anchors and re-judgements are not generated twice
+    before = snapshot(db)
+    resume(store.run_dir, ScriptedPolicy())
+    assert snapshot(db) == before
+    assert rows(db, "SELECT count(*) FROM anchor_responses")[0][0] == per * k

@@ -9,17 +9,19 @@ from mrtk.rows import derive_seed, response_id
 
 
 def run_actor(backend: Backend, prompts: list[dict], cfg: ActorCfg, template: Template, *,
-              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None) -> list[dict]:
-    """prompt rows ({prompt_id, text}) -> response rows, K per prompt."""
+              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None, anchor: bool = False) -> list[dict]:
+    """prompt rows ({prompt_id, text}) -> response rows, K per prompt. `anchor`: M1's samples of
+    iteration t's prompts for anchored rejection (their own ids and seeds; table anchor_responses)."""
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    seeds = [tuple(derive_seed(run_seed, iteration, "actor", p["prompt_id"], k) for k in range(cfg.k)) for p in prompts]
+    tag = "anchor" if anchor else "actor"
+    seeds = [tuple(derive_seed(run_seed, iteration, tag, p["prompt_id"], k) for k in range(cfg.k)) for p in prompts]
     requests = [Request(template.render(prompt=p["text"]), s) for p, s in zip(prompts, seeds)]
     outputs = backend.generate(requests, params, on_progress=on_progress)
     rows = []
     for p, gens, row_seeds in zip(prompts, outputs, seeds):
         first_of: dict[str, str] = {}
         for k, (g, seed) in enumerate(zip(gens, row_seeds)):
-            rid = response_id(iteration, p["prompt_id"], k)
+            rid = response_id(iteration, p["prompt_id"], k, anchor)
             duplicate_of = first_of.get(g.text)
             first_of.setdefault(g.text, rid)
             rows.append({

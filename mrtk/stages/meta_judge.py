@@ -10,6 +10,14 @@
 4. Position weights: a first-position win weighs win_2nd/(win_1st+win_2nd), a second-position
    win win_1st/(...), counted over the iteration (default) or per response.
 5. Bradley-Terry with an L2 term on the weighted battle matrix; Elo = 1000 + 400*log10-odds.
+
+`meta_judge.verdict: soft` (ours, after FairEval's balanced position calibration, arXiv
+2305.17926) replaces steps 4-5's hard wins: each battle's p("A") over "A"+"B" (the structured
+program's choice probabilities) is read as the probability that its first judgement is better,
+the two orders of the same two judgements are averaged (p1 for x first, 1 - p2 for y first), and
+that average enters the Bradley-Terry fit as fractional wins. A meta-judge that always prefers the
+first position gives 0.5 both ways: a tie, not a win. No position weights: the averaging is the
+debiasing.
 """
 
 from __future__ import annotations
@@ -138,6 +146,30 @@ def battle_matrix(meta_rows: list[dict], ids: list[str], w1: float, w2: float) -
     return mat
 
 
+def soft_preferences(meta_rows: list[dict]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(x, y) with x < y -> (probability that judgement x beats y, orders seen): the mean over the
+    battles of the two that carry a p_a, each read from x's side (p_a with x first, 1 - p_a with
+    y first)."""
+    seen: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for m in meta_rows:
+        if m.get("p_a") is None:
+            continue
+        a, b, p = m["judgement_a"], m["judgement_b"], float(m["p_a"])
+        seen[(a, b) if a < b else (b, a)].append(p if a < b else 1.0 - p)
+    return {k: (sum(v) / len(v), len(v)) for k, v in seen.items()}
+
+
+def soft_matrix(meta_rows: list[dict], ids: list[str]) -> np.ndarray:
+    """B[x][y] = orders x (the mean probability that x beats y): both orders of a pair carry the
+    mass of two hard battles, as in the hard matrix."""
+    index = {j: i for i, j in enumerate(ids)}
+    mat = np.zeros((len(ids), len(ids)))
+    for (x, y), (p, orders) in soft_preferences(meta_rows).items():
+        mat[index[x], index[y]] += orders * p
+        mat[index[y], index[x]] += orders * (1.0 - p)
+    return mat
+
+
 def fit_bradley_terry(mat: np.ndarray, l2: float, iters: int = 100) -> np.ndarray:
     """argmax_e sum_mn B[m,n] log sigmoid(e_m - e_n) - l2/2 |e|^2, by Newton's method (concave)."""
     n = mat.shape[0]
@@ -156,8 +188,9 @@ def fit_bradley_terry(mat: np.ndarray, l2: float, iters: int = 100) -> np.ndarra
     return e
 
 
-def elo_ratings(meta_rows: list[dict], judgements: list[dict], scope: str, l2: float) -> list[dict]:
-    """Elo rows (one per valid judgement of each picked response)."""
+def elo_ratings(meta_rows: list[dict], judgements: list[dict], scope: str, l2: float, verdict: str = "hard") -> list[dict]:
+    """Elo rows (one per valid judgement of each picked response); `verdict` soft: fractional wins
+    from the order-averaged probabilities (soft_matrix), w1 = w2 = 1."""
     weights = position_weights(meta_rows, scope)
     by_response: dict[str, list[dict]] = defaultdict(list)
     for m in meta_rows:
@@ -169,8 +202,11 @@ def elo_ratings(meta_rows: list[dict], judgements: list[dict], scope: str, l2: f
     rows = []
     for rid, ms in sorted(by_response.items()):
         ids = sorted(valid[rid])
-        w1, w2 = weights.get(rid if scope == "response" else "*", (0.0, 0.0)) if scope != "none" else (1.0, 1.0)
-        mat = battle_matrix(ms, ids, w1, w2)
+        if verdict == "soft":
+            w1, w2, mat = 1.0, 1.0, soft_matrix(ms, ids)
+        else:
+            w1, w2 = weights.get(rid if scope == "response" else "*", (0.0, 0.0)) if scope != "none" else (1.0, 1.0)
+            mat = battle_matrix(ms, ids, w1, w2)
         strength = fit_bradley_terry(mat, l2)
         for i, jid in enumerate(ids):
             rows.append({

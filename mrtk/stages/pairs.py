@@ -3,6 +3,12 @@
 Every prompt yields exactly one pair row per kind: kept, or dropped with the reason, so
 `SELECT reason, count(*) FROM pairs GROUP BY 1` explains where the training data went.
 Only judgements that parsed take part: an unparsed judgement is never in a pair.
+
+Anchored rejection (`pairs.rejected_from: initial`, Temporal Self-Rewarding, arXiv 2508.06026):
+the chosen response is M_t's as always, the rejected one comes from M1's samples of the same
+prompt (`anchors`), scored by M_t's judge, so chosen and rejected do not converge as the model
+improves. Chosen from M_t's top tier (shortest), rejected from the anchors' bottom tier (longest),
+each tier by rho over its own pool; a pair whose anchor scores as high as the chosen is dropped.
 """
 
 from __future__ import annotations
@@ -37,18 +43,34 @@ def rho_tiers(s_max: float, s_min: float, rho: float) -> tuple[tuple[float, floa
     return ((1 - rho) * s_max + rho * s_min, s_max), (s_min, (1 - rho) * s_min + rho * s_max)
 
 
-def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[float, int]], rho: float,
-               max_chosen_chars: float | None, rng: random.Random, iteration: int) -> dict:
-    base = {"iteration": iteration, "kind": "actor", "prompt_id": prompt_id, "response_id": None, "pair_id": f"it{iteration}/actor/{prompt_id}"}
-    cands = [dict(r, score=scored[r["response_id"]][0]) for r in responses if not r["is_duplicate"] and r["response_id"] in scored]
-    if len(cands) < 2:
-        return dict(base, status="dropped", reason="fewer_than_two_scored_responses")
+def _scored(responses: list[dict], scored: dict[str, tuple[float, int]]) -> list[dict]:
+    return [dict(r, score=scored[r["response_id"]][0]) for r in responses if not r["is_duplicate"] and r["response_id"] in scored]
+
+
+def _tier(cands: list[dict], rho: float, top: bool) -> list[dict]:
     s_max, s_min = max(c["score"] for c in cands), min(c["score"] for c in cands)
-    if s_max - s_min <= EPS:
-        return dict(base, status="dropped", reason="all_scores_tied")
     (top_lo, _), (_, bottom_hi) = rho_tiers(s_max, s_min, rho)
-    chosen = _pick([c for c in cands if c["score"] >= top_lo - EPS], lambda r: r["n_chars"], rng)
-    rejected = _pick([c for c in cands if c["score"] <= bottom_hi + EPS], lambda r: -r["n_chars"], rng)
+    return [c for c in cands if (c["score"] >= top_lo - EPS if top else c["score"] <= bottom_hi + EPS)]
+
+
+def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[float, int]], rho: float,
+               max_chosen_chars: float | None, rng: random.Random, iteration: int, anchors: list[dict] | None = None) -> dict:
+    base = {"iteration": iteration, "kind": "actor", "prompt_id": prompt_id, "response_id": None, "pair_id": f"it{iteration}/actor/{prompt_id}"}
+    cands = _scored(responses, scored)
+    if anchors is not None:
+        pool = _scored(anchors, scored)
+        if not cands or not pool:
+            return dict(base, status="dropped", reason="no_scored_response_or_anchor")
+    else:
+        pool = cands
+        if len(cands) < 2:
+            return dict(base, status="dropped", reason="fewer_than_two_scored_responses")
+        if max(c["score"] for c in cands) - min(c["score"] for c in cands) <= EPS:
+            return dict(base, status="dropped", reason="all_scores_tied")
+    chosen = _pick(_tier(cands, rho, top=True), lambda r: r["n_chars"], rng)
+    rejected = _pick(_tier(pool, rho, top=False), lambda r: -r["n_chars"], rng)
+    if anchors is not None and rejected["score"] >= chosen["score"] - EPS:
+        return dict(base, status="dropped", reason="anchor_scored_as_high_as_chosen")
     row = dict(base, chosen_id=chosen["response_id"], rejected_id=rejected["response_id"],
                chosen_score=chosen["score"], rejected_score=rejected["score"],
                chosen_chars=chosen["n_chars"], rejected_chars=rejected["n_chars"], status="kept", reason="ok")
@@ -59,13 +81,20 @@ def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[fl
     return row
 
 
-def actor_pairs(responses: list[dict], judgements: list[dict], cfg: PairsCfg, *, iteration: int, run_seed: int) -> list[dict]:
+def actor_pairs(responses: list[dict], judgements: list[dict], cfg: PairsCfg, *, iteration: int, run_seed: int,
+                anchors: list[dict] | None = None) -> list[dict]:
+    """One actor pair row per prompt. `anchors` (M1's samples; their judgements in `judgements`):
+    the rejected side comes from them (anchored rejection)."""
     scored = rewards(judgements)
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for r in responses:
         by_prompt[r["prompt_id"]].append(r)
+    anchored: dict[str, list[dict]] = defaultdict(list)
+    for a in anchors or []:
+        anchored[a["prompt_id"]].append(a)
     rho, cap = at(cfg.rho, iteration), at(cfg.max_chosen_chars, iteration)
-    return [actor_pair(pid, rs, scored, rho, cap, random.Random(derive_seed(run_seed, iteration, "actor_pair", pid)), iteration)
+    return [actor_pair(pid, rs, scored, rho, cap, random.Random(derive_seed(run_seed, iteration, "actor_pair", pid)), iteration,
+                       anchored[pid] if anchors is not None else None)
             for pid, rs in sorted(by_prompt.items())]
 
 

@@ -86,7 +86,7 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
                        lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
         beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=cfg.gradient_checkpointing, label_smoothing=cfg.label_smoothing,
     )
     if cfg.report_to:
         args.report_to = list(cfg.report_to)
@@ -106,5 +106,5 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(sharded_save_to))
     stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
-             "train_seconds": seconds, "bf16": args.bf16}
+             "train_seconds": seconds, "bf16": args.bf16, "label_smoothing": cfg.label_smoothing}
     return merged, tokenizer, metrics, stats

@@ -141,6 +141,17 @@ CREATE VIEW iteration_pairs AS
 SELECT iteration, kind, status, reason, count(*) AS n FROM pairs GROUP BY iteration, kind, status, reason;
 """
 
+# Anchored rejection (pairs.rejected_from: initial): M1's samples of each later iteration's
+# prompts, the same columns as `responses`, kept apart so every reader of M_t's responses stays as it was.
+M007_ANCHORS = """
+CREATE TABLE anchor_responses (
+    response_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
+    text VARCHAR, n_chars INTEGER, n_tokens INTEGER, finish_reason VARCHAR,
+    is_duplicate BOOLEAN, duplicate_of VARCHAR, template VARCHAR, template_hash VARCHAR,
+    model_version VARCHAR, sampling JSON, seed BIGINT, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
@@ -148,4 +159,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m004_run_hardware", M004_RUN_HARDWARE),
     ("m005_stage_errors", M005_STAGE_ERRORS),
     ("m006_metric_views", M006_METRIC_VIEWS),
+    ("m007_anchors", M007_ANCHORS),
 ]

@@ -99,6 +99,9 @@ class RunStore(Database):
     def responses(self, it: int) -> list[dict]:
         return self.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
 
+    def anchor_responses(self, it: int) -> list[dict]:
+        return self.fetch("SELECT * FROM anchor_responses WHERE iteration = ? ORDER BY response_id", [it])
+
     def responses_by_id(self, ids: list[str]) -> dict[str, dict]:
         return {r["response_id"]: r for r in self.fetch("SELECT * FROM responses WHERE response_id IN (SELECT unnest(?))", [ids])}
 
@@ -111,6 +114,10 @@ class RunStore(Database):
     def loop_judgements(self, it: int, template_hash: str) -> list[dict]:
         return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
                           [it, template_hash])
+
+    def keyed_judgements(self, it: int, key: str) -> list[dict]:
+        """Iteration `it`'s judgements under a re-judgement key (stages.judge.Judging.key)."""
+        return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND judgement_id LIKE ? ORDER BY judgement_id", [it, _keyed(key)])
 
     def judged_ids(self, table: str, it: int, key: str) -> set[str]:
         """The row ids of `table` (judgements or pairwise_judgements) written in iteration `it` under
