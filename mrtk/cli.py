@@ -311,6 +311,29 @@ def judge(
 
 
 @app.command()
+def study(
+    study_file: Path = typer.Argument(..., help="Study YAML: a base experiment, overrides for all, and the variants (experiments/study_cpu.yaml)."),
+    out_dir: Path = typer.Option(Path("study"), "--out", help="Directory of the study: one run per variant under OUT/<variant>/, study.md and study.json."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; the table only."),
+) -> None:
+    """Run one experiment per variant (again: finished variants are skipped, a stopped one resumed), then
+    the variants side by side per iteration: meta-judge position bias and ties, judge agreement with
+    humans, drift, pairs, DPO."""
+    from mrtk.study import COLUMNS, cells, run_study
+    from mrtk.ui import QuietUI, RichUI
+
+    if not study_file.is_file():
+        raise MrtkError(f"study file {study_file} does not exist; give a study YAML such as experiments/study_cpu.yaml")
+    signal.signal(signal.SIGTERM, _terminate)
+    _output_dir(out_dir, "--out")
+    result = run_study(study_file, out_dir, QuietUI() if quiet else RichUI(err))
+    table = Table(*COLUMNS, title=f"study {study_file.stem}: {out_dir}/study.md")
+    for row in result["rows"]:
+        table.add_row(*cells(row))
+    out.print(table)
+
+
+@app.command()
 def compare(
     a: str = typer.Argument(..., help="Judge set A: template name or hash, optionally :score_mode, :source (loop|rejudge), :M<k>."),
     b: str = typer.Argument(..., help="Judge set B, same form."),

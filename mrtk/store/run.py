@@ -145,8 +145,20 @@ class RunStore(Database):
         return {(m["judgement_a"], m["judgement_b"]) for m in self.fetch(
             "SELECT judgement_a, judgement_b FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])}
 
-    def meta_judgements(self, it: int, template_hash: str) -> list[dict]:
+    def meta_judgements(self, it: int, template_hash: str | None = None) -> list[dict]:
+        """Iteration `it`'s meta-judgements (of one template when given)."""
+        if template_hash is None:
+            return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ?", [it])
         return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])
+
+    def run_row(self) -> dict:
+        """The run's own row: status, stored config, when it was created and last updated."""
+        return self.fetch("SELECT * FROM runs")[0]
+
+    def lineage_stats(self, it: int) -> dict:
+        rows = self.fetch("SELECT stats FROM lineage WHERE iteration = ?", [it])
+        stats = rows[0]["stats"] if rows else None
+        return (json.loads(stats) if isinstance(stats, str) else stats) or {}
 
     def kept_pairs(self, it: int, kind: str | None = None) -> list[dict]:
         sql = "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept'" + (" AND kind = ?" if kind else "") + " ORDER BY pair_id"

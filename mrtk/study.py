@@ -1,0 +1,173 @@
+"""`mrtk study STUDY.yaml`: the same loop run once per variant (a base experiment with a few
+`--set` overrides each), then the variants side by side per iteration.
+
+A study file names a base experiment, overrides for every variant, and the variants:
+
+    name: study_cpu
+    base: default
+    set: {iterations: 3, probe.file: probe_human.jsonl}
+    variants:
+      paper: {}
+      soft_verdicts: {meta_judge.verdict: soft}
+
+Each variant is an ordinary run under OUT/<variant>/ (inspect it with `mrtk query --run`); a
+study started again skips the variants that finished and resumes the one that stopped. The
+table (also OUT/study.md and OUT/study.json) gives per variant and iteration: the meta-judge's
+first-position share and its even battles (ties), the probe's agreement with humans (95%
+interval) for the model that iteration judged with, the frozen set's mean score shift from
+iteration 1, pairs kept, DPO's last reward margin and label smoothing, and the run's minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from mrtk.errors import MrtkError
+
+SOFT_TIE = 0.05  # a soft verdict within 0.05 of 0.5 counts as even
+
+
+def load_study(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise MrtkError(f"study {path}: cannot read it ({type(e).__name__}); give a YAML file with base, set and variants") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("variants"), dict) or not raw["variants"]:
+        raise MrtkError(f"study {path}: needs a `variants:` mapping (name -> overrides); see experiments/study_cpu.yaml")
+    for name, sets in raw["variants"].items():
+        if not isinstance(sets, dict) or not str(name).replace("_", "").replace("-", "").isalnum():
+            raise MrtkError(f"study {path}: variant {name!r} must be a plain name mapped to overrides (key: value)")
+    return {"name": raw.get("name") or path.stem, "base": raw.get("base") or "default", "set": dict(raw.get("set") or {}),
+            "variants": {str(k): dict(v) for k, v in raw["variants"].items()}}
+
+
+def overrides(common: dict, own: dict, name: str) -> list[str]:
+    """`--set` strings: the study's, then the variant's, then its run name."""
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in {**common, **own}.items()] + [f"name={name}"]
+
+
+def variant_configs(study: dict, study_dir: Path) -> dict:
+    """variant -> (config path, validated config): every variant is checked before any runs."""
+    from mrtk.config import load_config, resolve_config_path
+
+    beside = study_dir / study["base"]
+    path = resolve_config_path(str(beside) if beside.is_file() else study["base"])
+    return {v: (path, load_config(path, overrides(study["set"], sets, f"{study['name']}-{v}"))) for v, sets in study["variants"].items()}
+
+
+def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
+    """Run (or finish) every variant, then write study.json and study.md. `loop_kw`: what a test
+    hands the loop instead of the model (open_policy, train; tests/scripted.py)."""
+    from mrtk.inputs import check_inputs
+    from mrtk.loop import Loop
+    from mrtk.runs import WriterLock, new_run, open_run
+    from mrtk.store import RunStore
+
+    study = load_study(study_path)
+    configs = variant_configs(study, study_path.parent)
+    runs = {}
+    for variant, (path, cfg) in configs.items():
+        parent = out_dir / variant
+        found = sorted(p for p in parent.glob("*") if (p / "mrtk.duckdb").is_file()) if parent.is_dir() else []
+        if found and RunStore(found[-1]).run_row()["status"] == "success":
+            ui.info(f"study {study['name']}: {variant} finished before ({found[-1]})")
+            runs[variant] = found[-1]
+            continue
+        if found:
+            store, stored, config_dir = open_run(found[-1])
+            inputs = check_inputs(stored, config_dir)
+        else:
+            inputs = check_inputs(cfg, path.parent)
+            store = new_run(inputs.cfg, str(path.resolve()), parent)
+        ui.info(f"study {study['name']}: [bold]{variant}[/bold] -> {store.run_dir}")
+        with WriterLock(store.run_dir):
+            Loop(store, inputs, ui, **loop_kw).run()
+        runs[variant] = store.run_dir
+    table = study_rows(runs)
+    (out_dir / "study.json").write_text(json.dumps({"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table},
+                                                   indent=1, default=str), encoding="utf-8")
+    (out_dir / "study.md").write_text(markdown(table), encoding="utf-8")
+    return {"runs": runs, "rows": table}
+
+
+def study_rows(runs: dict[str, Path]) -> list[dict]:
+    """One row per variant and iteration, read from each run's DuckDB."""
+    from mrtk.store import RunStore
+
+    out = []
+    for variant, run_dir in runs.items():
+        store = RunStore(run_dir)
+        row = store.run_row()
+        config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
+        soft = config["meta_judge"].get("verdict") == "soft"
+        minutes = (row["updated_at"] - row["created_at"]).total_seconds() / 60 if row["updated_at"] and row["created_at"] else None
+        health = defaultdict(dict)
+        for r in store.health_results():
+            health[(r["eval"].split(":")[0], r["iteration"])][r["metric"]] = r
+        for it in store.trained_iterations():
+            numbers = store.iteration_numbers(it)
+            kept = {(p["kind"]): p["n"] for p in numbers["pairs"] if p["status"] == "kept"}
+            probe = health[("probe", it - 1)].get("agreement")  # eval rows carry t-1 for M_t's judge
+            drift = health[("frozen", it - 1)].get("mean_shift")
+            stats = store.lineage_stats(it)
+            out.append({
+                "variant": variant, "iteration": it, "first_position_share": numbers["meta"]["first_pos"],
+                "ties": even_battles(store.meta_judgements(it), soft),
+                "probe_agreement": None if probe is None else (probe["value"], probe["ci_low"], probe["ci_high"], probe["n"]),
+                "drift_mean_shift": None if drift is None else (drift["value"], drift["ci_low"], drift["ci_high"], drift["n"]),
+                "actor_pairs": kept.get("actor", 0), "judge_pairs": kept.get("judge", 0),
+                "dropped": {f"{p['kind']}:{p['reason']}": p["n"] for p in numbers["pairs"] if p["status"] != "kept"},
+                "dpo_steps": numbers["train"]["steps"], "reward_margin": numbers["train"]["last_margin"],
+                "label_smoothing": stats.get("label_smoothing"), "run_minutes": minutes,
+            })
+    return out
+
+
+def even_battles(meta_rows: list[dict], soft: bool) -> tuple[float, int] | None:
+    """(share, judgement pairs): among pairs of judgements the meta-judge saw in both orders, those
+    whose input to Bradley-Terry is even: hard, the two orders name different judgements (one win
+    each); soft, the order-averaged p is within SOFT_TIE of 0.5."""
+    from mrtk.stages.meta_judge import soft_preferences
+
+    if soft:
+        both = [p for p, orders in soft_preferences(meta_rows).values() if orders == 2]
+        return (sum(abs(p - 0.5) <= SOFT_TIE for p in both) / len(both), len(both)) if both else None
+    winner = {(m["judgement_a"], m["judgement_b"]): m["winner"] for m in meta_rows if m["winner"]}
+    both = [(a, b) for a, b in winner if a < b and (b, a) in winner]
+    return (sum(winner[(a, b)] != winner[(b, a)] for a, b in both) / len(both), len(both)) if both else None
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _interval(v, scale: float = 100.0, fmt: str = ".1f") -> str:
+    """(value, ci_low, ci_high, n) -> "v [lo, hi] (n=N)"; an interval not computed is left out."""
+    if v is None or v[0] is None:
+        return "-"
+    ci = "" if v[1] is None or v[2] is None else f" [{scale * v[1]:{fmt}}, {scale * v[2]:{fmt}}]"
+    return f"{scale * v[0]:{fmt}}{ci} (n={v[3]})"
+
+
+COLUMNS = ["variant", "it", "first pos.", "ties (pairs)", "probe agreement % [95% CI]", "frozen shift [95% CI]", "pairs a/j",
+           "DPO steps", "reward margin", "label smooth.", "minutes"]
+
+
+def cells(r: dict) -> list[str]:
+    return [r["variant"], str(r["iteration"]), _pct(r["first_position_share"]),
+            "-" if r["ties"] is None else f"{_pct(r['ties'][0])} ({r['ties'][1]})", _interval(r["probe_agreement"]),
+            _interval(r["drift_mean_shift"], 1.0, "+.2f"),
+            f"{r['actor_pairs']}/{r['judge_pairs']}", str(r["dpo_steps"]),
+            "-" if r["reward_margin"] is None else f"{r['reward_margin']:+.3f}",
+            "-" if r["label_smoothing"] is None else f"{r['label_smoothing']:.3f}",
+            "-" if r["run_minutes"] is None else f"{r['run_minutes']:.1f}"]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
