@@ -13,12 +13,12 @@ many of one set's pairs the other set reverses.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from itertools import combinations
 from pathlib import Path
 
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
 from mrtk.evals.metrics import pearson, wilson
+from mrtk.stages import judge
 from mrtk.stages.pairs import actor_pairs
 from mrtk.store.reads import judge_set_rows, judge_sets, reading, responses_in, stored_config
 
@@ -56,54 +56,6 @@ def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None =
     return compare_sets(responses, *loaded, pairs_cfg=cfg.pairs, run_seed=cfg.seed, labels=(label(a), label(b)), iterations=its)
 
 
-def response_scores(judge_set: dict) -> dict[str, float]:
-    """response_id -> mean valid score (pointwise) or share of its valid games won (pairwise)."""
-    acc: dict[str, list[float]] = defaultdict(list)
-    for r in judge_set["rows"]:
-        if judge_set["kind"] == "pointwise":
-            if r["score"] is not None:
-                acc[r["response_id"]].append(float(r["score"]))
-        elif r["winner"] is not None:
-            acc[r["response_a"]].append(float(r["winner"] == r["response_a"]))
-            acc[r["response_b"]].append(float(r["winner"] == r["response_b"]))
-    return {rid: sum(v) / len(v) for rid, v in acc.items()}
-
-
-def preferences(judge_set: dict, scores: dict[str, float], by_prompt: dict[str, list[str]]) -> dict[tuple[str, str], int]:
-    """(x, y) with x < y -> +1 (x preferred), -1 (y preferred) or 0 (tie), for every pair of
-    responses to one prompt that the set can compare."""
-    prefs: dict[tuple[str, str], int] = {}
-    if judge_set["kind"] == "pointwise":
-        for rids in by_prompt.values():
-            for x, y in combinations(sorted(rids), 2):
-                if x in scores and y in scores:
-                    d = scores[x] - scores[y]
-                    prefs[(x, y)] = 0 if abs(d) <= 1e-9 else (1 if d > 0 else -1)
-        return prefs
-    net: dict[tuple[str, str], int] = defaultdict(int)
-    for r in judge_set["rows"]:
-        if r["winner"] is None:
-            continue
-        x, y = sorted((r["response_a"], r["response_b"]))
-        net[(x, y)] += 1 if r["winner"] == x else -1
-    return {k: (v > 0) - (v < 0) for k, v in net.items()}
-
-
-def position_stats(judge_set: dict) -> dict:
-    """Pairwise sets only: share of verdicts for the first position, and the share of response
-    pairs judged in both orders whose (majority) winner is the same in both."""
-    valid = [r for r in judge_set["rows"] if r["verdict"] is not None]
-    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for r in valid:
-        votes[(r["response_a"], r["response_b"])][r["winner"]] += 1
-    majority = {game: (c.most_common(1)[0][0] if len(c) == 1 or c.most_common(2)[0][1] > c.most_common(2)[1][1] else None)
-                for game, c in votes.items()}
-    both = [(g, (g[1], g[0])) for g in majority if g[0] < g[1] and (g[1], g[0]) in majority]
-    consistent = [g for g, h in both if majority[g] is not None and majority[g] == majority[h]]
-    return {"first_position_share": sum(r["verdict"] == "A" for r in valid) / len(valid) if valid else None,
-            "position_consistency": len(consistent) / len(both) if both else None}
-
-
 def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, run_seed: int, labels: tuple[str, str],
                  iterations: list[int]) -> dict:
     live = [r for r in responses if not r["is_duplicate"]]
@@ -114,15 +66,15 @@ def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, 
     out: dict = {"labels": list(labels), "iterations": iterations, "sets": []}
     prefs, kept = [], []
     for s in (set_a, set_b):
-        scores = response_scores(s)
-        p = preferences(s, scores, by_prompt)
+        scores = judge.set_scores(s["kind"], s["rows"])
+        p = judge.set_preferences(s["kind"], s["rows"], scores, by_prompt)
         pairs = []
         for it in iterations:
             its_resp = [r for r in live if r["iteration"] == it]
             fake = [{"response_id": rid, "score": v} for rid, v in scores.items()]
             pairs += [x for x in actor_pairs(its_resp, fake, pairs_cfg, iteration=it, run_seed=run_seed) if x["status"] == "kept"]
         scored = [(scores[rid], chars[rid]) for rid in scores if rid in chars]
-        values = [r["score"] for r in s["rows"] if s["kind"] == "pointwise" and r["score"] is not None]
+        values = [r["score"] for r in s["rows"] if r.get("score") is not None]  # pairwise rows carry no score
         summary = {
             "kind": s["kind"], "rows": len(s["rows"]),
             "parse_failure_rate": _share(sum(r["parse_status"] != "ok" for r in s["rows"]), len(s["rows"])),
@@ -132,8 +84,7 @@ def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, 
             "score_length_corr": pearson([x for x, _ in scored], [y for _, y in scored]),
             "actor_pairs": len(pairs),
         }
-        if s["kind"] == "pairwise":
-            summary |= position_stats(s)
+        summary |= judge.set_position_stats(s["kind"], s["rows"])
         out["sets"].append(summary)
         prefs.append(p)
         kept.append(pairs)

@@ -155,7 +155,7 @@ class TrainCfg(_Section):
     consistency: Literal["off", "avg"] = Field(
         "off", description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
                            "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "
-                           "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 7: ranked by judge scores, "
+                           "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 8: ranked by judge scores, "
                            "not CREAM's DPO implicit reward).")
 
     @field_validator("consistency", mode="before")

@@ -97,7 +97,7 @@ def plan_lines(inputs: Inputs) -> list[str]:
 
 
 def switch_lines(cfg) -> list[str]:
-    """The published follow-ups (docs/METHOD.md 7) by name: each on, or 'none' (the paper's loop)."""
+    """The published follow-ups (docs/METHOD.md 8) by name: each on, or 'none' (the paper's loop)."""
     on = []
     if cfg.meta_judge.verdict == "soft":
         on.append("meta_judge.verdict: soft (order-debiased soft meta-judge verdicts, FairEval arXiv 2305.17926)")

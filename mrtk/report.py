@@ -33,6 +33,33 @@ def collect(run_dir: Path) -> dict:
     return report_data(run_dir)
 
 
+def integer_ticks(*axes) -> None:
+    """Axes that count iterations or steps get whole-number ticks only (no 1.2, 1.4, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def interval_lines(ax, series: dict[str, list[tuple]], *, percent: bool, chance: float | None = None) -> None:
+    """One line per series across iterations, with its 95% interval as error bars: series name ->
+    [(iteration, value, ci_low, ci_high)] (None bounds: no bar). `percent`: a 0-100 axis;
+    `chance`: a dashed line there (50 for agreement with humans)."""
+    for name, pts in series.items():
+        pts = sorted(pts)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        lo = [p[1] - p[2] if p[2] is not None else 0.0 for p in pts]
+        hi = [p[3] - p[1] if p[3] is not None else 0.0 for p in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=name)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
+    if percent:
+        ax.set_ylim(0, 100)
+    integer_ticks(ax)
+    if series:
+        ax.legend(fontsize="small")
+
+
 def _by_iteration(rows: list[dict], key: str) -> dict[int, list]:
     out: dict[int, list] = {}
     for r in rows:
@@ -107,6 +134,7 @@ def sections(d: dict) -> list[Section]:
         a2.plot([r["step"] for r in rs], [r["reward_margin"] for r in rs], marker="o", label=f"iteration {it}")
     a1.set(xlabel="step", ylabel="DPO loss")
     a2.set(xlabel="step", ylabel="reward margin")
+    integer_ticks(a1, a2)
     if d["train"]:
         a1.legend()
     out.append(Section("dpo", "DPO loss and reward margin per step", len(d["train"]), f))
@@ -116,9 +144,9 @@ def sections(d: dict) -> list[Section]:
     ax.plot([r["iteration"] for r in mb], [r["first_position_share"] for r in mb], marker="o", label="first position wins")
     ax.plot([r["iteration"] for r in mb], [r["higher_score_share"] for r in mb], marker="s", label="higher score wins")
     ax.set(xlabel="iteration", ylabel="share of battles", ylim=(0, 1))
+    integer_ticks(ax)
     if mb:
         ax.legend()
-        ax.set_xticks([r["iteration"] for r in mb])
     out.append(Section("meta_bias", "Meta-judge biases (paper Table 5)", len(mb), f, "; ".join(
         f"it{r['iteration']}: first {r['first_position_share']:.0%}, higher score "
         + ("-" if r["higher_score_share"] is None else f"{r['higher_score_share']:.0%}") + f" of {r['n']}" for r in mb)))
@@ -132,20 +160,37 @@ def sections(d: dict) -> list[Section]:
 
     if d["eval"]:
         f, ax = fig()
-        headline = ("win_rate", "length_controlled_win_rate", "score", "agreement", "spearman")
-        shown = [r for r in d["eval"] if r["metric"] in headline and r["value"] is not None]
-        series: dict[str, list] = {}
-        for r in sorted(shown, key=lambda r: r["iteration"]):
-            series.setdefault(f"{r['eval']} {r['metric']} ({r['judge']})", []).append(r)
-        for name, rs in series.items():
-            scale = 100.0 if rs[0]["metric"] in ("agreement", "spearman") else 1.0  # fractions as percent, like win rates
-            ax.plot([r["iteration"] for r in rs], [r["value"] * scale for r in rs], marker="o", label=name)
+        series, shown = eval_series(d["eval"])
+        interval_lines(ax, series, percent=True, chance=50.0 if any("agreement" in k for k in series) else None)
         ax.set(xlabel="iteration (0 = seed model)", ylabel="percent")
-        ax.legend(fontsize="small")
-        out.append(Section("eval", "Evaluation results per iteration", len(shown), f))
+        out.append(Section("eval", "Evaluation results per iteration", shown, f,
+                           "one line per evaluation across model iterations; bars: 95% intervals; dashed: chance for agreement"))
     else:
         out.append(Section("eval", "Evaluation results", 0, None, "no evaluation recorded for this run yet"))
     return out
+
+
+HEADLINE = ("win_rate", "length_controlled_win_rate", "agreement")
+
+
+def eval_series(rows: list[dict]) -> tuple[dict[str, list[tuple]], int]:
+    """Headline eval numbers as series across iterations: one per eval, metric and judge, the judge
+    without its model version (the probe's judge is M_t itself, so `...:M1`, `...:M2` are one line).
+    Agreement is a fraction, shown in percent like the win rates."""
+    import re
+
+    series: dict[str, list[tuple]] = {}
+    n = 0
+    for r in rows:
+        if r["metric"] not in HEADLINE or r["value"] is None:
+            continue
+        judge = re.sub(r":M\d+$", "", str(r["judge"]))
+        scale = 100.0 if r["metric"] == "agreement" else 1.0
+        lo, hi = r.get("ci_low"), r.get("ci_high")
+        series.setdefault(f"{r['eval']} {r['metric']} ({judge})", []).append(
+            (r["iteration"], r["value"] * scale, None if lo is None else lo * scale, None if hi is None else hi * scale))
+        n += 1
+    return series, n
 
 
 def _png(figure) -> bytes:

@@ -1,4 +1,4 @@
-"""Consistency-regularised DPO (`train.consistency`; CREAM, arXiv 2410.12735; docs/METHOD.md 7).
+"""Consistency-regularised DPO (`train.consistency`; CREAM, arXiv 2410.12735; docs/METHOD.md 8).
 
 From iteration 2 on, the previous model M_{t-1}'s judge re-scores M_t's responses (the loop's
 "consistency" stage: judgement rows with source 'consistency', keyed by M_{t-1}). Per prompt, the

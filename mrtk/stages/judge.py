@@ -14,7 +14,8 @@ Failures are rows with score NULL and a reason; they are never zeros.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from itertools import combinations
 from dataclasses import dataclass
 
 from mrtk.backends.base import Backend, Progress, Request
@@ -199,3 +200,55 @@ def mean_scores(said: list[dict]) -> dict[str, float]:
         if s["score"] is not None:
             sums[s["unit"]].append(s["score"])
     return {u: sum(v) / len(v) for u, v in sums.items()}
+
+
+# -- judge sets (`mrtk compare`): a set's rows read as scores and preferences --------------------
+def set_scores(kind: str, rows: list[dict]) -> dict[str, float]:
+    """A judge set's rows (`mrtk compare`; kind pointwise or pairwise) -> response_id -> mean valid
+    score (pointwise) or share of its valid games won (pairwise)."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if kind == "pointwise":
+            if r["score"] is not None:
+                acc[r["response_id"]].append(float(r["score"]))
+        elif r["winner"] is not None:
+            acc[r["response_a"]].append(float(r["winner"] == r["response_a"]))
+            acc[r["response_b"]].append(float(r["winner"] == r["response_b"]))
+    return {rid: sum(v) / len(v) for rid, v in acc.items()}
+
+
+def set_preferences(kind: str, rows: list[dict], scores: dict[str, float], by_prompt: dict[str, list[str]]) -> dict[tuple[str, str], int]:
+    """(x, y) with x < y -> +1 (x preferred), -1 (y preferred) or 0 (tie), for every pair of
+    responses to one prompt that the set can compare."""
+    prefs: dict[tuple[str, str], int] = {}
+    if kind == "pointwise":
+        for rids in by_prompt.values():
+            for x, y in combinations(sorted(rids), 2):
+                if x in scores and y in scores:
+                    d = scores[x] - scores[y]
+                    prefs[(x, y)] = 0 if abs(d) <= 1e-9 else (1 if d > 0 else -1)
+        return prefs
+    net: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        if r["winner"] is None:
+            continue
+        x, y = sorted((r["response_a"], r["response_b"]))
+        net[(x, y)] += 1 if r["winner"] == x else -1
+    return {k: (v > 0) - (v < 0) for k, v in net.items()}
+
+
+def set_position_stats(kind: str, rows: list[dict]) -> dict:
+    """Pairwise sets: share of verdicts for the first position, and the share of response pairs
+    judged in both orders whose (majority) winner is the same in both; pointwise sets: none."""
+    if kind != "pairwise":
+        return {}
+    valid = [r for r in rows if r["verdict"] is not None]
+    votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for r in valid:
+        votes[(r["response_a"], r["response_b"])][r["winner"]] += 1
+    majority = {game: (c.most_common(1)[0][0] if len(c) == 1 or c.most_common(2)[0][1] > c.most_common(2)[1][1] else None)
+                for game, c in votes.items()}
+    both = [(g, (g[1], g[0])) for g in majority if g[0] < g[1] and (g[1], g[0]) in majority]
+    consistent = [g for g, h in both if majority[g] is not None and majority[g] == majority[h]]
+    return {"first_position_share": sum(r["verdict"] == "A" for r in valid) / len(valid) if valid else None,
+            "position_consistency": len(consistent) / len(both) if both else None}

@@ -55,14 +55,17 @@ def responses_in(con, its: list[int]) -> list[dict]:
               {"its": its})
 
 
+_SET_ROWS = {  # a judge set's rows, from the table its kind writes (pairwise sets are all source 'rejudge', see _SETS)
+    "pointwise": f"SELECT iteration, prompt_id, response_id, score, parse_status FROM judgements WHERE {_IN_SET} AND source = $source",
+    "pairwise": f"SELECT iteration, prompt_id, response_a, response_b, verdict, winner, parse_status FROM pairwise_judgements "
+                f"WHERE {_IN_SET} AND $source = 'rejudge'",
+}
+
+
 def judge_set_rows(con, s: dict, its: list[int]) -> list[dict]:
     """One judge set's rows in these iterations: scores (pointwise) or verdicts (pairwise)."""
-    params = {k: s[k] for k in ("template_hash", "score_mode", "judged_by")} | {"its": its}
-    if s["kind"] == "pointwise":
-        return _q(con, f"SELECT iteration, prompt_id, response_id, score, parse_status FROM judgements WHERE {_IN_SET} AND source = $source",
-                  params | {"source": s["source"]})
-    return _q(con, f"SELECT iteration, prompt_id, response_a, response_b, verdict, winner, parse_status FROM pairwise_judgements "
-                   f"WHERE {_IN_SET}", params)
+    params = {k: s[k] for k in ("template_hash", "score_mode", "judged_by", "source")} | {"its": its}
+    return _q(con, _SET_ROWS[s["kind"]], params)
 
 
 def run_summary(db: Path) -> dict:
