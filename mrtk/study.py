@@ -70,12 +70,14 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
     study = load_study(study_path)
     configs = variant_configs(study, study_path.parent)
     runs = {}
+    first = None  # the first finished variant: M1's probe judgements are every variant's (see shares_m1)
     for variant, (path, cfg) in configs.items():
         parent = out_dir / variant
         found = sorted(p for p in parent.glob("*") if (p / "mrtk.duckdb").is_file()) if parent.is_dir() else []
         if found and RunStore(found[-1]).run_row()["status"] == "success":
             ui.info(f"study {study['name']}: {variant} finished before ({found[-1]})")
             runs[variant] = found[-1]
+            first = first or (found[-1], cfg)
             continue
         if found:
             store, stored, config_dir = open_run(found[-1])
@@ -83,15 +85,26 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
         else:
             inputs = check_inputs(cfg, path.parent)
             store = new_run(inputs.cfg, str(path.resolve()), parent)
+            if first and shares_m1(first[1], cfg):
+                copied = store.adopt_probe_items(first[0] / "mrtk.duckdb", 0)
+                ui.info(f"study {study['name']}: {variant} takes M1's {copied} probe judgements from {first[0].name} (same model, judge and seed)")
         ui.info(f"study {study['name']}: [bold]{variant}[/bold] -> {store.run_dir}")
         with WriterLock(store.run_dir):
             Loop(store, inputs, ui, **loop_kw).run()
         runs[variant] = store.run_dir
+        first = first or (store.run_dir, cfg)
     table = study_rows(runs)
     (out_dir / "study.json").write_text(json.dumps({"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table},
                                                    indent=1, default=str), encoding="utf-8")
     (out_dir / "study.md").write_text(markdown(table), encoding="utf-8")
     return {"runs": runs, "rows": table}
+
+
+def shares_m1(a, b) -> bool:
+    """Two variants judge the human probe with the same M1 when the seed model, the judge, the
+    probe, the seed and the generation settings agree (the switches change nothing before M2)."""
+    same = ("model", "seed", "sft", "judge", "probe", "runtime", "backend")
+    return all(getattr(a, k) == getattr(b, k) for k in same) and a.prompts.template_dirs == b.prompts.template_dirs
 
 
 def study_rows(runs: dict[str, Path]) -> list[dict]:

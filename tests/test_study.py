@@ -27,6 +27,12 @@ def test_a_study_runs_each_variant_once_and_tabulates_them(tmp_path):
     assert all(r["probe_agreement"] and r["probe_agreement"][3] == 4 for r in rows)  # M1 and M2 judged the 4 probe pairs
     assert by[("paper", 2)]["drift_mean_shift"] is not None and by[("paper", 1)]["drift_mean_shift"][0] == 0.0
     assert all(0.0 <= r["first_position_share"] <= 1.0 and r["dpo_steps"] > 0 for r in rows)
+    # M1 is every variant's seed model: the second variant took the first one's M1 probe rows as they were
+    from conftest import rows as db_rows
+
+    m1 = "SELECT item_id, raw_text, score, created_at FROM eval_items WHERE iteration = 0 ORDER BY 1"
+    paper, cream = (db_rows(result["runs"][v] / "mrtk.duckdb", m1) for v in ("paper", "cream"))
+    assert paper and cream == paper
     saved = json.loads((out / "study.json").read_text())
     assert saved["rows"][0]["variant"] == "paper" and (out / "study.md").read_text().count("\n") == 2 + len(rows)
     # again: every variant finished, nothing runs (a policy that would fail if asked)

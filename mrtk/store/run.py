@@ -246,6 +246,21 @@ class RunStore(Database):
             con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [name, it, judge]).fetchall()
             self.insert(con, "eval_results", rows)
 
+    def adopt_probe_items(self, other: Path, iteration: int) -> int:
+        """Copy another run's probe judgements of model iteration `iteration` (`eval_items` rows of
+        `probe:*` evals) into this run, keeping their ids: for a run whose model and judge at that
+        point are the same (`mrtk study`: M1 is every variant's seed model), so its probe stage finds
+        them stored and judges nothing again. Returns the rows copied."""
+        with self.tx() as con:
+            quoted = str(Path(other).resolve()).replace("'", "''")
+            con.execute(f"ATTACH '{quoted}' AS other (READ_ONLY)").fetchall()
+            try:
+                n = con.execute("""INSERT INTO eval_items SELECT * FROM other.eval_items o WHERE o.eval LIKE 'probe:%' AND o.iteration = ?
+                                   AND o.item_id NOT IN (SELECT item_id FROM eval_items)""", [iteration]).fetchall()[0][0]
+            finally:
+                con.execute("DETACH other").fetchall()
+        return n
+
     def health_results(self) -> list[dict]:
         """The judge-health numbers (human probe pairs, the frozen drift set) of every iteration."""
         return self.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
