@@ -537,6 +537,8 @@ def eval_judge(
     run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
     template: Optional[str] = typer.Option(None, "--template", "-t", help="Judge template (default: the run's judge template)."),
     n: Optional[int] = typer.Option(None, "--n", help="Judgements per answer (default: the run's judge.n)."),
+    verdict: Optional[str] = typer.Option(None, "--verdict", help="Pairwise templates: hard (each sampled verdict votes) or soft (p(A) "
+                                          "averaged over both orders; needs score_mode structured); default: the run's judge.verdict."),
     dirs: List[Path] = PromptDirs, quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
@@ -550,12 +552,18 @@ def eval_judge(
     _check_eval_numbers(None, 1, limit)
     if n is not None and n < 1:
         raise MrtkError(f"--n {n}: give at least 1 judgement per answer")
+    if verdict not in (None, "hard", "soft"):
+        raise MrtkError(f"--verdict {verdict!r}: give hard or soft")
     pairs, lists = load_human_pairs(str(resolve_data_file(data, None, "DATA", fix="give a path, or a shipped set: probe_human.jsonl")))
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
-        res = judge_agreement(target, pairs, lists, t_judge, n=n, name=f"judge:{Path(data).stem}", ui=QuietUI() if quiet else RichUI(err))
+        if verdict == "soft" and t_judge.stage == "pairwise-judge" and target.cfg.judge.score_mode != "structured":
+            raise MrtkError("--verdict soft reads the pairwise judge's A/B probabilities, which only judge.score_mode structured has; "
+                            "drop --verdict or judge in structured mode")
+        res = judge_agreement(target, pairs, lists, t_judge, n=n, name=f"judge:{Path(data).stem}", ui=QuietUI() if quiet else RichUI(err),
+                              verdict=verdict)
     _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)
 
 

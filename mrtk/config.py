@@ -83,6 +83,10 @@ class JudgeCfg(Sampling):
     score_mode: Literal["structured", "free_text"] = Field(
         "structured", description="structured: sampled justification, then the fixed text 'Score: ' and the expected score over digit tokens; free_text: the paper's parse of the last 'Score:' line.")
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Justification length (structured) or whole judgement (free_text).")
+    verdict: Literal["hard", "soft"] = Field(
+        "hard", description="Pairwise judge templates (`mrtk eval judge`): hard, each sampled A/B verdict is a vote; soft, p(A) "
+                            "averaged over both orders of the same two answers decides (a first-position preference in both orders "
+                            "is a tie); needs score_mode: structured.")
 
 
 class MetaJudgeCfg(Sampling):
@@ -321,6 +325,9 @@ class RunConfig(_Section):
         if self.train.batch_size % per_step:
             raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of micro_batch_size x num_processes = "
                              f"{self.train.micro_batch_size} x {self.train.num_processes}, so no global batch equals it; change one of them")
+        if self.judge.verdict == "soft" and self.judge.score_mode != "structured":
+            raise ValueError("judge.verdict: soft reads a pairwise judge's A/B probabilities, which only judge.score_mode: structured "
+                             "has; set score_mode: structured or verdict: hard")
         if self.meta_judge.verdict == "soft" and self.meta_judge.mode != "structured":
             raise ValueError("meta_judge.verdict: soft reads the meta-judge's A/B probabilities, which only meta_judge.mode: "
                              "structured has; set mode: structured or verdict: hard")

@@ -41,18 +41,18 @@ def integer_ticks(*axes) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def interval_lines(ax, series: dict[str, list[tuple]], *, percent: bool, chance: float | None = None) -> None:
+def interval_lines(ax, series: dict[str, list[tuple]], *, percent: bool, reference: tuple[float, str] | None = None) -> None:
     """One line per series across iterations, with its 95% interval as error bars: series name ->
     [(iteration, value, ci_low, ci_high)] (None bounds: no bar). `percent`: a 0-100 axis;
-    `chance`: a dashed line there (50 for agreement with humans)."""
+    `reference`: (y, label) drawn dashed (50, "chance" for agreement with humans)."""
     for name, pts in series.items():
         pts = sorted(pts)
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         lo = [p[1] - p[2] if p[2] is not None else 0.0 for p in pts]
         hi = [p[3] - p[1] if p[3] is not None else 0.0 for p in pts]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=name)
-    if chance is not None:
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
+    if reference is not None:
+        ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
     if percent:
         ax.set_ylim(0, 100)
     integer_ticks(ax)
@@ -161,12 +161,20 @@ def sections(d: dict) -> list[Section]:
     if d["eval"]:
         f, ax = fig()
         series, shown = eval_series(d["eval"])
-        interval_lines(ax, series, percent=True, chance=50.0 if any("agreement" in k for k in series) else None)
+        interval_lines(ax, series, percent=True, reference=(50.0, "chance") if any("agreement" in k for k in series) else None)
         ax.set(xlabel="iteration (0 = seed model)", ylabel="percent")
         out.append(Section("eval", "Evaluation results per iteration", shown, f,
                            "one line per evaluation across model iterations; bars: 95% intervals; dashed: chance for agreement"))
     else:
         out.append(Section("eval", "Evaluation results", 0, None, "no evaluation recorded for this run yet"))
+    drift = [r for r in d["eval"] if r["eval"] == "frozen" and r["metric"] == "mean_shift" and r["value"] is not None]
+    if drift:
+        f, ax = fig()
+        interval_lines(ax, {"frozen set: mean score shift from M1": [(r["iteration"] + 1, r["value"], r["ci_low"], r["ci_high"]) for r in drift]},
+                       percent=False, reference=(0.0, "no shift"))
+        ax.set(xlabel="model M_t", ylabel="score points")
+        out.append(Section("drift", "Judge drift on the frozen set", len(drift), f,
+                           "M_t re-judges the same iteration-1 responses; bars: 95% intervals; dashed: no shift"))
     return out
 
 

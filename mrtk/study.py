@@ -97,7 +97,41 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
     (out_dir / "study.json").write_text(json.dumps({"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table},
                                                    indent=1, default=str), encoding="utf-8")
     (out_dir / "study.md").write_text(markdown(table), encoding="utf-8")
+    chart(table, out_dir / "study.png")
     return {"runs": runs, "rows": table}
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """study.png: one line per variant across iterations, 95% interval bars: the judge's agreement
+    with humans (chance 50), the meta-judge's first-position share (chance 50), and the judge-pair
+    battles that came out even."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mrtk.report import interval_lines
+
+    def series(get) -> dict[str, list[tuple]]:
+        out: dict[str, list[tuple]] = {}
+        for r in rows:
+            v = get(r)
+            if v is not None and v[0] is not None:
+                out.setdefault(r["variant"], []).append((r["iteration"], *v))
+        return out
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
+    probe = series(lambda r: None if r["probe_agreement"] is None else tuple(100 * x if x is not None else None for x in r["probe_agreement"][:3]))
+    interval_lines(axes[0], probe, percent=True, reference=(50.0, "chance"))
+    axes[0].set(title="judge agreement with humans (M_t on the probe)", xlabel="iteration", ylabel="percent")
+    first = series(lambda r: None if r["first_position_share"] is None else (100 * r["first_position_share"], None, None))
+    interval_lines(axes[1], first, percent=True, reference=(50.0, "chance"))
+    axes[1].set(title="meta-judge: first-position verdicts", xlabel="iteration", ylabel="percent")
+    ties = series(lambda r: None if r["ties"] is None else (100 * r["ties"][0], None, None))
+    interval_lines(axes[2], ties, percent=True)
+    axes[2].set(title="meta-judge: judgement pairs even (BT input)", xlabel="iteration", ylabel="percent")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def shares_m1(a, b) -> bool:

@@ -136,3 +136,26 @@ def test_soft_verdicts_are_fractional_wins_in_the_fit():
     assert mat[0, 1] == pytest.approx(2 * 0.7) and mat[1, 0] == pytest.approx(2 * 0.3)
     assert mat[0, 2] == pytest.approx(0.6) and mat[2, 0] == pytest.approx(0.4)
     assert mat[1, 2] == mat[2, 1] == 0.0
+
+
+def test_the_pairwise_judge_soft_verdict_is_the_same_reading():
+    """issue 25 for the pairwise judge template (`mrtk eval judge --verdict soft`): p(A) = 0.9 in both
+    orders of two answers is a tie; 0.9 with a first and 0.1 with b first is a win for a; hard
+    verdicts (one A each way) read the first as a tie as well, the second case the same way."""
+    from mrtk.config import validate_config
+    from mrtk.prompts import load_template
+    from mrtk.stages.judge import Judging
+
+    template = load_template("judge_pairwise", role="pairwise-judge")
+    cfg = validate_config({}).judge
+
+    def said(p, p_ab, v_ab, p_ba, v_ba):
+        return [{"prompt_id": p, "unit": f"{p}#a|{p}#b", "verdict": v_ab, "p_a": p_ab, "score": None},
+                {"prompt_id": p, "unit": f"{p}#b|{p}#a", "verdict": v_ba, "p_a": p_ba, "score": None}]
+
+    rows = said("biased", 0.9, "A", 0.9, "A") + said("real", 0.9, "A", 0.1, "B") + said("leaning", 0.9, "A", 0.8, "A")
+    soft, consistency = Judging(template, cfg.model_copy(update={"verdict": "soft"})).preferences(rows)
+    hard, _ = Judging(template, cfg).preferences(rows)
+    assert soft == {"biased": None, "real": "a", "leaning": "a"}  # leaning: (0.9 + 0.2) / 2 = 0.55
+    assert hard == {"biased": None, "real": "a", "leaning": None}  # hard: one vote each way for leaning
+    assert consistency == (pytest.approx(1 / 3), None, None, 3)  # only `real` keeps its winner across the swap

@@ -33,6 +33,7 @@ def test_a_study_runs_each_variant_once_and_tabulates_them(tmp_path):
     m1 = "SELECT item_id, raw_text, score, created_at FROM eval_items WHERE iteration = 0 ORDER BY 1"
     paper, cream = (db_rows(result["runs"][v] / "mrtk.duckdb", m1) for v in ("paper", "cream"))
     assert paper and cream == paper
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "study.json").read_text())
     assert saved["rows"][0]["variant"] == "paper" and (out / "study.md").read_text().count("\n") == 2 + len(rows)
     # again: every variant finished, nothing runs (a policy that would fail if asked)

@@ -21,11 +21,15 @@ from mrtk.ui import QuietUI
 
 
 def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: Template, *, n: int | None, name: str = "judge",
-                    ui=None) -> dict:
+                    ui=None, verdict: str | None = None) -> dict:
+    """`verdict` (pairwise templates): hard or soft, else the run's judge.verdict; the same judgements,
+    read two ways, so soft results are recorded under the judge label with ':soft' added."""
     ui = ui or QuietUI()
     cfg = with_template_sampling(t.cfg.judge, template)
     if n is not None:
         cfg = cfg.model_copy(update={"n": n})
+    if verdict is not None:
+        cfg = cfg.model_copy(update={"verdict": verdict})
     job = judge_stage.Judging(template, cfg, source="eval", model_version=t.version)
     label = f"{template.name}:{cfg.score_mode}:{t.version}"
     prefix = eval_item_id(name, t.iteration, label, "")
@@ -63,8 +67,11 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
         numbers["spearman"] = (sum(rhos) / len(rhos) if rhos else None, None, None, len(rhos))
     failed = sum(i["parse_status"] != "ok" for i in items)
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
-    write_results(t, name, label, numbers, {"template": template.hash, "n": cfg.n, "score_mode": cfg.score_mode})
-    return {"judge": label, "numbers": numbers, "credits": pair_credits(pairs, preds), "job": job}
+    soft = job.pairwise and cfg.verdict == "soft"
+    label_read = f"{label}:soft" if soft else label
+    write_results(t, name, label_read, numbers, {"template": template.hash, "n": cfg.n, "score_mode": cfg.score_mode,
+                                                 "verdict": cfg.verdict if job.pairwise else None})
+    return {"judge": label_read, "numbers": numbers, "credits": pair_credits(pairs, preds), "job": job}
 
 
 def pair_credits(pairs: list[dict], preds: dict[str, str | None]) -> dict[str, float]:
@@ -82,4 +89,5 @@ def _item(job, row: dict, name: str, it: int, label: str) -> dict:
 
 def said(items: list[dict]) -> list[dict]:
     """eval_items rows back in the form Judging.preferences reads."""
-    return [{"prompt_id": i["example_id"], "unit": i["slot"], "score": i["score"], "verdict": i["verdict"]} for i in items]
+    return [{"prompt_id": i["example_id"], "unit": i["slot"], "score": i["score"], "verdict": i["verdict"], "p_a": i["preference"]}
+            for i in items]

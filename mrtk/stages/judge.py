@@ -168,7 +168,8 @@ class Judging:
     def preferences(self, said: list[dict]) -> tuple[dict[str, str | None], tuple]:
         """For two answers of one prompt ("<prompt>#a", "<prompt>#b", as `rows.answer_id` names
         them), prompt -> "a" | "b" | None (a tie): the higher mean score, or the net of the
-        pairwise verdicts in both orders; and (position consistency, None, None, prompts seen in
+        pairwise verdicts in both orders (judge.verdict soft: the mean p(A) from answer a's side over both
+        orders, 0.5 a tie); and (position consistency, None, None, prompts seen in
         both orders) for a pairwise judge: the share whose winner survives the swap."""
         if not self.pairwise:
             scores = mean_scores(said)
@@ -177,20 +178,37 @@ class Judging:
                 a, b = scores.get(f"{p}#a"), scores.get(f"{p}#b")
                 out[p] = None if a is None or b is None or a == b else ("a" if a > b else "b")
             return out, (None, None, None, 0)
+        if self.cfg.verdict == "soft":  # p(A) read from answer a's side, averaged over every row of both orders
+            sides: dict[str, list[float]] = defaultdict(list)
+            for s in said:
+                if s.get("p_a") is not None:
+                    first = s["unit"].split("|")[0]
+                    sides[s["prompt_id"]].append(s["p_a"] if first.endswith("#a") else 1.0 - s["p_a"])
+            soft = {p: sum(v) / len(v) for p, v in sides.items()}
+            preds = {p: None if abs(v - 0.5) <= 1e-9 else ("a" if v > 0.5 else "b") for p, v in soft.items()}
+            return preds, self._order_consistency(said)
         net: dict[str, int] = defaultdict(int)
+        for s in said:
+            if s["verdict"] is None:
+                continue
+            first, second = s["unit"].split("|")
+            net[s["prompt_id"]] += 1 if (first if s["verdict"] == "A" else second).endswith("#a") else -1
+        return {p: (None if v == 0 else ("a" if v > 0 else "b")) for p, v in net.items()}, self._order_consistency(said)
+
+    @staticmethod
+    def _order_consistency(said: list[dict]) -> tuple:
+        """(share of prompts seen in both orders whose hard winner survives the swap, None, None, prompts seen in both)."""
         by_order: dict[tuple[str, str], int] = defaultdict(int)
         for s in said:
             if s["verdict"] is None:
                 continue
             first, second = s["unit"].split("|")
             side = (first if s["verdict"] == "A" else second).rsplit("#", 1)[1]
-            net[s["prompt_id"]] += 1 if side == "a" else -1
             by_order[(s["prompt_id"], "ab" if first.endswith("#a") else "ba")] += 1 if side == "a" else -1
-        out = {p: (None if v == 0 else ("a" if v > 0 else "b")) for p, v in net.items()}
         both = [p for p in {p for p, _ in by_order} if (p, "ab") in by_order and (p, "ba") in by_order]
         same = sum((by_order[(p, "ab")] > 0) == (by_order[(p, "ba")] > 0) and by_order[(p, "ab")] != 0 and by_order[(p, "ba")] != 0
                    for p in both)
-        return out, (same / len(both) if both else None, None, None, len(both))
+        return same / len(both) if both else None, None, None, len(both)
 
 
 def mean_scores(said: list[dict]) -> dict[str, float]:
