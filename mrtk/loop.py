@@ -21,6 +21,7 @@ from mrtk.errors import MrtkError
 from mrtk.hardware import apply_threads, release_memory
 from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
+from mrtk.plan import switch_lines
 from mrtk.rows import derive_seed
 from mrtk.runs import lifecycle, model_for, run_chunks
 from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train
@@ -236,6 +237,12 @@ class Loop:
         dtype, why = self.policy.generation_dtype()
         self.store.record_generation_dtype(dtype, why)
         self.ui.info(f"generation dtype: {dtype or 'server'} ({why})")
+        self.ui.info("beyond the paper: " + "; ".join(switch_lines(self.cfg)))
+        per, k, jn = self.cfg.prompts.per_iteration, self.cfg.actor.k, self.cfg.judge.n
+        if self.cfg.train.consistency != "off":
+            self.ui.info(f"consistency: up to {per * k * jn} judge calls per iteration from 2 on (M_t-1 re-judges M_t's responses)")
+        if self.cfg.pairs.rejected_from == "initial":
+            self.ui.info(f"anchored rejection: {per * k} M1 samples and up to {per * k * jn} judge calls per iteration from 2 on")
         p, n = self.cfg.probe, self.cfg.probe.n or self.cfg.judge.n
         if self.probe_pairs or p.frozen:
             self.ui.info(f"judge health: {2 * len(self.probe_pairs) * n} judge calls per iteration on {len(self.probe_pairs)} human pairs"
