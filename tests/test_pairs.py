@@ -144,3 +144,22 @@ def test_flat_elo_is_broken_at_random_without_require_variance():
     row = judge_pairs({"p": ("r", "ok")}, [elo("j0", 1100), elo("j1", 900), elo("j2", 1000), elo("j3", 1000)], js, cfg, paper,
                       iteration=1, run_seed=0)[0]
     assert (row["chosen_id"], row["rejected_id"]) == ("j0", "j1")
+
+
+def test_anchored_rejection_takes_the_rejected_side_from_m1s_samples():
+    """issue 25: with anchors (M1's samples of the prompt, scored by M_t's judge) the chosen response is
+    M_t's (top tier, shortest) and the rejected one an anchor (bottom tier, longest), even where M_t's
+    own scores are all tied; an anchor scoring as high as the chosen gives no pair."""
+    current = [resp("it2/p/r0", 400), resp("it2/p/r1", 300), resp("it2/p/r2", 900)]
+    anchors = [resp("it2/p/a0", 500), resp("it2/p/a1", 800), resp("it2/p/a2", 200)]
+    judged = [{"response_id": rid, "score": s} for rid, s in
+              [("it2/p/r0", 4.0), ("it2/p/r1", 4.0), ("it2/p/r2", 4.0), ("it2/p/a0", 2.0), ("it2/p/a1", 2.0), ("it2/p/a2", 3.0)]]
+    cfg = PairsCfg(rho=[0.0], max_chosen_chars=[None])
+    [plain] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1)
+    assert (plain["status"], plain["reason"]) == ("dropped", "all_scores_tied")  # the paper: M_t's own samples only
+    [row] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1, anchors=anchors)
+    assert (row["status"], row["chosen_id"], row["rejected_id"]) == ("kept", "it2/p/r1", "it2/p/a1")  # shortest top, longest bottom anchor
+    assert (row["chosen_score"], row["rejected_score"]) == (4.0, 2.0)
+    high = [dict(j, score=4.5) if j["response_id"].startswith("it2/p/a") else j for j in judged]
+    [none] = actor_pairs(current, high, cfg, iteration=2, run_seed=1, anchors=anchors)
+    assert (none["status"], none["reason"]) == ("dropped", "anchor_scored_as_high_as_chosen")
