@@ -154,8 +154,10 @@ class TrainCfg(_Section):
     precompute_ref_log_probs: bool | None = Field(None, description="Reference log-probs once per iteration instead of every step; "
                                                   "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).")
     gradient_checkpointing: bool = Field(False)
-    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="TRL's DPO label smoothing (conservative DPO): the share of "
-                                                                     "each pair's loss spent on the reversed pair.")
+    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="Conservative DPO: the share of each pair's sigmoid loss "
+                                                                     "spent on the reversed pair. TRL 1.16's sigmoid loss ignores its "
+                                                                     "own label_smoothing, so mrtk trains 2(1-e) sigmoid - (1-2e) robust "
+                                                                     "(the same loss; e applied up to 0.49, robust's limit).")
     consistency: Literal["off", "avg"] = Field(
         "off", description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
                            "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "

@@ -119,3 +119,41 @@ def test_two_process_launch_takes_the_same_optimizer_steps(model_dir, tmp_path):
         steps[procs] = result["stats"]["steps"]
         assert (w / "M2" / "model.safetensors").is_file()
     assert steps == {1: 2, 2: 2}  # 8 pairs / global batch 4 = 2 steps, however many processes share them
+
+
+def test_smoothed_losses_are_conservative_dpo():
+    """The combination handed to TRL, 2(1-e) sigmoid - (1-2e) robust, with TRL's robust loss
+    ((1-e)A - eB)/(1-2e), is (1-e)A + eB: conservative DPO (issue 25, train.consistency)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mrtk.stages.train import ROBUST_MAX, smoothed_losses
+
+    assert smoothed_losses(["sigmoid"], 0.0) == (["sigmoid"], None, 0.0)
+    assert smoothed_losses(["sigmoid", "sft"], 0.5) == (["sigmoid", "robust", "sft"], [pytest.approx(1.02), pytest.approx(-0.02), 1.0],
+                                                        ROBUST_MAX)
+    delta = torch.linspace(-30, 30, 61)
+    for eps in (0.1, 0.3, 0.49):
+        types, weights, e = smoothed_losses(["sigmoid"], eps)
+        a, b = -F.logsigmoid(0.1 * delta), -F.logsigmoid(-0.1 * delta)
+        robust = ((1 - e) * a - e * b) / (1 - 2 * e)  # trl/trainer/dpo_trainer.py:1428-1431, as written there
+        got = weights[0] * a + weights[1] * robust
+        assert torch.allclose(got, (1 - e) * a + e * b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_label_smoothing_changes_what_dpo_learns(model_dir, tmp_path):
+    """TRL 1.16's sigmoid loss ignores `label_smoothing` (a study run trained the same steps with and
+    without it); through smoothed_losses the second step's loss differs."""
+    from mrtk.stages.train import train_dpo
+
+    losses = {}
+    for eps in (0.0, 0.4):
+        cfg = TrainCfg(epochs=[1], batch_size=1, micro_batch_size=1, lr=1e-3, gradient_checkpointing=False,
+                       precompute_ref_log_probs=False, label_smoothing=eps)
+        _, _, metrics, stats = train_dpo(model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu",
+                                         work_dir=tmp_path / str(eps))
+        losses[eps] = [m["loss"] for m in metrics]
+        assert stats["label_smoothing_applied"] == eps
+    assert losses[0.0][0] == pytest.approx(losses[0.4][0], abs=1e-4)  # step 1: policy = reference, both log 2
+    assert abs(losses[0.0][1] - losses[0.4][1]) > 1e-3, losses

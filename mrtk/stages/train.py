@@ -59,6 +59,32 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped
 
 
+ROBUST_MAX = 0.49  # TRL's robust loss refuses label_smoothing >= 0.5 (dpo_trainer.py:824)
+
+
+def smoothed_losses(loss_types: list[str], eps: float) -> tuple[list[str], list[float] | None, float]:
+    """(loss types, loss weights, label smoothing) for TRL that train conservative DPO with smoothing
+    `eps`: (1 - eps) A + eps B per pair, A = -logsigmoid(beta D), B = -logsigmoid(-beta D).
+
+    TRL 1.16's `sigmoid` loss ignores label_smoothing (`per_sequence_loss = -F.logsigmoid(self.beta *
+    delta_score)`, trl/trainer/dpo_trainer.py:1387-1388); its `robust` loss reads it: ((1 - eps) A -
+    eps B) / (1 - 2 eps) (dpo_trainer.py:1428-1431). So each `sigmoid` becomes 2 (1 - eps) x sigmoid
+    - (1 - 2 eps) x robust, which is exactly (1 - eps) A + eps B. robust needs eps < 0.5: eps is
+    applied capped at ROBUST_MAX. eps 0: the types as given, no weights."""
+    if eps <= 0.0 or "sigmoid" not in loss_types:
+        return list(loss_types), None, 0.0
+    e = min(eps, ROBUST_MAX)
+    types, weights = [], []
+    for t in loss_types:
+        if t == "sigmoid":
+            types += ["sigmoid", "robust"]
+            weights += [2.0 * (1.0 - e), -(1.0 - 2.0 * e)]
+        else:
+            types.append(t)
+            weights.append(1.0)
+    return types, weights, e
+
+
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
     per_process = math.ceil(n_pairs / cfg.num_processes)  # each process gets its shard of the pairs
@@ -81,12 +107,13 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     epochs = at(cfg.epochs, iteration)
     horizon = cfg.horizon(iteration)  # the paper: a 10-epoch cosine, stopped at 6/4/2/2
     metrics: list[dict] = []
+    loss_types, loss_weights, smoothing = smoothed_losses(list(cfg.loss_type), cfg.label_smoothing)
     args = DPOConfig(
         **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=horizon,
                        lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        beta=cfg.beta, loss_type=list(cfg.loss_type), precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
-        gradient_checkpointing=cfg.gradient_checkpointing, label_smoothing=cfg.label_smoothing,
+        beta=cfg.beta, loss_type=loss_types, loss_weights=loss_weights, precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cfg.gradient_checkpointing, label_smoothing=smoothing,
     )
     if cfg.report_to:
         args.report_to = list(cfg.report_to)
@@ -106,5 +133,6 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(sharded_save_to))
     stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
-             "train_seconds": seconds, "bf16": args.bf16, "label_smoothing": cfg.label_smoothing}
+             "train_seconds": seconds, "bf16": args.bf16, "label_smoothing": cfg.label_smoothing,
+             "label_smoothing_applied": smoothing}
     return merged, tokenizer, metrics, stats
