@@ -174,10 +174,8 @@ class Loop:
         per_prompt = consistency.prompt_consistency(now, self.store.mean_scores(ids, it=it, key=job.key),
                                                     {r["response_id"]: r["prompt_id"] for r in live})
         numbers = consistency.summary(per_prompt)
-        self.store.record_eval_results("consistency", it, f"{self.t.judge.name}:{before}", [
-            {"eval": "consistency", "iteration": it, "judge": f"{self.t.judge.name}:{before}", "metric": m, "value": v, "ci_low": lo,
-             "ci_high": hi, "n": n, "details": {"template": self.t.judge.hash, "prompts": len({r['prompt_id'] for r in live})}}
-            for m, (v, lo, hi, n) in numbers.items()])
+        self.store.record_numbers("consistency", it, f"{self.t.judge.name}:{before}", numbers,
+                                  {"template": self.t.judge.hash, "prompts": len({r["prompt_id"] for r in live})})
         smoothing = numbers["label_smoothing"][0]
         self.ui.info(f"consistency with {before}: {numbers['consistency'][0] if per_prompt else float('nan'):.3f} over "
                      f"{len(per_prompt)} prompts -> DPO label smoothing {smoothing:.3f}")

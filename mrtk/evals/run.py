@@ -142,9 +142,7 @@ def pairwise_external(t: Target, judge, eval_name: str, grader: Grader, examples
 
 def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tuple], details: dict) -> None:
     """numbers: metric -> (value, ci_low, ci_high, n)."""
-    rows = [{"eval": eval_name, "iteration": t.iteration, "judge": judge, "metric": m, "value": v, "ci_low": lo, "ci_high": hi,
-             "n": n, "details": details} for m, (v, lo, hi, n) in numbers.items()]
-    t.store.record_eval_results(eval_name, t.iteration, judge, rows)
+    t.store.record_numbers(eval_name, t.iteration, judge, numbers, details)
 
 
 def example_preferences(items: list[dict]) -> dict[str, float]:

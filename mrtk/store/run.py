@@ -261,6 +261,11 @@ class RunStore(Database):
                 con.execute("DETACH other").fetchall()
         return n
 
+    def record_numbers(self, name: str, it: int, judge: str, numbers: dict[str, tuple], details: dict) -> None:
+        """numbers: metric -> (value, ci_low, ci_high, n), as `eval_results` rows replacing this eval's for the iteration and judge."""
+        self.record_eval_results(name, it, judge, [{"eval": name, "iteration": it, "judge": judge, "metric": m, "value": v, "ci_low": lo,
+                                                    "ci_high": hi, "n": n, "details": details} for m, (v, lo, hi, n) in numbers.items()])
+
     def health_results(self) -> list[dict]:
         """The judge-health numbers (human probe pairs, the frozen drift set) of every iteration."""
         return self.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
