@@ -189,11 +189,14 @@ def test_benchmark_meets_the_servers_capacity():
 @pytest.mark.slow
 def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
     """A 20k-sample actor stage against a fast simulated server, in a fresh process: peak
-    resident memory under 1 GB (rows go to DuckDB as they finish, nothing is held)."""
+    resident memory under 1 GB (rows go to DuckDB as they finish, nothing is held). The peak is
+    the child's own VmHWM: its ru_maxrss also carries the peak of the pytest process that
+    spawned it (Linux folds the old memory map's high-water mark into it across exec), 5.8 GB
+    after the slow suite's real-model runs."""
     import subprocess
 
     script = f"""
-import resource, sys
+import sys
 from mrtk.serving_sim import LatencyModel, SimServer
 from mrtk.backends.sglang import SGLangBackend, SGLangClient
 from mrtk.config import load_config
@@ -212,7 +215,8 @@ with SimServer(LatencyModel(slots=256, step_s=0.001)) as sim:
     t = load_template(cfg.actor.template, role="actor")
     run_chunks(store, QuietUI(), "actor", prompts, 4, lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t, iteration=1,
                run_seed=1, model_version="M1", on_progress=go), "responses", 256, lambda: backend)
-print(store.count("responses"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+hwm_kb = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))
+print(store.count("responses"), hwm_kb // 1024)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
