@@ -1,5 +1,6 @@
 """A stand-in for an SGLang server (sglang 0.5.23 HTTP protocol), for tests on machines without
-a GPU. It is NOT SGLang: it serves the embedded model through mrtk's own decode loop, and
+a GPU. It is NOT SGLang: it serves the embedded model through mrtk's own decode loop (behind a
+prefix cache standing in for the radix cache: `PrefixCachingEngine`), and
 implements only the endpoints and fields mrtk uses, with the behaviour of the released source
 (`pip download --no-deps sglang==0.5.23`; file:line below are in that wheel):
 
@@ -37,23 +38,70 @@ Run it as a process with `python tests/sglang_double.py --model DIR --port P`.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
 import sys
 import threading
+from collections import OrderedDict
 
 import torch
 
+from mrtk.backends.embedded import EmbeddedBackend, new_cache
 from mrtk.serving_sim import COMMON, BadRequest, JsonHandler, Served, common_call, generate_inputs
+
+class PrefixCachingEngine(EmbeddedBackend):
+    """mrtk's decode loop behind a stand-in for SGLang's radix cache. A single prompt is
+    prefilled in CHUNK-token pieces at fixed positions, and the KV of the last KEEP prompts is
+    kept, so a prompt that shares whole pieces with one of them (a structured program's scoring
+    call repeats its generation's prompt; K samples repeat one prompt) feeds only the rest. The
+    pieces are the same computation with or without a hit, so an answer does not depend on what
+    was asked before, as SGLang promises with --enable-deterministic-inference; `cached_tokens`
+    reports the reuse, as SGLang's meta_info does."""
+
+    CHUNK, KEEP = 128, 8
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self.last_cached = 0
+
+    def _prefill(self, prompts: list[list[int]]):
+        if len(prompts) != 1:
+            return super()._prefill(prompts)
+        ids = prompts[0]
+        usable = (len(ids) - 1) // self.CHUNK * self.CHUNK  # whole pieces, leaving the last token to compute
+        start, source = 0, None
+        for key in self.kept:
+            same = next((i for i, (a, b) in enumerate(zip(key, ids)) if a != b), min(len(key), len(ids)))
+            reach = min(same // self.CHUNK * self.CHUNK, usable)
+            if reach > start:
+                start, source = reach, key
+        if source is None:
+            cache = new_cache()
+        else:
+            cache = copy.deepcopy(self.kept[source])
+            for layer in cache.layers:
+                layer.truncate(start)
+        for s in range(start, len(ids), self.CHUNK):
+            piece = ids[s:s + self.CHUNK]
+            out = self.model(input_ids=torch.tensor([piece]), position_ids=torch.arange(s, s + len(piece))[None],
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.kept[tuple(ids)] = copy.deepcopy(cache)  # before the decode loop writes into it
+        self.kept.move_to_end(tuple(ids))
+        while len(self.kept) > self.KEEP:
+            self.kept.popitem(last=False)
+        self.last_cached = start
+        return cache, torch.ones((1, len(ids)), dtype=torch.long), out.logits[:, -1, :]
+
 
 class SGLangDouble(Served):
     def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
                  version: str = "0.5.23"):
-        from mrtk.backends.embedded import EmbeddedBackend
         from mrtk.models import load_model
 
-        self.load = lambda path: EmbeddedBackend(*load_model(path, "float32"), max_batch_rows=64)
+        self.load = lambda path: PrefixCachingEngine(*load_model(path, "float32"), max_batch_rows=64)
         self.engine = self.load(model_dir)
         self.model_path, self.weight_version = model_dir, weight_version
         self.deterministic, self.version = deterministic, version
@@ -108,6 +156,7 @@ class SGLangDouble(Served):
         return 404, {"detail": "Not Found"}
 
     # -- /generate -------------------------------------------------------------------------
+    @torch.inference_mode()
     def generate(self, body: dict):
         inputs, sps, single = generate_inputs(body, lambda t: self.engine.tok(t)["input_ids"])  # add_special_tokens=True, as SGLang
         want_ids = body.get("token_ids_logprob")
@@ -132,6 +181,7 @@ class SGLangDouble(Served):
             seeds = tuple(self.rng.randrange(2**31) for _ in range(n))
         params = SamplingParams(float(sp.get("temperature", 1.0)), float(sp.get("top_p", 1.0)), max_new, stops)
         [gens] = self.engine._run([ids], [seeds], params, [], None)
+        meta["cached_tokens"] = self.engine.last_cached
         answers = []
         for j, g in enumerate(gens):
             if g.finish == "stop":
@@ -148,8 +198,7 @@ class SGLangDouble(Served):
 
     @torch.inference_mode()
     def _next_logprobs(self, ids: list[int], wanted: list[int]) -> list[list]:
-        logits = self.engine.model(torch.tensor([ids])).logits[0, -1].float()
-        lp = logits.log_softmax(-1)
+        lp = self.engine._prefill([ids])[2][0].float().log_softmax(-1)  # the logits the sample was drawn from
         return [[lp[t].item(), int(t), None] for t in wanted]
 
     @torch.inference_mode()
@@ -158,11 +207,17 @@ class SGLangDouble(Served):
         if not m:
             raise BadRequest("this SGLang stand-in supports only '(a|b|...)' regex alternations")
         options = [re.sub(r"\\(.)", r"\1", o) for o in m.group(1).split("|")]
+        cache, _, last = self.engine._prefill([ids])  # the prompt once; each longer option continues a copy of its KV
+        first = last[0].float().log_softmax(-1)
         best, best_lp = None, -math.inf
         for o in options:
             toks = self.engine.tok(o, add_special_tokens=False)["input_ids"]
-            logits = self.engine.model(torch.tensor([ids + toks])).logits[0].float().log_softmax(-1)
-            lp = sum(logits[len(ids) - 1 + k, t].item() for k, t in enumerate(toks))
+            lp = first[toks[0]].item()
+            if len(toks) > 1:
+                pos = torch.arange(len(ids), len(ids) + len(toks) - 1)[None]
+                more = self.engine.model(input_ids=torch.tensor([toks[:-1]]), position_ids=pos, past_key_values=copy.deepcopy(cache),
+                                         use_cache=True).logits[0]
+                lp += sum(more.float().log_softmax(-1)[k, t].item() for k, t in enumerate(toks[1:]))
             if lp > best_lp:
                 best, best_lp = o, lp
         return {"text": best, "meta_info": dict(meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}), "index": index}

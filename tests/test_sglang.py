@@ -156,7 +156,7 @@ def run_loop(config: Path, cwd: Path, how: str) -> None:
     Loop(new_run(inputs.cfg, str(config), cwd / "runs"), inputs, train=scripted_train).run()
 
 
-# Both slow: the stand-in decodes each input alone in fp32 with the real model (~200 s a run here)
+# Both slow: the stand-in decodes each input alone in fp32 with the real model (100-165 s a run here)
 HOW = [pytest.param("in-process", id="in-process", marks=pytest.mark.slow), pytest.param("subprocess", id="subprocess", marks=pytest.mark.slow)]
 
 

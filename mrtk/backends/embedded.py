@@ -37,7 +37,7 @@ class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys/values are views of a buffer with spare room, so a decode step
     writes its new position in place instead of copying the whole cache (`torch.cat` of every
     layer's K and V was 13% of a batch-64 decode step). Supports what our decode loop uses:
-    update and batch_repeat_interleave."""
+    update and batch_repeat_interleave; and truncate, for the SGLang stand-in's prefix cache."""
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -66,6 +66,12 @@ class GrowingLayer(DynamicLayer):
         if self.get_seq_length() > 0:
             self._k, self._v = self._k.repeat_interleave(repeats, dim=0), self._v.repeat_interleave(repeats, dim=0)
             self.keys, self.values = self._k[:, :, :self.n], self._v[:, :, :self.n]
+
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions (the next update writes after them)."""
+        if self.get_seq_length() > length:
+            self.n = length
+            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
 
 
 def new_cache() -> Cache:
