@@ -174,6 +174,7 @@ def test_more_kill_9_trials_on_the_sglang_path(sglang_baseline, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_benchmark_meets_the_servers_capacity():
     """`mrtk bench --only serving`: >= 90% of capacity with one server, >= 3.6x with four and
     through a router, for the actor, judge and meta-judge stages."""
