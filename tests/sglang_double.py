@@ -87,7 +87,7 @@ class PrefixCachingEngine(EmbeddedBackend):
         for s in range(start, len(ids), self.CHUNK):
             piece = ids[s:s + self.CHUNK]
             out = self.model(input_ids=torch.tensor([piece]), position_ids=torch.arange(s, s + len(piece))[None],
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+                             **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
         self.kept[tuple(ids)] = copy.deepcopy(cache)  # before the decode loop writes into it
         self.kept.move_to_end(tuple(ids))
         while len(self.kept) > self.KEEP:
@@ -215,7 +215,7 @@ class SGLangDouble(Served):
             lp = first[toks[0]].item()
             if len(toks) > 1:
                 pos = torch.arange(len(ids), len(ids) + len(toks) - 1)[None]
-                more = self.engine.model(input_ids=torch.tensor([toks[:-1]]), position_ids=pos, past_key_values=copy.deepcopy(cache),
+                more = self.engine.model(input_ids=torch.tensor([toks[:-1]]), position_ids=pos, **{self.engine.cache_kw: copy.deepcopy(cache)},
                                          use_cache=True).logits[0]
                 lp += sum(more.float().log_softmax(-1)[k, t].item() for k, t in enumerate(toks[1:]))
             if lp > best_lp:

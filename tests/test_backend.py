@@ -26,6 +26,19 @@ def test_greedy_matches_hf_generate(fp32):
         assert g.text == fp32.tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def test_the_kv_cache_goes_by_the_name_forward_takes(fp32):
+    """transformers 5.2x renamed forward's `past_key_values` to `cache`; the old name warns, and
+    from 5.40 would be dropped unread (decode steps without context). No deprecation warning
+    from a generation and a structured program, and the cache still carries the context."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        [[g]] = fp32.generate([Request(PROMPTS[0], (0,))], SamplingParams(0.0, 1.0, 12), suffix="\nScore: ",
+                              choices={str(d): str(d) for d in range(6)})
+    assert g.choice_probs and g.n_tokens == 12
+
+
 def test_seeds_make_samples_reproducible(fp32):
     params = SamplingParams(0.8, 0.95, 16)
     a = fp32.generate([Request(PROMPTS[0], (11, 12, 13))], params)[0]

@@ -15,6 +15,7 @@ grows into spare capacity instead of concatenating a new tensor per layer per st
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Sequence
 
@@ -78,6 +79,14 @@ def new_cache() -> Cache:
     return Cache(layer_class_to_replicate=GrowingLayer)
 
 
+def cache_kwarg(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` in recent transformers 5.x,
+    `past_key_values` before. The old name is deprecated (to be removed in 5.40), and once gone
+    it would fall into forward's **kwargs unread: every decode step would run without its context."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def shared_prefix_len(prompts: list[list[int]]) -> int:
     """Tokens every prompt starts with, leaving at least one own token per prompt (its last
     position gives the first next-token logits); 0 when below MIN_SHARED_PREFIX or one prompt."""
@@ -94,6 +103,7 @@ class EmbeddedBackend:
 
     def __init__(self, model, tokenizer, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384, share_prefix: bool = True):
         self.model = model
+        self.cache_kw = cache_kwarg(model)
         self.share_prefix = share_prefix
         self.tok = tokenizer
         self.device = next(model.parameters()).device
@@ -179,7 +189,7 @@ class EmbeddedBackend:
         shared = shared_prefix_len(prompts) if self.share_prefix else 0
         if shared:
             head = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=dev)
-            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], past_key_values=cache, use_cache=True,
+            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], **{self.cache_kw: cache}, use_cache=True,
                        logits_to_keep=1)
             cache.batch_repeat_interleave(len(prompts))
             prompts = [p[shared:] for p in prompts]
@@ -192,7 +202,7 @@ class EmbeddedBackend:
         ids, own = ids.to(dev), own.to(dev)
         pos = shared + (own.cumsum(-1) - 1).clamp(min=0)
         attn = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=dev), own], dim=1)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
         return cache, attn, out.logits[:, -1, :]
 
     def _run(self, prompts, seeds, params: SamplingParams, suffix_ids, choice_ids):
@@ -236,7 +246,7 @@ class EmbeddedBackend:
                     cols[r].append(attn.shape[1])
             attn = torch.cat([attn, fed.to(dev)[:, None]], dim=1)
             out = self.model(input_ids=feed.to(dev)[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
+                             **{self.cache_kw: cache}, use_cache=True)
             next_pos = next_pos + fed.to(dev)
             logits = out.logits[:, -1, :]
         texts = []
@@ -285,7 +295,7 @@ class EmbeddedBackend:
         ids = torch.tensor(feed_ids, dtype=torch.long, device=dev).expand(rows, s)
         attn = torch.cat([attn, torch.ones((rows, s), dtype=attn.dtype, device=dev)], dim=1)
         pos = next_pos[:, None] + torch.arange(s, device=dev)[None, :]
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float().softmax(-1), attn
 
     def _hit_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
