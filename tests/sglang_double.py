@@ -49,7 +49,15 @@ from collections import OrderedDict
 import torch
 
 from mrtk.backends.embedded import EmbeddedBackend, new_cache
-from mrtk.serving_sim import COMMON, BadRequest, JsonHandler, Served, common_call, generate_inputs
+from mrtk.serving_sim import (
+    COMMON,
+    BadRequest,
+    JsonHandler,
+    Served,
+    common_call,
+    generate_inputs,
+)
+
 
 class PrefixCachingEngine(EmbeddedBackend):
     """mrtk's decode loop behind a stand-in for SGLang's radix cache. A single prompt is
