@@ -240,8 +240,11 @@ class RunStore(Database):
         sql = "SELECT * FROM eval_items WHERE eval = ? AND iteration = ?" + (" AND judge = ?" if judge is not None else "") + " ORDER BY item_id"
         return self.fetch(sql, [name, it] + ([judge] if judge is not None else []))
 
-    def record_eval_results(self, name: str, it: int, judge: str, rows: list[dict]) -> None:
-        """One eval's numbers for a model iteration and judge, replacing the previous ones."""
+    def record_numbers(self, name: str, it: int, judge: str, numbers: dict[str, tuple], details: dict) -> None:
+        """One eval's numbers for a model iteration and judge (metric -> (value, ci_low, ci_high, n)),
+        as `eval_results` rows replacing the previous ones."""
+        rows = [{"eval": name, "iteration": it, "judge": judge, "metric": m, "value": v, "ci_low": lo, "ci_high": hi, "n": n,
+                 "details": details} for m, (v, lo, hi, n) in numbers.items()]
         with self.tx() as con:
             con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [name, it, judge]).fetchall()
             self.insert(con, "eval_results", rows)
@@ -260,11 +263,6 @@ class RunStore(Database):
             finally:
                 con.execute("DETACH other").fetchall()
         return n
-
-    def record_numbers(self, name: str, it: int, judge: str, numbers: dict[str, tuple], details: dict) -> None:
-        """numbers: metric -> (value, ci_low, ci_high, n), as `eval_results` rows replacing this eval's for the iteration and judge."""
-        self.record_eval_results(name, it, judge, [{"eval": name, "iteration": it, "judge": judge, "metric": m, "value": v, "ci_low": lo,
-                                                    "ci_high": hi, "n": n, "details": details} for m, (v, lo, hi, n) in numbers.items()])
 
     def health_results(self) -> list[dict]:
         """The judge-health numbers (human probe pairs, the frozen drift set) of every iteration."""
