@@ -48,7 +48,7 @@ from collections import OrderedDict
 
 import torch
 
-from mrtk.backends.embedded import EmbeddedBackend, new_cache
+from mrtk.backends.embedded import EmbeddedBackend, new_cache, shared_prefix_len
 from mrtk.serving_sim import (
     COMMON,
     BadRequest,
@@ -82,8 +82,7 @@ class PrefixCachingEngine(EmbeddedBackend):
         usable = (len(ids) - 1) // self.CHUNK * self.CHUNK  # whole pieces, leaving the last token to compute
         start, source = 0, None
         for key in self.kept:
-            same = next((i for i, (a, b) in enumerate(zip(key, ids)) if a != b), min(len(key), len(ids)))
-            reach = min(same // self.CHUNK * self.CHUNK, usable)
+            reach = min(shared_prefix_len([list(key), ids]) // self.CHUNK * self.CHUNK, usable)
             if reach > start:
                 start, source = reach, key
         if source is None:
