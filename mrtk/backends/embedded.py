@@ -83,8 +83,7 @@ def cache_kwarg(model) -> str:
     """The name the model's forward takes its KV cache by: `cache` in recent transformers 5.x,
     `past_key_values` before. The old name is deprecated (to be removed in 5.40), and once gone
     it would fall into forward's **kwargs unread: every decode step would run without its context."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def shared_prefix_len(prompts: list[list[int]]) -> int:
