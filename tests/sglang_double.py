@@ -72,7 +72,7 @@ class PrefixCachingEngine(EmbeddedBackend):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kept: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self.kept: OrderedDict[tuple[int, ...], tuple] = OrderedDict()  # prompt ids -> (its KV, its last logits)
         self.last_cached = 0
 
     def _prefill(self, prompts: list[list[int]]):
@@ -88,19 +88,24 @@ class PrefixCachingEngine(EmbeddedBackend):
         if source is None:
             cache = new_cache()
         else:
-            cache = copy.deepcopy(self.kept[source])
+            cache = copy.deepcopy(self.kept[source][0])
             for layer in cache.layers:
                 layer.truncate(start)
         for s in range(start, len(ids), self.CHUNK):
             piece = ids[s:s + self.CHUNK]
             out = self.model(input_ids=torch.tensor([piece]), position_ids=torch.arange(s, s + len(piece))[None],
                              **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
-        self.kept[tuple(ids)] = copy.deepcopy(cache)  # before the decode loop writes into it
+        self.kept[tuple(ids)] = (copy.deepcopy(cache), out.logits[:, -1, :])  # the KV before the decode loop writes into it
         self.kept.move_to_end(tuple(ids))
         while len(self.kept) > self.KEEP:
             self.kept.popitem(last=False)
         self.last_cached = start
         return cache, torch.ones((1, len(ids)), dtype=torch.long), out.logits[:, -1, :]
+
+    def next_logits(self, ids: list[int]) -> torch.Tensor:
+        """The next-token logits after `ids`: those of its prefill when it is still kept."""
+        hit = self.kept.get(tuple(ids))
+        return hit[1][0] if hit else self._prefill([ids])[2][0]
 
 
 class SGLangDouble(Served):
@@ -205,7 +210,7 @@ class SGLangDouble(Served):
 
     @torch.inference_mode()
     def _next_logprobs(self, ids: list[int], wanted: list[int]) -> list[list]:
-        lp = self.engine._prefill([ids])[2][0].float().log_softmax(-1)  # the logits the sample was drawn from
+        lp = self.engine.next_logits(ids).float().log_softmax(-1)  # the logits the sample was drawn from
         return [[lp[t].item(), int(t), None] for t in wanted]
 
     @torch.inference_mode()
