@@ -49,7 +49,7 @@ def run(
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
-    from mrtk.inputs import check_inputs, pool_warning
+    from mrtk.inputs import pool_warning
     from mrtk.loop import Loop
     from mrtk.runs import WriterLock, find_run, new_run, open_run
     from mrtk.ui import QuietUI, RichUI
@@ -63,14 +63,14 @@ def run(
             raise MrtkError("--resume continues a run with its stored config; drop CONFIG, --set and --prompts")
         run_dir = find_run(resume)
         store, cfg, config_dir = open_run(run_dir)
-        inputs = check_inputs(cfg, config_dir)
+        inputs = _checked(ui, cfg, config_dir, True)
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
         cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]  # --prompts: part of building it
         if not dry_run:
             _output_dir(out_dir, "--out")
-        inputs = check_inputs(cfg, path.parent, load_tokenizer=not dry_run)
+        inputs = _checked(ui, cfg, path.parent, not dry_run)
         if dry_run:
             from mrtk.plan import plan_lines
 
@@ -84,6 +84,25 @@ def run(
         ui.info(f"run [bold]{store.run_dir}[/bold]")
         Loop(store, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
     ui.info(f"[green]done[/green]: {store.run_dir}  (inspect with: mrtk query \"select * from pairs\" --run {store.run_dir})")
+
+
+def _checked(ui, cfg, config_dir: Path, load_tokenizer: bool):
+    """check_inputs, with the embedded model's one-time conversion shown where progress goes: a
+    spinner on a terminal while it runs, one line in a log once the inputs passed, so a bad input
+    on a new machine is still one line."""
+    import time
+
+    from mrtk.inputs import check_inputs
+    from mrtk.models import EMBEDDED, cache_dir, embedded_converted
+
+    converting = load_tokenizer and cfg.model == EMBEDDED and not embedded_converted()
+    if not converting:
+        return check_inputs(cfg, config_dir, load_tokenizer=load_tokenizer)
+    t0 = time.monotonic()
+    with ui.waiting("converting the embedded model (once per machine)"):
+        inputs = check_inputs(cfg, config_dir, load_tokenizer=load_tokenizer)
+    ui.info(f"converted the embedded model once, into {cache_dir() / 'models'} ({time.monotonic() - t0:.0f}s)")
+    return inputs
 
 
 @app.command()

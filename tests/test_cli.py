@@ -227,6 +227,18 @@ def test_bad_input_one_line_error(tmp_path, case):
     assert state(tmp_path) == before
 
 
+def test_a_bad_input_on_a_new_machine_is_one_line(tmp_path, monkeypatch):
+    """With an empty model cache the first command converts the GGUF (transformers draws 48 lines
+    of tqdm bar for it on stderr): the conversion still happens, and the error is the only line."""
+    cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("MRTK_CACHE", str(cache))
+    res = mrtk(*with_prompts(tmp_path, LONG_PROMPT), cwd=tmp_path)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert "over prompts.max_prompt_tokens=512" in lines[0]
+    assert list(cache.glob("models/*/model.safetensors"))  # it did convert, silently
+
+
 def test_the_table_is_big_enough():
     assert len(CASES) >= 30
 
