@@ -183,11 +183,9 @@ def test_shared_prefix_judge_stage_equals_the_plain_path_in_fp32(fp32):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(shared, plain)) < 1e-4
 
 
-def test_shared_prefix_judge_scores_stay_within_bf16_tolerance(model_dir):
-    """On the bf16 inference copy the two paths round differently (differently shaped matmuls
-    move logits by up to ~0.5), so sampled justifications can part ways; the score program on the
-    same text must still agree within bf16 tolerance: 0.1 of a point on the 0-5 scale (measured:
-    max 0.066 shared vs plain, 0.026 plain bf16 vs fp32, on these eight)."""
+def _bf16_score_spread(model_dir: str) -> float:
+    """The structured judge's score program on the bf16 copy, shared-prefix path against the plain
+    one, on the eight answers: the largest difference in expected score."""
     from mrtk.parse import expected_score
     from mrtk.programs import SCORE_SUFFIX, score_choices
     from mrtk.prompts import judge_prompt
@@ -200,5 +198,20 @@ def test_shared_prefix_judge_scores_stay_within_bf16_tolerance(model_dir):
         be = EmbeddedBackend(model, tok, max_batch_rows=64, share_prefix=share)
         out = be.generate(reqs, SamplingParams(0.0, 1.0, 0), suffix=SCORE_SUFFIX, choices=score_choices(template))
         scores.append([expected_score(g.choice_probs).value for [g] in out])
-    assert all(s is not None for s in scores[0])
-    assert max(abs(a - b) for a, b in zip(*scores)) <= 0.1
+    assert all(s is not None for s in scores[0] + scores[1])
+    assert len(set(scores[1])) > 1  # the answers score differently: a constant would agree with anything
+    return max(abs(a - b) for a, b in zip(*scores))
+
+
+def test_shared_prefix_judge_scores_stay_within_bf16_tolerance_on_a_tiny_model(tiny_model_dir):
+    """bf16 is what this is about, so it runs in bf16, on a 2-layer random model (seconds where
+    bf16 is emulated): the two paths round differently (differently shaped matmuls), and the score
+    program on the same text must still agree within bf16 tolerance, 0.1 of a point on 0-5."""
+    assert _bf16_score_spread(tiny_model_dir) <= 0.1
+
+
+@pytest.mark.slow
+def test_shared_prefix_judge_scores_stay_within_bf16_tolerance(model_dir):
+    """The same on the real model (measured: max 0.066 shared vs plain, 0.026 plain bf16 vs fp32, on
+    these eight). Slow: on a CPU without bf16 hardware it took 250 s (issue 31)."""
+    assert _bf16_score_spread(model_dir) <= 0.1
