@@ -37,6 +37,24 @@ TINY = {
 }
 
 
+# The shared evaluation data beside the project (../shared/data), or wherever MRTK_SHARED_DATA points.
+SHARED_DATA = Path(os.environ.get("MRTK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """need("alpaca_eval/x.csv") -> the file's path in the shared evaluation data, or the test skips
+    naming it (a checkout without ../shared/data)."""
+
+    def need(relative: str) -> Path:
+        path = SHARED_DATA / relative
+        if not path.exists():
+            pytest.skip(f"{path} is not here (shared evaluation data)")
+        return path
+
+    return need
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     from mrtk.models import embedded_model_dir

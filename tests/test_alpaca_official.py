@@ -7,33 +7,27 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from conftest import mrtk, rows
 
 import alpaca_eval  # noqa: F401
-SHARED = Path(__import__("os").environ.get("MRTK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-ALPACA = SHARED / "alpaca_eval"
 MODELS = ["FuseChat-Llama-3.1-8B-Instruct", "OpenHermes-2.5-Mistral-7B", "alpaca-7b", "claude-2.1", "gemma-7b-it", "gpt-3.5-turbo-1106"]
 
 
-def annotations(model: str) -> list[dict]:
-    path = ALPACA / "gpt4_turbo_annotations" / f"{model}.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} is not here (shared evaluation data)")
-    return [json.loads(line) for line in path.open()]
+def annotations(shared_data, model: str) -> list[dict]:
+    return [json.loads(line) for line in shared_data(f"alpaca_eval/gpt4_turbo_annotations/{model}.jsonl").open()]
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_win_rate_and_standard_error_equal_alpaca_eval(model):
+def test_win_rate_and_standard_error_equal_alpaca_eval(model, shared_data):
     import pandas as pd
     from alpaca_eval.metrics.winrate import get_winrate
 
     from mrtk.evals import metrics
 
-    rows_ = annotations(model)
+    rows_ = annotations(shared_data, model)
     prefs = [float(r["preference"]) - 1.0 for r in rows_]
     ours = metrics.win_rate(prefs)
     theirs = get_winrate(pd.DataFrame({"preference": [float(r["preference"]) for r in rows_]}))
@@ -56,7 +50,7 @@ def test_weighted_preference_is_alpaca_evals_logprob_parser():
     assert p_first == pytest.approx(math.exp(-2.4) / (math.exp(-2.4) + math.exp(-0.1)))
 
 
-def test_length_controlled_win_rate_is_alpaca_evals_glm(tmp_path, monkeypatch):
+def test_length_controlled_win_rate_is_alpaca_evals_glm(tmp_path, monkeypatch, shared_data):
     """One difficulty file given to both: AlpacaEval's GLM on its own annotation file, and mrtk's LC
     on the rows mrtk builds from its preferences and outputs, are the same number."""
     import numpy as np
@@ -65,10 +59,8 @@ def test_length_controlled_win_rate_is_alpaca_evals_glm(tmp_path, monkeypatch):
 
     from mrtk.evals.alpaca_official import official_lc
 
-    rows_ = annotations("claude-2.1")
-    ref_path = ALPACA / "gpt4_1106_preview_model_outputs.json"
-    if not ref_path.exists():
-        pytest.skip("reference outputs not here")
+    rows_ = annotations(shared_data, "claude-2.1")
+    ref_path = shared_data("alpaca_eval/gpt4_1106_preview_model_outputs.json")
     reference = json.loads(ref_path.read_text())
     rng = np.random.default_rng(0)
     n = len(reference)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 from conftest import TINY, mrtk, rows
@@ -23,24 +21,15 @@ from mrtk.parse import parse_arena
 from mrtk.store import RunStore
 from mrtk.store.db import DB_NAME
 
-# the shared evaluation data beside the project (../shared/data), or wherever MRTK_SHARED_DATA points
-DATA = Path(os.environ.get("MRTK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-ALPACA = DATA / "alpaca_eval"
 FAKE_KEY = "sk-fake-0123456789abcdefXYZ"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is not here (shared evaluation data)")
-    return path
 
 
 @pytest.mark.parametrize("model", ["FuseChat-Llama-3.1-8B-Instruct", "OpenHermes-2.5-Mistral-7B", "alpaca-7b", "claude-2.1",
                                    "gemma-7b-it", "gpt-3.5-turbo-1106"])
-def test_win_rate_and_standard_error_reproduce_the_alpacaeval_leaderboard(model):
+def test_win_rate_and_standard_error_reproduce_the_alpacaeval_leaderboard(model, shared_data):
     """Real GPT-4 Turbo preferences (1..2, 2 = the model wins) -> the leaderboard's numbers to 0.01."""
-    board = {r[""]: r for r in csv.DictReader(need(ALPACA / "leaderboard_weighted_alpaca_eval_gpt4_turbo.csv").open())}
-    prefs = [json.loads(line)["preference"] - 1.0 for line in need(ALPACA / "gpt4_turbo_annotations" / f"{model}.jsonl").open()]
+    board = {r[""]: r for r in csv.DictReader(shared_data("alpaca_eval/leaderboard_weighted_alpaca_eval_gpt4_turbo.csv").open())}
+    prefs = [json.loads(line)["preference"] - 1.0 for line in shared_data(f"alpaca_eval/gpt4_turbo_annotations/{model}.jsonl").open()]
     got = metrics.win_rate(prefs)
     assert got["win_rate"] == pytest.approx(float(board[model]["win_rate"]), abs=0.01)
     assert got["standard_error"] == pytest.approx(float(board[model]["standard_error"]), abs=0.01)
@@ -162,8 +151,8 @@ def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
     assert FAKE_KEY not in res.stdout + res.stderr
 
 
-def test_eval_judge_end_to_end(run_copy):
-    data = need(DATA / "judge_dev" / "llmbar_and_mtbench_human_dev.jsonl")
+def test_eval_judge_end_to_end(run_copy, shared_data):
+    data = shared_data("judge_dev/llmbar_and_mtbench_human_dev.jsonl")
     res = mrtk("eval", "judge", str(data), "--run", str(run_copy), "--limit", "4", "--n", "1", "-q", cwd=run_copy.parent, check=True)
     assert "agreement" in res.stdout and "95% interval" in res.stdout
     db = run_copy / DB_NAME
@@ -175,17 +164,17 @@ def test_eval_judge_end_to_end(run_copy):
     assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'judge:probe_human'") == [(4,)]
 
 
-def test_eval_judge_reads_every_human_format(tmp_path):
+def test_eval_judge_reads_every_human_format(shared_data):
     from mrtk.data import load_human_pairs
 
     for path in ("judge_dev/llmbar_and_mtbench_human_dev.jsonl", "judge_dev/oasst_rankings/oasst_en100_pairs_dev.jsonl",
                  "judge_dev/pandalm_testset-v1.json", "judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl"):
-        pairs, lists = load_human_pairs(str(need(DATA / path)))
+        pairs, lists = load_human_pairs(str(shared_data(path)))
         assert pairs or lists
         # (PandaLM has some empty responses: real data, kept as they are)
         assert all(p["label"] in ("a", "b") and isinstance(p["a"], str) and isinstance(p["b"], str) and p["question"] for p in pairs)
         assert all(len(x["replies"]) >= 2 for x in lists)
-    assert math.isclose(len(load_human_pairs(str(DATA / "judge_dev/llmbar_and_mtbench_human_dev.jsonl"))[0]), 119)
+    assert math.isclose(len(load_human_pairs(str(shared_data("judge_dev/llmbar_and_mtbench_human_dev.jsonl")))[0]), 119)
 
 
 def test_training_code_never_imports_litellm():
