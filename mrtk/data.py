@@ -19,8 +19,13 @@ from mrtk.rows import derive_seed
 TEXT_KEYS = ("prompt", "instruction", "text")
 
 
-def resolve_data_file(name: str, config_dir: Path | None = None, key: str = "prompts.file", shipped: str = "data",
-                      fix: str = "give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)") -> Path:
+def resolve_data_file(
+    name: str,
+    config_dir: Path | None = None,
+    key: str = "prompts.file",
+    shipped: str = "data",
+    fix: str = "give a JSONL path (absolute, or relative to the config; the shipped pool is train_prompts.jsonl)",
+) -> Path:
     """A file named in a config: as given (or from the cwd), beside the config, or shipped (in data/,
     or in experiments/ for accelerate configs)."""
     for candidate in (Path(name).expanduser(), (config_dir or Path(".")) / name, asset_dir(shipped) / name):
@@ -56,7 +61,7 @@ def read_jsonl(path: Path, label: str):
         except json.JSONDecodeError as e:
             raise MrtkError(f"{label} {path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
         if not isinstance(obj, dict):
-            raise MrtkError(f"{label} {path}: line {n} must be a JSON object like {{\"prompt\": \"...\"}}")
+            raise MrtkError(f'{label} {path}: line {n} must be a JSON object like {{"prompt": "..."}}')
         yield n, obj
 
 
@@ -66,11 +71,15 @@ def load_pool(path: Path) -> list[dict]:
     for n, obj in read_jsonl(path, "prompts file"):
         text = next((obj[k] for k in TEXT_KEYS if k in obj), None)
         if not isinstance(text, str):
-            raise MrtkError(f"prompts file {path}: line {n} has no string field 'prompt' (or 'instruction'/'text'); add one")
+            raise MrtkError(
+                f"prompts file {path}: line {n} has no string field 'prompt' (or 'instruction'/'text'); add one"
+            )
         if not text.strip():
             raise MrtkError(f"prompts file {path}: line {n} has an empty prompt; remove the line")
         if text in seen_text:
-            raise MrtkError(f"prompts file {path}: line {n} repeats the prompt of line {seen_text[text]}; remove the duplicate")
+            raise MrtkError(
+                f"prompts file {path}: line {n} repeats the prompt of line {seen_text[text]}; remove the duplicate"
+            )
         seen_text[text] = n
         pid = str(obj.get("id") or hashlib.sha1(text.encode()).hexdigest()[:12])
         if pid in seen_id:
@@ -78,7 +87,7 @@ def load_pool(path: Path) -> list[dict]:
         seen_id.add(pid)
         pool.append({"prompt_id": pid, "text": text, "source": path.name})
     if len(pool) < 1:
-        raise MrtkError(f"prompts file {path} holds no prompts; add JSON lines like {{\"prompt\": \"...\"}}")
+        raise MrtkError(f'prompts file {path} holds no prompts; add JSON lines like {{"prompt": "..."}}')
     return pool
 
 
@@ -93,7 +102,7 @@ def prompts_for_iteration(pool: list[dict], per_iteration: int, iteration: int, 
         random.Random(derive_seed(seed, "pool", passes)).shuffle(walk)
         order.extend(walk)
         passes += 1
-    return order[per_iteration * (iteration - 1): per_iteration * iteration]
+    return order[per_iteration * (iteration - 1) : per_iteration * iteration]
 
 
 def read_json_or_jsonl(path: Path, label: str = "eval data") -> list:
@@ -117,19 +126,51 @@ def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:
     for i, r in enumerate(read_json_or_jsonl(Path(path))):
         eid = str(r.get("id", r.get("idx", r.get("message_tree_id", i))))
         if "output_1" in r:
-            pairs.append({"example_id": eid, "question": r["input"], "a": r["output_1"], "b": r["output_2"], "label": "a" if int(r["label"]) == 1 else "b"})
+            pairs.append(
+                {
+                    "example_id": eid,
+                    "question": r["input"],
+                    "a": r["output_1"],
+                    "b": r["output_2"],
+                    "label": "a" if int(r["label"]) == 1 else "b",
+                }
+            )
         elif "response_a" in r:
-            pairs.append({"example_id": eid, "question": _context(r["context"]), "a": r["response_a"], "b": r["response_b"], "label": r["label"]})
+            pairs.append(
+                {
+                    "example_id": eid,
+                    "question": _context(r["context"]),
+                    "a": r["response_a"],
+                    "b": r["response_b"],
+                    "label": r["label"],
+                }
+            )
         elif "response1" in r:
             votes = [r.get(f"annotator{k}") for k in (1, 2, 3)]
             a, b = votes.count(1), votes.count(2)
             if a != b:
                 question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-                pairs.append({"example_id": eid, "question": question, "a": _text(r["response1"]), "b": _text(r["response2"]), "label": "a" if a > b else "b"})
+                pairs.append(
+                    {
+                        "example_id": eid,
+                        "question": question,
+                        "a": _text(r["response1"]),
+                        "b": _text(r["response2"]),
+                        "label": "a" if a > b else "b",
+                    }
+                )
         elif "replies" in r:
-            lists.append({"example_id": f"{eid}/{i}", "question": _context(r["context"]), "replies": [(x["text"], x["rank"]) for x in r["replies"]]})
+            lists.append(
+                {
+                    "example_id": f"{eid}/{i}",
+                    "question": _context(r["context"]),
+                    "replies": [(x["text"], x["rank"]) for x in r["replies"]],
+                }
+            )
         else:
-            raise MrtkError(f"{path}: item {i} is not a known human-labelled format (LLMBar, OASST pairs or lists, PandaLM)")
+            raise MrtkError(
+                f"{path}: item {i} is not a known human-labelled format (LLMBar, OASST pairs or lists, PandaLM)"
+            )
     if not pairs and not lists:
         raise MrtkError(f"{path} holds no labelled pairs")
     return pairs, lists
@@ -143,4 +184,8 @@ def _text(value) -> str:
 def _context(ctx) -> str:
     if isinstance(ctx, str):
         return ctx
-    return "\n\n".join(f"{'User' if m['role'] == 'prompter' else 'Assistant'}: {m['text']}" for m in ctx) if len(ctx) > 1 else ctx[0]["text"]
+    return (
+        "\n\n".join(f"{'User' if m['role'] == 'prompter' else 'Assistant'}: {m['text']}" for m in ctx)
+        if len(ctx) > 1
+        else ctx[0]["text"]
+    )

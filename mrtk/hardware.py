@@ -58,8 +58,11 @@ def cpu_bf16_capable() -> bool:
         return forced == "1"
     import torch
 
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        getattr(torch.backends, "mkldnn", None)
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def inference_dtype(choice: str, device: str) -> tuple[str, str]:
@@ -89,8 +92,17 @@ def measured_matmul() -> dict[str, float]:
     """GFLOP/s of both dtypes at SHAPE on this machine, measured once and cached."""
     import torch
 
-    key = "|".join([_cpu_name(), torch.__version__, f"threads={torch.get_num_threads()}",
-                    *(f"{v}={os.environ.get(v, '')}" for v in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA"))])
+    key = "|".join(
+        [
+            _cpu_name(),
+            torch.__version__,
+            f"threads={torch.get_num_threads()}",
+            *(
+                f"{v}={os.environ.get(v, '')}"
+                for v in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA")
+            ),
+        ]
+    )
     path = cache_dir() / "hardware.json"
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))

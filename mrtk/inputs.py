@@ -47,25 +47,47 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer:
     effective = cfg.model_copy(deep=True)
     dirs = [resolve_dir(d, config_dir, "prompts.template_dirs") for d in cfg.prompts.template_dirs]
     judge_t = load_template(cfg.judge.template, dirs, role="judge")
-    templates = Templates(actor=load_template(cfg.actor.template, dirs, role="actor"), judge=judge_t,
-                          meta_judge=bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t))
+    templates = Templates(
+        actor=load_template(cfg.actor.template, dirs, role="actor"),
+        judge=judge_t,
+        meta_judge=bind_meta_judge(load_template(cfg.meta_judge.template, dirs, role="meta-judge"), judge_t),
+    )
     pool = load_pool(resolve_data_file(cfg.prompts.file, config_dir))
-    sft_examples = sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None
-    model = resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model  # embedded: no GGUF conversion
+    sft_examples = (
+        sft.load_sft_examples(resolve_data_file(cfg.sft.file, config_dir, "sft.file")) if cfg.sft.file else None
+    )
+    model = (
+        resolve_model(cfg.model) if load_tokenizer or cfg.model != "embedded" else cfg.model
+    )  # embedded: no GGUF conversion
     trackers.check_installed(cfg.train.report_to)
     probe: list[dict] = []
     if cfg.probe.file:  # human-labelled pairs M_t judges every iteration
         path = resolve_data_file(cfg.probe.file, config_dir, "probe.file")
         pairs, _ = load_human_pairs(str(path))
         if not pairs:
-            raise MrtkError(f"probe.file {cfg.probe.file}: no labelled pairs in it; give LLMBar/MT-Bench-human style pairs (mrtk eval judge's format)")
+            raise MrtkError(
+                f"probe.file {cfg.probe.file}: no labelled pairs in it; give LLMBar/MT-Bench-human style pairs (mrtk eval judge's format)"
+            )
         probe = pairs[: cfg.probe.limit]
         effective.probe.file = str(path)
     if cfg.train.accelerate_config:  # as given, beside the config, or shipped (accelerate/zero3_8gpu.yaml)
-        effective.train.accelerate_config = str(resolve_data_file(cfg.train.accelerate_config, config_dir, "train.accelerate_config",
-                                                                  "experiments", "give an accelerate config file (see experiments/accelerate/)").resolve())
-    for name, template in (("actor", templates.actor), ("judge", templates.judge), ("meta_judge", templates.meta_judge)):
-        setattr(effective, name, with_template_sampling(getattr(cfg, name), template))  # what the run stores is what the stages use
+        effective.train.accelerate_config = str(
+            resolve_data_file(
+                cfg.train.accelerate_config,
+                config_dir,
+                "train.accelerate_config",
+                "experiments",
+                "give an accelerate config file (see experiments/accelerate/)",
+            ).resolve()
+        )
+    for name, template in (
+        ("actor", templates.actor),
+        ("judge", templates.judge),
+        ("meta_judge", templates.meta_judge),
+    ):
+        setattr(
+            effective, name, with_template_sampling(getattr(cfg, name), template)
+        )  # what the run stores is what the stages use
     inputs = Inputs(cfg=effective, templates=templates, pool=pool, sft=sft_examples, model=model, probe=probe)
     if load_tokenizer:
         check_lengths(inputs)
@@ -77,8 +99,10 @@ def pool_warning(cfg: RunConfig, pool: list[dict]) -> str | None:
     whole pool (data.prompts_for_iteration), not prompts.per_iteration different prompts."""
     if len(pool) >= cfg.prompts.per_iteration:
         return None
-    return (f"prompts.file holds {len(pool)} prompts, fewer than prompts.per_iteration={cfg.prompts.per_iteration}: each iteration "
-            f"draws all {len(pool)} (the paper drew 5,000 of 20,000); set prompts.file to a larger pool")
+    return (
+        f"prompts.file holds {len(pool)} prompts, fewer than prompts.per_iteration={cfg.prompts.per_iteration}: each iteration "
+        f"draws all {len(pool)} (the paper drew 5,000 of 20,000); set prompts.file to a larger pool"
+    )
 
 
 def check_lengths(inputs: Inputs) -> None:
@@ -93,16 +117,27 @@ def check_lengths(inputs: Inputs) -> None:
         prompt_tokens(tok, p, limit)
     context = getattr(AutoConfig.from_pretrained(inputs.model), "max_position_embeddings", None)
     meta = len(tok(inputs.templates.meta_judge.body, add_special_tokens=False)["input_ids"])
-    worst = meta + limit + cfg.actor.max_new_tokens + 2 * (cfg.judge.max_new_tokens + 8) + cfg.meta_judge.max_new_tokens + 16
+    worst = (
+        meta
+        + limit
+        + cfg.actor.max_new_tokens
+        + 2 * (cfg.judge.max_new_tokens + 8)
+        + cfg.meta_judge.max_new_tokens
+        + 16
+    )
     if context and worst > context:
-        raise MrtkError(f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "
-                        "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge")
+        raise MrtkError(
+            f"the longest meta-judge call could reach {worst} tokens, over the model's context of {context}; "
+            "lower prompts.max_prompt_tokens or the max_new_tokens of actor, judge or meta_judge"
+        )
 
 
 def prompt_tokens(tok, prompt: dict, limit: int) -> int:
     """A prompt's length in tokens as the actor sees it (chat template applied), refused over `limit`."""
     n = len(chat_token_ids(tok, [{"role": "user", "content": prompt["text"]}], add_generation_prompt=True))
     if n > limit:
-        raise MrtkError(f"prompt {prompt['prompt_id']}{' of ' + prompt['source'] if prompt.get('source') else ''} is {n} tokens, "
-                        f"over prompts.max_prompt_tokens={limit}; shorten or remove it, or raise the limit")
+        raise MrtkError(
+            f"prompt {prompt['prompt_id']}{' of ' + prompt['source'] if prompt.get('source') else ''} is {n} tokens, "
+            f"over prompts.max_prompt_tokens={limit}; shorten or remove it, or raise the limit"
+        )
     return n

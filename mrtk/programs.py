@@ -42,13 +42,25 @@ PAIRWISE = Program("\nWinner: Response", AB_CHOICES, WINNER_STOPS)  # pairwise j
 META = Program("\nWinner: Judgement", AB_CHOICES, WINNER_STOPS)  # meta-judge: which judgement
 
 
-def run_program(backend: Backend, requests: Sequence[Request], sampling, program: Program | None,
-                on_progress: Progress | None = None) -> tuple[SamplingParams, list[list[Generation]]]:
+def run_program(
+    backend: Backend,
+    requests: Sequence[Request],
+    sampling,
+    program: Program | None,
+    on_progress: Progress | None = None,
+) -> tuple[SamplingParams, list[list[Generation]]]:
     """(the sampling params sent, the generations): `program` None samples free text. `sampling`
     is a stage's config section (temperature, top_p, max_new_tokens)."""
-    params = SamplingParams(sampling.temperature, sampling.top_p, sampling.max_new_tokens, program.stops if program else ())
-    outputs = backend.generate(requests, params, suffix=program.suffix if program else None,
-                               choices=program.choices if program else None, on_progress=on_progress)
+    params = SamplingParams(
+        sampling.temperature, sampling.top_p, sampling.max_new_tokens, program.stops if program else ()
+    )
+    outputs = backend.generate(
+        requests,
+        params,
+        suffix=program.suffix if program else None,
+        choices=program.choices if program else None,
+        on_progress=on_progress,
+    )
     return params, outputs
 
 

@@ -44,14 +44,35 @@ ROLE_VARIABLES = {
     "actor": {"prompt"},
     "judge": {"question", "response"},
     "pairwise-judge": {"question", "response_a", "response_b"},
-    "meta-judge": {"question", "response", "judgement_a", "judgement_b", "rubric"},  # rubric: the judge template's, verbatim
+    "meta-judge": {
+        "question",
+        "response",
+        "judgement_a",
+        "judgement_b",
+        "rubric",
+    },  # rubric: the judge template's, verbatim
     "eval": {"question", "output_a", "output_b", "response", "reference"},
 }
 # What a template of each stage must show the model (else it judges nothing).
-ROLE_REQUIRED = {"actor": {"prompt"}, "judge": {"response"}, "pairwise-judge": {"response_a", "response_b"},
-                 "meta-judge": {"judgement_a", "judgement_b"}}
+ROLE_REQUIRED = {
+    "actor": {"prompt"},
+    "judge": {"response"},
+    "pairwise-judge": {"response_a", "response_b"},
+    "meta-judge": {"judgement_a", "judgement_b"},
+}
 ROLE_PARSER = {"actor": "none", "judge": "score", "pairwise-judge": "verdict", "meta-judge": "verdict"}
-_FRONT_KEYS = {"name", "role", "version", "description", "variables", "parser", "score_range", "sampling", "show_scores", "rubric"}
+_FRONT_KEYS = {
+    "name",
+    "role",
+    "version",
+    "description",
+    "variables",
+    "parser",
+    "score_range",
+    "sampling",
+    "show_scores",
+    "rubric",
+}
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")
 
 
@@ -80,9 +101,13 @@ class Template:
         missing = [v for v in self.variables if v not in values]
         unknown = [v for v in values if v not in self.variables]
         if missing:
-            raise MrtkError(f"template {self.name}: missing variable {missing[0]!r}; pass it or remove {{{{{missing[0]}}}}} from {self.path}")
+            raise MrtkError(
+                f"template {self.name}: missing variable {missing[0]!r}; pass it or remove {{{{{missing[0]}}}}} from {self.path}"
+            )
         if unknown:
-            raise MrtkError(f"template {self.name}: unknown variable {unknown[0]!r}; declare it in the front matter of {self.path}")
+            raise MrtkError(
+                f"template {self.name}: unknown variable {unknown[0]!r}; declare it in the front matter of {self.path}"
+            )
         return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.body)
 
     def bind(self, **values: str) -> "Template":
@@ -90,8 +115,12 @@ class Template:
         rubric); the hash covers the filled text, so rows keyed by it change when it changes."""
         body = _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), self.body)
         blob = self.hash + "".join(f"\0{k}={values[k]}" for k in sorted(values))
-        return replace(self, body=body, variables=tuple(v for v in self.variables if v not in values),
-                       hash=hashlib.sha256(blob.encode()).hexdigest()[:12])
+        return replace(
+            self,
+            body=body,
+            variables=tuple(v for v in self.variables if v not in values),
+            hash=hashlib.sha256(blob.encode()).hexdigest()[:12],
+        )
 
 
 def template_dirs(extra: list[str | Path] | None = None) -> list[Path]:
@@ -131,12 +160,16 @@ def parse_template(text: str, path: str = "<string>") -> Template:
     try:
         meta = yaml.safe_load(parts[1]) or {}
     except yaml.YAMLError as e:
-        raise MrtkError(f"template {path}: front matter is not valid YAML ({_one_line(e)}); fix the '---' block") from None
+        raise MrtkError(
+            f"template {path}: front matter is not valid YAML ({_one_line(e)}); fix the '---' block"
+        ) from None
     if not isinstance(meta, dict):
         raise MrtkError(f"template {path}: front matter must be a YAML mapping of keys to values")
     unknown = sorted(set(meta) - _FRONT_KEYS)
     if unknown:
-        raise MrtkError(f"template {path}: unknown front-matter key {unknown[0]!r}; allowed: {', '.join(sorted(_FRONT_KEYS))}")
+        raise MrtkError(
+            f"template {path}: unknown front-matter key {unknown[0]!r}; allowed: {', '.join(sorted(_FRONT_KEYS))}"
+        )
     for key in ("name", "role", "variables", "parser"):
         if key not in meta:
             raise MrtkError(f"template {path}: front matter lacks {key!r}; add it (see prompts/judge_additive5.md)")
@@ -151,29 +184,45 @@ def parse_template(text: str, path: str = "<string>") -> Template:
     used = set(_PLACEHOLDER.findall(body))
     undeclared = sorted(used - set(variables))
     if undeclared:
-        raise MrtkError(f"template {path}: unknown variable {{{{{undeclared[0]}}}}} in the body; declare it under 'variables' or remove it")
+        raise MrtkError(
+            f"template {path}: unknown variable {{{{{undeclared[0]}}}}} in the body; declare it under 'variables' or remove it"
+        )
     unused = sorted(set(variables) - used)
     if unused:
-        raise MrtkError(f"template {path}: variable {unused[0]!r} is declared but never used as {{{{{unused[0]}}}}}; remove it or use it")
+        raise MrtkError(
+            f"template {path}: variable {unused[0]!r} is declared but never used as {{{{{unused[0]}}}}}; remove it or use it"
+        )
     score_range = _score_range(meta.get("score_range", [0, 5]), path)
     sampling = meta.get("sampling") or {}
     if not isinstance(sampling, dict) or set(sampling) - set(SAMPLING_KEYS):
-        raise MrtkError(f"template {path}: 'sampling' must map some of {', '.join(SAMPLING_KEYS)} to values, e.g. {{temperature: 0.7}}")
+        raise MrtkError(
+            f"template {path}: 'sampling' must map some of {', '.join(SAMPLING_KEYS)} to values, e.g. {{temperature: 0.7}}"
+        )
     if not isinstance(meta.get("show_scores", True), bool):
         raise MrtkError(f"template {path}: 'show_scores' must be true or false")
     rubric = meta.get("rubric")
     if rubric is not None and not (isinstance(rubric, str) and rubric.strip()):
         raise MrtkError(f"template {path}: 'rubric' must be the criteria text (a YAML block: rubric: |)")
     template = Template(
-        name=str(meta["name"]), role=meta["role"], body=body, variables=tuple(variables),
-        parser=meta["parser"], hash=hashlib.sha256(text.encode()).hexdigest()[:12], path=path,
-        version=int(meta.get("version", 1)), score_range=score_range, sampling=dict(sampling),
-        description=str(meta.get("description", "")), show_scores=meta.get("show_scores", True),
+        name=str(meta["name"]),
+        role=meta["role"],
+        body=body,
+        variables=tuple(variables),
+        parser=meta["parser"],
+        hash=hashlib.sha256(text.encode()).hexdigest()[:12],
+        path=path,
+        version=int(meta.get("version", 1)),
+        score_range=score_range,
+        sampling=dict(sampling),
+        description=str(meta.get("description", "")),
+        show_scores=meta.get("show_scores", True),
         rubric=rubric.strip("\n") if rubric else None,
     )
     if template.role == "judge" and "rubric" in template.variables:  # a judge shows its own rubric
         if not template.rubric:
-            raise MrtkError(f"template {path}: the body uses {{{{rubric}}}} but the front matter has no 'rubric:'; add the criteria there")
+            raise MrtkError(
+                f"template {path}: the body uses {{{{rubric}}}} but the front matter has no 'rubric:'; add the criteria there"
+            )
         return replace(template.bind(rubric=template.rubric), hash=template.hash)
     return template
 
@@ -184,8 +233,10 @@ def bind_meta_judge(meta: Template, judge: Template) -> Template:
     if "rubric" not in meta.variables:
         return meta
     if not judge.rubric:
-        raise MrtkError(f"meta-judge template {meta.name} shows the judge's rubric, but judge template {judge.name} has no 'rubric:' "
-                        f"in its front matter; add the criteria there (see prompts/judge_additive5.md) or use a meta-judge without {{{{rubric}}}}")
+        raise MrtkError(
+            f"meta-judge template {meta.name} shows the judge's rubric, but judge template {judge.name} has no 'rubric:' "
+            f"in its front matter; add the criteria there (see prompts/judge_additive5.md) or use a meta-judge without {{{{rubric}}}}"
+        )
     return meta.bind(rubric=judge.rubric)
 
 
@@ -200,9 +251,13 @@ def check_role(template: Template, role: str) -> None:
     """`role` is a stage: actor, judge (pointwise), pairwise-judge, meta-judge or eval."""
     if template.stage != role:
         if role == "judge" and template.stage == "pairwise-judge":
-            raise MrtkError(f"template {template.name} is a pairwise judge; the loop's judge stage needs a pointwise one "
-                            "(parser: score); use pairwise templates with `mrtk judge`")
-        raise MrtkError(f"template {template.name} has role {template.role!r} but the {role} stage needs a {role!r} template")
+            raise MrtkError(
+                f"template {template.name} is a pairwise judge; the loop's judge stage needs a pointwise one "
+                "(parser: score); use pairwise templates with `mrtk judge`"
+            )
+        raise MrtkError(
+            f"template {template.name} has role {template.role!r} but the {role} stage needs a {role!r} template"
+        )
     extra = sorted(set(template.variables) - ROLE_VARIABLES[role])
     if extra:
         raise MrtkError(
@@ -211,9 +266,13 @@ def check_role(template: Template, role: str) -> None:
         )
     lacking = sorted(ROLE_REQUIRED.get(role, set()) - set(template.variables))
     if lacking:
-        raise MrtkError(f"template {template.name}: the {role} stage needs {{{{{lacking[0]}}}}} in the body; add it to the body and to 'variables'")
+        raise MrtkError(
+            f"template {template.name}: the {role} stage needs {{{{{lacking[0]}}}}} in the body; add it to the body and to 'variables'"
+        )
     if role in ROLE_PARSER and template.parser != ROLE_PARSER[role]:
-        raise MrtkError(f"template {template.name}: the {role} stage needs parser {ROLE_PARSER[role]!r}, not {template.parser!r}")
+        raise MrtkError(
+            f"template {template.name}: the {role} stage needs parser {ROLE_PARSER[role]!r}, not {template.parser!r}"
+        )
 
 
 def _one_line(e: Exception) -> str:

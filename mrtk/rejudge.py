@@ -36,7 +36,9 @@ def load_judge_template(name: str, extra_dirs: list[str | Path] | None = None) -
     """The template of a judge experiment, validated before any model or database is touched."""
     template = load_template(name, extra_dirs)
     if template.role != "judge":
-        raise MrtkError(f"template {template.name} has role {template.role!r}; mrtk judge needs a judge template (role: judge)")
+        raise MrtkError(
+            f"template {template.name} has role {template.role!r}; mrtk judge needs a judge template (role: judge)"
+        )
     check_role(template, template.stage)
     return template
 
@@ -50,23 +52,33 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
         store, cfg, _ = open_run(run_dir)
         stored = store.response_iterations()
         if not stored:
-            raise MrtkError(f"run {run_dir} has no responses yet; let `mrtk run` reach the actor stage first (or resume it)")
+            raise MrtkError(
+                f"run {run_dir} has no responses yet; let `mrtk run` reach the actor stage first (or resume it)"
+            )
         its = list(job.iterations or stored)
         missing = [it for it in its if it not in stored]
         if missing:
             raise MrtkError(f"run {run_dir} has no responses for iteration {missing[0]}; it has {stored}")
         jcfg = with_template_sampling(cfg.judge, job.template)
-        jcfg = jcfg.model_copy(update={k: v for k, v in (("n", job.n), ("score_mode", job.score_mode)) if v is not None})
+        jcfg = jcfg.model_copy(
+            update={k: v for k, v in (("n", job.n), ("score_mode", job.score_mode)) if v is not None}
+        )
         if jcfg.score_mode not in ("structured", "free_text"):
             raise MrtkError(f"--score-mode {jcfg.score_mode!r} is not structured or free_text")
         table = judge.Judging(job.template, jcfg).table
         n_responses, before = store.count("responses"), store.count(table)
         store.record_templates([job.template])
-        policy = open_policy(cfg, pick_device(cfg.runtime.device), run_dir, tokenizer_for)  # the run's own backend (SGLang runs: its servers)
+        policy = open_policy(
+            cfg, pick_device(cfg.runtime.device), run_dir, tokenizer_for
+        )  # the run's own backend (SGLang runs: its servers)
         try:
             for it in its:
                 version = job.model or f"M{it}"
-                model_dir = model_for(store, cfg, version) if version[:1] == "M" and version[1:].isdigit() else resolve_model(version)
+                model_dir = (
+                    model_for(store, cfg, version)
+                    if version[:1] == "M" and version[1:].isdigit()
+                    else resolve_model(version)
+                )
                 responses = store.responses(it)
                 questions = {p["prompt_id"]: p["text"] for p in store.prompts(it)}
                 judging = judge.Judging(job.template, jcfg, source="rejudge", model_version=version)
@@ -74,11 +86,34 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 todo = judging.missing(responses, store.judged_ids(table, it, key))
 
                 def chunk(rows, go, model_dir=model_dir, questions=questions, judging=judging, it=it, version=version):
-                    return judging.run(policy.use(model_dir), rows, questions, iteration=it, run_seed=cfg.seed, model_version=version,
-                                       on_progress=go)
-                run_chunks(store, ui, f"it{it} judge {job.template.name}", todo, jcfg.n, chunk, table, cfg.runtime.max_batch_rows,
-                           lambda model_dir=model_dir: policy.use(model_dir))
+                    return judging.run(
+                        policy.use(model_dir),
+                        rows,
+                        questions,
+                        iteration=it,
+                        run_seed=cfg.seed,
+                        model_version=version,
+                        on_progress=go,
+                    )
+
+                run_chunks(
+                    store,
+                    ui,
+                    f"it{it} judge {job.template.name}",
+                    todo,
+                    jcfg.n,
+                    chunk,
+                    table,
+                    cfg.runtime.max_batch_rows,
+                    lambda model_dir=model_dir: policy.use(model_dir),
+                )
         finally:
             policy.close()  # a launched SGLang server stops; attached ones keep running
-        return {"written": store.count(table) - before, "table": table, "iterations": its, "key": key,
-                "responses_before": n_responses, "responses_after": store.count("responses")}
+        return {
+            "written": store.count(table) - before,
+            "table": table,
+            "iterations": its,
+            "key": key,
+            "responses_before": n_responses,
+            "responses_after": store.count("responses"),
+        }

@@ -41,7 +41,9 @@ def integer_ticks(*axes) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def interval_lines(ax, series: dict[str, list[tuple]], *, percent: bool, reference: tuple[float, str] | None = None) -> None:
+def interval_lines(
+    ax, series: dict[str, list[tuple]], *, percent: bool, reference: tuple[float, str] | None = None
+) -> None:
     """One line per series across iterations, with its 95% interval as error bars: series name ->
     [(iteration, value, ci_low, ci_high)] (None bounds: no bar). `percent`: a 0-100 axis;
     `reference`: (y, label) drawn dashed (50, "chance" for agreement with humans)."""
@@ -92,24 +94,46 @@ def sections(d: dict) -> list[Section]:
     its = [r["iteration"] for r in d["unparsed"]]
     ax.bar([str(i) for i in its], [r["unparsed"] / r["n"] for r in d["unparsed"]])
     ax.set(xlabel="iteration", ylabel="share unparsed", ylim=(0, 1))
-    out.append(Section("unparsed", "Share of unparsed judgements", len(its), f,
-                       ", ".join(f"it{r['iteration']}: {r['unparsed']} of {r['n']}" for r in d["unparsed"])))
+    out.append(
+        Section(
+            "unparsed",
+            "Share of unparsed judgements",
+            len(its),
+            f,
+            ", ".join(f"it{r['iteration']}: {r['unparsed']} of {r['n']}" for r in d["unparsed"]),
+        )
+    )
 
     lengths = _by_iteration(d["lengths"], "n_chars")
     f, ax = fig()
     if lengths:
         ax.boxplot([lengths[i] for i in sorted(lengths)], tick_labels=[str(i) for i in sorted(lengths)], showmeans=True)
     ax.set(xlabel="iteration", ylabel="response length (characters)")
-    out.append(Section("length", "Response length", sum(map(len, lengths.values())), f,
-                       ", ".join(f"it{i}: mean {sum(v) / len(v):.0f}" for i, v in sorted(lengths.items()))))
+    out.append(
+        Section(
+            "length",
+            "Response length",
+            sum(map(len, lengths.values())),
+            f,
+            ", ".join(f"it{i}: mean {sum(v) / len(v):.0f}" for i, v in sorted(lengths.items())),
+        )
+    )
 
     f, ax = fig(8, 3.6)
     labels = sorted({(r["iteration"], r["kind"]) for r in d["pairs"]})
     reasons = sorted({r["reason"] for r in d["pairs"]}, key=lambda x: (x != "ok", x))
     bottom = [0] * len(labels)
     for reason in reasons:
-        vals = [sum(r["n"] for r in d["pairs"] if (r["iteration"], r["kind"]) == lab and r["reason"] == reason) for lab in labels]
-        ax.bar([f"it{i} {k}" for i, k in labels], vals, bottom=bottom, label="kept" if reason == "ok" else f"dropped: {reason}")
+        vals = [
+            sum(r["n"] for r in d["pairs"] if (r["iteration"], r["kind"]) == lab and r["reason"] == reason)
+            for lab in labels
+        ]
+        ax.bar(
+            [f"it{i} {k}" for i, k in labels],
+            vals,
+            bottom=bottom,
+            label="kept" if reason == "ok" else f"dropped: {reason}",
+        )
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set(ylabel="prompts")
     if labels:
@@ -141,15 +165,28 @@ def sections(d: dict) -> list[Section]:
 
     f, ax = fig()
     mb = d["meta_bias"]
-    ax.plot([r["iteration"] for r in mb], [r["first_position_share"] for r in mb], marker="o", label="first position wins")
+    ax.plot(
+        [r["iteration"] for r in mb], [r["first_position_share"] for r in mb], marker="o", label="first position wins"
+    )
     ax.plot([r["iteration"] for r in mb], [r["higher_score_share"] for r in mb], marker="s", label="higher score wins")
     ax.set(xlabel="iteration", ylabel="share of battles", ylim=(0, 1))
     integer_ticks(ax)
     if mb:
         ax.legend()
-    out.append(Section("meta_bias", "Meta-judge biases (paper Table 5)", len(mb), f, "; ".join(
-        f"it{r['iteration']}: first {r['first_position_share']:.0%}, higher score "
-        + ("-" if r["higher_score_share"] is None else f"{r['higher_score_share']:.0%}") + f" of {r['n']}" for r in mb)))
+    out.append(
+        Section(
+            "meta_bias",
+            "Meta-judge biases (paper Table 5)",
+            len(mb),
+            f,
+            "; ".join(
+                f"it{r['iteration']}: first {r['first_position_share']:.0%}, higher score "
+                + ("-" if r["higher_score_share"] is None else f"{r['higher_score_share']:.0%}")
+                + f" of {r['n']}"
+                for r in mb
+            ),
+        )
+    )
 
     spreads = _by_iteration(d["elo"], "spread")
     f, ax = fig()
@@ -161,20 +198,44 @@ def sections(d: dict) -> list[Section]:
     if d["eval"]:
         f, ax = fig()
         series, shown = eval_series(d["eval"])
-        interval_lines(ax, series, percent=True, reference=(50.0, "chance") if any("agreement" in k for k in series) else None)
+        interval_lines(
+            ax, series, percent=True, reference=(50.0, "chance") if any("agreement" in k for k in series) else None
+        )
         ax.set(xlabel="iteration (0 = seed model)", ylabel="percent")
-        out.append(Section("eval", "Evaluation results per iteration", shown, f,
-                           "one line per evaluation across model iterations; bars: 95% intervals; dashed: chance for agreement"))
+        out.append(
+            Section(
+                "eval",
+                "Evaluation results per iteration",
+                shown,
+                f,
+                "one line per evaluation across model iterations; bars: 95% intervals; dashed: chance for agreement",
+            )
+        )
     else:
         out.append(Section("eval", "Evaluation results", 0, None, "no evaluation recorded for this run yet"))
     drift = [r for r in d["eval"] if r["eval"] == "frozen" and r["metric"] == "mean_shift" and r["value"] is not None]
     if drift:
         f, ax = fig()
-        interval_lines(ax, {"frozen set: mean score shift from M1": [(r["iteration"] + 1, r["value"], r["ci_low"], r["ci_high"]) for r in drift]},
-                       percent=False, reference=(0.0, "no shift"))
+        interval_lines(
+            ax,
+            {
+                "frozen set: mean score shift from M1": [
+                    (r["iteration"] + 1, r["value"], r["ci_low"], r["ci_high"]) for r in drift
+                ]
+            },
+            percent=False,
+            reference=(0.0, "no shift"),
+        )
         ax.set(xlabel="model M_t", ylabel="score points")
-        out.append(Section("drift", "Judge drift on the frozen set", len(drift), f,
-                           "M_t re-judges the same iteration-1 responses; bars: 95% intervals; dashed: no shift"))
+        out.append(
+            Section(
+                "drift",
+                "Judge drift on the frozen set",
+                len(drift),
+                f,
+                "M_t re-judges the same iteration-1 responses; bars: 95% intervals; dashed: no shift",
+            )
+        )
     return out
 
 
@@ -196,7 +257,8 @@ def eval_series(rows: list[dict]) -> tuple[dict[str, list[tuple]], int]:
         scale = 100.0 if r["metric"] == "agreement" else 1.0
         lo, hi = r.get("ci_low"), r.get("ci_high")
         series.setdefault(f"{r['eval']} {r['metric']} ({judge})", []).append(
-            (r["iteration"], r["value"] * scale, None if lo is None else lo * scale, None if hi is None else hi * scale))
+            (r["iteration"], r["value"] * scale, None if lo is None else lo * scale, None if hi is None else hi * scale)
+        )
         n += 1
     return series, n
 
@@ -216,13 +278,21 @@ def _judge_health(d: dict) -> str:
     from mrtk.summary import judge_health_lines
 
     iterations = sorted({r["iteration"] for r in d["stages"] if r["iteration"] >= 1})
-    rows = [{"iteration": it, "what": label, "value": text} for it in iterations for label, text in judge_health_lines(d["eval"], it)]
+    rows = [
+        {"iteration": it, "what": label, "value": text}
+        for it in iterations
+        for label, text in judge_health_lines(d["eval"], it)
+    ]
     if not rows:
-        return ("<section id='judge_health'><h2>Judge health</h2><p class='note'>No probe in this run: set probe.file "
-                "(human-labelled pairs) and probe.frozen (responses re-judged every iteration).</p></section>")
-    return (f"<section id='judge_health' data-points='{len(rows)}'><h2>Judge health</h2><p class='note'>M_t judges the human probe "
-            "and the frozen iteration-1 responses at every iteration; [low, high] are 95% intervals; the verdict compares M_t's "
-            f"agreement with M_t-1's on the same pairs (paired bootstrap).</p>{_table(rows)}</section>")
+        return (
+            "<section id='judge_health'><h2>Judge health</h2><p class='note'>No probe in this run: set probe.file "
+            "(human-labelled pairs) and probe.frozen (responses re-judged every iteration).</p></section>"
+        )
+    return (
+        f"<section id='judge_health' data-points='{len(rows)}'><h2>Judge health</h2><p class='note'>M_t judges the human probe "
+        "and the frozen iteration-1 responses at every iteration; [low, high] are 95% intervals; the verdict compares M_t's "
+        f"agreement with M_t-1's on the same pairs (paired bootstrap).</p>{_table(rows)}</section>"
+    )
 
 
 def _table(rows: list[dict]) -> str:
@@ -243,21 +313,25 @@ def render_html(run_dir: Path) -> str:
     d = collect(run_dir)
     run = d["run"]
     config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mrtk report {html.escape(run['run_id'])}</title>",
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>mrtk run {html.escape(run['run_id'])}</h1>",
-             f"<section id='header'><p>status <b>{html.escape(str(run['status']))}</b>, seed {run['seed']}, "
-             f"base model {html.escape(str(run['base_model']))}, created {run['created_at']}, git {html.escape(str(run['git_rev']))}</p>",
-             f"<h3>Model lineage</h3>{_table(d['lineage'])}<h3>Stage timings (s)</h3>{_table(d['stages'])}",
-             f"<h3>Config</h3><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
-             f"<h3>Versions</h3><pre>{html.escape(str(run['versions']))}</pre></section>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mrtk report {html.escape(run['run_id'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>mrtk run {html.escape(run['run_id'])}</h1>",
+        f"<section id='header'><p>status <b>{html.escape(str(run['status']))}</b>, seed {run['seed']}, "
+        f"base model {html.escape(str(run['base_model']))}, created {run['created_at']}, git {html.escape(str(run['git_rev']))}</p>",
+        f"<h3>Model lineage</h3>{_table(d['lineage'])}<h3>Stage timings (s)</h3>{_table(d['stages'])}",
+        f"<h3>Config</h3><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
+        f"<h3>Versions</h3><pre>{html.escape(str(run['versions']))}</pre></section>",
+    ]
     parts.append(_judge_health(d))
     for s in sections(d):
         parts.append(f"<section id='{s.key}' data-points='{s.points}'><h2>{html.escape(s.title)}</h2>")
         if s.note:
             parts.append(f"<p class='note'>{html.escape(s.note)}</p>")
         if s.figure is not None:
-            parts.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{base64.b64encode(_png(s.figure)).decode()}'>")
+            parts.append(
+                f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{base64.b64encode(_png(s.figure)).decode()}'>"
+            )
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

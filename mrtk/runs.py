@@ -43,7 +43,9 @@ def versions() -> dict[str, str]:
 
 def git_rev() -> str | None:
     try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return res.stdout.strip() if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -54,11 +56,24 @@ def new_run(cfg: RunConfig, config_path: str, out: Path) -> RunStore:
     store = RunStore(out / run_id)
     store.migrate()
     now = datetime.now()
-    store.write("runs", [{
-        "run_id": run_id, "status": "started", "created_at": now, "updated_at": now, "config": dump_config(cfg),
-        "config_path": config_path, "seed": cfg.seed, "versions": versions(), "git_rev": git_rev(),
-        "base_model": cfg.model, "iterations": cfg.iterations,
-    }])
+    store.write(
+        "runs",
+        [
+            {
+                "run_id": run_id,
+                "status": "started",
+                "created_at": now,
+                "updated_at": now,
+                "config": dump_config(cfg),
+                "config_path": config_path,
+                "seed": cfg.seed,
+                "versions": versions(),
+                "git_rev": git_rev(),
+                "base_model": cfg.model,
+                "iterations": cfg.iterations,
+            }
+        ],
+    )
     return store
 
 
@@ -92,8 +107,10 @@ def lifecycle(store: RunStore):
     except Exception as e:
         if is_write_failure(e):  # disk full while saving a model or a checkpoint
             _ended(store, "error", str(e))
-            raise MrtkError(f"writing to {store.run_dir} failed ({' '.join(str(e).split())[-100:]}); nothing recorded before "
-                            f"it is lost: free disk space, then: mrtk run --resume {store.run_dir}") from None
+            raise MrtkError(
+                f"writing to {store.run_dir} failed ({' '.join(str(e).split())[-100:]}); nothing recorded before "
+                f"it is lost: free disk space, then: mrtk run --resume {store.run_dir}"
+            ) from None
         _ended(store, "error", f"{type(e).__name__}: {e}")
         raise
     store.set_status("success")
@@ -118,8 +135,10 @@ def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
         return resolve_model(cfg.model)
     path = store.output_model(t)
     if path is None or not path.is_dir():
-        raise MrtkError(f"run {store.run_dir} has no model {version} on disk (iteration {t} did not finish training); "
-                        "pick an earlier model version")
+        raise MrtkError(
+            f"run {store.run_dir} has no model {version} on disk (iteration {t} did not finish training); "
+            "pick an earlier model version"
+        )
     return str(path)
 
 
@@ -127,8 +146,9 @@ MAX_LANES = 512  # concurrent calls at most; past it a call holds several items 
 FLUSH_ROWS, FLUSH_S = 256, 1.0  # a streamed stage writes its finished rows this often at least
 
 
-def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int,
-               backend=None, group=None) -> None:
+def run_chunks(
+    store: RunStore, ui, label: str, todo: list, per_item: int, fn, table: str, max_rows: int, backend=None, group=None
+) -> None:
     """Call a stage on `todo`, persisting rows as they finish; the progress bar counts the model
     calls still to make (after a resume, only the missing).
 
@@ -147,7 +167,7 @@ def run_chunks(store: RunStore, ui, label: str, todo: list, per_item: int, fn, t
         if window <= 0:
             size = max(1, max_rows // per_item)
             for i in range(0, len(todo), size):
-                store.write(table, fn(todo[i:i + size], go))
+                store.write(table, fn(todo[i : i + size], go))
             return
         _stream(store, _calls(todo, group), per_item, fn, table, window, go)
 
@@ -172,7 +192,7 @@ def _stream(store: RunStore, chunks: list[list], per_item: int, fn, table: str, 
     lanes = max(1, int(window // per_call))
     if lanes > MAX_LANES:  # past MAX_LANES calls, a call takes several (one batch request)
         size = -(-lanes // MAX_LANES)
-        chunks = [sum(chunks[i:i + size], []) for i in range(0, len(chunks), size)]
+        chunks = [sum(chunks[i : i + size], []) for i in range(0, len(chunks), size)]
         lanes = MAX_LANES
     lanes = min(lanes, len(chunks))
     calls, take, stop, done = iter(chunks), threading.Lock(), threading.Event(), queue.SimpleQueue()
@@ -235,7 +255,9 @@ class WriterLock:
         except BlockingIOError:
             self.fh.seek(0)
             pid = self.fh.read().strip() or "?"
-            raise MrtkError(f"run {self.path.parent} is being written by another process (pid {pid}); wait for it or stop it first") from None
+            raise MrtkError(
+                f"run {self.path.parent} is being written by another process (pid {pid}); wait for it or stop it first"
+            ) from None
         self.fh.truncate(0)
         self.fh.write(str(os.getpid()))
         self.fh.flush()

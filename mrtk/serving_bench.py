@@ -85,8 +85,12 @@ def sim_stats(url: str) -> dict:
         return json.loads(r.read())
 
 
-LAYOUTS = (("1 server", 1, False, False), ("4 servers", 4, False, False), ("router + 4", 4, True, False),
-           ("4 servers, one call at a time", 4, False, True))  # the last: the client as it was (actor stage only)
+LAYOUTS = (
+    ("1 server", 1, False, False),
+    ("4 servers", 4, False, False),
+    ("router + 4", 4, True, False),
+    ("4 servers, one call at a time", 4, False, True),
+)  # the last: the client as it was (actor stage only)
 
 
 def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=LAYOUTS) -> dict:
@@ -103,17 +107,32 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
     from mrtk.ui import QuietUI
 
     sz = sizes or (QUICK if quick else Sizes())
-    cfg = load_config(None, [f"actor.k={sz.k}", f"judge.n={sz.n}", f"actor.max_new_tokens={sz.actor_tokens}",
-                             f"judge.max_new_tokens={sz.judge_tokens}", f"meta_judge.max_new_tokens={sz.meta_tokens}"])
+    cfg = load_config(
+        None,
+        [
+            f"actor.k={sz.k}",
+            f"judge.n={sz.n}",
+            f"actor.max_new_tokens={sz.actor_tokens}",
+            f"judge.max_new_tokens={sz.judge_tokens}",
+            f"meta_judge.max_new_tokens={sz.meta_tokens}",
+        ],
+    )
     tok = tokenizer_for(str(embedded_model_dir()))
     t_actor = load_template(cfg.actor.template, role="actor")
     t_judge = load_template(cfg.judge.template, role="judge")
     t_meta = bind_meta_judge(load_template(cfg.meta_judge.template, role="meta-judge"), t_judge)
-    prompts = [{"prompt_id": f"p{i:05d}", "text": f"Question {i}: explain, with an example, how {w} works."}
-               for i, w in enumerate(["a lever", "a loan", "photosynthesis", "a hash map", "a vaccine", "tides"] * (sz.prompts // 6 + 1))][:sz.prompts]
+    prompts = [
+        {"prompt_id": f"p{i:05d}", "text": f"Question {i}: explain, with an example, how {w} works."}
+        for i, w in enumerate(
+            ["a lever", "a loan", "photosynthesis", "a hash map", "a vaccine", "tides"] * (sz.prompts // 6 + 1)
+        )
+    ][: sz.prompts]
     questions = {p["prompt_id"]: p["text"] for p in prompts}
-    report: dict = {"model": {"slots": MODEL.slots, "step_ms": MODEL.step_s * 1000, "capacity_tokens_per_s": MODEL.capacity},
-                    "sizes": sz.__dict__, "stages": {}}
+    report: dict = {
+        "model": {"slots": MODEL.slots, "step_ms": MODEL.step_s * 1000, "capacity_tokens_per_s": MODEL.capacity},
+        "sizes": sz.__dict__,
+        "stages": {},
+    }
     with tempfile.TemporaryDirectory() as d:
         for name, servers, router, serial in layouts:
             store = RunStore(Path(d) / name.replace(" ", "_").replace("+", ""))
@@ -126,53 +145,96 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
                 def stage(label: str, todo: list, per_item: int, fn, table: str, group=None):
                     before = [sim_stats(w) for w in workers]
                     t0, c0 = time.monotonic(), time.process_time()
-                    run_chunks(store, QuietUI(), label, todo, per_item, fn, table, 256, None if serial else lambda: backend, group)
+                    run_chunks(
+                        store,
+                        QuietUI(),
+                        label,
+                        todo,
+                        per_item,
+                        fn,
+                        table,
+                        256,
+                        None if serial else lambda: backend,
+                        group,
+                    )
                     seconds, client_cpu = time.monotonic() - t0, time.process_time() - c0
                     after = [sim_stats(w) for w in workers]
                     tokens = sum(a["tokens"] - b["tokens"] for a, b in zip(after, before))
                     server_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before))
                     report["stages"].setdefault(label, {})[name] = {
-                        "tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-                        "of_capacity": round(tokens / seconds / (MODEL.capacity * servers), 3), "samples": len(todo) * per_item,
-                        "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2)}
+                        "tokens": tokens,
+                        "seconds": round(seconds, 3),
+                        "tokens_per_s": round(tokens / seconds, 1),
+                        "of_capacity": round(tokens / seconds / (MODEL.capacity * servers), 3),
+                        "samples": len(todo) * per_item,
+                        "client_cpu_s": round(client_cpu, 2),
+                        "server_cpu_s": round(server_cpu, 2),
+                    }
 
                 kw = {"iteration": 1, "run_seed": 1, "model_version": "M1"}
-                stage("actor", prompts, sz.k, lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t_actor, on_progress=go, **kw),
-                      "responses")
+                stage(
+                    "actor",
+                    prompts,
+                    sz.k,
+                    lambda rows, go: actor.run_actor(backend, rows, cfg.actor, t_actor, on_progress=go, **kw),
+                    "responses",
+                )
                 if serial:
                     continue
                 responses = store.responses(1)
                 job = judge.Judging(t_judge, cfg.judge)
-                stage("judge", job.units(responses)[:sz.judged], sz.n, lambda rows, go: job.run(backend, rows, questions, on_progress=go, **kw),
-                      job.table)
+                stage(
+                    "judge",
+                    job.units(responses)[: sz.judged],
+                    sz.n,
+                    lambda rows, go: job.run(backend, rows, questions, on_progress=go, **kw),
+                    job.table,
+                )
                 judgements = store.loop_judgements(1, t_judge.hash)
                 by_response: dict[str, list] = {}
                 for j in judgements:
                     by_response.setdefault(j["response_id"], []).append(j)
                 texts = {r["response_id"]: r["text"] for r in responses}
-                fights = [f for rid in sorted(by_response)[:sz.meta_responses] for f in meta_judge.battles(by_response[rid])]
-                stage("meta-judge", fights, 1, lambda rows, go: meta_judge.run_meta_judge(
-                    backend, rows, questions, texts, cfg.meta_judge, t_meta, on_progress=go, **kw), "meta_judgements",
-                      meta_judge.battle_group)
+                fights = [
+                    f for rid in sorted(by_response)[: sz.meta_responses] for f in meta_judge.battles(by_response[rid])
+                ]
+                stage(
+                    "meta-judge",
+                    fights,
+                    1,
+                    lambda rows, go: meta_judge.run_meta_judge(
+                        backend, rows, questions, texts, cfg.meta_judge, t_meta, on_progress=go, **kw
+                    ),
+                    "meta_judgements",
+                    meta_judge.battle_group,
+                )
     base = layouts[0][0]
     for label, by_layout in report["stages"].items():
         for name, *_ in layouts[1:]:
             if name in by_layout and base in by_layout:
-                by_layout[f"speedup {name}"] = round(by_layout[name]["tokens_per_s"] / by_layout[base]["tokens_per_s"], 2)
+                by_layout[f"speedup {name}"] = round(
+                    by_layout[name]["tokens_per_s"] / by_layout[base]["tokens_per_s"], 2
+                )
         for name, servers, _, serial in layouts:  # requests in flight against the client as it was, on the same servers
             same = next((n for n, s, r, ser in layouts if s == servers and not r and not ser), None)
             if serial and name in by_layout and same in by_layout:
-                by_layout[f"{same} over {name}"] = round(by_layout[same]["tokens_per_s"] / by_layout[name]["tokens_per_s"], 2)
+                by_layout[f"{same} over {name}"] = round(
+                    by_layout[same]["tokens_per_s"] / by_layout[name]["tokens_per_s"], 2
+                )
     return report
 
 
 def fmt(report: dict) -> str:
-    lines = [f"simulated servers: {report['model']['slots']} slots, {report['model']['step_ms']} ms/step "
-             f"({report['model']['capacity_tokens_per_s']:.0f} tokens/s each)"]
+    lines = [
+        f"simulated servers: {report['model']['slots']} slots, {report['model']['step_ms']} ms/step "
+        f"({report['model']['capacity_tokens_per_s']:.0f} tokens/s each)"
+    ]
     for label, by in report["stages"].items():
-        parts = [f"{k}: {v['of_capacity']:.0%} of capacity ({v['samples']} samples, {v['seconds']:.1f}s)"
-                 for k, v in by.items() if isinstance(v, dict)]
+        parts = [
+            f"{k}: {v['of_capacity']:.0%} of capacity ({v['samples']} samples, {v['seconds']:.1f}s)"
+            for k, v in by.items()
+            if isinstance(v, dict)
+        ]
         parts += [f"{k} {v:.2f}x" for k, v in by.items() if not isinstance(v, dict)]
         lines.append(f"{label:11s} " + "; ".join(parts))
     return "\n".join(lines)
-

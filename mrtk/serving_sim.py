@@ -64,14 +64,44 @@ from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SAMPLING_FIELDS = ("max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
-                   "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n", "json_schema", "regex",
-                   "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
-                   "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice")
-FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. "
-           "(When there are running or waiting requests, the operation will not be performed.)\n")
-WORDS = ("the answer is clear and well reasoned with a short example that shows each step of the idea in plain words "
-         "so a reader can follow it and check the result against the question").split()
+SAMPLING_FIELDS = (
+    "max_new_tokens",
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "min_new_tokens",
+    "n",
+    "json_schema",
+    "regex",
+    "ebnf",
+    "structural_tag",
+    "ignore_eos",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "no_stop_trim",
+    "stream_interval",
+    "logit_bias",
+    "sampling_seed",
+    "custom_params",
+    "beam_width",
+    "watermark",
+    "choice",
+)
+FLUSHED = (
+    "Cache flushed.\nPlease check backend logs for more details. "
+    "(When there are running or waiting requests, the operation will not be performed.)\n"
+)
+WORDS = (
+    "the answer is clear and well reasoned with a short example that shows each step of the idea in plain words "
+    "so a reader can follow it and check the result against the question"
+).split()
 
 
 MEMORY = ("/release_memory_occupation", "/resume_memory_occupation")
@@ -104,7 +134,9 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn: no Nagle wait on keep-alive answers
+        self.request.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )  # as uvicorn: no Nagle wait on keep-alive answers
 
     def log_message(self, *args):
         pass
@@ -134,7 +166,9 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # a client killed mid-request is no server error
+        if not isinstance(
+            sys.exc_info()[1], (ConnectionError, TimeoutError)
+        ):  # a client killed mid-request is no server error
             super().handle_error(request, client_address)
 
 
@@ -185,7 +219,9 @@ def generate_inputs(body, tokenize) -> tuple[list[list[int]], list[dict], bool]:
     for sp in sps:
         for key in sp:
             if key not in SAMPLING_FIELDS:
-                raise BadRequest(f"unknown field `{key}`, expected one of {', '.join(f'`{f}`' for f in SAMPLING_FIELDS)}")
+                raise BadRequest(
+                    f"unknown field `{key}`, expected one of {', '.join(f'`{f}`' for f in SAMPLING_FIELDS)}"
+                )
         for key in ("json_schema", "regex", "ebnf"):
             if key in sp and sp[key] is not None and not isinstance(sp[key], str):
                 raise BadRequest(f"invalid type for `{key}`: expected a string")
@@ -231,9 +267,23 @@ class _Entry:
 class SimServer(Served):
     """One simulated SGLang server (see the module docstring)."""
 
-    def __init__(self, model: LatencyModel = LatencyModel(), port: int = 0, *, weight_version: str = "M1",
-                 deterministic: bool = True, version: str = "0.5.23", dp_size: int = 1, model_path: str = "sim"):
-        self.model, self.weight_version, self.deterministic, self.version = model, weight_version, deterministic, version
+    def __init__(
+        self,
+        model: LatencyModel = LatencyModel(),
+        port: int = 0,
+        *,
+        weight_version: str = "M1",
+        deterministic: bool = True,
+        version: str = "0.5.23",
+        dp_size: int = 1,
+        model_path: str = "sim",
+    ):
+        self.model, self.weight_version, self.deterministic, self.version = (
+            model,
+            weight_version,
+            deterministic,
+            version,
+        )
         self.dp_size, self.model_path = dp_size, model_path
         self.released = False
         self.cond = threading.Condition()
@@ -298,7 +348,7 @@ class SimServer(Served):
         """(chained hash, tokens) per radix-cache block of a prompt; a partial last block has hash 0 (never cached)."""
         b, h, out = self.model.block, 0, []
         for start in range(0, len(ids), b):
-            block = ids[start:start + b]
+            block = ids[start : start + b]
             h = hash((h, tuple(block)))
             out.append((h if len(block) == b else 0, len(block)))
         return out
@@ -333,9 +383,15 @@ class SimServer(Served):
 
     def info(self) -> dict:
         per_dp = max(1, self.model.slots // self.dp_size)
-        return {"model_path": self.model_path, "enable_deterministic_inference": self.deterministic, "version": self.version,
-                "max_running_requests": per_dp, "dp_size": self.dp_size, "frontend": "python",
-                "internal_states": [{"effective_max_running_requests_per_dp": per_dp} for _ in range(self.dp_size)]}
+        return {
+            "model_path": self.model_path,
+            "enable_deterministic_inference": self.deterministic,
+            "version": self.version,
+            "max_running_requests": per_dp,
+            "dp_size": self.dp_size,
+            "frontend": "python",
+            "internal_states": [{"effective_max_running_requests_per_dp": per_dp} for _ in range(self.dp_size)],
+        }
 
     def handle(self, path: str, body):
         if path in MEMORY or path == "/update_weights_from_disk":
@@ -348,7 +404,11 @@ class SimServer(Served):
             return 200, self.stats()
         if path == "/update_weights_from_disk":
             if not Path(str(body.get("model_path"))).exists():
-                return 400, {"success": False, "message": f"model path {body.get('model_path')} not found", "num_paused_requests": 0}
+                return 400, {
+                    "success": False,
+                    "message": f"model path {body.get('model_path')} not found",
+                    "num_paused_requests": 0,
+                }
             self.model_path, self.weight_version = body["model_path"], body.get("weight_version") or self.weight_version
             with self.cond:
                 self.cache.clear()  # the update flushes the radix cache
@@ -361,8 +421,17 @@ class SimServer(Served):
 
     def stats(self) -> dict:
         with self.cond:
-            return {"tokens": self.tokens, "steps": self.steps, "prefilled": self.prefilled, "busy_s": self.busy_s, "capacity": self.model.capacity, "model": asdict(self.model),
-                    "requests": len(self.requests), "now": time.monotonic(), "cpu_s": time.process_time()}
+            return {
+                "tokens": self.tokens,
+                "steps": self.steps,
+                "prefilled": self.prefilled,
+                "busy_s": self.busy_s,
+                "capacity": self.model.capacity,
+                "model": asdict(self.model),
+                "requests": len(self.requests),
+                "now": time.monotonic(),
+                "cpu_s": time.process_time(),
+            }
 
     # -- /generate -------------------------------------------------------------------------
     def generate(self, body):
@@ -376,7 +445,9 @@ class SimServer(Served):
                     seed = sp["sampling_seed"]
                 else:  # sampling_seed ignored without --enable-deterministic-inference
                     seed = random.randrange(2**31)
-                digest = hashlib.blake2b(json.dumps([ids, seed, self.weight_version, sp.get("regex")]).encode(), digest_size=8).digest()
+                digest = hashlib.blake2b(
+                    json.dumps([ids, seed, self.weight_version, sp.get("regex")]).encode(), digest_size=8
+                ).digest()
                 rngs.append((i, j, random.Random(int.from_bytes(digest, "big"))))
         batch = _Batch(len(rngs))
         blocks = [self._blocks(ids) for ids in inputs]
@@ -387,7 +458,9 @@ class SimServer(Served):
             answers.append(self._answer(inputs[i], sp, rng, length, body, i, j))
         record = ["/generate", len(entries), time.monotonic(), None]
         with self.cond:
-            if self.stopped or (self.die_after is not None and len(self.requests) >= self.die_after):  # dying: no new work
+            if self.stopped or (
+                self.die_after is not None and len(self.requests) >= self.die_after
+            ):  # dying: no new work
                 return None, None
             self.requests.append(record)
             self.waiting.extend(entries)
@@ -402,11 +475,20 @@ class SimServer(Served):
 
     def _answer(self, ids: list[int], sp: dict, rng: random.Random, length: int, body: dict, i: int, j: int) -> dict:
         max_new = int(sp.get("max_new_tokens", 128))
-        meta = {"id": f"{i}-{j}", "prompt_tokens": len(ids), "completion_tokens": length, "cached_tokens": 0,
-                "weight_version": self.weight_version}
+        meta = {
+            "id": f"{i}-{j}",
+            "prompt_tokens": len(ids),
+            "completion_tokens": length,
+            "cached_tokens": 0,
+            "weight_version": self.weight_version,
+        }
         if sp.get("regex"):
             options = [o.replace("\\", "") for o in sp["regex"].strip("()").split("|")]
-            return {"text": rng.choice(options), "meta_info": dict(meta, finish_reason={"type": "stop", "matched": None}), "index": i}
+            return {
+                "text": rng.choice(options),
+                "meta_info": dict(meta, finish_reason={"type": "stop", "matched": None}),
+                "index": i,
+            }
         text = " ".join(rng.choice(WORDS) for _ in range(length))
         finish = {"type": "length", "length": max_new} if length >= max_new else {"type": "stop", "matched": 2}
         meta["finish_reason"] = finish
@@ -415,7 +497,9 @@ class SimServer(Served):
             ids_wanted = wanted[i] if isinstance(wanted[0], list) else wanted
             weights = [rng.random() + 0.05 for _ in ids_wanted]
             total = sum(weights) / 0.9  # 90% of the mass on the wanted tokens
-            meta["output_token_ids_logprobs"] = [[[math.log(w / total), int(t), None] for w, t in zip(weights, ids_wanted)]]
+            meta["output_token_ids_logprobs"] = [
+                [[math.log(w / total), int(t), None] for w, t in zip(weights, ids_wanted)]
+            ]
         return {"text": text, "meta_info": meta, "index": i}
 
 
@@ -447,8 +531,12 @@ class SimRouter(Served):
             conns[url] = HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=600)
         conn = conns[url]
         try:
-            conn.request(method or ("POST" if body is not None else "GET"), path,
-                         body=json.dumps(body).encode() if body is not None else None, headers={"Content-Type": "application/json"})
+            conn.request(
+                method or ("POST" if body is not None else "GET"),
+                path,
+                body=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             raw = resp.read()
         except BaseException:
@@ -477,8 +565,21 @@ class SimRouter(Served):
             return 404, {"detail": "Not Found"}
         ids = {f"w{i}": u for i, u in enumerate(self.workers)}
         if parsed.path == "/v1/rl/workers":
-            return 200, {"workers": [{"id": wid, "url": u, "base_url": u, "engine": "sglang", "dp_size": None, "dp_ranks": 1,
-                                      "health": "healthy", "labels": {"engine": "sglang"}} for wid, u in ids.items()]}
+            return 200, {
+                "workers": [
+                    {
+                        "id": wid,
+                        "url": u,
+                        "base_url": u,
+                        "engine": "sglang",
+                        "dp_size": None,
+                        "dp_ranks": 1,
+                        "health": "healthy",
+                        "labels": {"engine": "sglang"},
+                    }
+                    for wid, u in ids.items()
+                ]
+            }
         parts = parsed.path.split("/")  # /v1/rl/workers/{id}/engine/{path} or /v1/rl/engine/{path}
         if parts[3] == "workers" and len(parts) > 6 and parts[5] == "engine" and parts[4] in ids:
             return 200, self._call(parts[4], ids[parts[4]], "/" + "/".join(parts[6:]), body)
@@ -488,14 +589,29 @@ class SimRouter(Served):
                 try:
                     results[wid] = self._call(wid, url, "/" + "/".join(parts[4:]), body)
                 except OSError as e:
-                    failed.append({"worker_id": wid, "url": url, "status": None, "error": "unreachable", "message": str(e)})
-            return (207 if failed else 200), {"results": results, "failed": failed, "total": len(ids), "succeeded": len(results)}
+                    failed.append(
+                        {"worker_id": wid, "url": url, "status": None, "error": "unreachable", "message": str(e)}
+                    )
+            return (207 if failed else 200), {
+                "results": results,
+                "failed": failed,
+                "total": len(ids),
+                "succeeded": len(results),
+            }
         return 404, {"detail": "Not Found"}
 
     def _call(self, wid: str, url: str, path: str, body) -> dict:
         t0 = time.monotonic()
-        status, payload = self._forward(url, path, body if body is not None else None, method="POST" if body is not None else "GET")
-        return {"worker_id": wid, "url": url, "status": status, "latency_ms": int(1000 * (time.monotonic() - t0)), "body": payload}
+        status, payload = self._forward(
+            url, path, body if body is not None else None, method="POST" if body is not None else "GET"
+        )
+        return {
+            "worker_id": wid,
+            "url": url,
+            "status": status,
+            "latency_ms": int(1000 * (time.monotonic() - t0)),
+            "body": payload,
+        }
 
 
 def _samples(body) -> int:
@@ -523,8 +639,12 @@ def main(argv: list[str]) -> None:
     if a.router is not None:
         served = SimRouter(a.router, rl=a.rl, port=a.port)
     else:
-        served = SimServer(LatencyModel(slots=a.slots, step_s=a.step_ms / 1000), a.port, weight_version=a.weight_version,
-                           dp_size=a.dp_size)
+        served = SimServer(
+            LatencyModel(slots=a.slots, step_s=a.step_ms / 1000),
+            a.port,
+            weight_version=a.weight_version,
+            dp_size=a.dp_size,
+        )
     with served:
         print(served.url, flush=True)
         served.thread.join()

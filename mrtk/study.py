@@ -35,19 +35,29 @@ def load_study(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise MrtkError(f"study {path}: cannot read it ({type(e).__name__}); give a YAML file with base, set and variants") from None
+        raise MrtkError(
+            f"study {path}: cannot read it ({type(e).__name__}); give a YAML file with base, set and variants"
+        ) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("variants"), dict) or not raw["variants"]:
-        raise MrtkError(f"study {path}: needs a `variants:` mapping (name -> overrides); see experiments/study_cpu.yaml")
+        raise MrtkError(
+            f"study {path}: needs a `variants:` mapping (name -> overrides); see experiments/study_cpu.yaml"
+        )
     for name, sets in raw["variants"].items():
         if not isinstance(sets, dict) or not str(name).replace("_", "").replace("-", "").isalnum():
             raise MrtkError(f"study {path}: variant {name!r} must be a plain name mapped to overrides (key: value)")
-    return {"name": raw.get("name") or path.stem, "base": raw.get("base") or "default", "set": dict(raw.get("set") or {}),
-            "variants": {str(k): dict(v) for k, v in raw["variants"].items()}}
+    return {
+        "name": raw.get("name") or path.stem,
+        "base": raw.get("base") or "default",
+        "set": dict(raw.get("set") or {}),
+        "variants": {str(k): dict(v) for k, v in raw["variants"].items()},
+    }
 
 
 def overrides(common: dict, own: dict, name: str) -> list[str]:
     """`--set` strings: the study's, then the variant's, then its run name."""
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in {**common, **own}.items()] + [f"name={name}"]
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in {**common, **own}.items()] + [
+        f"name={name}"
+    ]
 
 
 def variant_configs(study: dict, study_dir: Path) -> dict:
@@ -56,7 +66,10 @@ def variant_configs(study: dict, study_dir: Path) -> dict:
 
     beside = study_dir / study["base"]
     path = resolve_config_path(str(beside) if beside.is_file() else study["base"])
-    return {v: (path, load_config(path, overrides(study["set"], sets, f"{study['name']}-{v}"))) for v, sets in study["variants"].items()}
+    return {
+        v: (path, load_config(path, overrides(study["set"], sets, f"{study['name']}-{v}")))
+        for v, sets in study["variants"].items()
+    }
 
 
 def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
@@ -87,15 +100,21 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
             store = new_run(inputs.cfg, str(path.resolve()), parent)
             if first and shares_m1(first[1], cfg):
                 copied = store.adopt_probe_items(first[0] / "mrtk.duckdb", 0)
-                ui.info(f"study {study['name']}: {variant} takes M1's {copied} probe judgements from {first[0].name} (same model, judge and seed)")
+                ui.info(
+                    f"study {study['name']}: {variant} takes M1's {copied} probe judgements from {first[0].name} (same model, judge and seed)"
+                )
         ui.info(f"study {study['name']}: [bold]{variant}[/bold] -> {store.run_dir}")
         with WriterLock(store.run_dir):
             Loop(store, inputs, ui, **loop_kw).run()
         runs[variant] = store.run_dir
         first = first or (store.run_dir, cfg)
     table = study_rows(runs)
-    (out_dir / "study.json").write_text(json.dumps({"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table},
-                                                   indent=1, default=str), encoding="utf-8")
+    (out_dir / "study.json").write_text(
+        json.dumps(
+            {"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table}, indent=1, default=str
+        ),
+        encoding="utf-8",
+    )
     (out_dir / "study.md").write_text(markdown(table), encoding="utf-8")
     chart(table, out_dir / "study.png")
     return {"runs": runs, "rows": table}
@@ -121,10 +140,18 @@ def chart(rows: list[dict], path: Path) -> None:
         return out
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
-    probe = series(lambda r: None if r["probe_agreement"] is None else tuple(100 * x if x is not None else None for x in r["probe_agreement"][:3]))
+    probe = series(
+        lambda r: (
+            None
+            if r["probe_agreement"] is None
+            else tuple(100 * x if x is not None else None for x in r["probe_agreement"][:3])
+        )
+    )
     interval_lines(axes[0], probe, percent=True, reference=(50.0, "chance"))
     axes[0].set(title="judge agreement with humans (M_t on the probe)", xlabel="iteration", ylabel="percent")
-    first = series(lambda r: None if r["first_position_share"] is None else (100 * r["first_position_share"], None, None))
+    first = series(
+        lambda r: None if r["first_position_share"] is None else (100 * r["first_position_share"], None, None)
+    )
     interval_lines(axes[1], first, percent=True, reference=(50.0, "chance"))
     axes[1].set(title="meta-judge: first-position verdicts", xlabel="iteration", ylabel="percent")
     ties = series(lambda r: None if r["ties"] is None else (100 * r["ties"][0], None, None))
@@ -151,7 +178,11 @@ def study_rows(runs: dict[str, Path]) -> list[dict]:
         row = store.run_row()
         config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
         soft = config["meta_judge"].get("verdict") == "soft"
-        minutes = (row["updated_at"] - row["created_at"]).total_seconds() / 60 if row["updated_at"] and row["created_at"] else None
+        minutes = (
+            (row["updated_at"] - row["created_at"]).total_seconds() / 60
+            if row["updated_at"] and row["created_at"]
+            else None
+        )
         health = defaultdict(dict)
         for r in store.health_results():
             health[(r["eval"].split(":")[0], r["iteration"])][r["metric"]] = r
@@ -161,16 +192,29 @@ def study_rows(runs: dict[str, Path]) -> list[dict]:
             probe = health[("probe", it - 1)].get("agreement")  # eval rows carry t-1 for M_t's judge
             drift = health[("frozen", it - 1)].get("mean_shift")
             stats = store.lineage_stats(it)
-            out.append({
-                "variant": variant, "iteration": it, "first_position_share": numbers["meta"]["first_pos"],
-                "ties": even_battles(store.meta_judgements(it), soft),
-                "probe_agreement": None if probe is None else (probe["value"], probe["ci_low"], probe["ci_high"], probe["n"]),
-                "drift_mean_shift": None if drift is None else (drift["value"], drift["ci_low"], drift["ci_high"], drift["n"]),
-                "actor_pairs": kept.get("actor", 0), "judge_pairs": kept.get("judge", 0),
-                "dropped": {f"{p['kind']}:{p['reason']}": p["n"] for p in numbers["pairs"] if p["status"] != "kept"},
-                "dpo_steps": numbers["train"]["steps"], "reward_margin": numbers["train"]["last_margin"],
-                "label_smoothing": stats.get("label_smoothing"), "run_minutes": minutes,
-            })
+            out.append(
+                {
+                    "variant": variant,
+                    "iteration": it,
+                    "first_position_share": numbers["meta"]["first_pos"],
+                    "ties": even_battles(store.meta_judgements(it), soft),
+                    "probe_agreement": None
+                    if probe is None
+                    else (probe["value"], probe["ci_low"], probe["ci_high"], probe["n"]),
+                    "drift_mean_shift": None
+                    if drift is None
+                    else (drift["value"], drift["ci_low"], drift["ci_high"], drift["n"]),
+                    "actor_pairs": kept.get("actor", 0),
+                    "judge_pairs": kept.get("judge", 0),
+                    "dropped": {
+                        f"{p['kind']}:{p['reason']}": p["n"] for p in numbers["pairs"] if p["status"] != "kept"
+                    },
+                    "dpo_steps": numbers["train"]["steps"],
+                    "reward_margin": numbers["train"]["last_margin"],
+                    "label_smoothing": stats.get("label_smoothing"),
+                    "run_minutes": minutes,
+                }
+            )
     return out
 
 
@@ -200,18 +244,35 @@ def _interval(v, scale: float = 100.0, fmt: str = ".1f") -> str:
     return f"{scale * v[0]:{fmt}}{ci} (n={v[3]})"
 
 
-COLUMNS = ["variant", "it", "first pos.", "ties (pairs)", "probe agreement % [95% CI]", "frozen shift [95% CI]", "pairs a/j",
-           "DPO steps", "reward margin", "label smooth.", "minutes"]
+COLUMNS = [
+    "variant",
+    "it",
+    "first pos.",
+    "ties (pairs)",
+    "probe agreement % [95% CI]",
+    "frozen shift [95% CI]",
+    "pairs a/j",
+    "DPO steps",
+    "reward margin",
+    "label smooth.",
+    "minutes",
+]
 
 
 def cells(r: dict) -> list[str]:
-    return [r["variant"], str(r["iteration"]), _pct(r["first_position_share"]),
-            "-" if r["ties"] is None else f"{_pct(r['ties'][0])} ({r['ties'][1]})", _interval(r["probe_agreement"]),
-            _interval(r["drift_mean_shift"], 1.0, "+.2f"),
-            f"{r['actor_pairs']}/{r['judge_pairs']}", str(r["dpo_steps"]),
-            "-" if r["reward_margin"] is None else f"{r['reward_margin']:+.3f}",
-            "-" if r["label_smoothing"] is None else f"{r['label_smoothing']:.3f}",
-            "-" if r["run_minutes"] is None else f"{r['run_minutes']:.1f}"]
+    return [
+        r["variant"],
+        str(r["iteration"]),
+        _pct(r["first_position_share"]),
+        "-" if r["ties"] is None else f"{_pct(r['ties'][0])} ({r['ties'][1]})",
+        _interval(r["probe_agreement"]),
+        _interval(r["drift_mean_shift"], 1.0, "+.2f"),
+        f"{r['actor_pairs']}/{r['judge_pairs']}",
+        str(r["dpo_steps"]),
+        "-" if r["reward_margin"] is None else f"{r['reward_margin']:+.3f}",
+        "-" if r["label_smoothing"] is None else f"{r['label_smoothing']:.3f}",
+        "-" if r["run_minutes"] is None else f"{r['run_minutes']:.1f}",
+    ]
 
 
 def markdown(rows: list[dict]) -> str:

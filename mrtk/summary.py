@@ -17,13 +17,21 @@ def iteration_table(store: RunStore, it: int) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     r, j, m, t = s["responses"], s["judgements"], s["meta"], s["train"]
-    table.add_row("responses", f"{r['n']} ({r['dups'] or 0} duplicates), mean length {_f(r['mean_chars'], '{:.0f}')} chars")
+    table.add_row(
+        "responses", f"{r['n']} ({r['dups'] or 0} duplicates), mean length {_f(r['mean_chars'], '{:.0f}')} chars"
+    )
     table.add_row("judgements", f"{j['n']}, {j['n'] - j['parsed']} unparsed, mean score {_f(j['mean_score'])}")
     if m["n"]:
-        table.add_row("meta-judgements", f"{m['n']}, {m['n'] - m['parsed']} unparsed, first-position wins {_f(m['first_pos'], '{:.0%}')}")
+        table.add_row(
+            "meta-judgements",
+            f"{m['n']}, {m['n'] - m['parsed']} unparsed, first-position wins {_f(m['first_pos'], '{:.0%}')}",
+        )
     for p in s["pairs"]:
         table.add_row(f"{p['kind']} pairs {p['status']}", f"{p['n']}  ({p['reason']})")
-    table.add_row("DPO", f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}")
+    table.add_row(
+        "DPO",
+        f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}",
+    )
     health = store.health_results()
     for label, text in judge_health_lines(health, it):
         table.add_row(label, text)
@@ -47,14 +55,25 @@ def judge_health_lines(eval_results: list[dict], it: int) -> list[tuple[str, str
             by.setdefault(r["eval"], {})[r["metric"]] = r
     for name, m in sorted(by.items()):
         if name.startswith("probe:") and "agreement" in m:
-            text = (f"agreement {_ci(m['agreement'])}, without ties {_ci(m['agreement_without_ties'])}, "
-                    f"ties {_ci(m['tie_rate'])}")
+            text = (
+                f"agreement {_ci(m['agreement'])}, without ties {_ci(m['agreement_without_ties'])}, "
+                f"ties {_ci(m['tie_rate'])}"
+            )
             if "agreement_change" in m:
                 text += f"; vs M{it - 1}: {_ci(m['agreement_change'])}"
             lines.append((f"judge vs humans ({name[6:]})", text))
             change = m.get("agreement_change")
-            lines.append(("judge verdict", json.loads(change["details"] or "{}").get("verdict", "?") if change else "first probed model"))
+            lines.append(
+                (
+                    "judge verdict",
+                    json.loads(change["details"] or "{}").get("verdict", "?") if change else "first probed model",
+                )
+            )
         elif name == "frozen":
-            parts = [f"{k.replace('_', ' ')} {_ci(m[k])}" for k in ("mean_shift", "top_score_share", "tie_rate", "score_length_r") if k in m]
+            parts = [
+                f"{k.replace('_', ' ')} {_ci(m[k])}"
+                for k in ("mean_shift", "top_score_share", "tie_rate", "score_length_r")
+                if k in m
+            ]
             lines.append(("judge drift (frozen)", ", ".join(parts)))
     return lines

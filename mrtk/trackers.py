@@ -20,7 +20,9 @@ PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
 def check_installed(report_to: list[str]) -> None:
     for name in report_to:
         if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise MrtkError(f"train.report_to names {name}, which is not installed; run: pip install {PACKAGES[name]} (or drop it)")
+            raise MrtkError(
+                f"train.report_to names {name}, which is not installed; run: pip install {PACKAGES[name]} (or drop it)"
+            )
 
 
 def loop_metrics(store, it: int) -> dict[str, float]:
@@ -31,8 +33,14 @@ def loop_metrics(store, it: int) -> dict[str, float]:
     for p in s["pairs"]:
         out[f"pairs/{p['kind']}_{p['status']}/{p['reason']}"] = float(p["n"])
     j, m = s["judgements"], s["meta"]
-    named = {"judge/score_mean": j["mean_score"], "judge/score_sd": j["sd"], "judge/score_top": j["top"], "judge/score_unparsed": j["unparsed"],
-             "meta_judge/first_position_share": m["first_pos"], "meta_judge/higher_score_share": m["higher_score_share"]}
+    named = {
+        "judge/score_mean": j["mean_score"],
+        "judge/score_sd": j["sd"],
+        "judge/score_top": j["top"],
+        "judge/score_unparsed": j["unparsed"],
+        "meta_judge/first_position_share": m["first_pos"],
+        "meta_judge/higher_score_share": m["higher_score_share"],
+    }
     out.update({k: float(v) for k, v in named.items() if v is not None})
     return out
 

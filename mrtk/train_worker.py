@@ -46,8 +46,18 @@ def run_distributed(spec: dict, work_dir: Path, cmd: list[str], log_path: Path) 
     return json.loads(Path(spec["result_path"]).read_text())
 
 
-def train_iteration(model_dir: str, fitted: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
-                    run_dir: Path, out: Path, ui) -> tuple[list[dict], dict]:
+def train_iteration(
+    model_dir: str,
+    fitted: list[dict],
+    cfg: TrainCfg,
+    *,
+    iteration: int,
+    seed: int,
+    device: str,
+    run_dir: Path,
+    out: Path,
+    ui,
+) -> tuple[list[dict], dict]:
     """DPO for one iteration, M_t -> M_{t+1} saved at `out`: in this process, or under
     `accelerate launch` when `train.num_processes` > 1 or `train.accelerate_config` names a
     config (the workers save the model). Returns (per-step metrics, stats)."""
@@ -62,14 +72,38 @@ def train_iteration(model_dir: str, fitted: list[dict], cfg: TrainCfg, *, iterat
         (work / "examples.json").write_text(json.dumps(fitted))
         cmd = launch_command(work / "spec.json", cfg, device)
         ui.info(f"it{iteration} train: accelerate launch {' '.join(cmd[3:])}  (log: {run_dir / 'train.log'})")
-        result = run_distributed({"model_dir": model_dir, "examples_path": str(work / "examples.json"), "train": cfg.model_dump(mode="json"),
-                                  "iteration": iteration, "seed": seed, "device": device, "work_dir": str(work), "out": str(out),
-                                  "run_name": run_dir.name, "tracker_dir": str(tracker_dir), "result_path": str(work / "result.json")},
-                                 work, cmd, run_dir / "train.log")
+        result = run_distributed(
+            {
+                "model_dir": model_dir,
+                "examples_path": str(work / "examples.json"),
+                "train": cfg.model_dump(mode="json"),
+                "iteration": iteration,
+                "seed": seed,
+                "device": device,
+                "work_dir": str(work),
+                "out": str(out),
+                "run_name": run_dir.name,
+                "tracker_dir": str(tracker_dir),
+                "result_path": str(work / "result.json"),
+            },
+            work,
+            cmd,
+            run_dir / "train.log",
+        )
         return result["metrics"], result["stats"]
     with ui.stage(f"it{iteration} train ({len(fitted)} pairs)", train.planned_steps(len(fitted), cfg, iteration)) as go:
-        model, tok, metrics, stats = train.train_dpo(model_dir, fitted, cfg, iteration=iteration, seed=seed, device=device, work_dir=work,
-                                                     on_step=lambda: go(1), run_name=run_dir.name, tracker_dir=tracker_dir)
+        model, tok, metrics, stats = train.train_dpo(
+            model_dir,
+            fitted,
+            cfg,
+            iteration=iteration,
+            seed=seed,
+            device=device,
+            work_dir=work,
+            on_step=lambda: go(1),
+            run_name=run_dir.name,
+            tracker_dir=tracker_dir,
+        )
     save_model(model, tok, out)
     del model
     release_memory()  # before a server takes its GPU memory back
@@ -82,11 +116,18 @@ def main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     examples = json.loads(Path(spec["examples_path"]).read_text())
-    model, tok, metrics, stats = train_dpo(spec["model_dir"], examples, TrainCfg.model_validate(spec["train"]),
-                                           iteration=spec["iteration"], seed=spec["seed"], device=spec["device"],
-                                           work_dir=Path(spec["work_dir"]), run_name=spec.get("run_name"),
-                                           tracker_dir=Path(spec["tracker_dir"]) if spec.get("tracker_dir") else None,
-                                           sharded_save_to=Path(spec["out"]) if sharded() else None)
+    model, tok, metrics, stats = train_dpo(
+        spec["model_dir"],
+        examples,
+        TrainCfg.model_validate(spec["train"]),
+        iteration=spec["iteration"],
+        seed=spec["seed"],
+        device=spec["device"],
+        work_dir=Path(spec["work_dir"]),
+        run_name=spec.get("run_name"),
+        tracker_dir=Path(spec["tracker_dir"]) if spec.get("tracker_dir") else None,
+        sharded_save_to=Path(spec["out"]) if sharded() else None,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         if not sharded():  # a sharded run saved the consolidated model inside train_dpo, every rank taking part
             save_model(model, tok, Path(spec["out"]))
@@ -95,7 +136,10 @@ def main(spec_path: str) -> None:
 
 def sharded() -> bool:
     """DeepSpeed ZeRO or FSDP under `accelerate launch`: no rank holds the whole model."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    )
 
 
 if __name__ == "__main__":

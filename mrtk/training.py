@@ -21,20 +21,42 @@ def accumulation(batch_size: int, micro_batch_size: int, processes: int) -> int:
     """Gradient accumulation steps so that micro x accumulation x processes = the global batch."""
     per_step = micro_batch_size * processes
     if batch_size < per_step:
-        raise MrtkError(f"train.batch_size {batch_size} is below micro_batch_size x processes = {micro_batch_size} x {processes}; "
-                        "raise batch_size or lower micro_batch_size")
+        raise MrtkError(
+            f"train.batch_size {batch_size} is below micro_batch_size x processes = {micro_batch_size} x {processes}; "
+            "raise batch_size or lower micro_batch_size"
+        )
     return batch_size // per_step
 
 
-def trainer_args(*, work_dir: Path, micro_batch_size: int, batch_size: int, epochs: int, lr: float, seed: int,
-                 device: str, bf16: bool) -> dict:
+def trainer_args(
+    *,
+    work_dir: Path,
+    micro_batch_size: int,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    device: str,
+    bf16: bool,
+) -> dict:
     """TrainingArguments both trainers share: CPU-aware, quiet, nothing saved (we save the merged model).
     The global batch is `batch_size` whatever the number of processes (WORLD_SIZE)."""
     return dict(
-        output_dir=str(work_dir), per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=accumulation(batch_size, micro_batch_size, world_size()), num_train_epochs=epochs,
-        learning_rate=lr, max_length=None, bf16=bf16, use_cpu=device == "cpu", logging_steps=1, save_strategy="no",
-        report_to=[], seed=seed % (2**31), data_seed=seed % (2**31), disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(work_dir),
+        per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=accumulation(batch_size, micro_batch_size, world_size()),
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        max_length=None,
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=seed % (2**31),
+        data_seed=seed % (2**31),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
 
 
@@ -69,8 +91,13 @@ def lora_config(lora):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        task_type="CAUSAL_LM",
+    )
 
 
 def metrics_callback(sink: list[dict], iteration: int, on_step=None):
@@ -80,14 +107,23 @@ def metrics_callback(sink: list[dict], iteration: int, on_step=None):
     class Record(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                sink.append({
-                    "iteration": iteration, "step": state.global_step, "epoch": logs.get("epoch"),
-                    "loss": logs.get("loss"), "reward_margin": logs.get("rewards/margins"),
-                    "reward_accuracy": logs.get("rewards/accuracies"), "reward_chosen": logs.get("rewards/chosen"),
-                    "reward_rejected": logs.get("rewards/rejected"), "logp_chosen": logs.get("logps/chosen"),
-                    "logp_rejected": logs.get("logps/rejected"), "learning_rate": logs.get("learning_rate"),
-                    "grad_norm": logs.get("grad_norm"), "logged_at": time.time(),
-                })
+                sink.append(
+                    {
+                        "iteration": iteration,
+                        "step": state.global_step,
+                        "epoch": logs.get("epoch"),
+                        "loss": logs.get("loss"),
+                        "reward_margin": logs.get("rewards/margins"),
+                        "reward_accuracy": logs.get("rewards/accuracies"),
+                        "reward_chosen": logs.get("rewards/chosen"),
+                        "reward_rejected": logs.get("rewards/rejected"),
+                        "logp_chosen": logs.get("logps/chosen"),
+                        "logp_rejected": logs.get("logps/rejected"),
+                        "learning_rate": logs.get("learning_rate"),
+                        "grad_norm": logs.get("grad_norm"),
+                        "logged_at": time.time(),
+                    }
+                )
                 faults.point("train.step")
                 if on_step:
                     on_step()

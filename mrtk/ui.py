@@ -48,8 +48,14 @@ class RichUI(QuietUI):
             with self._log_stage(label, total) as go:
                 yield go
             return
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.console, transient=False) as progress:
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
             task = progress.add_task(label, total=total)
             yield lambda n: progress.advance(task, n)
 

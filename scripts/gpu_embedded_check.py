@@ -37,9 +37,19 @@ def build_tiny(tokenizer_dir: str, out: Path) -> str:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.2,  # peaked, not flat, logits tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,  # peaked, not flat, logits tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
@@ -56,7 +66,13 @@ def main(tokenizer_dir: str, work: str) -> None:
 
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
-    print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+    print(
+        "torch",
+        torch.__version__,
+        "cuda",
+        torch.cuda.is_available(),
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+    )
     model_dir = build_tiny(tokenizer_dir, work_dir / "tiny")
 
     model, tok = load_model(model_dir, "float32", DEV)
@@ -66,13 +82,18 @@ def main(tokenizer_dir: str, work: str) -> None:
         [[g]] = be.generate([Request(p, (0,))], SamplingParams(0.0, 1.0, 24))
         ids = torch.tensor([be.encode(p)], device=DEV)
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
-        assert g.text == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True), f"greedy differs from HF generate on {p!r}"
+        assert g.text == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True), (
+            f"greedy differs from HF generate on {p!r}"
+        )
     print(f"1. greedy == HF generate on {DEV}: ok")
 
     # greedy: a random model's next-token distributions are near-flat, so float rounding alone can move a sampled pick
     cfg = validate_config({}).judge.model_copy(update={"max_new_tokens": 12, "temperature": 0.0})
     template = load_template(cfg.template, role="judge")
-    responses = [{"response_id": f"r{i}", "prompt_id": f"p{i % 3}", "text": t} for i, t in enumerate(["Blue light scatters.", "Sleep early.", "4", "Paris."])]
+    responses = [
+        {"response_id": f"r{i}", "prompt_id": f"p{i % 3}", "text": t}
+        for i, t in enumerate(["Blue light scatters.", "Sleep early.", "4", "Paris."])
+    ]
     questions = {f"p{i}": q for i, q in enumerate(prompts)}
     kw = dict(iteration=1, run_seed=3, model_version="M0")
     shared = run_judge(be, responses, questions, cfg, template, **kw)
@@ -83,18 +104,33 @@ def main(tokenizer_dir: str, work: str) -> None:
     print(f"2. shared-prefix judge == plain path on {DEV} (max score diff {diff:.2e}): ok")
 
     config = work_dir / "gpu.yaml"
-    config.write_text(json.dumps({
-        "name": "gpu-embedded", "iterations": 2, "pairs": {"judge_iterations": [1, 2]}, "model": model_dir, "runtime": {"device": DEV},
-        "prompts": {"per_iteration": 8}, "actor": {"k": 4, "max_new_tokens": 48}, "judge": {"max_new_tokens": 16},
-        "meta_judge": {"max_new_tokens": 12}, "train": {"epochs": [1, 1]},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "name": "gpu-embedded",
+                "iterations": 2,
+                "pairs": {"judge_iterations": [1, 2]},
+                "model": model_dir,
+                "runtime": {"device": DEV},
+                "prompts": {"per_iteration": 8},
+                "actor": {"k": 4, "max_new_tokens": 48},
+                "judge": {"max_new_tokens": 16},
+                "meta_judge": {"max_new_tokens": 12},
+                "train": {"epochs": [1, 1]},
+            }
+        )
+    )
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(config), "--out", str(work_dir / "runs"), "-q"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "mrtk.cli", "run", str(config), "--out", str(work_dir / "runs"), "-q"], check=True
+    )
     print(f"3. mrtk run, 2 iterations on {DEV}: {time.perf_counter() - t0:.1f} s")
     run = max((work_dir / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-    for sql in ("select stage, status, round(seconds, 2) as s from stages order by started_at",
-                "select (select count(*) from responses) responses, (select count(score) from judgements) judged, "
-                "(select count(*) from meta_judgements) meta, (select count(*) from pairs) pairs"):
+    for sql in (
+        "select stage, status, round(seconds, 2) as s from stages order by started_at",
+        "select (select count(*) from responses) responses, (select count(score) from judgements) judged, "
+        "(select count(*) from meta_judgements) meta, (select count(*) from pairs) pairs",
+    ):
         subprocess.run([sys.executable, "-m", "mrtk.cli", "query", sql, "--run", str(run)], check=True)
 
     bf16 = EmbeddedBackend(*load_model(model_dir, "bfloat16", DEV))
@@ -112,7 +148,9 @@ def main(tokenizer_dir: str, work: str) -> None:
     n = hf_generate(model, bf16.pad_id, ids, 128)
     sync()
     base = n / (time.perf_counter() - t0)
-    print(f"4. actor batch 64 x 128 on {DEV} (tiny model): embedded bf16 {ours:.0f} tok/s, HF generate fp32 {base:.0f} tok/s, ratio {ours / base:.2f}x")
+    print(
+        f"4. actor batch 64 x 128 on {DEV} (tiny model): embedded bf16 {ours:.0f} tok/s, HF generate fp32 {base:.0f} tok/s, ratio {ours / base:.2f}x"
+    )
     print("OK")
 
 

@@ -30,16 +30,34 @@ def main(shared: Path) -> None:
         r = json.loads(line)
         if max(len(r["input"]), len(r["output_1"]), len(r["output_2"])) <= MAX_CHARS:
             source = "mt_bench_human (CC-BY-4.0) via LLMBar" if r["subset"] == "MT-Bench-human" else "LLMBar (MIT)"
-            out.append({"id": f"llmbar/{r['id']}", "source": source, "subset": r["subset"], "input": r["input"],
-                        "output_1": r["output_1"], "output_2": r["output_2"], "label": int(r["label"])})
+            out.append(
+                {
+                    "id": f"llmbar/{r['id']}",
+                    "source": source,
+                    "subset": r["subset"],
+                    "input": r["input"],
+                    "output_1": r["output_1"],
+                    "output_2": r["output_2"],
+                    "label": int(r["label"]),
+                }
+            )
     panda = []
     for r in json.loads((dev / "pandalm_testset-v1.json").read_text(encoding="utf-8")):
         votes = {r["annotator1"], r["annotator2"], r["annotator3"]}
         question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
         a, b = text(r["response1"]), text(r["response2"])
         if len(votes) == 1 and votes <= {1, 2} and max(len(question), len(a), len(b)) <= MAX_CHARS:
-            panda.append({"id": f"pandalm/{r['idx']}", "source": "PandaLM testset-v1 (Apache-2.0), unanimous", "subset": "PandaLM",
-                          "input": question, "output_1": a, "output_2": b, "label": votes.pop()})
+            panda.append(
+                {
+                    "id": f"pandalm/{r['idx']}",
+                    "source": "PandaLM testset-v1 (Apache-2.0), unanimous",
+                    "subset": "PandaLM",
+                    "input": question,
+                    "output_1": a,
+                    "output_2": b,
+                    "label": votes.pop(),
+                }
+            )
     out += random.Random(SEED).sample(panda, TOTAL - len(out))
     target = Path(__file__).resolve().parents[1] / "data" / "probe_human.jsonl"
     target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")

@@ -26,7 +26,9 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 TINY = {
-    "name": "tiny", "seed": 3, "iterations": 2,
+    "name": "tiny",
+    "seed": 3,
+    "iterations": 2,
     "prompts": {"per_iteration": 4},
     "actor": {"k": 2, "max_new_tokens": 16},
     "judge": {"n": 2, "max_new_tokens": 10},
@@ -73,9 +75,20 @@ def tiny_model_dir(model_dir, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny_model")
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.2, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
@@ -97,7 +110,9 @@ def mrtk(*args: str, cwd: Path, check: bool = False, **kw) -> subprocess.Complet
     if os.environ.get("MRTK_TEST_SUBPROCESS") == "1":
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         kw.pop("input", None)
-        res = subprocess.run([sys.executable, "-m", "mrtk.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, **kw)
+        res = subprocess.run(
+            [sys.executable, "-m", "mrtk.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, **kw
+        )
     else:
         res = _in_process(list(args), cwd)
     if check and res.returncode != 0:
@@ -202,25 +217,50 @@ def check_complete(db: Path, cfg: dict = TINY) -> None:
     """Every table holds exactly what a finished tiny run must hold: no duplicates, no gaps."""
     k, n, per = cfg["actor"]["k"], cfg["judge"]["n"], cfg["prompts"]["per_iteration"]
     assert rows(db, "SELECT status FROM runs") == [("success",)]
-    assert rows(db, "SELECT iteration, count(*), count(DISTINCT prompt_id) FROM prompts GROUP BY 1 ORDER BY 1") == [(1, per, per), (2, per, per)]
-    assert rows(db, "SELECT iteration, count(*), count(DISTINCT response_id) FROM responses GROUP BY 1 ORDER BY 1") == [(1, per * k, per * k), (2, per * k, per * k)]
+    assert rows(db, "SELECT iteration, count(*), count(DISTINCT prompt_id) FROM prompts GROUP BY 1 ORDER BY 1") == [
+        (1, per, per),
+        (2, per, per),
+    ]
+    assert rows(db, "SELECT iteration, count(*), count(DISTINCT response_id) FROM responses GROUP BY 1 ORDER BY 1") == [
+        (1, per * k, per * k),
+        (2, per * k, per * k),
+    ]
     # each non-duplicate response has exactly n judgements, with sample indexes 0..n-1
-    assert rows(db, f"""SELECT count(*) FROM responses r WHERE NOT is_duplicate AND
-                       (SELECT count(*) FROM judgements j WHERE j.response_id = r.response_id) != {n}""") == [(0,)]
+    assert rows(
+        db,
+        f"""SELECT count(*) FROM responses r WHERE NOT is_duplicate AND
+                       (SELECT count(*) FROM judgements j WHERE j.response_id = r.response_id) != {n}""",
+    ) == [(0,)]
     assert rows(db, "SELECT count(*) - count(DISTINCT judgement_id) FROM judgements") == [(0,)]
     assert rows(db, "SELECT count(*) FROM judgements WHERE raw_text IS NULL OR raw_text = ''") == [(0,)]
     # the meta-judge saw every ordered pair of valid judgements of each picked response
-    assert rows(db, """SELECT count(*) FROM (SELECT response_id, count(*) AS m,
+    assert rows(
+        db,
+        """SELECT count(*) FROM (SELECT response_id, count(*) AS m,
                          (SELECT count(*) FROM judgements j WHERE j.response_id = mj.response_id AND score IS NOT NULL) AS v
-                       FROM meta_judgements mj GROUP BY response_id) WHERE m != v * (v - 1)""") == [(0,)]
-    assert rows(db, "SELECT iteration, kind, count(*) FROM pairs GROUP BY ALL ORDER BY ALL") == \
-        [(1, "actor", per), (1, "judge", per), (2, "actor", per), (2, "judge", per)]
+                       FROM meta_judgements mj GROUP BY response_id) WHERE m != v * (v - 1)""",
+    ) == [(0,)]
+    assert rows(db, "SELECT iteration, kind, count(*) FROM pairs GROUP BY ALL ORDER BY ALL") == [
+        (1, "actor", per),
+        (1, "judge", per),
+        (2, "actor", per),
+        (2, "judge", per),
+    ]
     # every pair's ids resolve; no unparsed judgement is in a pair
-    assert rows(db, """SELECT count(*) FROM pairs p WHERE status = 'kept' AND kind = 'actor' AND
-                       (SELECT count(*) FROM responses r WHERE r.response_id IN (p.chosen_id, p.rejected_id)) != 2""") == [(0,)]
-    assert rows(db, """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
-                       WHERE p.kind = 'judge' AND j.score IS NULL""") == [(0,)]
-    assert rows(db, "SELECT iteration, count(*) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [(1, 5), (2, 5)]
+    assert rows(
+        db,
+        """SELECT count(*) FROM pairs p WHERE status = 'kept' AND kind = 'actor' AND
+                       (SELECT count(*) FROM responses r WHERE r.response_id IN (p.chosen_id, p.rejected_id)) != 2""",
+    ) == [(0,)]
+    assert rows(
+        db,
+        """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
+                       WHERE p.kind = 'judge' AND j.score IS NULL""",
+    ) == [(0,)]
+    assert rows(db, "SELECT iteration, count(*) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [
+        (1, 5),
+        (2, 5),
+    ]
     assert [r[0] for r in rows(db, "SELECT iteration FROM lineage ORDER BY 1")] == [1, 2]
 
 

@@ -17,8 +17,30 @@ from pathlib import Path
 from mrtk import faults
 from mrtk.backends.base import Generation
 
-WORDS = ("the", "answer", "is", "clear", "because", "it", "covers", "each", "part", "of", "question", "well", "but", "misses",
-         "detail", "and", "could", "be", "shorter", "useful", "response", "overall")
+WORDS = (
+    "the",
+    "answer",
+    "is",
+    "clear",
+    "because",
+    "it",
+    "covers",
+    "each",
+    "part",
+    "of",
+    "question",
+    "well",
+    "but",
+    "misses",
+    "detail",
+    "and",
+    "could",
+    "be",
+    "shorter",
+    "useful",
+    "response",
+    "overall",
+)
 
 
 class Crash(RuntimeError):
@@ -44,7 +66,9 @@ class ScriptedBackend:
                     if self.policy.crash_after is not None and self.policy.samples >= self.policy.crash_after:
                         raise Crash(f"scripted crash after {self.policy.samples} samples")
                     self.policy.samples += 1
-                rng = random.Random(hashlib.sha256(f"{Path(self.model_dir).name}\0{r.prompt}\0{seed}".encode()).digest())
+                rng = random.Random(
+                    hashlib.sha256(f"{Path(self.model_dir).name}\0{r.prompt}\0{seed}".encode()).digest()
+                )
                 n = rng.randint(2, max(2, params.max_new_tokens))
                 text = " ".join(rng.choice(WORDS) for _ in range(n))
                 probs = None
@@ -105,8 +129,23 @@ def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, 
     metrics row per step and the stats; here one step per pair, no weights changed."""
     metrics = []
     for k in range(len(fitted)):
-        metrics.append({"iteration": iteration, "step": k + 1, "epoch": 1.0, "loss": 0.693, "reward_margin": 0.0, "learning_rate": cfg.lr})
+        metrics.append(
+            {
+                "iteration": iteration,
+                "step": k + 1,
+                "epoch": 1.0,
+                "loss": 0.693,
+                "reward_margin": 0.0,
+                "learning_rate": cfg.lr,
+            }
+        )
         faults.point("train.step")
     link_model(model_dir, out=out)
-    return metrics, {"pairs_trained": len(fitted), "epochs": 1, "steps": len(fitted), "train_seconds": 0.0, "bf16": False,
-                     "label_smoothing": cfg.label_smoothing}
+    return metrics, {
+        "pairs_trained": len(fitted),
+        "epochs": 1,
+        "steps": len(fitted),
+        "train_seconds": 0.0,
+        "bf16": False,
+        "label_smoothing": cfg.label_smoothing,
+    }

@@ -36,9 +36,16 @@ def main(argv: list[str]) -> None:
         store = new_run(inputs.cfg, str(path.resolve()), Path("runs"))
     from mrtk.backends import open_policy
 
-    served = inputs.cfg.backend == "sglang"  # the real SGLang client against the servers in the config (tests: mrtk.serving_sim)
+    served = (
+        inputs.cfg.backend == "sglang"
+    )  # the real SGLang client against the servers in the config (tests: mrtk.serving_sim)
     with WriterLock(store.run_dir):
-        Loop(store, inputs, open_policy=open_policy if served else ScriptedPolicy(delay=delay).opener, train=scripted_train).run()
+        Loop(
+            store,
+            inputs,
+            open_policy=open_policy if served else ScriptedPolicy(delay=delay).opener,
+            train=scripted_train,
+        ).run()
 
 
 if __name__ == "__main__":

@@ -92,10 +92,18 @@ class PrefixCachingEngine(EmbeddedBackend):
             for layer in cache.layers:
                 layer.truncate(start)
         for s in range(start, len(ids), self.CHUNK):
-            piece = ids[s:s + self.CHUNK]
-            out = self.model(input_ids=torch.tensor([piece]), position_ids=torch.arange(s, s + len(piece))[None],
-                             **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
-        self.kept[tuple(ids)] = (copy.deepcopy(cache), out.logits[:, -1, :])  # the KV before the decode loop writes into it
+            piece = ids[s : s + self.CHUNK]
+            out = self.model(
+                input_ids=torch.tensor([piece]),
+                position_ids=torch.arange(s, s + len(piece))[None],
+                **{self.cache_kw: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.kept[tuple(ids)] = (
+            copy.deepcopy(cache),
+            out.logits[:, -1, :],
+        )  # the KV before the decode loop writes into it
         self.kept.move_to_end(tuple(ids))
         while len(self.kept) > self.KEEP:
             self.kept.popitem(last=False)
@@ -109,8 +117,15 @@ class PrefixCachingEngine(EmbeddedBackend):
 
 
 class SGLangDouble(Served):
-    def __init__(self, model_dir: str, port: int = 0, weight_version: str = "M1", *, deterministic: bool = False,
-                 version: str = "0.5.23"):
+    def __init__(
+        self,
+        model_dir: str,
+        port: int = 0,
+        weight_version: str = "M1",
+        *,
+        deterministic: bool = False,
+        version: str = "0.5.23",
+    ):
         from mrtk.models import load_model
 
         self.load = lambda path: PrefixCachingEngine(*load_model(path, "float32"), max_batch_rows=64)
@@ -151,8 +166,12 @@ class SGLangDouble(Served):
         if path in COMMON:
             return common_call(self, path)
         if path in ("/server_info", "/get_server_info"):
-            return 200, {"model_path": self.model_path, "enable_deterministic_inference": self.deterministic,
-                         "version": self.version, "frontend": "python"}
+            return 200, {
+                "model_path": self.model_path,
+                "enable_deterministic_inference": self.deterministic,
+                "version": self.version,
+                "frontend": "python",
+            }
         if path == "/update_weights_from_disk":
             try:
                 self.engine = self.load(body["model_path"])
@@ -170,7 +189,9 @@ class SGLangDouble(Served):
     # -- /generate -------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, body: dict):
-        inputs, sps, single = generate_inputs(body, lambda t: self.engine.tok(t)["input_ids"])  # add_special_tokens=True, as SGLang
+        inputs, sps, single = generate_inputs(
+            body, lambda t: self.engine.tok(t)["input_ids"]
+        )  # add_special_tokens=True, as SGLang
         want_ids = body.get("token_ids_logprob")
         out = []
         for i, (ids, sp) in enumerate(zip(inputs, sps)):
@@ -227,12 +248,22 @@ class SGLangDouble(Served):
             lp = first[toks[0]].item()
             if len(toks) > 1:
                 pos = torch.arange(len(ids), len(ids) + len(toks) - 1)[None]
-                more = self.engine.model(input_ids=torch.tensor([toks[:-1]]), position_ids=pos, **{self.engine.cache_kw: copy.deepcopy(cache)},
-                                         use_cache=True).logits[0]
+                more = self.engine.model(
+                    input_ids=torch.tensor([toks[:-1]]),
+                    position_ids=pos,
+                    **{self.engine.cache_kw: copy.deepcopy(cache)},
+                    use_cache=True,
+                ).logits[0]
                 lp += sum(more.float().log_softmax(-1)[k, t].item() for k, t in enumerate(toks[1:]))
             if lp > best_lp:
                 best, best_lp = o, lp
-        return {"text": best, "meta_info": dict(meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}), "index": index}
+        return {
+            "text": best,
+            "meta_info": dict(
+                meta, id=f"{index}", completion_tokens=1, finish_reason={"type": "stop", "matched": None}
+            ),
+            "index": index,
+        }
 
 
 class SGLangRouterDouble(Served):
@@ -268,7 +299,11 @@ class SGLangRouterDouble(Served):
 if __name__ == "__main__":  # a separate process, for launch tests: python tests/sglang_double.py --model DIR --port P
     flags = [a for a in sys.argv[1:] if a != "--enable-deterministic-inference"]
     args = dict(zip(flags[0::2], flags[1::2]))
-    with SGLangDouble(args["--model"], int(args.get("--port", 0)), args.get("--weight-version", "M1"),
-                      deterministic="--enable-deterministic-inference" in sys.argv) as d:
+    with SGLangDouble(
+        args["--model"],
+        int(args.get("--port", 0)),
+        args.get("--weight-version", "M1"),
+        deterministic="--enable-deterministic-inference" in sys.argv,
+    ) as d:
         print(d.url, flush=True)
         d.thread.join()

@@ -23,7 +23,7 @@ def test_greedy_matches_hf_generate(fp32):
         [[g]] = fp32.generate([Request(prompt, (0,))], SamplingParams(0.0, 1.0, 24))
         ids = torch.tensor([fp32.encode(prompt)])
         ref = fp32.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
-        assert g.text == fp32.tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+        assert g.text == fp32.tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_the_kv_cache_goes_by_the_name_forward_takes(fp32):
@@ -34,8 +34,12 @@ def test_the_kv_cache_goes_by_the_name_forward_takes(fp32):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*")
-        [[g]] = fp32.generate([Request(PROMPTS[0], (0,))], SamplingParams(0.0, 1.0, 12), suffix="\nScore: ",
-                              choices={str(d): str(d) for d in range(6)})
+        [[g]] = fp32.generate(
+            [Request(PROMPTS[0], (0,))],
+            SamplingParams(0.0, 1.0, 12),
+            suffix="\nScore: ",
+            choices={str(d): str(d) for d in range(6)},
+        )
     assert g.choice_probs and g.n_tokens == 12
 
 
@@ -64,8 +68,12 @@ def test_stop_strings_cut_the_text(fp32):
 
 
 def test_structured_program_reads_choice_probabilities(fp32):
-    [[g]] = fp32.generate([Request("Rate this answer: 'Paris is the capital of France.'", (5,))], SamplingParams(0.8, 0.95, 8),
-                          suffix="\nScore: ", choices={str(d): str(d) for d in range(6)})
+    [[g]] = fp32.generate(
+        [Request("Rate this answer: 'Paris is the capital of France.'", (5,))],
+        SamplingParams(0.8, 0.95, 8),
+        suffix="\nScore: ",
+        choices={str(d): str(d) for d in range(6)},
+    )
     assert set(g.choice_probs) == {"0", "1", "2", "3", "4", "5"}
     assert all(0.0 <= p <= 1.0 for p in g.choice_probs.values())
     assert 0.1 < sum(g.choice_probs.values()) <= 1.0 + 1e-6
@@ -108,7 +116,10 @@ def test_two_token_choices_split_the_shared_first_token(fp32):
     p5, p10 = g5.choice_probs, g10.choice_probs
     assert p10["1"] + p10["10"] == pytest.approx(p5["1"], rel=1e-4)
     assert p10["2"] == pytest.approx(p5["2"], rel=1e-4)
-    one, zero = fp32.tok("1", add_special_tokens=False)["input_ids"][0], fp32.tok("0", add_special_tokens=False)["input_ids"][0]
+    one, zero = (
+        fp32.tok("1", add_special_tokens=False)["input_ids"][0],
+        fp32.tok("0", add_special_tokens=False)["input_ids"][0],
+    )
     ids = fp32.encode(req[0].prompt) + fp32.tok(g10.text + "\nScore: ", add_special_tokens=False)["input_ids"] + [one]
     with torch.no_grad():
         p_next = fp32.model(torch.tensor([ids])).logits[0, -1].softmax(-1)
@@ -145,12 +156,20 @@ def test_shared_prefix_is_found_and_left_alone_when_short():
     base = list(range(100, 140))
     assert shared_prefix_len([base + [1, 2], base + [3]]) == 40
     assert shared_prefix_len([base, base]) == 39  # each row keeps its last token
-    assert shared_prefix_len([base[:MIN_SHARED_PREFIX - 1] + [1, 2], base[:MIN_SHARED_PREFIX - 1] + [3, 4]]) == 0
+    assert shared_prefix_len([base[: MIN_SHARED_PREFIX - 1] + [1, 2], base[: MIN_SHARED_PREFIX - 1] + [3, 4]]) == 0
     assert shared_prefix_len([base]) == 0
 
 
-JUDGED = ["The sky looks blue because air scatters short wavelengths more.", "Sleep at fixed hours, avoid screens, keep it cool.",
-          "4", "Paris is the capital of France.", "Blue light bends.", "Drink coffee late at night.", "5", "I don't know."]
+JUDGED = [
+    "The sky looks blue because air scatters short wavelengths more.",
+    "Sleep at fixed hours, avoid screens, keep it cool.",
+    "4",
+    "Paris is the capital of France.",
+    "Blue light bends.",
+    "Drink coffee late at night.",
+    "5",
+    "I don't know.",
+]
 
 
 def _judge_inputs():

@@ -19,7 +19,12 @@ def test_paper_preset_is_the_paper():
     p = load_config("paper")
     assert (p.iterations, p.prompts.per_iteration, p.actor.k, p.judge.n) == (4, 5000, 7, 11)
     assert all((s.temperature, s.top_p) == (0.8, 0.95) for s in (p.actor, p.judge, p.meta_judge))
-    assert (p.judge.template, p.judge.score_mode, p.meta_judge.mode, p.meta_judge.show_scores) == ("judge_additive5", "free_text", "free_text", True)
+    assert (p.judge.template, p.judge.score_mode, p.meta_judge.mode, p.meta_judge.show_scores) == (
+        "judge_additive5",
+        "free_text",
+        "free_text",
+        True,
+    )
     assert p.pairs.rho == [0.0, 0.32, 0.32, 0.4] and p.pairs.max_chosen_chars == [2500, None, None, None]
     assert p.meta_judge.max_chosen_chars == [1100, 1000, None, None] and p.pairs.judge_iterations == [1, 2]
     assert (p.pairs.drop_same_score, p.pairs.drop_identical_text, p.pairs.judge_share_cap) == (False, False, None)
@@ -27,12 +32,25 @@ def test_paper_preset_is_the_paper():
     assert p.train.epochs == [6, 4, 2, 2] and p.train.schedule_epochs == [10] and p.train.loss_type == ["sigmoid"]
     assert p.backend == "sglang" and p.model == "meta-llama/Meta-Llama-3-8B-Instruct"
     # SFT on EFT (appendix A.3): a 10-epoch cosine stopped at epoch 5, lr 5e-8, global batch 32, full fine-tuning
-    assert (p.sft.epochs, p.sft.schedule_epochs, p.sft.horizon, p.sft.lr, p.sft.batch_size, p.sft.lora) == (5, 10, 10, 5e-8, 32, None)
+    assert (p.sft.epochs, p.sft.schedule_epochs, p.sft.horizon, p.sft.lr, p.sft.batch_size, p.sft.lora) == (
+        5,
+        10,
+        10,
+        5e-8,
+        32,
+        None,
+    )
     nemo = load_config("nemo")
-    assert (nemo.pairs.drop_same_score, nemo.pairs.drop_identical_text, nemo.pairs.judge_share_cap) == (True, True, 0.15)
+    assert (nemo.pairs.drop_same_score, nemo.pairs.drop_identical_text, nemo.pairs.judge_share_cap) == (
+        True,
+        True,
+        0.15,
+    )
     assert (nemo.meta_judge.template, nemo.meta_judge.show_scores) == ("meta_judge_nemo", False)
     assert (p.meta_judge.require_variance, nemo.meta_judge.require_variance) == (False, True)
-    assert nemo.model_dump(exclude={"name", "pairs", "meta_judge"}) == p.model_dump(exclude={"name", "pairs", "meta_judge"})
+    assert nemo.model_dump(exclude={"name", "pairs", "meta_judge"}) == p.model_dump(
+        exclude={"name", "pairs", "meta_judge"}
+    )
 
 
 def test_overrides():
@@ -40,18 +58,21 @@ def test_overrides():
     assert cfg.judge.n == 5 and cfg.pairs.rho == [0.1, 0.2] and cfg.train.lr == 1e-4
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"actor": {"kk": 3}}, "unknown key 'actor.kk'"),
-    ({"colour": "red"}, "unknown key 'colour'"),
-    ({"actor": {"k": 1}}, "actor.k"),
-    ({"judge": {"n": 1}}, "judge.n"),
-    ({"pairs": {"rho": [0.0, 1.5]}}, "pairs.rho"),
-    ({"train": {"lr": -1e-5}}, "train.lr"),
-    ({"judge": {"n": "three"}}, "judge.n"),
-    ({"pairs": {"judge_iterations": [3]}, "iterations": 2}, "judge_iterations"),
-    ({"judge": {"score_mode": "vibes"}}, "judge.score_mode"),
-    ({"sft": {"epochs": 5, "schedule_epochs": 3}}, "sft.schedule_epochs"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"actor": {"kk": 3}}, "unknown key 'actor.kk'"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"actor": {"k": 1}}, "actor.k"),
+        ({"judge": {"n": 1}}, "judge.n"),
+        ({"pairs": {"rho": [0.0, 1.5]}}, "pairs.rho"),
+        ({"train": {"lr": -1e-5}}, "train.lr"),
+        ({"judge": {"n": "three"}}, "judge.n"),
+        ({"pairs": {"judge_iterations": [3]}, "iterations": 2}, "judge_iterations"),
+        ({"judge": {"score_mode": "vibes"}}, "judge.score_mode"),
+        ({"sft": {"epochs": 5, "schedule_epochs": 3}}, "sft.schedule_epochs"),
+    ],
+)
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(MrtkError, match=message.replace(".", r"\.")):
         validate_config(raw)
@@ -103,20 +124,41 @@ def test_every_literal_value_through_set(key, value, is_list):
     assert node == ([value] if is_list else value)
 
 
-@pytest.mark.parametrize("text, expected", [("on", True), ("off", False), ("true", True), ("False", False), ("yes", True), ("no", False)])
+@pytest.mark.parametrize(
+    "text, expected", [("on", True), ("off", False), ("true", True), ("False", False), ("yes", True), ("no", False)]
+)
 def test_bool_fields_take_on_off(text, expected):
     assert load_config("default", [f"meta_judge.show_scores={text}"]).meta_judge.show_scores is expected
 
 
 def test_set_reads_numbers_nulls_and_strings_by_field():
-    cfg = load_config("default", ["train.lr=1e-4", "runtime.threads=1", "sft.file=null", "pairs.max_chosen_chars=[2500, null]",
-                                  "name=123", "train.lora={r: 8, dropout: 0.1}"])
+    cfg = load_config(
+        "default",
+        [
+            "train.lr=1e-4",
+            "runtime.threads=1",
+            "sft.file=null",
+            "pairs.max_chosen_chars=[2500, null]",
+            "name=123",
+            "train.lora={r: 8, dropout: 0.1}",
+        ],
+    )
     assert cfg.train.lr == 1e-4 and cfg.runtime.threads == 1 and cfg.sft.file is None
-    assert cfg.pairs.max_chosen_chars == [2500, None] and cfg.name == "123" and (cfg.train.lora.r, cfg.train.lora.dropout) == (8, 0.1)
+    assert (
+        cfg.pairs.max_chosen_chars == [2500, None]
+        and cfg.name == "123"
+        and (cfg.train.lora.r, cfg.train.lora.dropout) == (8, 0.1)
+    )
 
 
-@pytest.mark.parametrize("item, message", [("train.bf16=maybe", "train.bf16"), ("judge.n=three", "judge.n"),
-                                           ("meta_judge.show_scores=perhaps", "meta_judge.show_scores")])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.bf16=maybe", "train.bf16"),
+        ("judge.n=three", "judge.n"),
+        ("meta_judge.show_scores=perhaps", "meta_judge.show_scores"),
+    ],
+)
 def test_set_bad_values_still_name_the_key(item, message):
     with pytest.raises(MrtkError, match=message.replace(".", r"\.")):
         load_config("default", [item])

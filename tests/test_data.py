@@ -11,15 +11,18 @@ def test_shipped_pool():
     assert len(pool) >= 48 and len({p["prompt_id"] for p in pool}) == len(pool)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"prompt": "a"}\n{not json}\n', "line 2 is not valid JSON"),
-    (b'{"prompt": "a"}\n{"prompt": "  "}\n', "line 2 has an empty prompt"),
-    (b'{"prompt": "a"}\n{"prompt": "a"}\n', "line 2 repeats the prompt of line 1"),
-    (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "line 2 is not UTF-8"),
-    (b'{"question": "a"}\n', "line 1 has no string field 'prompt'"),
-    (b'["a"]\n', "line 1 must be a JSON object"),
-    (b'\n\n', "holds no prompts"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"prompt": "a"}\n{not json}\n', "line 2 is not valid JSON"),
+        (b'{"prompt": "a"}\n{"prompt": "  "}\n', "line 2 has an empty prompt"),
+        (b'{"prompt": "a"}\n{"prompt": "a"}\n', "line 2 repeats the prompt of line 1"),
+        (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', "line 2 is not UTF-8"),
+        (b'{"question": "a"}\n', "line 1 has no string field 'prompt'"),
+        (b'["a"]\n', "line 1 must be a JSON object"),
+        (b"\n\n", "holds no prompts"),
+    ],
+)
 def test_bad_pools(tmp_path, content, message):
     p = tmp_path / "p.jsonl"
     p.write_bytes(content)

@@ -24,12 +24,27 @@ from mrtk.store.db import DB_NAME
 FAKE_KEY = "sk-fake-0123456789abcdefXYZ"
 
 
-@pytest.mark.parametrize("model", ["FuseChat-Llama-3.1-8B-Instruct", "OpenHermes-2.5-Mistral-7B", "alpaca-7b", "claude-2.1",
-                                   "gemma-7b-it", "gpt-3.5-turbo-1106"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "FuseChat-Llama-3.1-8B-Instruct",
+        "OpenHermes-2.5-Mistral-7B",
+        "alpaca-7b",
+        "claude-2.1",
+        "gemma-7b-it",
+        "gpt-3.5-turbo-1106",
+    ],
+)
 def test_win_rate_and_standard_error_reproduce_the_alpacaeval_leaderboard(model, shared_data):
     """Real GPT-4 Turbo preferences (1..2, 2 = the model wins) -> the leaderboard's numbers to 0.01."""
-    board = {r[""]: r for r in csv.DictReader(shared_data("alpaca_eval/leaderboard_weighted_alpaca_eval_gpt4_turbo.csv").open())}
-    prefs = [json.loads(line)["preference"] - 1.0 for line in shared_data(f"alpaca_eval/gpt4_turbo_annotations/{model}.jsonl").open()]
+    board = {
+        r[""]: r
+        for r in csv.DictReader(shared_data("alpaca_eval/leaderboard_weighted_alpaca_eval_gpt4_turbo.csv").open())
+    }
+    prefs = [
+        json.loads(line)["preference"] - 1.0
+        for line in shared_data(f"alpaca_eval/gpt4_turbo_annotations/{model}.jsonl").open()
+    ]
     got = metrics.win_rate(prefs)
     assert got["win_rate"] == pytest.approx(float(board[model]["win_rate"]), abs=0.01)
     assert got["standard_error"] == pytest.approx(float(board[model]["standard_error"]), abs=0.01)
@@ -39,12 +54,16 @@ def test_win_rate_and_standard_error_reproduce_the_alpacaeval_leaderboard(model,
 def test_length_control_removes_a_pure_length_effect():
     # Equal lengths: nothing to control, LC equals the raw win rate.
     prefs = [1.0, 0.0, 1.0, 1.0, 0.5, 0.0]
-    assert metrics.length_controlled_win_rate(prefs, [100] * 6, [100] * 6) == pytest.approx(metrics.win_rate(prefs)["win_rate"], abs=1e-6)
+    assert metrics.length_controlled_win_rate(prefs, [100] * 6, [100] * 6) == pytest.approx(
+        metrics.win_rate(prefs)["win_rate"], abs=1e-6
+    )
     # The policy wins exactly when it is longer: length explains the wins, LC falls well below the raw 50%.
     prefs = [1.0, 0.0] * 20
     policy = [300, 100] * 20
     lc = metrics.length_controlled_win_rate(prefs, policy, [200] * 40)
-    assert lc is not None and abs(lc - 50.0) < 1.0  # symmetric +-100 chars: the length term carries it all, the base is 50%
+    assert (
+        lc is not None and abs(lc - 50.0) < 1.0
+    )  # symmetric +-100 chars: the length term carries it all, the base is 50%
     skewed = metrics.length_controlled_win_rate([1.0, 1.0, 1.0, 0.0] * 10, [400, 400, 400, 100] * 10, [200] * 40)
     assert skewed < 75.0  # raw 75%, all wins longer: control lowers it
 
@@ -56,7 +75,11 @@ def test_small_statistics_hand_computed():
     assert metrics.spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
     assert metrics.ranks([5, 1, 5, 3]) == [3.5, 1.0, 3.5, 2.0]
     a = metrics.agreement(["a", "b", "a", "b"], ["a", "a", None, "b"])
-    assert (a["agreement"], a["ties"], a["agreement_without_ties"]) == (0.625, 1, pytest.approx(2 / 3))  # a tie counts 0.5
+    assert (a["agreement"], a["ties"], a["agreement_without_ties"]) == (
+        0.625,
+        1,
+        pytest.approx(2 / 3),
+    )  # a tie counts 0.5
     # the paper's definition (Table 3): 10 pairs, 6 agree, 2 disagree, 2 tied -> 0.700; without ties 6/8
     ten = metrics.agreement(["a"] * 10, ["a"] * 6 + ["b"] * 2 + [None] * 2)
     assert (ten["agreement"], ten["agreement_without_ties"], ten["tie_rate"]) == (pytest.approx(0.7), 0.75, 0.2)
@@ -64,8 +87,16 @@ def test_small_statistics_hand_computed():
     assert bt["score"] == 75.0 and bt["ci_low"] <= 75.0 <= bt["ci_high"]
 
 
-@pytest.mark.parametrize("text, verdict", [("... [[A>>B]]", "A>>B"), ("[[B>A]]", "A<B"), ("[[B>>A]] but quoted [[A>B]] last", "A>B"),
-                                            ("My final verdict is tie: [[A=B]]", "A=B"), ("no label", None)])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("... [[A>>B]]", "A>>B"),
+        ("[[B>A]]", "A<B"),
+        ("[[B>>A]] but quoted [[A>B]] last", "A>B"),
+        ("My final verdict is tie: [[A=B]]", "A=B"),
+        ("no label", None),
+    ],
+)
 def test_arena_verdicts(text, verdict):
     assert parse_arena(text).value == verdict
 
@@ -91,7 +122,11 @@ def test_external_calls_are_logged_cached_and_costed(store):
     again = judge(store, "a different reply that must not be used").ask(msgs)
     assert again.cache_hit and again.cost_usd == 0.0 and again.text == first.text  # same content, served from DuckDB
     [row] = store.fetch("SELECT * FROM eval_calls")
-    assert row["status"] == "ok" and row["model"] == "gpt-4-1106-preview" and row["cost_usd"] == pytest.approx(first.cost_usd)
+    assert (
+        row["status"] == "ok"
+        and row["model"] == "gpt-4-1106-preview"
+        and row["cost_usd"] == pytest.approx(first.cost_usd)
+    )
     assert row["prompt_tokens"] > 0 and json.loads(row["messages"]) == msgs
 
 
@@ -111,7 +146,9 @@ def test_rate_limits_are_retried_then_recorded_as_failures(store):
 
 
 def test_max_cost_stops_before_the_budget_is_exceeded(store):
-    j = judge(store, "Winner: Output A", max_cost=0.016, max_tokens=512)  # a call may cost up to 0.0154 USD (512 output tokens)
+    j = judge(
+        store, "Winner: Output A", max_cost=0.016, max_tokens=512
+    )  # a call may cost up to 0.0154 USD (512 output tokens)
     j.ask([{"role": "user", "content": "one"}])
     with pytest.raises(MrtkError, match=r"--max-cost 0.016 USD reached"):
         j.ask([{"role": "user", "content": "two"}])
@@ -122,7 +159,9 @@ def test_external_model_refused_for_training(tmp_path):
     res = mrtk("run", "--set", "model=openai/gpt-4o", cwd=tmp_path)
     assert res.returncode == 2 and "external models are for evaluation only" in res.stderr
     res = mrtk("run", "--set", "judge.model=gpt-4-1106-preview", cwd=tmp_path)
-    assert res.returncode == 2 and "external judges are for evaluation only" in res.stderr and res.stderr.count("\n") == 1
+    assert (
+        res.returncode == 2 and "external judges are for evaluation only" in res.stderr and res.stderr.count("\n") == 1
+    )
 
 
 def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
@@ -130,19 +169,49 @@ def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
     DuckDB; the API key in the environment appears nowhere in the run directory. The data is
     AlpacaEval's format (a JSON list of instruction + reference output), written here."""
     data = run_copy.parent / "alpaca.json"
-    data.write_text(json.dumps([{"instruction": q, "output": a, "generator": "reference"} for q, a in [
-        ("Name three primary colours.", "Red, yellow and blue."), ("What is 12 times 12?", "144."),
-        ("Give a synonym of 'happy'.", "Joyful.")]]))
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": q, "output": a, "generator": "reference"}
+                for q, a in [
+                    ("Name three primary colours.", "Red, yellow and blue."),
+                    ("What is 12 times 12?", "144."),
+                    ("Give a synonym of 'happy'.", "Joyful."),
+                ]
+            ]
+        )
+    )
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    args = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--limit", "3", "--max-new-tokens", "12",
-            "--both-orders", "--annotator", "mrtk", "--dry-run-reply", "Both are fine; A is clearer.\nWinner: Output A", "-q"]
+    args = [
+        "eval",
+        "alpaca",
+        "--run",
+        str(run_copy),
+        "--data",
+        str(data),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--both-orders",
+        "--annotator",
+        "mrtk",
+        "--dry-run-reply",
+        "Both are fine; A is clearer.\nWinner: Output A",
+        "-q",
+    ]
     res = mrtk(*args, cwd=run_copy.parent, check=True)
     assert "win_rate" in res.stdout and "6 calls" in " ".join(res.stdout.split())
     db = run_copy / DB_NAME
     assert rows(db, "SELECT count(*), count(DISTINCT example_id), min(n_chars) > 0 FROM eval_outputs") == [(3, 3, True)]
     # both orders, the judge always says A: the policy wins exactly its policy-first games, so every preference is 0.5
-    assert rows(db, "SELECT count(*), avg(preference), count(*) FILTER (WHERE raw_text LIKE '%Winner: Output A%') FROM eval_items") == [(6, 0.5, 6)]
-    assert dict(rows(db, "SELECT metric, value FROM eval_results WHERE eval = 'alpaca'"))["win_rate"] == pytest.approx(50.0)
+    assert rows(
+        db,
+        "SELECT count(*), avg(preference), count(*) FILTER (WHERE raw_text LIKE '%Winner: Output A%') FROM eval_items",
+    ) == [(6, 0.5, 6)]
+    assert dict(rows(db, "SELECT metric, value FROM eval_results WHERE eval = 'alpaca'"))["win_rate"] == pytest.approx(
+        50.0
+    )
     again = mrtk(*args, cwd=run_copy.parent, check=True)
     assert "0 calls" in " ".join(again.stdout.split())  # everything judged already: nothing is asked twice
     for path in run_copy.rglob("*"):
@@ -153,26 +222,62 @@ def test_eval_alpaca_end_to_end_without_leaking_the_key(run_copy, monkeypatch):
 
 def test_eval_judge_end_to_end(run_copy, shared_data):
     data = shared_data("judge_dev/llmbar_and_mtbench_human_dev.jsonl")
-    res = mrtk("eval", "judge", str(data), "--run", str(run_copy), "--limit", "4", "--n", "1", "-q", cwd=run_copy.parent, check=True)
+    res = mrtk(
+        "eval",
+        "judge",
+        str(data),
+        "--run",
+        str(run_copy),
+        "--limit",
+        "4",
+        "--n",
+        "1",
+        "-q",
+        cwd=run_copy.parent,
+        check=True,
+    )
     assert "agreement" in res.stdout and "95% interval" in res.stdout
     db = run_copy / DB_NAME
-    assert rows(db, "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge:llmbar_and_mtbench_human_dev'") == [(8, 8, 8)]
+    assert rows(
+        db,
+        "SELECT count(*), count(raw_text), count(score) FROM eval_items WHERE eval = 'judge:llmbar_and_mtbench_human_dev'",
+    ) == [(8, 8, 8)]
     [(value, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE metric = 'agreement'")
     assert n == 4 and lo <= value <= hi and (value * 8).is_integer()  # hits and half-credit ties over 4 pairs
     # the shipped probe set by name, from a folder that is not the repository
-    mrtk("eval", "judge", "probe_human.jsonl", "--run", str(run_copy), "--limit", "2", "--n", "1", "-q", cwd=run_copy.parent, check=True)
+    mrtk(
+        "eval",
+        "judge",
+        "probe_human.jsonl",
+        "--run",
+        str(run_copy),
+        "--limit",
+        "2",
+        "--n",
+        "1",
+        "-q",
+        cwd=run_copy.parent,
+        check=True,
+    )
     assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'judge:probe_human'") == [(4,)]
 
 
 def test_eval_judge_reads_every_human_format(shared_data):
     from mrtk.data import load_human_pairs
 
-    for path in ("judge_dev/llmbar_and_mtbench_human_dev.jsonl", "judge_dev/oasst_rankings/oasst_en100_pairs_dev.jsonl",
-                 "judge_dev/pandalm_testset-v1.json", "judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl"):
+    for path in (
+        "judge_dev/llmbar_and_mtbench_human_dev.jsonl",
+        "judge_dev/oasst_rankings/oasst_en100_pairs_dev.jsonl",
+        "judge_dev/pandalm_testset-v1.json",
+        "judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl",
+    ):
         pairs, lists = load_human_pairs(str(shared_data(path)))
         assert pairs or lists
         # (PandaLM has some empty responses: real data, kept as they are)
-        assert all(p["label"] in ("a", "b") and isinstance(p["a"], str) and isinstance(p["b"], str) and p["question"] for p in pairs)
+        assert all(
+            p["label"] in ("a", "b") and isinstance(p["a"], str) and isinstance(p["b"], str) and p["question"]
+            for p in pairs
+        )
         assert all(len(x["replies"]) >= 2 for x in lists)
     assert math.isclose(len(load_human_pairs(str(shared_data("judge_dev/llmbar_and_mtbench_human_dev.jsonl")))[0]), 119)
 
@@ -196,7 +301,9 @@ def test_bad_gateway_and_subclasses_are_retried(store):
     from mrtk.evals.external import retryable
 
     # LiteLLM's mock path maps a raised error onto its base classes, so the subclass is checked directly
-    sub = litellm.RouterRateLimitError(model="gpt-4-1106-preview", cooldown_time=1.0, enable_pre_call_checks=False, cooldown_list=[])
+    sub = litellm.RouterRateLimitError(
+        model="gpt-4-1106-preview", cooldown_time=1.0, enable_pre_call_checks=False, cooldown_list=[]
+    )
     assert retryable(sub) and not retryable(litellm.BadRequestError("bad", model="m", llm_provider="openai"))
     final = litellm.BadRequestError("bad", model="gpt-4-1106-preview", llm_provider="openai")
     judge(store, final, retries=3).ask([{"role": "user", "content": "400"}])
@@ -207,14 +314,18 @@ def test_o_series_judges_drop_unsupported_params(store):
     """o-series models refuse `temperature`; drop_params lets LiteLLM leave it out instead of failing."""
     from mrtk.evals.external import ExternalJudge
 
-    reply = ExternalJudge(store, "o3-mini", mock_response="Winner: Output A", backoff_s=0.0, retries=0).ask([{"role": "user", "content": "o"}])
+    reply = ExternalJudge(store, "o3-mini", mock_response="Winner: Output A", backoff_s=0.0, retries=0).ask(
+        [{"role": "user", "content": "o"}]
+    )
     assert reply.ok, reply.error
 
 
 def test_dry_run_replies_are_never_priced(store):
     from mrtk.evals.external import ExternalJudge
 
-    j = ExternalJudge(store, "gpt-4-1106-preview", mock_response="Winner: Output A", dry_run=True, max_cost=1e-9, backoff_s=0.0)
+    j = ExternalJudge(
+        store, "gpt-4-1106-preview", mock_response="Winner: Output A", dry_run=True, max_cost=1e-9, backoff_s=0.0
+    )
     for k in range(3):
         assert j.ask([{"role": "user", "content": f"dry {k}"}]).cost_usd == 0.0
     assert j.spent == 0.0 and store.fetch("SELECT sum(cost_usd) AS c FROM eval_calls")[0]["c"] == 0.0
@@ -242,27 +353,66 @@ def test_arena_judge_config_is_what_is_sent(run_copy):
     cfg.write_text(JUDGE_CONFIG)
     judge = load_judge_config(cfg)
     assert judge.verdict("first [[A>B]] then [[B>A]]") == (None, "several_different_verdicts")
-    assert judge.verdict("[[B>>A]] and again [[B>>A]]") == ("A<<B", "ok") and judge.verdict("no label") == (None, "no_arena_verdict")
+    assert judge.verdict("[[B>>A]] and again [[B>>A]]") == ("A<<B", "ok") and judge.verdict("no label") == (
+        None,
+        "no_arena_verdict",
+    )
     qs, base = run_copy.parent / "q.jsonl", run_copy.parent / "base.jsonl"
-    qs.write_text("".join(json.dumps({"uid": f"u{i}", "prompt": p}) + "\n" for i, p in enumerate(["Add 2 and 2.", "Name a colour.", "Say hi."])))
-    base.write_text("".join(json.dumps({"uid": f"u{i}", "messages": [{"role": "user", "content": "x"},
-                                                                  {"role": "assistant", "content": {"answer": a}}]}) + "\n"
-                            for i, a in enumerate(["4", "Red", "Hi"])))
-    res = mrtk("eval", "arena-hard", "--run", str(run_copy), "--questions", str(qs), "--baseline", str(base), "--judge-config", str(cfg),
-               "--max-new-tokens", "12", "--dry-run-reply", "Both fine. My final verdict: [[A>B]]", "-q", cwd=run_copy.parent, check=True)
+    qs.write_text(
+        "".join(
+            json.dumps({"uid": f"u{i}", "prompt": p}) + "\n"
+            for i, p in enumerate(["Add 2 and 2.", "Name a colour.", "Say hi."])
+        )
+    )
+    base.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "uid": f"u{i}",
+                    "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": {"answer": a}}],
+                }
+            )
+            + "\n"
+            for i, a in enumerate(["4", "Red", "Hi"])
+        )
+    )
+    res = mrtk(
+        "eval",
+        "arena-hard",
+        "--run",
+        str(run_copy),
+        "--questions",
+        str(qs),
+        "--baseline",
+        str(base),
+        "--judge-config",
+        str(cfg),
+        "--max-new-tokens",
+        "12",
+        "--dry-run-reply",
+        "Both fine. My final verdict: [[A>B]]",
+        "-q",
+        cwd=run_copy.parent,
+        check=True,
+    )
     assert "judge_config.yaml" in res.stdout.replace("\n", "")
     db = run_copy / DB_NAME
     calls = rows(db, "SELECT messages, params FROM eval_calls")
     assert len(calls) == 6
     for messages, params in calls:
         messages, params = json.loads(messages), json.loads(params)
-        assert messages[0] == {"role": "system", "content": "You are the test judge. End with [[A>B]] or a similar label."}
+        assert messages[0] == {
+            "role": "system",
+            "content": "You are the test judge. End with [[A>B]] or a similar label.",
+        }
         assert messages[1]["content"].startswith("<|User Prompt|>\n") and "<|A|>" in messages[1]["content"]
         assert params["max_tokens"] == 2048 and params["temperature"] == 0
     # the judge always says A>B: the policy wins its policy-first games and loses the others
     prefs = [1.0, 0.0] * 3
     hand = metrics.bt_score(prefs, seed=TINY["seed"])
-    [(value, lo, hi)] = rows(db, "SELECT value, ci_low, ci_high FROM eval_results WHERE eval = 'arena-hard' AND metric = 'score'")
+    [(value, lo, hi)] = rows(
+        db, "SELECT value, ci_low, ci_high FROM eval_results WHERE eval = 'arena-hard' AND metric = 'score'"
+    )
     assert (value, lo, hi) == (50.0, hand["ci_low"], hand["ci_high"])
 
 
@@ -287,10 +437,15 @@ def test_arena_asks_once_more_when_no_verdict_label(store, tmp_path):
 
     messages = arena.render("Add 2 and 2.", "4", "5")
     reply = arena.ask(ByTurn(["A is right, B is wrong.", "My final verdict: [[A>>B]]"]), messages)
-    assert reply.text == "A is right, B is wrong.\nMy final verdict: [[A>>B]]" and arena.verdict(reply.text) == ("A>>B", "ok")
+    assert reply.text == "A is right, B is wrong.\nMy final verdict: [[A>>B]]" and arena.verdict(reply.text) == (
+        "A>>B",
+        "ok",
+    )
     calls = sorted((json.loads(r["messages"]) for r in store.fetch("SELECT messages FROM eval_calls")), key=len)
-    assert len(calls) == 2 and calls[1] == messages + [{"role": "assistant", "content": "A is right, B is wrong."},
-                                                       {"role": "user", "content": CONTINUE}]
+    assert len(calls) == 2 and calls[1] == messages + [
+        {"role": "assistant", "content": "A is right, B is wrong."},
+        {"role": "user", "content": CONTINUE},
+    ]
     # a label in the first reply: one call; two attempts without one: no verdict, both texts kept
     assert arena.ask(ByTurn(["[[B>A]]"]), arena.render("Q2", "a", "b")).text == "[[B>A]]"
     reply = arena.ask(ByTurn(["hmm", "still thinking"]), arena.render("Q3", "a", "b"))
@@ -303,10 +458,12 @@ def test_arena_config_without_system_prompt_is_refused(tmp_path):
     from mrtk.evals.arena_config import load_judge_config
 
     cfg = tmp_path / "arena-hard-v0.1.yaml"
-    cfg.write_text("judge_model: gpt-4.1\ntemperature: 0.0\nmax_tokens: 16000\n"
-                   "prompt_template: \"<|User Prompt|>\\n{QUESTION}\\n\\n<|The Start of Assistant A's Answer|>\\n{ANSWER_A}\\n"
-                   "<|The End of Assistant A's Answer|>\\n\\n<|The Start of Assistant B's Answer|>\\n{ANSWER_B}\\n"
-                   "<|The End of Assistant B's Answer|>\"\n")
+    cfg.write_text(
+        "judge_model: gpt-4.1\ntemperature: 0.0\nmax_tokens: 16000\n"
+        "prompt_template: \"<|User Prompt|>\\n{QUESTION}\\n\\n<|The Start of Assistant A's Answer|>\\n{ANSWER_A}\\n"
+        "<|The End of Assistant A's Answer|>\\n\\n<|The Start of Assistant B's Answer|>\\n{ANSWER_B}\\n"
+        "<|The End of Assistant B's Answer|>\"\n"
+    )
     with pytest.raises(MrtkError, match="no system_prompt .*add `system_prompt: ...`"):
         load_judge_config(cfg)
 
@@ -316,19 +473,37 @@ def test_audit_through_litellm_never_reaches_pairs(run_copy):
     their calls and costs; judgements and pairs are exactly what they were."""
     db = run_copy / DB_NAME
     before = {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("judgements", "pairs", "meta_judgements")}
-    res = mrtk("eval", "audit", "--run", str(run_copy), "--sample", "8", "--dry-run-reply", "Relevant and clear.\nScore: 4", "-q",
-               cwd=run_copy.parent, check=True)
+    res = mrtk(
+        "eval",
+        "audit",
+        "--run",
+        str(run_copy),
+        "--sample",
+        "8",
+        "--dry-run-reply",
+        "Relevant and clear.\nScore: 4",
+        "-q",
+        cwd=run_copy.parent,
+        check=True,
+    )
     assert "pairs_reversed" in res.stdout and "mean_bias" in res.stdout
     assert {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
-    n_items = rows(db, "SELECT count(*), count(score), count(DISTINCT call_key) FROM eval_items WHERE eval = 'audit'")[0]
+    n_items = rows(db, "SELECT count(*), count(score), count(DISTINCT call_key) FROM eval_items WHERE eval = 'audit'")[
+        0
+    ]
     assert n_items[0] == n_items[1] > 0 and rows(db, "SELECT count(*) FROM eval_calls")[0][0] == n_items[2]
     assert rows(db, "SELECT DISTINCT json_extract(params, '$.dry_run')::BOOLEAN FROM eval_calls") == [(True,)]
     # the external judge says 4 for every response: it reverses no pair, and the bias is the self-judge's mean minus 4
-    results = {(it, m): v for it, m, v in rows(db, "SELECT iteration, metric, value FROM eval_results WHERE eval = 'audit'")}
+    results = {
+        (it, m): v for it, m, v in rows(db, "SELECT iteration, metric, value FROM eval_results WHERE eval = 'audit'")
+    }
     assert all(v == 0.0 for (_, m), v in results.items() if m == "pairs_reversed")
     sampled = [r[0] for r in rows(db, "SELECT example_id FROM eval_items WHERE eval = 'audit'")]
-    self_mean = rows(db, f"""SELECT avg(s) - 4 FROM (SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop'
-                            AND score IS NOT NULL AND response_id IN ({", ".join(repr(x) for x in sampled)}) AND iteration = 1 GROUP BY 1)""")[0][0]
+    self_mean = rows(
+        db,
+        f"""SELECT avg(s) - 4 FROM (SELECT response_id, avg(score) AS s FROM judgements WHERE source = 'loop'
+                            AND score IS NOT NULL AND response_id IN ({", ".join(repr(x) for x in sampled)}) AND iteration = 1 GROUP BY 1)""",
+    )[0][0]
     assert results[(1, "mean_bias")] == pytest.approx(self_mean)
 
 
@@ -336,13 +511,29 @@ def test_eval_prints_the_change_from_the_previous_iteration(run_copy):
     """Iteration 1 after iteration 0 on the same examples: the win-rate change with its paired bootstrap interval."""
     data = run_copy.parent / "alpaca.json"
     data.write_text(json.dumps([{"instruction": f"Say the number {k}.", "output": str(k)} for k in range(4)]))
-    base = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--max-new-tokens", "8", "--annotator", "mrtk",
-            "--dry-run-reply", "Winner: Output A", "-q"]
+    base = [
+        "eval",
+        "alpaca",
+        "--run",
+        str(run_copy),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "8",
+        "--annotator",
+        "mrtk",
+        "--dry-run-reply",
+        "Winner: Output A",
+        "-q",
+    ]
     mrtk(*base, "--iteration", "0", cwd=run_copy.parent, check=True)
     res = mrtk(*base, "--iteration", "1", cwd=run_copy.parent, check=True)
     db = run_copy / DB_NAME
-    [(v, lo, hi, n)] = rows(db, "SELECT value, ci_low, ci_high, n FROM eval_results WHERE iteration = 1 AND metric = "
-                                "'win_rate_change_from_previous_iteration'")
+    [(v, lo, hi, n)] = rows(
+        db,
+        "SELECT value, ci_low, ci_high, n FROM eval_results WHERE iteration = 1 AND metric = "
+        "'win_rate_change_from_previous_iteration'",
+    )
     # the judge always says A: the policy wins its policy-first games in both iterations, the same seeded orders: no change;
     # four paired examples are too few for an interval or a verdict
     assert (v, n, lo, hi) == (0.0, 4, None, None)
@@ -357,11 +548,36 @@ def test_eval_answers_with_the_runs_own_actor_template(tmp_path):
 
     mine = tmp_path / "my_prompts"
     mine.mkdir()
-    (mine / "terse_actor.md").write_text("---\nname: terse_actor\nrole: actor\nvariables: [prompt]\nparser: none\n---\nAnswer briefly: {{prompt}}\n")
-    cfg = validate_config({**TINY, "actor": {**TINY["actor"], "template": "terse_actor"}, "prompts": {**TINY["prompts"], "template_dirs": [str(mine)]}})
+    (mine / "terse_actor.md").write_text(
+        "---\nname: terse_actor\nrole: actor\nvariables: [prompt]\nparser: none\n---\nAnswer briefly: {{prompt}}\n"
+    )
+    cfg = validate_config(
+        {
+            **TINY,
+            "actor": {**TINY["actor"], "template": "terse_actor"},
+            "prompts": {**TINY["prompts"], "template_dirs": [str(mine)]},
+        }
+    )
     run = new_run(cfg, str(tmp_path / "cfg.yaml"), tmp_path / "runs").run_dir
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps([{"instruction": "Name a colour.", "output": "Red."}]))
-    mrtk("eval", "alpaca", "--run", str(run), "--iteration", "0", "--data", str(data), "--max-new-tokens", "4", "--annotator", "mrtk",
-         "--dry-run-reply", "Winner: Output A", "-q", cwd=tmp_path, check=True)
+    mrtk(
+        "eval",
+        "alpaca",
+        "--run",
+        str(run),
+        "--iteration",
+        "0",
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "4",
+        "--annotator",
+        "mrtk",
+        "--dry-run-reply",
+        "Winner: Output A",
+        "-q",
+        cwd=tmp_path,
+        check=True,
+    )
     assert rows(run / DB_NAME, "SELECT count(*) FROM eval_outputs") == [(1,)]

@@ -52,10 +52,16 @@ SCRIPTED_POINTS = ("db.commit", "generate.batch", "train.step")  # the scripted 
 def start(work: Path, env_extra: dict, runner: str = "real", config: dict | None = None) -> subprocess.Popen:
     """runner real: `mrtk run`; scripted: tests/scripted_run.py; sglang: the same with `config`'s
     SGLang servers (tests/test_serving.py: simulated ones) and the real SGLang client."""
-    cfg = work / "faults.yaml"  # one request per call for the real model (see above); the scripted one is exact in any batch
+    cfg = (
+        work / "faults.yaml"
+    )  # one request per call for the real model (see above); the scripted one is exact in any batch
     cfg.write_text(yaml.safe_dump(config or (FAULT_CFG if runner == "real" else TINY)))
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
-    cmd = [sys.executable, SCRIPTED_RUN, str(cfg)] if runner != "real" else [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"]
+    cmd = (
+        [sys.executable, SCRIPTED_RUN, str(cfg)]
+        if runner != "real"
+        else [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"]
+    )
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -78,8 +84,14 @@ def uninterrupted(work: Path, runner: str, config: dict | None = None, points=No
     assert proc.returncode == 0, err[-3000:]
     db = db_of(work / "runs")
     check_complete(db, config or FAULT_CFG)
-    return {"snapshot": snapshot(db), "counts": Counter(log.read_text().split()), "seconds": time.time() - t0, "runner": runner,
-            "points": points or (SCRIPTED_POINTS if runner == "scripted" else POINTS), "config": config}
+    return {
+        "snapshot": snapshot(db),
+        "counts": Counter(log.read_text().split()),
+        "seconds": time.time() - t0,
+        "runner": runner,
+        "points": points or (SCRIPTED_POINTS if runner == "scripted" else POINTS),
+        "config": config,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +111,9 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
         proc = start(work, {"MRTK_FAULT": f"{point}:{n}"} if point else {}, runner, baseline.get("config"))
         if point is None:
             try:
-                proc.wait(timeout=delay)  # finished before the kill (a faster machine than the baseline's): shorter delay
+                proc.wait(
+                    timeout=delay
+                )  # finished before the kill (a faster machine than the baseline's): shorter delay
                 subprocess.run(["rm", "-rf", str(work / "runs")], check=True)
                 delay /= 2
                 continue
@@ -124,12 +138,17 @@ def trial(work: Path, baseline: dict, point: str | None, n: int, delay: float = 
     assert [r[0] for r in rows(db, "SELECT DISTINCT model_version FROM responses WHERE iteration = 2")] == ["M2"]
     assert rows(db, "SELECT output_model FROM lineage ORDER BY iteration") == [("models/M2",), ("models/M3",)]
     assert rows(db, "SELECT base_model FROM lineage WHERE iteration = 2") == [("models/M2",)]
-    return {"kill": f"{point}:{n}" if point else f"after {delay:.1f}s", "stage": stage[0][0],
-            "rows_before_kill": sum(len(before[t]) for t in GENERATED),
-            "rows_checked": sum(len(v) for v in after.values())}
+    return {
+        "kill": f"{point}:{n}" if point else f"after {delay:.1f}s",
+        "stage": stage[0][0],
+        "rows_before_kill": sum(len(before[t]) for t in GENERATED),
+        "rows_checked": sum(len(v) for v in after.values()),
+    }
 
 
-def plan(trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0, points=POINTS) -> list[tuple[str | None, int, float]]:
+def plan(
+    trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0, points=POINTS
+) -> list[tuple[str | None, int, float]]:
     """Crash points in turn, the pass to die at drawn uniformly; `timed` trials die after a random delay."""
     rng = random.Random(seed)
     out = []
@@ -144,15 +163,21 @@ def plan(trials: int, seed: int, counts: Counter, seconds: float, timed: int = 0
 def run_trials(tmp_path: Path, baseline: dict, trials: int, seed: int, timed: int = 0) -> list[dict]:
     assert all(baseline["counts"][p] > 0 for p in baseline["points"]), baseline["counts"]
     results = []
-    for i, (point, n, delay) in enumerate(plan(trials, seed, baseline["counts"], baseline["seconds"], timed, baseline["points"])):
+    for i, (point, n, delay) in enumerate(
+        plan(trials, seed, baseline["counts"], baseline["seconds"], timed, baseline["points"])
+    ):
         work = tmp_path / f"trial{i}"
         work.mkdir()
         results.append(trial(work, baseline, point, n, delay))
         for model_dir in (work / "runs").glob("*/models"):  # keep disk use flat: ~1 GB per trial otherwise
             subprocess.run(["rm", "-rf", str(model_dir)], check=True)
-    summary = {"trials": len(results), "stages_hit": dict(Counter(r["stage"] for r in results)),
-               "kills": [r["kill"] for r in results], "rows_checked": sum(r["rows_checked"] for r in results),
-               "crash_points_in_baseline": dict(baseline["counts"])}
+    summary = {
+        "trials": len(results),
+        "stages_hit": dict(Counter(r["stage"] for r in results)),
+        "kills": [r["kill"] for r in results],
+        "rows_checked": sum(r["rows_checked"] for r in results),
+        "crash_points_in_baseline": dict(baseline["counts"]),
+    }
     print("\nfault injection summary:", json.dumps(summary, indent=1))
     return results
 
@@ -179,7 +204,9 @@ def test_fault_injection_twenty_trials(baseline, tmp_path):
 def test_kill_before_the_run_exists(tmp_path):
     """Killed while writing its first rows (commit 2: the runs row), a run cannot be resumed, and says
     so in one line; nothing else was recorded to lose."""
-    proc = start(tmp_path, {"MRTK_FAULT": "db.commit:2"}, "scripted")  # the same commits as `mrtk run` before the loop starts
+    proc = start(
+        tmp_path, {"MRTK_FAULT": "db.commit:2"}, "scripted"
+    )  # the same commits as `mrtk run` before the loop starts
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     db = db_of(tmp_path / "runs")
@@ -194,6 +221,7 @@ def _file_size_limit(limit: int):
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -212,11 +240,15 @@ try:
 except MrtkError as e:
     print(i, e)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_file_size_limit(4_000_000))
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_file_size_limit(4_000_000)
+    )
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     done, message = res.stdout.split(" ", 1)
     assert int(done) > 0 and "free disk space, then: mrtk run --resume" in message and "\n" not in message.strip()
-    assert rows(tmp_path / "mrtk.duckdb", "SELECT count(*), count(DISTINCT iteration) FROM prompts") == [(200 * int(done), int(done))]
+    assert rows(tmp_path / "mrtk.duckdb", "SELECT count(*), count(DISTINCT iteration) FROM prompts") == [
+        (200 * int(done), int(done))
+    ]
 
 
 @pytest.mark.slow
@@ -225,8 +257,14 @@ def test_run_stops_with_one_line_when_the_disk_fills_while_saving_a_model(tmp_pa
     rows all committed and the run marked as failed, resumable."""
     cfg = tmp_path / "faults.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"], cwd=tmp_path, capture_output=True,
-                         text=True, preexec_fn=_file_size_limit(100_000_000), timeout=1200)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(100_000_000),
+        timeout=1200,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "free disk space, then: mrtk run --resume" in lines[0], lines
@@ -234,5 +272,7 @@ def test_run_stops_with_one_line_when_the_disk_fills_while_saving_a_model(tmp_pa
     assert rows(db, "SELECT status FROM runs") == [("error",)]
     per = TINY["prompts"]["per_iteration"]
     assert rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1") == [(2 * per,)]
-    assert rows(db, "SELECT stage, status, error IS NOT NULL FROM stages WHERE status <> 'done'") == [("train", "error", True)]
+    assert rows(db, "SELECT stage, status, error IS NOT NULL FROM stages WHERE status <> 'done'") == [
+        ("train", "error", True)
+    ]
     assert not (db.parent / "models" / "M2").exists()

@@ -10,7 +10,9 @@ from mrtk.evals import health
 def test_frozen_set_metrics_by_hand():
     base = {"r1": 2.0, "r2": 3.0, "r3": 1.0, "r4": 4.0}
     now = {"r1": 3.0, "r2": 4.0, "r3": 2.0, "r4": 5.0}  # every response judged exactly one point higher
-    out = health.drift(base, now, {"r1": 10, "r2": 20, "r3": 30, "r4": 40}, {"r1": "p1", "r2": "p1", "r3": "p2", "r4": "p2"}, 5.0)
+    out = health.drift(
+        base, now, {"r1": 10, "r2": 20, "r3": 30, "r4": 40}, {"r1": "p1", "r2": "p1", "r3": "p2", "r4": "p2"}, 5.0
+    )
     assert out["mean_shift"][:3] == (1.0, None, None)  # four responses: the shift, but too few for an interval
     assert out["top_score_share"][0] == 0.25  # only r4 is at or above 4.5
     assert out["tie_rate"][0] == 0.0 and out["tie_rate"][3] == 2  # two same-prompt pairs, none within 0.1
@@ -46,11 +48,14 @@ def test_paired_bootstrap_interval_contains_zero_for_noise():
     assert health.verdict(None) == "no earlier iteration"
 
 
-@pytest.mark.parametrize("now, before", [
-    ([1.0, 1.0], [0.0, 0.0]),                                  # two units, no spread in either arm
-    ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),                        # three
-    ([1.0, 0.5, 1.0, 1.0, 0.5, 1.0], [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]),  # a handful with spread
-])
+@pytest.mark.parametrize(
+    "now, before",
+    [
+        ([1.0, 1.0], [0.0, 0.0]),  # two units, no spread in either arm
+        ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),  # three
+        ([1.0, 0.5, 1.0, 1.0, 0.5, 1.0], [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]),  # a handful with spread
+    ],
+)
 def test_too_few_paired_units_give_no_verdict(now, before):
     """Below the minimum the change is reported without an interval, and no better/worse verdict
     (before: a zero-width interval at the point and "better")."""
@@ -66,6 +71,12 @@ def test_bootstrap_is_scipys_and_seeded():
 
     x = [0.1, 0.4, 0.35, 0.8, 0.55, 0.2, 0.9, 0.6]
     lo, hi = health.bootstrap_ci(x)
-    ref = stats.bootstrap((np.array(x),), np.mean, vectorized=False, n_resamples=2000, method="BCa",
-                          random_state=np.random.default_rng(health.SEED)).confidence_interval
+    ref = stats.bootstrap(
+        (np.array(x),),
+        np.mean,
+        vectorized=False,
+        n_resamples=2000,
+        method="BCa",
+        random_state=np.random.default_rng(health.SEED),
+    ).confidence_interval
     assert (lo, hi) == (pytest.approx(ref.low), pytest.approx(ref.high)) and not math.isnan(lo)

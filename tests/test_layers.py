@@ -13,7 +13,21 @@ ROOT = Path(__file__).resolve().parents[1] / "mrtk"
 
 # Lowest first. A module may import from its own layer and the layers below it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("basics", ["errors", "faults", "resources", "rows", "parse", "trackers", "serving_sim", "store.migrations", "store.saved", "ui"]),
+    (
+        "basics",
+        [
+            "errors",
+            "faults",
+            "resources",
+            "rows",
+            "parse",
+            "trackers",
+            "serving_sim",
+            "store.migrations",
+            "store.saved",
+            "ui",
+        ],
+    ),
     ("inputs", ["config", "prompts", "models", "data", "hardware", "training"]),
     ("backends", ["backends", "programs"]),
     ("stages", ["stages"]),
@@ -32,8 +46,15 @@ def module_name(path: Path) -> str:
 def layer_of(module: str) -> int:
     """The layer of `mrtk.a.b`: the longest listed prefix of `a.b` decides (store.saved before store)."""
     name = module.removeprefix("mrtk").lstrip(".")
-    best = max(((len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
-                if name == p or name.startswith(p + ".")), default=None)
+    best = max(
+        (
+            (len(p), i)
+            for i, (_, prefixes) in enumerate(LAYERS)
+            for p in prefixes
+            if name == p or name.startswith(p + ".")
+        ),
+        default=None,
+    )
     assert best is not None, f"{module} has no layer in tests/test_layers.py: give it one"
     return best[1]
 
@@ -45,7 +66,9 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mrtk":
             for alias in node.names:
                 sub = ROOT.parent.joinpath(*f"{node.module}.{alias.name}".split("."))
-                found.add(f"{node.module}.{alias.name}" if sub.with_suffix(".py").is_file() or sub.is_dir() else node.module)
+                found.add(
+                    f"{node.module}.{alias.name}" if sub.with_suffix(".py").is_file() or sub.is_dir() else node.module
+                )
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "mrtk"}
     return found - {"mrtk"}
@@ -59,7 +82,11 @@ def test_no_import_goes_up_the_layers():
     for path in ROOT.rglob("*.py"):
         if path.name != "__init__.py" or path.parent != ROOT:
             layer_of(module_name(path))  # every module has one
-    up = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})" for a, b in edges() if layer_of(b) > layer_of(a)]
+    up = [
+        f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+        for a, b in edges()
+        if layer_of(b) > layer_of(a)
+    ]
     assert not up, "\n".join(up)
 
 

@@ -40,8 +40,6 @@ def resume(runner: str, run_dir: Path, cwd: Path) -> None:
         mrtk("run", "--resume", str(run_dir), "--quiet", cwd=cwd, check=True, timeout=900)
 
 
-
-
 @pytest.mark.slow
 def test_run_completes_two_iterations(real_run):
     check_complete(db_of(real_run / "runs"))
@@ -55,11 +53,20 @@ def test_second_iteration_uses_the_model_the_first_trained(real_run):
     assert rows(db, "SELECT base_model FROM lineage WHERE iteration = 2")[0][0] == m2
     assert rows(db, "SELECT DISTINCT model_version FROM responses WHERE iteration = 2") == [("M2",)]
     # training logged real steps with losses
-    assert rows(db, "SELECT count(*) > 0, bool_and(loss IS NOT NULL) FROM train_metrics WHERE iteration = 1") == [(True, True)]
+    assert rows(db, "SELECT count(*) > 0, bool_and(loss IS NOT NULL) FROM train_metrics WHERE iteration = 1") == [
+        (True, True)
+    ]
 
 
 def test_query_csv_counts(finished_run):
-    res = mrtk("query", "select iteration, count(*) from judgements group by 1 order by 1", "--format", "csv", cwd=finished_run, check=True)
+    res = mrtk(
+        "query",
+        "select iteration, count(*) from judgements group by 1 order by 1",
+        "--format",
+        "csv",
+        cwd=finished_run,
+        check=True,
+    )
     lines = res.stdout.strip().splitlines()
     assert lines[0] == "iteration,count_star()"
     db = db_of(finished_run / "runs")
@@ -68,8 +75,14 @@ def test_query_csv_counts(finished_run):
 
 
 def test_query_json_stdin_and_runs_listing(finished_run):
-    res = subprocess.run([sys.executable, "-m", "mrtk.cli", "query", "-", "--format", "json"], cwd=finished_run,
-                         input="select count(*) as n from pairs", capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrtk.cli", "query", "-", "--format", "json"],
+        cwd=finished_run,
+        input="select count(*) as n from pairs",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(res.stdout)[0]["n"] == 4 * TINY["prompts"]["per_iteration"]
     listing = mrtk("runs", cwd=finished_run, check=True).stdout
     assert "success" in listing and "2/2" in listing
@@ -79,7 +92,9 @@ def test_query_json_stdin_and_runs_listing(finished_run):
 def test_kill_mid_iteration_then_resume(tmp_path, tiny_config, model_dir, runner):
     """SIGKILL a run once judgements are being written, then `--resume`: no duplicates, no gaps."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(run_command(runner, tiny_config), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        run_command(runner, tiny_config), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     db = None
     try:
@@ -99,7 +114,15 @@ def test_kill_mid_iteration_then_resume(tmp_path, tiny_config, model_dir, runner
             pytest.fail("no judgements appeared within 300 s")
         # the run is live: `mrtk query` from another process still answers (it waits out the writer's short transactions)
         for _ in range(3):
-            live = mrtk("query", "select count(*) as n from judgements", "--run", str(db.parent), "--format", "json", cwd=tmp_path)
+            live = mrtk(
+                "query",
+                "select count(*) as n from judgements",
+                "--run",
+                str(db.parent),
+                "--format",
+                "json",
+                cwd=tmp_path,
+            )
             assert live.returncode == 0 and "Traceback" not in live.stderr, live.stderr
             assert json.loads(live.stdout)[0]["n"] >= n
         assert proc.poll() is None, "the run ended before it could be killed; make the tiny config slower"
@@ -135,8 +158,9 @@ def test_queries_during_a_run_are_consistent(tiny_config, tmp_path, runner):
     """`mrtk query` from another process, over and over while a run writes: every answer
     comes back (no lock traceback) and shows whole transactions only: no judgement without its
     response, no response with part of its N judgements, no prompt with part of its K responses."""
-    proc = subprocess.Popen(run_command(runner, tiny_config), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        run_command(runner, tiny_config), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     answers = []
     try:
         while proc.poll() is None:
@@ -151,7 +175,10 @@ def test_queries_during_a_run_are_consistent(tiny_config, tmp_path, runner):
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
     assert len(answers) >= 5
-    assert all(a["orphan_judgements"] == a["torn_judgements"] == a["torn_responses"] == a["dangling_pairs"] == 0 for a in answers), answers
+    assert all(
+        a["orphan_judgements"] == a["torn_judgements"] == a["torn_responses"] == a["dangling_pairs"] == 0
+        for a in answers
+    ), answers
     seen = [a["judgements"] for a in answers]
     assert seen == sorted(seen) and 0 < max(seen)  # reads see the run grow, never go back
 
@@ -172,11 +199,19 @@ def test_cpu_without_bf16_runs_fp32_and_logs_progress(tmp_path):
     import yaml
 
     cfg = tmp_path / "one.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "iterations": 1, "pairs": {"judge_share_cap": None, "judge_iterations": [1]}}))
+    cfg.write_text(
+        yaml.safe_dump({**TINY, "iterations": 1, "pairs": {"judge_share_cap": None, "judge_iterations": [1]}})
+    )
     log = tmp_path / "log"
     with open(log, "w") as fh:
-        res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--set", "train.bf16=off"], cwd=tmp_path,
-                             stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, MRTK_CPU_BF16="0"), timeout=900)
+        res = subprocess.run(
+            [sys.executable, "-m", "mrtk.cli", "run", str(cfg), "--set", "train.bf16=off"],
+            cwd=tmp_path,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, MRTK_CPU_BF16="0"),
+            timeout=900,
+        )
     text = log.read_text()
     assert res.returncode == 0, text[-3000:]
     db = db_of(tmp_path / "runs")
@@ -185,7 +220,9 @@ def test_cpu_without_bf16_runs_fp32_and_logs_progress(tmp_path):
     assert "generation dtype: float32" in text
     assert "\r" not in text
     for stage in ("it1 actor", "it1 judge", "it1 meta-judge", "it1 train"):
-        assert f"{stage}" in text and any(line.startswith(stage) and ": done " in line for line in text.splitlines()), stage
+        assert f"{stage}" in text and any(line.startswith(stage) and ": done " in line for line in text.splitlines()), (
+            stage
+        )
     assert rows(db, "SELECT stats->>'bf16' FROM lineage") == [("false",)]
 
 
@@ -197,28 +234,48 @@ def test_judge_health_probe_and_frozen_set(tmp_path):
     import yaml
 
     probe = tmp_path / "humans.jsonl"
-    probe.write_text("".join(json.dumps(x) + "\n" for x in [
-        {"input": "What is 2+2?", "output_1": "4.", "output_2": "Five, I think.", "label": 1},
-        {"input": "Name a colour.", "output_1": "Chair.", "output_2": "Blue.", "label": 2},
-        {"input": "Say hello in French.", "output_1": "Bonjour.", "output_2": "Hola.", "label": 1},
-        {"input": "Capital of Italy?", "output_1": "Paris.", "output_2": "Rome.", "label": 2}]))
+    probe.write_text(
+        "".join(
+            json.dumps(x) + "\n"
+            for x in [
+                {"input": "What is 2+2?", "output_1": "4.", "output_2": "Five, I think.", "label": 1},
+                {"input": "Name a colour.", "output_1": "Chair.", "output_2": "Blue.", "label": 2},
+                {"input": "Say hello in French.", "output_1": "Bonjour.", "output_2": "Hola.", "label": 1},
+                {"input": "Capital of Italy?", "output_1": "Paris.", "output_2": "Rome.", "label": 2},
+            ]
+        )
+    )
     cfg = tmp_path / "health.yaml"
     cfg.write_text(yaml.safe_dump({**TINY, "probe": {"file": str(probe), "limit": 3, "frozen": 4}}))
-    res = subprocess.run([sys.executable, "-m", "mrtk.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrtk.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "judge health: 12 judge calls per iteration on 3 human pairs, 8 per iteration from 2 on 4 frozen responses" in res.stderr
+    assert (
+        "judge health: 12 judge calls per iteration on 3 human pairs, 8 per iteration from 2 on 4 frozen responses"
+        in res.stderr
+    )
     assert "judge vs humans (humans)" in res.stderr and "judge drift (frozen)" in res.stderr
     db = db_of(tmp_path / "runs")
-    got = rows(db, "SELECT iteration, metric, ci_low IS NOT NULL FROM eval_results WHERE eval = 'probe:humans' ORDER BY 1, 2")
+    got = rows(
+        db, "SELECT iteration, metric, ci_low IS NOT NULL FROM eval_results WHERE eval = 'probe:humans' ORDER BY 1, 2"
+    )
     assert {(i, m) for i, m, _ in got} >= {(0, "agreement"), (0, "tie_rate"), (1, "agreement"), (1, "agreement_change")}
     assert all(has_ci for _, m, has_ci in got if m in ("agreement", "agreement_without_ties", "tie_rate"))
-    assert [has_ci for _, m, has_ci in got if m == "agreement_change"] == [False]  # 3 paired pairs: too few for an interval
-    assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'probe:humans'") == [(2 * 3 * 2 * TINY["judge"]["n"],)]
+    assert [has_ci for _, m, has_ci in got if m == "agreement_change"] == [
+        False
+    ]  # 3 paired pairs: too few for an interval
+    assert rows(db, "SELECT count(*) FROM eval_items WHERE eval = 'probe:humans'") == [
+        (2 * 3 * 2 * TINY["judge"]["n"],)
+    ]
     frozen = dict(rows(db, "SELECT iteration || ':' || metric, value FROM eval_results WHERE eval = 'frozen'"))
     assert frozen["0:mean_shift"] == 0.0 and "1:mean_shift" in frozen and "1:top_score_share" in frozen
     assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'drift'") == [(4 * TINY["judge"]["n"],)]
-    assert rows(db, """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
-                       WHERE p.kind = 'judge' AND j.source <> 'loop'""") == [(0,)]
+    assert rows(
+        db,
+        """SELECT count(*) FROM pairs p JOIN judgements j ON j.judgement_id IN (p.chosen_id, p.rejected_id)
+                       WHERE p.kind = 'judge' AND j.source <> 'loop'""",
+    ) == [(0,)]
     mrtk("report", "--out", str(tmp_path / "r.html"), cwd=tmp_path, check=True)
     html = (tmp_path / "r.html").read_text()
     assert "<h2>Judge health</h2>" in html and "judge vs humans" in html and "judge verdict" in html

@@ -3,12 +3,29 @@
 import numpy as np
 import pytest
 
-from mrtk.stages.meta_judge import (battle_matrix, battles, elo_ratings, fit_bradley_terry, pick_responses,
-                                    position_weights, sample_verdict, shown, soft_preferences)
+from mrtk.stages.meta_judge import (
+    battle_matrix,
+    battles,
+    elo_ratings,
+    fit_bradley_terry,
+    pick_responses,
+    position_weights,
+    sample_verdict,
+    shown,
+    soft_preferences,
+)
 
 
 def meta(a, b, verdict, rid="r", p_a=None):
-    return {"judgement_a": a, "judgement_b": b, "verdict": verdict, "response_id": rid, "prompt_id": "p", "iteration": 1, "p_a": p_a}
+    return {
+        "judgement_a": a,
+        "judgement_b": b,
+        "verdict": verdict,
+        "response_id": rid,
+        "prompt_id": "p",
+        "iteration": 1,
+        "p_a": p_a,
+    }
 
 
 def test_position_weights_hand_computed():
@@ -51,9 +68,18 @@ def test_bradley_terry_two_player_closed_form():
 
 
 def test_elo_ratings_rows():
-    js = [{"judgement_id": j, "response_id": "r", "score": s} for j, s in [("x", 4.0), ("y", 3.0), ("z", 2.0), ("bad", None)]]
-    rows = [meta("x", "y", "A"), meta("y", "x", "B"), meta("x", "z", "A"), meta("z", "x", "B"),
-            meta("y", "z", "A"), meta("z", "y", "B")]
+    js = [
+        {"judgement_id": j, "response_id": "r", "score": s}
+        for j, s in [("x", 4.0), ("y", 3.0), ("z", 2.0), ("bad", None)]
+    ]
+    rows = [
+        meta("x", "y", "A"),
+        meta("y", "x", "B"),
+        meta("x", "z", "A"),
+        meta("z", "x", "B"),
+        meta("y", "z", "A"),
+        meta("z", "y", "B"),
+    ]
     out = {r["judgement_id"]: r["elo"] for r in elo_ratings(rows, js, "none", 0.01)}
     assert set(out) == {"x", "y", "z"}  # the unparsed judgement takes no part
     assert out["x"] > out["y"] > out["z"]
@@ -62,12 +88,16 @@ def test_elo_ratings_rows():
 
 def test_pick_highest_variance_response():
     responses = [{"response_id": r, "prompt_id": "p", "is_duplicate": False} for r in ("a", "b", "c")]
-    js = [{"response_id": "a", "score": s} for s in (3.0, 3.0, 3.0)] + \
-         [{"response_id": "b", "score": s} for s in (1.0, 5.0, None)] + \
-         [{"response_id": "c", "score": s} for s in (2.0, 4.0, 3.0)]
+    js = (
+        [{"response_id": "a", "score": s} for s in (3.0, 3.0, 3.0)]
+        + [{"response_id": "b", "score": s} for s in (1.0, 5.0, None)]
+        + [{"response_id": "c", "score": s} for s in (2.0, 4.0, 3.0)]
+    )
     assert pick_responses(responses, js, run_seed=0, iteration=1) == {"p": ("b", "ok")}
     flat = [{"response_id": "a", "score": 3.0}, {"response_id": "a", "score": 3.0}]
-    assert pick_responses(responses[:1], flat, run_seed=0, iteration=1) == {"p": (None, "no_response_with_score_variance")}
+    assert pick_responses(responses[:1], flat, run_seed=0, iteration=1) == {
+        "p": (None, "no_response_with_score_variance")
+    }
 
 
 def test_battles_both_orders_valid_only():
@@ -95,16 +125,25 @@ def test_pick_without_require_variance_is_the_papers_random_tie_break():
     """The paper picks the highest-variance response and breaks ties at random; zero variance is
     not excluded (NeMo's rule, `require_variance`). Saturated scores (iteration 2 in the paper)
     still give a pick: a seeded draw among the tied responses, spread over both."""
-    by_response = [{"response_id": f"{p}/{r}", "prompt_id": p, "is_duplicate": False} for p in ("p0", "p1", "p2", "p3", "p4", "p5")
-                   for r in ("a", "b")]
-    js = [{"response_id": r["response_id"], "score": 5.0} for r in by_response for _ in range(3)]  # all 5: zero variance
-    assert set(pick_responses(by_response, js, run_seed=0, iteration=2).values()) == {(None, "no_response_with_score_variance")}
+    by_response = [
+        {"response_id": f"{p}/{r}", "prompt_id": p, "is_duplicate": False}
+        for p in ("p0", "p1", "p2", "p3", "p4", "p5")
+        for r in ("a", "b")
+    ]
+    js = [
+        {"response_id": r["response_id"], "score": 5.0} for r in by_response for _ in range(3)
+    ]  # all 5: zero variance
+    assert set(pick_responses(by_response, js, run_seed=0, iteration=2).values()) == {
+        (None, "no_response_with_score_variance")
+    }
     picks = pick_responses(by_response, js, run_seed=0, iteration=2, require_variance=False)
     assert all(why == "ok" and rid.startswith(pid + "/") for pid, (rid, why) in picks.items())
     assert {rid.split("/")[1] for rid, _ in picks.values()} == {"a", "b"}  # random, not always the first id
     assert picks == pick_responses(by_response, js, run_seed=0, iteration=2, require_variance=False)  # seeded
     one = [{"response_id": "p0/a", "score": 5.0}]  # fewer than two valid scores: no pick under either rule
-    assert pick_responses(by_response[:1], one, run_seed=0, iteration=2, require_variance=False) == {"p0": (None, "no_response_with_2_valid_scores")}
+    assert pick_responses(by_response[:1], one, run_seed=0, iteration=2, require_variance=False) == {
+        "p0": (None, "no_response_with_2_valid_scores")
+    }
 
 
 def test_soft_verdicts_cancel_a_first_position_preference_and_keep_a_real_one():
@@ -118,7 +157,9 @@ def test_soft_verdicts_cancel_a_first_position_preference_and_keep_a_real_one():
     hard = {r["judgement_id"]: r["elo"] for r in elo_ratings(biased, js, "none", 0.01)}
     assert hard["x"] == pytest.approx(hard["y"])  # hard verdicts with no weights: one win each, also even here...
     one_sided = [meta("x", "y", "A", p_a=0.9), meta("y", "x", "A", p_a=0.9), meta("x", "y", "A", p_a=0.9)]
-    assert soft_preferences(one_sided)[("x", "y")][0] == pytest.approx((0.9 + 0.1 + 0.9) / 3)  # ...but the soft mean keeps counting
+    assert soft_preferences(one_sided)[("x", "y")][0] == pytest.approx(
+        (0.9 + 0.1 + 0.9) / 3
+    )  # ...but the soft mean keeps counting
     real = [meta("x", "y", "A", p_a=0.9), meta("y", "x", "B", p_a=0.1)]
     assert soft_preferences(real) == {("x", "y"): (pytest.approx(0.9), 2)}
     elo = {r["judgement_id"]: r for r in elo_ratings(real, js, "iteration", 0.01, "soft")}
@@ -131,7 +172,12 @@ def test_soft_verdicts_are_fractional_wins_in_the_fit():
     a battle without p(A) (an unparsed structured answer) adds nothing."""
     from mrtk.stages.meta_judge import soft_matrix
 
-    rows = [meta("x", "y", "A", p_a=0.8), meta("y", "x", "B", p_a=0.4), meta("x", "z", "A", p_a=0.6), meta("z", "x", None)]
+    rows = [
+        meta("x", "y", "A", p_a=0.8),
+        meta("y", "x", "B", p_a=0.4),
+        meta("x", "z", "A", p_a=0.6),
+        meta("z", "x", None),
+    ]
     mat = soft_matrix(rows, ["x", "y", "z"])
     assert mat[0, 1] == pytest.approx(2 * 0.7) and mat[1, 0] == pytest.approx(2 * 0.3)
     assert mat[0, 2] == pytest.approx(0.6) and mat[2, 0] == pytest.approx(0.4)
@@ -150,8 +196,10 @@ def test_the_pairwise_judge_soft_verdict_is_the_same_reading():
     cfg = validate_config({}).judge
 
     def said(p, p_ab, v_ab, p_ba, v_ba):
-        return [{"prompt_id": p, "unit": f"{p}#a|{p}#b", "verdict": v_ab, "p_a": p_ab, "score": None},
-                {"prompt_id": p, "unit": f"{p}#b|{p}#a", "verdict": v_ba, "p_a": p_ba, "score": None}]
+        return [
+            {"prompt_id": p, "unit": f"{p}#a|{p}#b", "verdict": v_ab, "p_a": p_ab, "score": None},
+            {"prompt_id": p, "unit": f"{p}#b|{p}#a", "verdict": v_ba, "p_a": p_ba, "score": None},
+        ]
 
     rows = said("biased", 0.9, "A", 0.9, "A") + said("real", 0.9, "A", 0.1, "B") + said("leaning", 0.9, "A", 0.8, "A")
     soft, consistency = Judging(template, cfg.model_copy(update={"verdict": "soft"})).preferences(rows)

@@ -19,6 +19,7 @@ from mrtk.loop import Loop
 from mrtk.runs import new_run, open_run
 from mrtk.store.db import DB_NAME
 
+
 def start(tmp_path: Path, **sections) -> tuple:
     raw = {**TINY, **sections}
     path = tmp_path / "cfg.yaml"
@@ -57,11 +58,19 @@ def test_the_loop_opens_releases_resumes_and_closes_its_policy(uninterrupted):
     control = [c[0] for c in policy.calls if c[0] != "generate"]
     assert control == ["open", "release", "resume", "release", "resume", "close"]
     models = [c[1] for c in policy.calls if c[0] == "generate"]
-    assert models[0] == Path(models[0]).name and "M2" in models and models.index("M2") > max(i for i, m in enumerate(models) if m != "M2")
+    assert (
+        models[0] == Path(models[0]).name
+        and "M2" in models
+        and models.index("M2") > max(i for i, m in enumerate(models) if m != "M2")
+    )
 
 
-@pytest.mark.parametrize("share,window", [(0.05, 0), (0.6, 0), (0.6, 8)])  # iteration 1's actor stage, iteration 2; served
-def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, share, window):
+@pytest.mark.parametrize(
+    "share,window", [(0.05, 0), (0.6, 0), (0.6, 8)]
+)  # iteration 1's actor stage, iteration 2; served
+def test_crash_mid_stage_is_an_error_row_and_resume_equals_the_uninterrupted_run(
+    tmp_path, uninterrupted, share, window
+):
     """A backend that dies after N samples (a share of the whole run's): the run and the stage say
     `error` with the reason, the chunks finished before it are kept, and a resume ends with exactly
     the uninterrupted run. `window` 8: served like SGLang, calls in flight from run_chunks' lanes
@@ -121,7 +130,9 @@ def test_ctrl_c_marks_the_stage_interrupted(tmp_path):
         run(store, inputs, Interrupting())
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT status FROM runs") == [("interrupted",)]
-    assert rows(db, "SELECT stage, status, error FROM stages WHERE status != 'done'") == [("actor", "interrupted", "KeyboardInterrupt: ")]
+    assert rows(db, "SELECT stage, status, error FROM stages WHERE status != 'done'") == [
+        ("actor", "interrupted", "KeyboardInterrupt: ")
+    ]
 
 
 def test_judge_health_probe_and_frozen_set_in_process(tmp_path):
@@ -130,14 +141,24 @@ def test_judge_health_probe_and_frozen_set_in_process(tmp_path):
     store, inputs = start(tmp_path, probe={"file": "probe_human.jsonl", "limit": 4, "frozen": 3})
     run(store, inputs, ScriptedPolicy())
     db = store.run_dir / DB_NAME
-    assert rows(db, "SELECT iteration, status FROM stages WHERE stage = 'probe' ORDER BY 1") == [(1, "done"), (2, "done")]
-    assert rows(db, "SELECT iteration, count(*) FROM eval_items WHERE eval = 'probe:probe_human' GROUP BY 1 ORDER BY 1") == \
-        [(0, 4 * 2 * TINY["judge"]["n"]), (1, 4 * 2 * TINY["judge"]["n"])]
-    [(diff, lo, n, details)] = rows(db, "SELECT value, ci_low, n, details->>'verdict' FROM eval_results "
-                                        "WHERE eval = 'probe:probe_human' AND metric = 'agreement_change'")
+    assert rows(db, "SELECT iteration, status FROM stages WHERE stage = 'probe' ORDER BY 1") == [
+        (1, "done"),
+        (2, "done"),
+    ]
+    assert rows(
+        db, "SELECT iteration, count(*) FROM eval_items WHERE eval = 'probe:probe_human' GROUP BY 1 ORDER BY 1"
+    ) == [(0, 4 * 2 * TINY["judge"]["n"]), (1, 4 * 2 * TINY["judge"]["n"])]
+    [(diff, lo, n, details)] = rows(
+        db,
+        "SELECT value, ci_low, n, details->>'verdict' FROM eval_results "
+        "WHERE eval = 'probe:probe_human' AND metric = 'agreement_change'",
+    )
     assert n == 4 and lo is None and details == "too few pairs (4; a verdict needs 10)"
     assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'drift'") == [(3 * TINY["judge"]["n"],)]
-    assert {m for (m,) in rows(db, "SELECT metric FROM eval_results WHERE eval = 'frozen'")} >= {"mean_score", "top_score_share"}
+    assert {m for (m,) in rows(db, "SELECT metric FROM eval_results WHERE eval = 'frozen'")} >= {
+        "mean_score",
+        "top_score_share",
+    }
 
 
 def test_top_score_share_follows_the_judge_templates_range(tmp_path):
@@ -146,14 +167,20 @@ def test_top_score_share_follows_the_judge_templates_range(tmp_path):
     from mrtk import trackers
     from mrtk.store import RunStore
 
-    store, inputs = start(tmp_path, judge={**TINY["judge"], "template": "judge_10point"}, iterations=1,
-                               pairs={"judge_iterations": [1], "judge_share_cap": None})
+    store, inputs = start(
+        tmp_path,
+        judge={**TINY["judge"], "template": "judge_10point"},
+        iterations=1,
+        pairs={"judge_iterations": [1], "judge_share_cap": None},
+    )
     run(store, inputs, ScriptedPolicy())
     db = store.run_dir / DB_NAME
     [(by_hand,)] = rows(db, "SELECT avg((score >= 9.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")
     [(wrong,)] = rows(db, "SELECT avg((score >= 4.5)::INT) FROM judgements WHERE iteration = 1 AND source = 'loop'")
     assert by_hand != wrong  # scripted 1-10 scores spread over the range: the two rules differ
-    [(view, high)] = rows(db, "SELECT top_score_share, score_high FROM iteration_judge_scores WHERE iteration = 1 AND source = 'loop'")
+    [(view, high)] = rows(
+        db, "SELECT top_score_share, score_high FROM iteration_judge_scores WHERE iteration = 1 AND source = 'loop'"
+    )
     assert (view, high) == (pytest.approx(by_hand), 10.0)
     numbers = RunStore(store.run_dir).iteration_numbers(1)
     assert numbers["judgements"]["top"] == pytest.approx(by_hand)
@@ -165,33 +192,54 @@ def test_the_three_switches_run_in_the_loop(tmp_path):
     the Elo rows no position weights; consistency re-judges iteration 2 with M1 and DPO gets
     1 - mean(c) as its label smoothing; anchored rejection samples M1 on iteration 2's prompts once
     and takes every kept actor pair's rejected text from those samples."""
-    store, inputs = start(tmp_path, meta_judge={**TINY["meta_judge"], "verdict": "soft"}, train={**TINY["train"], "consistency": "avg"},
-                          pairs={**TINY["pairs"], "rejected_from": "initial"})
+    store, inputs = start(
+        tmp_path,
+        meta_judge={**TINY["meta_judge"], "verdict": "soft"},
+        train={**TINY["train"], "consistency": "avg"},
+        pairs={**TINY["pairs"], "rejected_from": "initial"},
+    )
     policy = ScriptedPolicy()
     run(store, inputs, policy)
     db = store.run_dir / DB_NAME
     assert rows(db, "SELECT status FROM runs") == [("success",)]
-    assert rows(db, "SELECT iteration, list(stage ORDER BY stage) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1") == [
-        (1, ["actor", "judge", "meta_judge", "pairs", "train"]), (2, ["actor", "anchor", "consistency", "judge", "meta_judge", "pairs", "train"])]
+    assert rows(
+        db, "SELECT iteration, list(stage ORDER BY stage) FROM stages WHERE status = 'done' GROUP BY 1 ORDER BY 1"
+    ) == [
+        (1, ["actor", "judge", "meta_judge", "pairs", "train"]),
+        (2, ["actor", "anchor", "consistency", "judge", "meta_judge", "pairs", "train"]),
+    ]
     # soft: fractional wins, no position weights
     assert rows(db, "SELECT DISTINCT w1, w2 FROM elo") == [(1.0, 1.0)]
     assert rows(db, "SELECT count(*) FROM elo WHERE weighted_wins != round(weighted_wins)")[0][0] > 0
     # consistency: M1's judgements of iteration 2's responses, one per loop judgement, and the smoothing DPO trained with
     k, n, per = TINY["actor"]["k"], TINY["judge"]["n"], TINY["prompts"]["per_iteration"]
-    assert rows(db, "SELECT iteration, model_version, count(*) FROM judgements WHERE source = 'consistency' GROUP BY ALL") == \
-        [(2, "M1", rows(db, "SELECT count(*) FROM judgements WHERE source = 'loop' AND iteration = 2")[0][0])]
-    [(c, ls, n_prompts)] = rows(db, """SELECT max(value) FILTER (WHERE metric = 'consistency'), max(value) FILTER (WHERE metric = 'label_smoothing'),
-                                        max(n) FROM eval_results WHERE eval = 'consistency' AND iteration = 2""")
+    assert rows(
+        db, "SELECT iteration, model_version, count(*) FROM judgements WHERE source = 'consistency' GROUP BY ALL"
+    ) == [(2, "M1", rows(db, "SELECT count(*) FROM judgements WHERE source = 'loop' AND iteration = 2")[0][0])]
+    [(c, ls, n_prompts)] = rows(
+        db,
+        """SELECT max(value) FILTER (WHERE metric = 'consistency'), max(value) FILTER (WHERE metric = 'label_smoothing'),
+                                        max(n) FROM eval_results WHERE eval = 'consistency' AND iteration = 2""",
+    )
     assert 0 < n_prompts <= per and ls == pytest.approx(min(0.5, max(0.0, 1 - c)))
     smoothing = rows(db, "SELECT iteration, stats->>'label_smoothing' FROM lineage ORDER BY 1")
     assert smoothing == [(1, "0.0"), (2, str(ls))]
     # anchored rejection: M1's samples of iteration 2's prompts; kept actor pairs reject one of them
-    assert rows(db, "SELECT iteration, model_version, count(*) FROM anchor_responses GROUP BY ALL") == [(2, "M1", per * k)]
-    assert rows(db, "SELECT count(*) FROM judgements WHERE source = 'anchor' AND model_version = 'M2'")[0][0] == \
-        per * k * n - n * rows(db, "SELECT count(*) FROM anchor_responses WHERE is_duplicate")[0][0]
-    kept = rows(db, "SELECT rejected_id, chosen_id FROM pairs WHERE iteration = 2 AND kind = 'actor' AND status = 'kept'")
+    assert rows(db, "SELECT iteration, model_version, count(*) FROM anchor_responses GROUP BY ALL") == [
+        (2, "M1", per * k)
+    ]
+    assert (
+        rows(db, "SELECT count(*) FROM judgements WHERE source = 'anchor' AND model_version = 'M2'")[0][0]
+        == per * k * n - n * rows(db, "SELECT count(*) FROM anchor_responses WHERE is_duplicate")[0][0]
+    )
+    kept = rows(
+        db, "SELECT rejected_id, chosen_id FROM pairs WHERE iteration = 2 AND kind = 'actor' AND status = 'kept'"
+    )
     assert kept and all(r.startswith("it2/") and "/a" in r and "/r" in ch for r, ch in kept)
-    assert rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1 AND kind = 'actor' AND rejected_id LIKE '%/a%'")[0][0] == 0
+    assert (
+        rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1 AND kind = 'actor' AND rejected_id LIKE '%/a%'")[0][0]
+        == 0
+    )
     models = [c[1] for c in policy.calls if c[0] == "generate"]
     assert models.index("M2") < max(i for i, m in enumerate(models) if m == models[0])  # M1 asked again in iteration 2
     # a finished run resumed does nothing more: anchors and re-judgements are not generated twice

@@ -38,8 +38,14 @@ def test_actor_pair_shortest_top_longest_bottom():
 
 def test_actor_pair_all_tied_and_too_few():
     rs = [resp("a", 10), resp("b", 20)]
-    assert actor_pair("p", rs, {"a": (3.0, 2), "b": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"] == "all_scores_tied"
-    assert actor_pair("p", rs, {"a": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"] == "fewer_than_two_scored_responses"
+    assert (
+        actor_pair("p", rs, {"a": (3.0, 2), "b": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"]
+        == "all_scores_tied"
+    )
+    assert (
+        actor_pair("p", rs, {"a": (3.0, 2)}, 0.0, None, random.Random(0), 1)["reason"]
+        == "fewer_than_two_scored_responses"
+    )
 
 
 def test_actor_pair_ignores_duplicates_and_unscored():
@@ -58,25 +64,42 @@ def test_actor_pair_length_cap_and_length_ties():
     scored = {"a": (5.0, 1), "b": (5.0, 1), "c": (1.0, 1)}
     picks = {actor_pair("p", rs, scored, 0.0, None, random.Random(s), 1)["chosen_id"] for s in range(20)}
     assert picks == {"a", "b"}
-    assert actor_pair("p", rs, scored, 0.0, None, random.Random(7), 1)["chosen_id"] == \
+    assert (
         actor_pair("p", rs, scored, 0.0, None, random.Random(7), 1)["chosen_id"]
+        == actor_pair("p", rs, scored, 0.0, None, random.Random(7), 1)["chosen_id"]
+    )
 
 
 def test_rewards_mean_of_valid_scores_only():
-    js = [{"response_id": "a", "score": 4.0}, {"response_id": "a", "score": None}, {"response_id": "a", "score": 2.0},
-          {"response_id": "b", "score": None}]
+    js = [
+        {"response_id": "a", "score": 4.0},
+        {"response_id": "a", "score": None},
+        {"response_id": "a", "score": 2.0},
+        {"response_id": "b", "score": None},
+    ]
     assert rewards(js) == {"a": (3.0, 2)}
 
 
 def test_actor_pairs_one_row_per_prompt():
     rs = [resp("p1/a", 10, pid="p1"), resp("p1/b", 20, pid="p1"), resp("p2/a", 10, pid="p2")]
-    js = [{"response_id": "p1/a", "score": 5.0}, {"response_id": "p1/b", "score": 1.0}, {"response_id": "p2/a", "score": 3.0}]
+    js = [
+        {"response_id": "p1/a", "score": 5.0},
+        {"response_id": "p1/b", "score": 1.0},
+        {"response_id": "p2/a", "score": 3.0},
+    ]
     rows = actor_pairs(rs, js, PairsCfg(rho=[0.0]), iteration=1, run_seed=0)
     assert [(r["prompt_id"], r["status"]) for r in rows] == [("p1", "kept"), ("p2", "dropped")]
 
 
 def judgement(jid, score, text=None, chars=100):
-    return {"judgement_id": jid, "response_id": "r", "prompt_id": "p", "score": score, "text": text or jid, "n_chars": chars}
+    return {
+        "judgement_id": jid,
+        "response_id": "r",
+        "prompt_id": "p",
+        "score": score,
+        "text": text or jid,
+        "n_chars": chars,
+    }
 
 
 def elo(jid, value):
@@ -84,8 +107,15 @@ def elo(jid, value):
 
 
 def run_judge_pairs(js, elos, cfg=None, meta=None):
-    return judge_pairs({"p": ("r", "ok")}, elos, js, cfg or PairsCfg(), meta or MetaJudgeCfg(max_chosen_chars=[1100]),
-                       iteration=1, run_seed=0)[0]
+    return judge_pairs(
+        {"p": ("r", "ok")},
+        elos,
+        js,
+        cfg or PairsCfg(),
+        meta or MetaJudgeCfg(max_chosen_chars=[1100]),
+        iteration=1,
+        run_seed=0,
+    )[0]
 
 
 def test_judge_pair_highest_vs_lowest_elo():
@@ -94,11 +124,14 @@ def test_judge_pair_highest_vs_lowest_elo():
     assert (row["chosen_id"], row["rejected_id"], row["status"]) == ("j0", "j1", "kept")
 
 
-@pytest.mark.parametrize("js, reason", [
-    ([judgement("j0", 3.0), judgement("j1", 3.0)], "same_score"),
-    ([judgement("j0", 4.0, text="same"), judgement("j1", 2.0, text="same")], "identical_text"),
-    ([judgement("j0", 4.0, chars=1200), judgement("j1", 2.0)], "chosen_longer_than_1100_chars"),
-])
+@pytest.mark.parametrize(
+    "js, reason",
+    [
+        ([judgement("j0", 3.0), judgement("j1", 3.0)], "same_score"),
+        ([judgement("j0", 4.0, text="same"), judgement("j1", 2.0, text="same")], "identical_text"),
+        ([judgement("j0", 4.0, chars=1200), judgement("j1", 2.0)], "chosen_longer_than_1100_chars"),
+    ],
+)
 def test_judge_pair_filters(js, reason):
     row = run_judge_pairs(js, [elo("j0", 1100), elo("j1", 900)])
     assert row["status"] == "dropped" and row["reason"] == reason
@@ -113,7 +146,9 @@ def test_judge_pair_filters_can_be_switched_off():
 def test_judge_pair_no_spread_and_no_pick():
     js = [judgement("j0", 4.0), judgement("j1", 2.0)]
     assert run_judge_pairs(js, [elo("j0", 1000), elo("j1", 1000)])["reason"] == "no_elo_spread"
-    rows = judge_pairs({"p": (None, "no_response_with_score_variance")}, [], js, PairsCfg(), MetaJudgeCfg(), iteration=1, run_seed=0)
+    rows = judge_pairs(
+        {"p": (None, "no_response_with_score_variance")}, [], js, PairsCfg(), MetaJudgeCfg(), iteration=1, run_seed=0
+    )
     assert rows[0]["reason"] == "no_response_with_score_variance"
 
 
@@ -141,8 +176,15 @@ def test_flat_elo_is_broken_at_random_without_require_variance():
         chosen.append(row["chosen_id"])
     assert len(set(chosen)) > 1  # a seeded random draw, not always the first judgement
     # a separated Elo is unaffected by the knob
-    row = judge_pairs({"p": ("r", "ok")}, [elo("j0", 1100), elo("j1", 900), elo("j2", 1000), elo("j3", 1000)], js, cfg, paper,
-                      iteration=1, run_seed=0)[0]
+    row = judge_pairs(
+        {"p": ("r", "ok")},
+        [elo("j0", 1100), elo("j1", 900), elo("j2", 1000), elo("j3", 1000)],
+        js,
+        cfg,
+        paper,
+        iteration=1,
+        run_seed=0,
+    )[0]
     assert (row["chosen_id"], row["rejected_id"]) == ("j0", "j1")
 
 
@@ -152,13 +194,26 @@ def test_anchored_rejection_takes_the_rejected_side_from_m1s_samples():
     own scores are all tied; an anchor scoring as high as the chosen gives no pair."""
     current = [resp("it2/p/r0", 400), resp("it2/p/r1", 300), resp("it2/p/r2", 900)]
     anchors = [resp("it2/p/a0", 500), resp("it2/p/a1", 800), resp("it2/p/a2", 200)]
-    judged = [{"response_id": rid, "score": s} for rid, s in
-              [("it2/p/r0", 4.0), ("it2/p/r1", 4.0), ("it2/p/r2", 4.0), ("it2/p/a0", 2.0), ("it2/p/a1", 2.0), ("it2/p/a2", 3.0)]]
+    judged = [
+        {"response_id": rid, "score": s}
+        for rid, s in [
+            ("it2/p/r0", 4.0),
+            ("it2/p/r1", 4.0),
+            ("it2/p/r2", 4.0),
+            ("it2/p/a0", 2.0),
+            ("it2/p/a1", 2.0),
+            ("it2/p/a2", 3.0),
+        ]
+    ]
     cfg = PairsCfg(rho=[0.0], max_chosen_chars=[None])
     [plain] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1)
     assert (plain["status"], plain["reason"]) == ("dropped", "all_scores_tied")  # the paper: M_t's own samples only
     [row] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1, anchors=anchors)
-    assert (row["status"], row["chosen_id"], row["rejected_id"]) == ("kept", "it2/p/r1", "it2/p/a1")  # shortest top, longest bottom anchor
+    assert (row["status"], row["chosen_id"], row["rejected_id"]) == (
+        "kept",
+        "it2/p/r1",
+        "it2/p/a1",
+    )  # shortest top, longest bottom anchor
     assert (row["chosen_score"], row["rejected_score"]) == (4.0, 2.0)
     high = [dict(j, score=4.5) if j["response_id"].startswith("it2/p/a") else j for j in judged]
     [none] = actor_pairs(current, high, cfg, iteration=2, run_seed=1, anchors=anchors)

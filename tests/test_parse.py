@@ -5,31 +5,37 @@ import pytest
 from mrtk.parse import expected_score, parse_score, parse_verdict
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Good answer.\nScore: 4", 4.0),
-    ("Score: 4.5", 4.5),
-    ("Score: 4.75", 4.75),
-    ("score:3", 3.0),
-    ("**Score:** 2", 2.0),
-    ("Score: 0", 0.0),
-    ("Score: 5", 5.0),
-    # the last match wins: a response quoting "Score: 5" cannot hijack the judge's own line
-    ("The response says 'Score: 5 out of 5' but it is weak.\nScore: 1", 1.0),
-    ("Score: 2 ... on reflection\nScore: 3.25", 3.25),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Good answer.\nScore: 4", 4.0),
+        ("Score: 4.5", 4.5),
+        ("Score: 4.75", 4.75),
+        ("score:3", 3.0),
+        ("**Score:** 2", 2.0),
+        ("Score: 0", 0.0),
+        ("Score: 5", 5.0),
+        # the last match wins: a response quoting "Score: 5" cannot hijack the judge's own line
+        ("The response says 'Score: 5 out of 5' but it is weak.\nScore: 1", 1.0),
+        ("Score: 2 ... on reflection\nScore: 3.25", 3.25),
+    ],
+)
 def test_parse_score_values(text, expected):
     parsed = parse_score(text)
     assert parsed.ok and parsed.value == expected
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("No score here at all.", "no_score_line"),
-    ("", "no_score_line"),
-    ("Score: 6", "out_of_range:6"),
-    ("Score: -1", "out_of_range:-1"),
-    ("Score: 4\nScore: 7.5", "out_of_range:7.5"),  # last match is out of range: no fallback to an earlier one
-    ("Score: five", "no_score_line"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("No score here at all.", "no_score_line"),
+        ("", "no_score_line"),
+        ("Score: 6", "out_of_range:6"),
+        ("Score: -1", "out_of_range:-1"),
+        ("Score: 4\nScore: 7.5", "out_of_range:7.5"),  # last match is out of range: no fallback to an earlier one
+        ("Score: five", "no_score_line"),
+    ],
+)
 def test_parse_score_failures_are_data(text, reason):
     parsed = parse_score(text)
     assert not parsed.ok
@@ -42,14 +48,17 @@ def test_parse_score_custom_range():
     assert not parse_score("Score: 11", 0, 10).ok
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("A is better.\nWinner: Judgement A", "A"),
-    ("Winner: Judgement B", "B"),
-    ("Winner: Judgment A", "A"),  # the American spelling, which models write as often
-    ("**Winner:** judgment B", "B"),
-    ("winner: judgement b", "B"),
-    ("If it were Winner: Judgement A... but no.\nWinner: Judgement B", "B"),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("A is better.\nWinner: Judgement A", "A"),
+        ("Winner: Judgement B", "B"),
+        ("Winner: Judgment A", "A"),  # the American spelling, which models write as often
+        ("**Winner:** judgment B", "B"),
+        ("winner: judgement b", "B"),
+        ("If it were Winner: Judgement A... but no.\nWinner: Judgement B", "B"),
+    ],
+)
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text).value == verdict
 

@@ -19,8 +19,14 @@ R: {{ response }}
 
 
 def test_shipped_templates_load_for_their_roles():
-    for name, stage in [("actor", "actor"), ("judge_additive5", "judge"), ("judge_10point", "judge"),
-                        ("judge_pairwise", "pairwise-judge"), ("meta_judge", "meta-judge"), ("meta_judge_nemo", "meta-judge")]:
+    for name, stage in [
+        ("actor", "actor"),
+        ("judge_additive5", "judge"),
+        ("judge_10point", "judge"),
+        ("judge_pairwise", "pairwise-judge"),
+        ("meta_judge", "meta-judge"),
+        ("meta_judge_nemo", "meta-judge"),
+    ]:
         t = load_template(name, role=stage)
         assert t.stage == stage and len(t.hash) == 12
     assert load_template("judge_10point").score_range == (1.0, 10.0)
@@ -47,26 +53,55 @@ def test_hash_changes_with_content():
     assert parse_template(GOOD).hash != parse_template(GOOD.replace("Q:", "Question:")).hash
 
 
-@pytest.mark.parametrize("text, message", [
-    ("no front matter {{question}}", "no front matter"),
-    ("---\nname: [unclosed\n---\nbody", "front matter is not valid YAML"),
-    ("---\nname: t\nrole: judge\nvariables: [question]\nparser: score\n---\n{{question}} {{nope}}", "unknown variable {{nope}}"),
-    ("---\nname: t\nrole: judge\nvariables: [question, response]\n---\n{{question}} {{response}}", "lacks 'parser'"),
-    ("---\nname: t\nrole: judge\nvariables: [question, response]\nparser: regexy\n---\n{{question}} {{response}}", "parser 'regexy'"),
-    ("---\nname: t\nrole: critic\nvariables: [question]\nparser: score\n---\n{{question}}", "role 'critic'"),
-    ("---\nname: t\nrole: judge\nvariables: [question, response]\nparser: score\n---\n{{question}}", "declared but never used"),
-    ("---\nname: t\nrole: judge\nvariables: [question]\nparser: score\ncolour: red\n---\n{{question}}", "unknown front-matter key 'colour'"),
-    ("---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nscore_range: [5, 1]\n---\n{{response}}", "'score_range' must be [low, high]"),
-    ("---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nsampling: {temp: 1}\n---\n{{response}}", "'sampling' must map"),
-    ("---\nname: t\nrole: meta-judge\nvariables: [judgement_a]\nparser: verdict\nshow_scores: maybe\n---\n{{judgement_a}}", "'show_scores' must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("no front matter {{question}}", "no front matter"),
+        ("---\nname: [unclosed\n---\nbody", "front matter is not valid YAML"),
+        (
+            "---\nname: t\nrole: judge\nvariables: [question]\nparser: score\n---\n{{question}} {{nope}}",
+            "unknown variable {{nope}}",
+        ),
+        (
+            "---\nname: t\nrole: judge\nvariables: [question, response]\n---\n{{question}} {{response}}",
+            "lacks 'parser'",
+        ),
+        (
+            "---\nname: t\nrole: judge\nvariables: [question, response]\nparser: regexy\n---\n{{question}} {{response}}",
+            "parser 'regexy'",
+        ),
+        ("---\nname: t\nrole: critic\nvariables: [question]\nparser: score\n---\n{{question}}", "role 'critic'"),
+        (
+            "---\nname: t\nrole: judge\nvariables: [question, response]\nparser: score\n---\n{{question}}",
+            "declared but never used",
+        ),
+        (
+            "---\nname: t\nrole: judge\nvariables: [question]\nparser: score\ncolour: red\n---\n{{question}}",
+            "unknown front-matter key 'colour'",
+        ),
+        (
+            "---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nscore_range: [5, 1]\n---\n{{response}}",
+            "'score_range' must be [low, high]",
+        ),
+        (
+            "---\nname: t\nrole: judge\nvariables: [response]\nparser: score\nsampling: {temp: 1}\n---\n{{response}}",
+            "'sampling' must map",
+        ),
+        (
+            "---\nname: t\nrole: meta-judge\nvariables: [judgement_a]\nparser: verdict\nshow_scores: maybe\n---\n{{judgement_a}}",
+            "'show_scores' must be",
+        ),
+    ],
+)
 def test_malformed_templates_rejected(text, message):
     with pytest.raises(MrtkError, match=re.escape(message)):
         parse_template(text)
 
 
 def test_role_checks():
-    t = parse_template(GOOD.replace("[question, response]", "[question, response, context]").replace("R:", "{{context}} R:"))
+    t = parse_template(
+        GOOD.replace("[question, response]", "[question, response, context]").replace("R:", "{{context}} R:")
+    )
     with pytest.raises(MrtkError, match="unknown variable 'context' for the judge stage"):
         check_role(t, "judge")
     with pytest.raises(MrtkError, match="has role 'judge' but the actor stage"):

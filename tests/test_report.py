@@ -45,10 +45,14 @@ def test_png_format(finished_run, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in (tmp_path / "pngs").glob("*.png"))
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="Debian's chromium is not installed")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="Debian's chromium is not installed"
+)
 def test_chromium_renders_without_network(report_html, tmp_path):
     script = Path(__file__).resolve().parent.parent / "scripts" / "report_screenshot.sh"
-    res = subprocess.run(["bash", str(script), str(report_html), str(tmp_path / "shot.png")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["bash", str(script), str(report_html), str(tmp_path / "shot.png")], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "shot.png").stat().st_size > 10_000
 
@@ -62,13 +66,38 @@ def test_charts_read_at_a_glance(finished_run):
     from mrtk.report import collect, sections
 
     d = collect(next((finished_run / "runs").iterdir()))
-    probe = [{"eval": "probe:probe_human", "iteration": it, "judge": f"judge_additive5:structured:M{it + 1}", "metric": "agreement",
-              "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 200} for it, v in ((0, 0.38), (1, 0.48))]
-    drift = [{"eval": "frozen", "iteration": it, "judge": "j", "metric": "mean_shift", "value": v, "ci_low": v - 0.2, "ci_high": v + 0.2,
-              "n": 16} for it, v in ((0, 0.0), (1, 0.3))]
+    probe = [
+        {
+            "eval": "probe:probe_human",
+            "iteration": it,
+            "judge": f"judge_additive5:structured:M{it + 1}",
+            "metric": "agreement",
+            "value": v,
+            "ci_low": v - 0.1,
+            "ci_high": v + 0.1,
+            "n": 200,
+        }
+        for it, v in ((0, 0.38), (1, 0.48))
+    ]
+    drift = [
+        {
+            "eval": "frozen",
+            "iteration": it,
+            "judge": "j",
+            "metric": "mean_shift",
+            "value": v,
+            "ci_low": v - 0.2,
+            "ci_high": v + 0.2,
+            "n": 16,
+        }
+        for it, v in ((0, 0.0), (1, 0.3))
+    ]
     by_key = {s.key: s for s in sections(dict(d, eval=probe + drift))}
     ax = by_key["eval"].figure.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["chance", "probe:probe_human agreement (judge_additive5:structured)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "chance",
+        "probe:probe_human agreement (judge_additive5:structured)",
+    ]
     [series] = ax.containers  # one errorbar container: one line, with its interval bars
     data = series.lines[0]
     assert list(data.get_xdata()) == [0, 1] and list(data.get_ydata()) == pytest.approx([38.0, 48.0])

@@ -40,13 +40,26 @@ def test_stored_config_is_the_effective_one(tmp_path):
     from mrtk.prompts import load_template
 
     shipped = Path(load_template("judge_additive5").path).read_text()
-    (tmp_path / "my_judge.md").write_text(shipped.replace("parser: score", "sampling: {temperature: 0.3, max_new_tokens: 40}\nparser: score", 1))
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"judge": {"template": "my_judge", "max_new_tokens": 20}, "prompts": {"template_dirs": [str(tmp_path)]}}))
+    (tmp_path / "my_judge.md").write_text(
+        shipped.replace("parser: score", "sampling: {temperature: 0.3, max_new_tokens: 40}\nparser: score", 1)
+    )
+    (tmp_path / "cfg.yaml").write_text(
+        yaml.safe_dump(
+            {"judge": {"template": "my_judge", "max_new_tokens": 20}, "prompts": {"template_dirs": [str(tmp_path)]}}
+        )
+    )
     cfg = load_config(tmp_path / "cfg.yaml")
     before = cfg.model_dump()
     inputs = check_inputs(cfg, tmp_path, load_tokenizer=False)
-    assert cfg.model_dump() == before  # the checked config is left as it is; the effective one is built once, in inputs.cfg
+    assert (
+        cfg.model_dump() == before
+    )  # the checked config is left as it is; the effective one is built once, in inputs.cfg
     store = new_run(inputs.cfg, str(tmp_path / "cfg.yaml"), tmp_path / "runs")
     _, stored, _ = open_run(store.run_dir)
-    assert (stored.judge.temperature, stored.judge.max_new_tokens) == (0.3, 20)  # the template's, and the config's over the template's
-    assert stored == inputs.cfg and check_inputs(stored, tmp_path, load_tokenizer=False).cfg == stored  # a resume rebuilds the same
+    assert (stored.judge.temperature, stored.judge.max_new_tokens) == (
+        0.3,
+        20,
+    )  # the template's, and the config's over the template's
+    assert (
+        stored == inputs.cfg and check_inputs(stored, tmp_path, load_tokenizer=False).cfg == stored
+    )  # a resume rebuilds the same

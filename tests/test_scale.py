@@ -22,9 +22,20 @@ def tiny_model(model_dir, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.2, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
@@ -39,13 +50,23 @@ def test_full_fine_tune_trains_all_weights_and_feeds_the_next_iteration(tiny_mod
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = tmp_path / "full.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "model": tiny_model, "train": {**TINY["train"], "lora": None, "report_to": ["tensorboard"]},
-                                   "runs": {"keep_models": "none-but-final"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                **TINY,
+                "model": tiny_model,
+                "train": {**TINY["train"], "lora": None, "report_to": ["tensorboard"]},
+                "runs": {"keep_models": "none-but-final"},
+            }
+        )
+    )
     mrtk("run", str(cfg), "--quiet", cwd=tmp_path, check=True, timeout=900)
     db = db_of(tmp_path / "runs")
     run = db.parent
     assert rows(db, "SELECT DISTINCT model_version FROM responses WHERE iteration = 2") == [("M2",)]
-    assert not (run / "models" / "M2").exists() and (run / "models" / "M3" / "model.safetensors").is_file()  # only the newest kept
+    assert (
+        not (run / "models" / "M2").exists() and (run / "models" / "M3" / "model.safetensors").is_file()
+    )  # only the newest kept
     m3 = run / "models" / "M3"
     assert not list(m3.glob("adapter_*")) and (m3 / "config.json").is_file() and (m3 / "tokenizer.json").is_file()
     before, after = load_file(str(Path(tiny_model) / "model.safetensors")), load_file(str(m3 / "model.safetensors"))
@@ -70,8 +91,17 @@ def test_accelerate_launch_command_and_config_plumbing(tmp_path):
     spec = tmp_path / "spec.json"
     zero3 = Path(__file__).resolve().parents[1] / "experiments" / "accelerate" / "zero3_8gpu.yaml"
     cmd = launch_command(spec, TrainCfg(num_processes=8, batch_size=32, accelerate_config=str(zero3)), "cuda")
-    assert cmd[1:] == ["-m", "accelerate.commands.launch", "--config_file", str(zero3), "--num_processes", "8",
-                       "--module", "mrtk.train_worker", str(spec)]
+    assert cmd[1:] == [
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(zero3),
+        "--num_processes",
+        "8",
+        "--module",
+        "mrtk.train_worker",
+        str(spec),
+    ]
     cpu = launch_command(spec, TrainCfg(num_processes=2, batch_size=2, micro_batch_size=1), "cpu")
     assert cpu[3:9] == ["--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision"]
     # every shipped accelerate config is one accelerate itself accepts
@@ -86,26 +116,46 @@ def test_dry_run_prints_the_paper_plan_without_loading(tmp_path):
     res = mrtk("run", "paper", "--dry-run", cwd=tmp_path, check=True, timeout=120)
     out = res.stdout
     assert "DPO full fine-tuning, 6 epoch(s) of a 10-epoch cosine schedule" in out
-    assert "DEEPSPEED ZeRO-3, 8 processes on 1 machine(s)" in out and "--config_file" in out and "--num_processes 8" in out
+    assert (
+        "DEEPSPEED ZeRO-3, 8 processes on 1 machine(s)" in out and "--config_file" in out and "--num_processes 8" in out
+    )
     assert "sglang.launch_server" in out and "--enable-deterministic-inference" in out and "--dp-size 8" in out
     # the shipped 64-prompt pool is smaller than one iteration's draw: the plan says what is drawn, with one warning line
-    assert "iteration 1: 64 prompts;" in out and "meta-judge up to 7040 calls" in out and not (tmp_path / "runs").exists()
+    assert (
+        "iteration 1: 64 prompts;" in out and "meta-judge up to 7040 calls" in out and not (tmp_path / "runs").exists()
+    )
     assert [line for line in out.splitlines() if line.startswith("warning:")] == [
         "warning: prompts.file holds 64 prompts, fewer than prompts.per_iteration=5000: each iteration draws all 64 (the paper drew "
-        "5,000 of 20,000); set prompts.file to a larger pool"]
+        "5,000 of 20,000); set prompts.file to a larger pool"
+    ]
     assert "sft:" not in out  # sft.file is null in the preset
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n" for i in range(20000)))
     sft = tmp_path / "eft.jsonl"
     sft.write_text(json.dumps({"prompt": "Rate this.", "completion": "Score: 3"}) + "\n")
-    out = mrtk("run", "paper", "--dry-run", "--set", f"prompts.file={pool}", "--set", f"sft.file={sft}", cwd=tmp_path, check=True,
-               timeout=120).stdout
+    out = mrtk(
+        "run",
+        "paper",
+        "--dry-run",
+        "--set",
+        f"prompts.file={pool}",
+        "--set",
+        f"sft.file={sft}",
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+    ).stdout
     assert "iteration 1: 5000 prompts;" in out and "meta-judge up to 550000 calls" in out and "warning" not in out
-    assert "sft: 1 examples, 5 epoch(s) of a 10-epoch cosine schedule, lr 5e-08, global batch 32, full fine-tuning -> M1" in out
+    assert (
+        "sft: 1 examples, 5 epoch(s) of a 10-epoch cosine schedule, lr 5e-08, global batch 32, full fine-tuning -> M1"
+        in out
+    )
 
 
 def test_dry_run_disk_estimate_from_a_local_model(tiny_model, tmp_path):
-    res = mrtk("run", "--dry-run", "--set", f"model={tiny_model}", "--set", "runs.keep_models=last", cwd=tmp_path, check=True)
+    res = mrtk(
+        "run", "--dry-run", "--set", f"model={tiny_model}", "--set", "runs.keep_models=last", cwd=tmp_path, check=True
+    )
     assert "GB per model version" in res.stdout and "2 kept (runs.keep_models: last)" in res.stdout
 
 

@@ -29,8 +29,13 @@ from mrtk.runs import new_run
 from mrtk.serving_sim import LatencyModel, SimRouter, SimServer
 
 FAST = LatencyModel(slots=4, step_s=0.002)
-SERVED = {**TINY, "prompts": {"per_iteration": 8}, "actor": {"k": 4, "max_new_tokens": 24}, "judge": {"n": 3, "max_new_tokens": 16},
-          "backend": "sglang"}
+SERVED = {
+    **TINY,
+    "prompts": {"per_iteration": 8},
+    "actor": {"k": 4, "max_new_tokens": 24},
+    "judge": {"n": 3, "max_new_tokens": 16},
+    "backend": "sglang",
+}
 
 
 def served(urls: list[str], **sglang) -> dict:
@@ -72,7 +77,11 @@ def two():
 
 def test_window_is_sized_from_what_the_server_reports():
     """sglang 0.5.23 /server_info: per DP rank in internal_states, else max_running_requests x dp_size, else max_inflight."""
-    ranks = {"max_running_requests": 48, "dp_size": 2, "internal_states": [{"effective_max_running_requests_per_dp": 48}] * 2}
+    ranks = {
+        "max_running_requests": 48,
+        "dp_size": 2,
+        "internal_states": [{"effective_max_running_requests_per_dp": 48}] * 2,
+    }
     assert window_for(ranks, 256) == OVERSUBSCRIBE * 96
     assert window_for({"max_running_requests": 48, "dp_size": 2}, 256) == OVERSUBSCRIBE * 96
     assert window_for({"max_running_requests": None, "internal_states": [{}]}, 256) == 256
@@ -88,7 +97,9 @@ def test_a_prompts_samples_prefill_once_and_come_back_together(two, model_dir):
     a, _ = two
     backend = SGLangBackend(SGLangClient([a.url]), tokenizer_for(model_dir))
     backend.client.check_servers()
-    [gens] = backend.generate([Request("Name three rivers in Europe, with a fact about each.", (1, 2, 3, 4))], SamplingParams(0.8, 0.95, 24))
+    [gens] = backend.generate(
+        [Request("Name three rivers in Europe, with a fact about each.", (1, 2, 3, 4))], SamplingParams(0.8, 0.95, 24)
+    )
     [(_, samples, _, _)] = a.requests
     assert samples == 4 and len(gens) == 4 and len({g.text for g in gens}) > 1
     prompt = len(backend.chat_ids("Name three rivers in Europe, with a fact about each."))
@@ -121,7 +132,9 @@ def test_a_server_killed_mid_stage_leaves_the_stage_to_the_other(two, tmp_path):
 
 
 def test_the_last_server_gone_is_one_line_and_finished_rows_stay(tmp_path):
-    with SimServer(LatencyModel(slots=1, step_s=0.002)) as sim:  # a window of 2 actor requests: the 5th arrives after 3 answers
+    with SimServer(
+        LatencyModel(slots=1, step_s=0.002)
+    ) as sim:  # a window of 2 actor requests: the 5th arrives after 3 answers
         sim.die_after = 5
         with pytest.raises(MrtkError) as e:
             run_loop(tmp_path, served([sim.url]))
@@ -129,7 +142,9 @@ def test_the_last_server_gone_is_one_line_and_finished_rows_stay(tmp_path):
     assert "\n" not in message and sim.url in message and "mrtk run --resume" in message
     db = db_of(tmp_path / "runs")
     kept = rows(db, "SELECT count(*) FROM responses")[0][0]
-    assert 0 < kept < SERVED["prompts"]["per_iteration"] * SERVED["actor"]["k"]  # answered requests written, in-flight ones not
+    assert (
+        0 < kept < SERVED["prompts"]["per_iteration"] * SERVED["actor"]["k"]
+    )  # answered requests written, in-flight ones not
     assert rows(db, "SELECT stage, status FROM stages WHERE status != 'done'") == [("actor", "error")]
 
 
@@ -141,13 +156,18 @@ def test_gateway_control_plane_reaches_every_worker(two, model_dir):
     with SimRouter([a.url, b.url], rl=True) as gateway:
         client = SGLangClient([gateway.url], smg=True, retries=0)
         serving = client.check_servers()
-        assert sorted(serving["worker_urls"]) == sorted([a.url, b.url]) and serving["windows"] == {gateway.url: 2 * OVERSUBSCRIBE * 4}
+        assert sorted(serving["worker_urls"]) == sorted([a.url, b.url]) and serving["windows"] == {
+            gateway.url: 2 * OVERSUBSCRIBE * 4
+        }
         backend = SGLangBackend(client, tokenizer_for(model_dir))
         backend.release()
         backend.resume()
         backend.update_weights(model_dir, "M2")
-        assert [p for p, _ in a.log] == [p for p, _ in b.log] == ["/release_memory_occupation", "/resume_memory_occupation",
-                                                                   "/update_weights_from_disk"]
+        assert (
+            [p for p, _ in a.log]
+            == [p for p, _ in b.log]
+            == ["/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk"]
+        )
         assert a.weight_version == b.weight_version == "M2"
         with pytest.raises(MrtkError, match="could not load /nowhere"):
             backend.update_weights("/nowhere", "M3")
@@ -160,7 +180,9 @@ def test_gateway_control_plane_reaches_every_worker(two, model_dir):
 def sglang_baseline(tmp_path_factory):
     with SimServer(FAST) as a, SimServer(FAST) as b:
         config = served([a.url, b.url])
-        yield uninterrupted(tmp_path_factory.mktemp("sglang_baseline"), "sglang", config, points=("generate.batch", "db.commit"))
+        yield uninterrupted(
+            tmp_path_factory.mktemp("sglang_baseline"), "sglang", config, points=("generate.batch", "db.commit")
+        )
 
 
 @pytest.mark.slow
@@ -216,7 +238,7 @@ from mrtk.stages import actor
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 cfg = load_config(None, ["actor.k=4", "actor.max_new_tokens=64"])
-store = RunStore({str(tmp_path / 'run')!r}); store.migrate()
+store = RunStore({str(tmp_path / "run")!r}); store.migrate()
 with SimServer(LatencyModel(slots=256, step_s=0.001)) as sim:
     client = SGLangClient([sim.url]); client.check_servers()
     backend = SGLangBackend(client, tokenizer_for({model_dir!r}))

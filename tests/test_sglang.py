@@ -37,16 +37,33 @@ def backend(double, model_dir):
     from transformers import AutoTokenizer
 
     double.log.clear()
-    return SGLangBackend(SGLangClient([double.url], retries=2, backoff_s=0.0), AutoTokenizer.from_pretrained(model_dir), weight_version="M1")
+    return SGLangBackend(
+        SGLangClient([double.url], retries=2, backoff_s=0.0),
+        AutoTokenizer.from_pretrained(model_dir),
+        weight_version="M1",
+    )
 
 
 def test_launch_command_from_config():
-    cfg = validate_config({"backend": "sglang", "sglang": {"launch": True, "port": 31000, "tp_size": 2, "dp_size": 4,
-                                                           "mem_fraction_static": 0.6, "extra_args": "--chunked-prefill-size 4096"}})
+    cfg = validate_config(
+        {
+            "backend": "sglang",
+            "sglang": {
+                "launch": True,
+                "port": 31000,
+                "tp_size": 2,
+                "dp_size": 4,
+                "mem_fraction_static": 0.6,
+                "extra_args": "--chunked-prefill-size 4096",
+            },
+        }
+    )
     cmd = launch_command("/models/llama3-8b", cfg.sglang, "M3")
     assert cmd[1:3] == ["-m", "sglang.launch_server"]
     flags = dict(zip(cmd[3::2], cmd[4::2]))
-    assert flags["--model-path"] == "/models/llama3-8b" and flags["--host"] == "127.0.0.1" and flags["--port"] == "31000"
+    assert (
+        flags["--model-path"] == "/models/llama3-8b" and flags["--host"] == "127.0.0.1" and flags["--port"] == "31000"
+    )
     assert (flags["--tp-size"], flags["--dp-size"], flags["--mem-fraction-static"]) == ("2", "4", "0.6")
     assert "--enable-memory-saver" in cmd and cmd[cmd.index("--weight-version") + 1] == "M3"
     assert cmd[-2:] == ["--chunked-prefill-size", "4096"]
@@ -66,9 +83,17 @@ def test_requests_follow_the_protocol_and_answers_keep_their_order(backend, doub
     from mrtk.models import chat_token_ids
 
     assert path == "/generate" and "text" not in body and len(body["input_ids"]) == 6
-    assert body["input_ids"][0] == chat_token_ids(backend.tok, [{"role": "user", "content": "Name a fruit."}], add_generation_prompt=True)
+    assert body["input_ids"][0] == chat_token_ids(
+        backend.tok, [{"role": "user", "content": "Name a fruit."}], add_generation_prompt=True
+    )
     assert body["input_ids"][3] == backend.chat_ids("Name a colour.")
-    assert body["sampling_params"][0] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 12, "n": 1, "sampling_seed": 7}
+    assert body["sampling_params"][0] == {
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "max_new_tokens": 12,
+        "n": 1,
+        "sampling_seed": 7,
+    }
     assert [sp["sampling_seed"] for sp in body["sampling_params"]] == [7, 8, 9, 3, 4, 5]
     # grouped by prompt, in input order: the same answers as asking each prompt alone
     alone = backend.generate([reqs[1]], params)[0]
@@ -77,15 +102,24 @@ def test_requests_follow_the_protocol_and_answers_keep_their_order(backend, doub
 
 def test_structured_programs_read_choice_logprobs(backend, double):
     reqs = [Request("Rate: 'Paris is the capital of France.'", (1, 2))]
-    [gens] = backend.generate(reqs, SamplingParams(0.8, 0.95, 8, ("Score:",)), suffix="\nScore: ", choices={str(d): str(d) for d in range(6)})
+    [gens] = backend.generate(
+        reqs, SamplingParams(0.8, 0.95, 8, ("Score:",)), suffix="\nScore: ", choices={str(d): str(d) for d in range(6)}
+    )
     assert all(set(g.choice_probs) == set("012345") and 0.05 < sum(g.choice_probs.values()) <= 1.0 + 1e-6 for g in gens)
     second = double.log[-1][1]
     assert second["return_logprob"] is True and second["sampling_params"][0]["max_new_tokens"] == 1
     suffix_ids = backend.tok("\nScore: ", add_special_tokens=False)["input_ids"]
-    assert all(x[-len(suffix_ids):] == suffix_ids for x in second["input_ids"]) and len(second["token_ids_logprob"][0]) == 6
-    assert all(x[:len(backend.chat_ids(reqs[0].prompt))] == backend.chat_ids(reqs[0].prompt) for x in second["input_ids"])
+    assert (
+        all(x[-len(suffix_ids) :] == suffix_ids for x in second["input_ids"])
+        and len(second["token_ids_logprob"][0]) == 6
+    )
+    assert all(
+        x[: len(backend.chat_ids(reqs[0].prompt))] == backend.chat_ids(reqs[0].prompt) for x in second["input_ids"]
+    )
     # a two-token choice ("10") goes through SGLang's regex constraint instead
-    [gens] = backend.generate(reqs, SamplingParams(0.8, 0.95, 4), suffix="\nScore: ", choices={str(d): str(d) for d in range(1, 11)})
+    [gens] = backend.generate(
+        reqs, SamplingParams(0.8, 0.95, 4), suffix="\nScore: ", choices={str(d): str(d) for d in range(1, 11)}
+    )
     regex = double.log[-1][1]["sampling_params"][0]["regex"]
     assert regex.startswith("(10|") and all(sum(g.choice_probs.values()) == 1.0 for g in gens)
 
@@ -127,7 +161,12 @@ def test_launched_server_is_always_stopped(model_dir, tmp_path):
     assert server.proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
-    failing = Server([sys.executable, "-c", "import sys; sys.exit(3)"], "http://127.0.0.1:9", tmp_path / "x.log", startup_timeout_s=30)
+    failing = Server(
+        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        "http://127.0.0.1:9",
+        tmp_path / "x.log",
+        startup_timeout_s=30,
+    )
     with pytest.raises(MrtkError, match="SGLang exited with code 3 while starting"):
         failing.__enter__()
 
@@ -157,7 +196,10 @@ def run_loop(config: Path, cwd: Path, how: str) -> None:
 
 
 # Both slow: the stand-in decodes each input alone in fp32 with the real model (100-165 s a run here)
-HOW = [pytest.param("in-process", id="in-process", marks=pytest.mark.slow), pytest.param("subprocess", id="subprocess", marks=pytest.mark.slow)]
+HOW = [
+    pytest.param("in-process", id="in-process", marks=pytest.mark.slow),
+    pytest.param("subprocess", id="subprocess", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -167,15 +209,25 @@ def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path, how):
     with SGLangDouble(model_dir, deterministic=True) as d:
         run_loop(sglang_config(tmp_path, d.url), tmp_path, how)
         paths = [p for p, _ in d.log if p != "/generate"]
-        assert paths == ["/server_info", "/update_weights_from_disk",  # attach: version check, then the loop loads M1 itself
-                         "/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",  # it flushes itself
-                         "/release_memory_occupation", "/resume_memory_occupation"]
+        assert paths == [
+            "/server_info",
+            "/update_weights_from_disk",  # attach: version check, then the loop loads M1 itself
+            "/release_memory_occupation",
+            "/resume_memory_occupation",
+            "/update_weights_from_disk",  # it flushes itself
+            "/release_memory_occupation",
+            "/resume_memory_occupation",
+        ]
         updates = [b for p, b in d.log if p == "/update_weights_from_disk"]
         assert updates[1]["weight_version"] == "M2" and updates[1]["model_path"].endswith("models/M2")
         # iteration 1 generates with M1 until the release; iteration 2 only after the update and the flush
         order = [p for p, _ in d.log]
         release, update = order.index("/release_memory_occupation"), order.index("/update_weights_from_disk", 2)
-        assert "/generate" in order[:release] and "/generate" not in order[release:update + 1] and order[update + 1] == "/generate"
+        assert (
+            "/generate" in order[:release]
+            and "/generate" not in order[release : update + 1]
+            and order[update + 1] == "/generate"
+        )
         # every request is token ids with one BOS-free chat prompt, one entry per sample with distinct seeds
         gens = [b for p, b in d.log if p == "/generate"]
         assert all("input_ids" in b and "text" not in b for b in gens)
@@ -184,19 +236,27 @@ def test_run_on_sglang_swaps_weights_in_order(model_dir, tmp_path, how):
         assert all(sp["n"] == 1 for b in actor for sp in b["sampling_params"]) and len(seeds) == len(set(seeds))
     db = db_of(tmp_path / "runs")
     check_complete(db)
-    assert rows(db, "SELECT iteration, min(model_version), max(model_version) FROM responses GROUP BY 1 ORDER BY 1") == [(1, "M1", "M1"), (2, "M2", "M2")]
+    assert rows(
+        db, "SELECT iteration, min(model_version), max(model_version) FROM responses GROUP BY 1 ORDER BY 1"
+    ) == [(1, "M1", "M1"), (2, "M2", "M2")]
     serving = json.loads(rows(db, "SELECT serving FROM runs")[0][0])
     assert serving["seeds_honoured"] is True and serving["versions"] == {d.url: "0.5.23"}
     # the K samples of a prompt differ although the server is seeded (one entry per sample)
-    assert rows(db, "SELECT count(*) FROM responses WHERE is_duplicate")[0][0] < rows(db, "SELECT count(*) / 2 FROM responses")[0][0]
+    assert (
+        rows(db, "SELECT count(*) FROM responses WHERE is_duplicate")[0][0]
+        < rows(db, "SELECT count(*) / 2 FROM responses")[0][0]
+    )
 
 
 @pytest.mark.parametrize("how", HOW)
 def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp_path, how):
     """sglang-router serves generation only: generation goes through it, memory release/resume and
     weight updates to each worker (sglang.worker_urls); without worker_urls, one line up front."""
-    with SGLangDouble(model_dir, deterministic=True) as w1, SGLangDouble(model_dir, deterministic=True) as w2, \
-            SGLangRouterDouble([w1, w2]) as router:
+    with (
+        SGLangDouble(model_dir, deterministic=True) as w1,
+        SGLangDouble(model_dir, deterministic=True) as w2,
+        SGLangRouterDouble([w1, w2]) as router,
+    ):
         cfg = dict(TINY, backend="sglang", sglang={"urls": [router.url], "retries": 1})
         path = tmp_path / "router.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -210,8 +270,14 @@ def test_run_through_a_router_sends_control_calls_to_every_worker(model_dir, tmp
         run_loop(path, tmp_path / "ok", how)
         for w in (w1, w2):
             control = [p for p, _ in w.log if p not in ("/generate", "/server_info")]
-            assert control == ["/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation",
-                               "/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation"], control
+            assert control == [
+                "/update_weights_from_disk",
+                "/release_memory_occupation",
+                "/resume_memory_occupation",
+                "/update_weights_from_disk",
+                "/release_memory_occupation",
+                "/resume_memory_occupation",
+            ], control
             assert "/generate" in [p for p, _ in w.log]
         assert {p for p, _ in router.log} == {"/generate"}
     check_complete(db_of(tmp_path / "ok" / "runs"))
@@ -235,14 +301,21 @@ def test_the_stand_in_seeds_as_sglang_does(model_dir, double):
     unseeded one ignores sampling_seed."""
     client = SGLangClient([double.url], retries=0)
     ids = [1, 2, 3]
-    same = client.call("/generate", {"input_ids": ids, "sampling_params": {"n": 3, "sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}})
+    same = client.call(
+        "/generate",
+        {"input_ids": ids, "sampling_params": {"n": 3, "sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}},
+    )
     assert len({a["text"] for a in same}) == 1
     with SGLangDouble(model_dir, deterministic=False) as plain:
         c = SGLangClient([plain.url], retries=0)
-        texts = {c.call("/generate", {"input_ids": ids, "sampling_params": {"sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}})["text"]
-                 for _ in range(3)}
+        texts = {
+            c.call(
+                "/generate",
+                {"input_ids": ids, "sampling_params": {"sampling_seed": 5, "max_new_tokens": 8, "temperature": 1.0}},
+            )["text"]
+            for _ in range(3)
+        }
         assert len(texts) > 1
-
 
 
 @pytest.mark.slow
@@ -268,4 +341,3 @@ def test_gpu_check_script_is_there():
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
     assert script.is_file() and os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-

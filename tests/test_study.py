@@ -14,17 +14,30 @@ from mrtk.ui import QuietUI
 
 
 def test_a_study_runs_each_variant_once_and_tabulates_them(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "probe": {"file": "probe_human.jsonl", "limit": 4, "n": 1, "frozen": 3}}))
+    (tmp_path / "tiny.yaml").write_text(
+        yaml.safe_dump({**TINY, "probe": {"file": "probe_human.jsonl", "limit": 4, "n": 1, "frozen": 3}})
+    )
     study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "s", "base": "tiny.yaml", "set": {"iterations": 2},
-                                     "variants": {"paper": {}, "cream": {"train.consistency": "avg"}}}, sort_keys=False))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "base": "tiny.yaml",
+                "set": {"iterations": 2},
+                "variants": {"paper": {}, "cream": {"train.consistency": "avg"}},
+            },
+            sort_keys=False,
+        )
+    )
     out = tmp_path / "out"
     result = run_study(study, out, QuietUI(), open_policy=ScriptedPolicy().opener, train=scripted_train)
     rows = result["rows"]
     assert [(r["variant"], r["iteration"]) for r in rows] == [(v, i) for v in ("paper", "cream") for i in (1, 2)]
     by = {(r["variant"], r["iteration"]): r for r in rows}
     assert by[("cream", 2)]["label_smoothing"] is not None and by[("paper", 2)]["label_smoothing"] == 0.0
-    assert all(r["probe_agreement"] and r["probe_agreement"][3] == 4 for r in rows)  # M1 and M2 judged the 4 probe pairs
+    assert all(
+        r["probe_agreement"] and r["probe_agreement"][3] == 4 for r in rows
+    )  # M1 and M2 judged the 4 probe pairs
     assert by[("paper", 2)]["drift_mean_shift"] is not None and by[("paper", 1)]["drift_mean_shift"][0] == 0.0
     assert all(0.0 <= r["first_position_share"] <= 1.0 and r["dpo_steps"] > 0 for r in rows)
     # M1 is every variant's seed model: the second variant took the first one's M1 probe rows as they were
@@ -38,8 +51,9 @@ def test_a_study_runs_each_variant_once_and_tabulates_them(tmp_path):
     assert saved["rows"][0]["variant"] == "paper" and (out / "study.md").read_text().count("\n") == 2 + len(rows)
     # again: every variant finished, nothing runs (a policy that would fail if asked)
     again = run_study(study, out, QuietUI(), open_policy=None, train=None)
-    assert [(r["variant"], r["iteration"], r["first_position_share"]) for r in again["rows"]] == \
-        [(r["variant"], r["iteration"], r["first_position_share"]) for r in rows]
+    assert [(r["variant"], r["iteration"], r["first_position_share"]) for r in again["rows"]] == [
+        (r["variant"], r["iteration"], r["first_position_share"]) for r in rows
+    ]
 
 
 def test_even_battles_hard_and_soft():

@@ -8,9 +8,12 @@ from mrtk.config import TrainCfg
 
 
 def example(pair_id, words):
-    return {"pair_id": pair_id, "prompt": [{"role": "user", "content": "Say something."}],
-            "chosen": [{"role": "assistant", "content": "word " * words}],
-            "rejected": [{"role": "assistant", "content": "short"}]}
+    return {
+        "pair_id": pair_id,
+        "prompt": [{"role": "user", "content": "Say something."}],
+        "chosen": [{"role": "assistant", "content": "word " * words}],
+        "rejected": [{"role": "assistant", "content": "short"}],
+    }
 
 
 def test_too_long_pairs_are_dropped_with_reason(model_dir):
@@ -37,13 +40,30 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
     from mrtk.train_worker import launch_command
 
     assert launch_command(tmp_path / "spec.json", TrainCfg(num_processes=4, batch_size=8), "cuda")[1:] == [
-        "-m", "accelerate.commands.launch", "--num_processes", "4", "--module", "mrtk.train_worker", str(tmp_path / "spec.json")]
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "4",
+        "--module",
+        "mrtk.train_worker",
+        str(tmp_path / "spec.json"),
+    ]
     (tmp_path / "ex.json").write_text(json.dumps([example("a", 3), example("b", 4)]))
-    spec = {"model_dir": model_dir, "examples_path": str(tmp_path / "ex.json"), "iteration": 1, "seed": 0, "device": "cpu",
-            "train": TrainCfg(epochs=[1], batch_size=2, micro_batch_size=2).model_dump(mode="json"),
-            "work_dir": str(tmp_path / "w"), "out": str(tmp_path / "M2"), "result_path": str(tmp_path / "result.json")}
+    spec = {
+        "model_dir": model_dir,
+        "examples_path": str(tmp_path / "ex.json"),
+        "iteration": 1,
+        "seed": 0,
+        "device": "cpu",
+        "train": TrainCfg(epochs=[1], batch_size=2, micro_batch_size=2).model_dump(mode="json"),
+        "work_dir": str(tmp_path / "w"),
+        "out": str(tmp_path / "M2"),
+        "result_path": str(tmp_path / "result.json"),
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    res = subprocess.run([sys.executable, "-m", "mrtk.train_worker", str(tmp_path / "spec.json")], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mrtk.train_worker", str(tmp_path / "spec.json")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["stats"]["pairs_trained"] == 2 and result["metrics"][0]["loss"] > 0
@@ -60,15 +80,21 @@ def test_global_batch_counts_every_process(tmp_path, monkeypatch):
     from mrtk.stages.train import trainer_args
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    kwargs = trainer_args(work_dir=tmp_path, micro_batch_size=2, batch_size=32, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False)
-    monkeypatch.delenv("WORLD_SIZE")  # a DPOConfig built under WORLD_SIZE=2 would join a process group that is not there
+    kwargs = trainer_args(
+        work_dir=tmp_path, micro_batch_size=2, batch_size=32, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False
+    )
+    monkeypatch.delenv(
+        "WORLD_SIZE"
+    )  # a DPOConfig built under WORLD_SIZE=2 would join a process group that is not there
     args = DPOConfig(**kwargs)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 2 == 32
     # 64 pairs over 2 processes: 32 per process, 16 micro-batches each, accumulate 8 -> 2 optimizer steps per epoch
     assert planned_steps(64, TrainCfg(batch_size=32, micro_batch_size=2, num_processes=2, epochs=[1]), 1) == 2
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MrtkError, match="batch_size 2 is below micro_batch_size x processes = 2 x 2"):
-        trainer_args(work_dir=tmp_path, micro_batch_size=2, batch_size=2, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False)
+        trainer_args(
+            work_dir=tmp_path, micro_batch_size=2, batch_size=2, epochs=1, lr=1e-5, seed=0, device="cpu", bf16=False
+        )
 
 
 def test_batch_size_the_processes_cannot_reach_is_refused():
@@ -77,7 +103,9 @@ def test_batch_size_the_processes_cannot_reach_is_refused():
     from mrtk.config import validate_config
     from mrtk.errors import MrtkError
 
-    with pytest.raises(MrtkError, match="train.batch_size 32 is not a multiple of micro_batch_size x num_processes = 2 x 3"):
+    with pytest.raises(
+        MrtkError, match="train.batch_size 32 is not a multiple of micro_batch_size x num_processes = 2 x 3"
+    ):
         validate_config({"train": {"batch_size": 32, "micro_batch_size": 2, "num_processes": 3}})
 
 
@@ -89,10 +117,18 @@ def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
 
     from mrtk.stages.train import train_dpo
 
-    cfg = TrainCfg(epochs=[3], schedule_epochs=[5], batch_size=2, micro_batch_size=2, lr=1e-4, gradient_checkpointing=False,
-                   precompute_ref_log_probs=False)
-    _, _, metrics, stats = train_dpo(model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu",
-                                     work_dir=tmp_path)
+    cfg = TrainCfg(
+        epochs=[3],
+        schedule_epochs=[5],
+        batch_size=2,
+        micro_batch_size=2,
+        lr=1e-4,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=False,
+    )
+    _, _, metrics, stats = train_dpo(
+        model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu", work_dir=tmp_path
+    )
     assert stats["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     # one optimizer step per epoch; HF logs the rate each step used: step k at (k - 1) / 5 of the 5-epoch cosine
     expected = [1e-4 * 0.5 * (1 + math.cos(math.pi * (k - 1) / 5)) for k in range(1, 4)]
@@ -113,8 +149,17 @@ def test_two_process_launch_takes_the_same_optimizer_steps(model_dir, tmp_path):
     for procs in (1, 2):
         cfg = TrainCfg(epochs=[1], batch_size=4, micro_batch_size=1, num_processes=procs, gradient_checkpointing=False)
         w = tmp_path / f"p{procs}"
-        spec = {"model_dir": model_dir, "examples_path": str(tmp_path / "ex.json"), "iteration": 1, "seed": 0, "device": "cpu",
-                "train": cfg.model_dump(mode="json"), "work_dir": str(w / "work"), "out": str(w / "M2"), "result_path": str(w / "result.json")}
+        spec = {
+            "model_dir": model_dir,
+            "examples_path": str(tmp_path / "ex.json"),
+            "iteration": 1,
+            "seed": 0,
+            "device": "cpu",
+            "train": cfg.model_dump(mode="json"),
+            "work_dir": str(w / "work"),
+            "out": str(w / "M2"),
+            "result_path": str(w / "result.json"),
+        }
         result = run_distributed(spec, w, launch_command(w / "spec.json", cfg, "cpu"), w / "train.log")
         steps[procs] = result["stats"]["steps"]
         assert (w / "M2" / "model.safetensors").is_file()
@@ -130,8 +175,11 @@ def test_smoothed_losses_are_conservative_dpo():
     from mrtk.stages.train import ROBUST_MAX, smoothed_losses
 
     assert smoothed_losses(["sigmoid"], 0.0) == (["sigmoid"], None, 0.0)
-    assert smoothed_losses(["sigmoid", "sft"], 0.5) == (["sigmoid", "robust", "sft"], [pytest.approx(1.02), pytest.approx(-0.02), 1.0],
-                                                        ROBUST_MAX)
+    assert smoothed_losses(["sigmoid", "sft"], 0.5) == (
+        ["sigmoid", "robust", "sft"],
+        [pytest.approx(1.02), pytest.approx(-0.02), 1.0],
+        ROBUST_MAX,
+    )
     delta = torch.linspace(-30, 30, 61)
     for eps in (0.1, 0.3, 0.49):
         types, weights, e = smoothed_losses(["sigmoid"], eps)
@@ -149,10 +197,24 @@ def test_label_smoothing_changes_what_dpo_learns(model_dir, tmp_path):
 
     losses = {}
     for eps in (0.0, 0.4):
-        cfg = TrainCfg(epochs=[1], batch_size=1, micro_batch_size=1, lr=1e-3, gradient_checkpointing=False,
-                       precompute_ref_log_probs=False, label_smoothing=eps)
-        _, _, metrics, stats = train_dpo(model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu",
-                                         work_dir=tmp_path / str(eps))
+        cfg = TrainCfg(
+            epochs=[1],
+            batch_size=1,
+            micro_batch_size=1,
+            lr=1e-3,
+            gradient_checkpointing=False,
+            precompute_ref_log_probs=False,
+            label_smoothing=eps,
+        )
+        _, _, metrics, stats = train_dpo(
+            model_dir,
+            [example("a", 3), example("b", 4)],
+            cfg,
+            iteration=1,
+            seed=0,
+            device="cpu",
+            work_dir=tmp_path / str(eps),
+        )
         losses[eps] = [m["loss"] for m in metrics]
         assert stats["label_smoothing_applied"] == eps
     assert losses[0.0][0] == pytest.approx(losses[0.4][0], abs=1e-4)  # step 1: policy = reference, both log 2

@@ -68,7 +68,9 @@ class EmbeddedPolicy:
         return inference_dtype(self.cfg.runtime.inference_dtype, self.device)
 
 
-def open_policy(cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None) -> Policy:
+def open_policy(
+    cfg, device: str, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None
+) -> Policy:
     """The policy backend of a run config: `EmbeddedPolicy` or `SGLangPolicy` (launched or attached).
     `on_serving` gets what a served backend reports at attach (versions, whether seeds are honoured)."""
     if cfg.backend == "sglang":
@@ -86,5 +88,7 @@ def serving_plan(cfg, model: str) -> list[str]:
 
     if cfg.sglang.launch:
         return ["sglang server: " + " ".join(launch_command(model, cfg.sglang, "M1"))]
-    return [f"sglang: attach to {', '.join(cfg.sglang.urls)}"
-            + (f"; control calls to {', '.join(cfg.sglang.worker_urls)}" if cfg.sglang.worker_urls else "")]
+    return [
+        f"sglang: attach to {', '.join(cfg.sglang.urls)}"
+        + (f"; control calls to {', '.join(cfg.sglang.worker_urls)}" if cfg.sglang.worker_urls else "")
+    ]

@@ -20,7 +20,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "stop": list(self.stop)}
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "stop": list(self.stop),
+        }
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,9 @@ class Backend(Protocol):
         on_progress: Progress | None = None,
     ) -> list[list[Generation]]: ...
 
-    def window(self) -> int: ...  # samples it takes in flight at once (a server's capacity); 0: one call at a time, in-process
+    def window(
+        self,
+    ) -> int: ...  # samples it takes in flight at once (a server's capacity); 0: one call at a time, in-process
 
 
 class Policy(Protocol):

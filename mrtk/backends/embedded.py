@@ -46,18 +46,20 @@ class GrowingLayer(DynamicLayer):
             self._k = self._v = None
         n, s = self.n, key_states.shape[-2]
         if self._k is None or n + s > self._k.shape[-2]:
-            self._k, self._v = (self._grown(buf, new, n + s + KV_GROW) for buf, new in ((self._k, key_states), (self._v, value_states)))
-        self._k[:, :, n:n + s].copy_(key_states)
-        self._v[:, :, n:n + s].copy_(value_states)
+            self._k, self._v = (
+                self._grown(buf, new, n + s + KV_GROW) for buf, new in ((self._k, key_states), (self._v, value_states))
+            )
+        self._k[:, :, n : n + s].copy_(key_states)
+        self._v[:, :, n : n + s].copy_(value_states)
         self.n = n + s
-        self.keys, self.values = self._k[:, :, :self.n], self._v[:, :, :self.n]
+        self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
         return self.keys, self.values
 
     def _grown(self, buf, new, cap):
         b, h, _, d = new.shape
         out = new.new_empty((b, h, cap, d))
         if buf is not None:
-            out[:, :, :self.n].copy_(buf[:, :, :self.n])
+            out[:, :, : self.n].copy_(buf[:, :, : self.n])
         return out
 
     def get_seq_length(self) -> int:
@@ -66,7 +68,7 @@ class GrowingLayer(DynamicLayer):
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
             self._k, self._v = self._k.repeat_interleave(repeats, dim=0), self._v.repeat_interleave(repeats, dim=0)
-            self.keys, self.values = self._k[:, :, :self.n], self._v[:, :, :self.n]
+            self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` positions (the next update writes after them)."""
@@ -100,7 +102,9 @@ def shared_prefix_len(prompts: list[list[int]]) -> int:
 class EmbeddedBackend:
     name = "embedded"
 
-    def __init__(self, model, tokenizer, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384, share_prefix: bool = True):
+    def __init__(
+        self, model, tokenizer, *, max_batch_rows: int = 64, max_batch_tokens: int = 16384, share_prefix: bool = True
+    ):
         self.model = model
         self.cache_kw = cache_kwarg(model)
         self.share_prefix = share_prefix
@@ -122,8 +126,10 @@ class EmbeddedBackend:
         ids = {label: self.tok(piece, add_special_tokens=False)["input_ids"] for label, piece in choices.items()}
         multi = {tuple(v[:1]) for v in ids.values() if len(v) > 1}
         if any(len(v) == 0 or len(v) > 2 for v in ids.values()) or len(multi) > 1:
-            raise MrtkError(f"structured program choices {list(choices.values())} are not one token each (or two with a shared first token) "
-                            "for this tokenizer; narrow the template's score_range or use free_text mode")
+            raise MrtkError(
+                f"structured program choices {list(choices.values())} are not one token each (or two with a shared first token) "
+                "for this tokenizer; narrow the template's score_range or use free_text mode"
+            )
         return ids
 
     # -- public -------------------------------------------------------------------------
@@ -188,20 +194,32 @@ class EmbeddedBackend:
         shared = shared_prefix_len(prompts) if self.share_prefix else 0
         if shared:
             head = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=dev)
-            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], **{self.cache_kw: cache}, use_cache=True,
-                       logits_to_keep=1)
+            self.model(
+                input_ids=head,
+                position_ids=torch.arange(shared, device=dev)[None],
+                **{self.cache_kw: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache.batch_repeat_interleave(len(prompts))
             prompts = [p[shared:] for p in prompts]
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         own = torch.zeros((len(prompts), width), dtype=torch.long)
         for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p)
-            own[b, width - len(p):] = 1
+            ids[b, width - len(p) :] = torch.tensor(p)
+            own[b, width - len(p) :] = 1
         ids, own = ids.to(dev), own.to(dev)
         pos = shared + (own.cumsum(-1) - 1).clamp(min=0)
         attn = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=dev), own], dim=1)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            **{self.cache_kw: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return cache, attn, out.logits[:, -1, :]
 
     def _run(self, prompts, seeds, params: SamplingParams, suffix_ids, choice_ids):
@@ -244,8 +262,13 @@ class EmbeddedBackend:
                 if fed[r]:
                     cols[r].append(attn.shape[1])
             attn = torch.cat([attn, fed.to(dev)[:, None]], dim=1)
-            out = self.model(input_ids=feed.to(dev)[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                             **{self.cache_kw: cache}, use_cache=True)
+            out = self.model(
+                input_ids=feed.to(dev)[:, None],
+                attention_mask=attn,
+                position_ids=next_pos[:, None],
+                **{self.cache_kw: cache},
+                use_cache=True,
+            )
             next_pos = next_pos + fed.to(dev)
             logits = out.logits[:, -1, :]
         texts = []
@@ -294,7 +317,14 @@ class EmbeddedBackend:
         ids = torch.tensor(feed_ids, dtype=torch.long, device=dev).expand(rows, s)
         attn = torch.cat([attn, torch.ones((rows, s), dtype=attn.dtype, device=dev)], dim=1)
         pos = next_pos[:, None] + torch.arange(s, device=dev)[None, :]
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            **{self.cache_kw: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1, :].float().softmax(-1), attn
 
     def _hit_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:

@@ -57,7 +57,10 @@ from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-TRANSIENT = (OSError, http.client.HTTPException)  # refused, reset, timed out, a retryable status (ConnectionError): try again
+TRANSIENT = (
+    OSError,
+    http.client.HTTPException,
+)  # refused, reset, timed out, a retryable status (ConnectionError): try again
 MIN_VERSION = (0, 5, 3)  # `sampling_seed` exists from 0.5.3 (sglang/srt/sampling/sampling_params.py)
 
 
@@ -72,9 +75,23 @@ class ServerError(Exception):
 def launch_command(model_path: str, cfg, weight_version: str | None = None) -> list[str]:
     """The `sglang.launch_server` command line for a config's `sglang` section."""
     python = cfg.python or shutil.which("python") or sys.executable  # SGLang lives in its own environment
-    cmd = [python, "-m", "sglang.launch_server", "--model-path", _absolute(model_path), "--host", cfg.host,
-           "--port", str(cfg.port), "--tp-size", str(cfg.tp_size), "--dp-size", str(cfg.dp_size),
-           "--mem-fraction-static", str(cfg.mem_fraction_static)]
+    cmd = [
+        python,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        _absolute(model_path),
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--tp-size",
+        str(cfg.tp_size),
+        "--dp-size",
+        str(cfg.dp_size),
+        "--mem-fraction-static",
+        str(cfg.mem_fraction_static),
+    ]
     if cfg.enable_memory_saver:
         cmd.append("--enable-memory-saver")
     if cfg.deterministic:
@@ -98,8 +115,10 @@ class Server:
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError as e:
-            raise MrtkError(f"cannot start SGLang ({e.strerror}: {self.cmd[0]}); set sglang.python to the interpreter of the environment "
-                           "where sglang is installed, or attach with sglang.url (README: Run on GPUs with SGLang)") from None
+            raise MrtkError(
+                f"cannot start SGLang ({e.strerror}: {self.cmd[0]}); set sglang.python to the interpreter of the environment "
+                "where sglang is installed, or attach with sglang.url (README: Run on GPUs with SGLang)"
+            ) from None
         finally:
             log.close()
         deadline = time.monotonic() + self.startup_timeout_s
@@ -114,7 +133,9 @@ class Server:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise MrtkError(f"SGLang did not become healthy within {self.startup_timeout_s:.0f}s; see {self.log_path} (raise sglang.startup_timeout_s)")
+        raise MrtkError(
+            f"SGLang did not become healthy within {self.startup_timeout_s:.0f}s; see {self.log_path} (raise sglang.startup_timeout_s)"
+        )
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -133,12 +154,19 @@ class Server:
             self.proc.wait(timeout=10)
 
 
-def _exchange(conn: http.client.HTTPConnection, url: str, path: str, body, method: str | None = None) -> tuple[int, object]:
+def _exchange(
+    conn: http.client.HTTPConnection, url: str, path: str, body, method: str | None = None
+) -> tuple[int, object]:
     """One HTTP call on `conn` (to `url`): (status, payload). A status worth retrying (408, 429,
     5xx) raises ConnectionError, another 4xx ServerError; a connection that failed is closed."""
     data = json.dumps(body).encode() if body is not None else None
     try:
-        conn.request(method or ("POST" if body is not None else "GET"), path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(
+            method or ("POST" if body is not None else "GET"),
+            path,
+            body=data,
+            headers={"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         raw = resp.read()
     except BaseException:
@@ -147,7 +175,9 @@ def _exchange(conn: http.client.HTTPConnection, url: str, path: str, body, metho
     if resp.status in RETRY_STATUS:
         raise ConnectionError(f"HTTP {resp.status}: {raw.decode(errors='replace')[:300]}")
     if resp.status >= 400:
-        raise ServerError(f"HTTP {resp.status} from {url}{path}: {' '.join(raw.decode(errors='replace')[:300].split())}")
+        raise ServerError(
+            f"HTTP {resp.status} from {url}{path}: {' '.join(raw.decode(errors='replace')[:300].split())}"
+        )
     return resp.status, _payload(raw)
 
 
@@ -171,7 +201,9 @@ def _payload(raw: bytes):
         return raw.decode(errors="replace")
 
 
-OVERSUBSCRIBE = 8  # samples in flight per slot a server reports: a request holds its share until its slowest sample ends
+OVERSUBSCRIBE = (
+    8  # samples in flight per slot a server reports: a request holds its share until its slowest sample ends
+)
 
 
 class _Slot:
@@ -198,8 +230,17 @@ class SGLangClient:
     `--enable-rl`, whose RL control plane fans control calls out to its workers
     (`/v1/rl/engine/{path}?selector=engine=sglang`, smg 1.13.0 smg/rl.py:199-217)."""
 
-    def __init__(self, urls: list[str], *, worker_urls: list[str] | None = None, smg: bool = False, timeout_s: float = 600.0,
-                 retries: int = 4, backoff_s: float = 1.0, max_inflight: int = 256):
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        worker_urls: list[str] | None = None,
+        smg: bool = False,
+        timeout_s: float = 600.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_inflight: int = 256,
+    ):
         if not urls:
             raise MrtkError("sglang: no server URL; set sglang.urls or sglang.launch: true")
         self.urls = [u.rstrip("/") for u in urls]
@@ -265,8 +306,10 @@ class SGLangClient:
 
     def _none_left(self) -> str:
         gone = "; ".join(f"{s.url} ({s.last_error})" for s in self.slots)
-        return (f"SGLang did not answer /generate after {self.retries + 1} tries: {gone}; finished rows are saved, "
-                "fix the server and run: mrtk run --resume RUN")
+        return (
+            f"SGLang did not answer /generate after {self.retries + 1} tries: {gone}; finished rows are saved, "
+            "fix the server and run: mrtk run --resume RUN"
+        )
 
     def _send(self, url: str, path: str, body, method):
         """One HTTP call on this thread's keep-alive connection to `url` (a closed one reconnects)."""
@@ -277,8 +320,10 @@ class SGLangClient:
             return _exchange(conns[url], url, path, body, method)[1]
         except ServerError as e:
             if "HTTP 404" in str(e) and path != "/generate":
-                raise MrtkError(f"{url} has no {path} (HTTP 404): an SGLang router serves generation only; list its workers "
-                                "in sglang.worker_urls so control calls reach them (or set sglang.smg for an SMG gateway)") from None
+                raise MrtkError(
+                    f"{url} has no {path} (HTTP 404): an SGLang router serves generation only; list its workers "
+                    "in sglang.worker_urls so control calls reach them (or set sglang.smg for an SMG gateway)"
+                ) from None
             raise MrtkError(f"SGLang refused {path}: {e}") from None
 
     # -- control calls ---------------------------------------------------------------------------
@@ -297,14 +342,22 @@ class SGLangClient:
         route = f"/v1/rl/engine/{path.lstrip('/')}?selector=engine%3Dsglang"
         answer = self._retrying(self.urls[0], route, body if body is not None else {}, "POST")
         if not isinstance(answer, dict) or "results" not in answer:
-            raise MrtkError(f"{self.urls[0]} answered {route} with {str(answer)[:80]!r}; is it an SMG gateway started with --enable-rl?")
+            raise MrtkError(
+                f"{self.urls[0]} answered {route} with {str(answer)[:80]!r}; is it an SMG gateway started with --enable-rl?"
+            )
         if answer.get("failed"):
-            names = ", ".join(f"{f.get('url') or f.get('worker_id')} ({f.get('error')}: {f.get('message')})" for f in answer["failed"])
-            raise MrtkError(f"SGLang workers failed {path} through the gateway: {names}; fix them and run: mrtk run --resume RUN")
+            names = ", ".join(
+                f"{f.get('url') or f.get('worker_id')} ({f.get('error')}: {f.get('message')})" for f in answer["failed"]
+            )
+            raise MrtkError(
+                f"SGLang workers failed {path} through the gateway: {names}; fix them and run: mrtk run --resume RUN"
+            )
         bodies = []
         for r in answer["results"].values():
             if int(r.get("status", 0)) >= 400 and not isinstance(r.get("body"), dict):
-                raise MrtkError(f"SGLang worker {r.get('url')} refused {path}: HTTP {r.get('status')} {str(r.get('body'))[:200]}")
+                raise MrtkError(
+                    f"SGLang worker {r.get('url')} refused {path}: HTTP {r.get('status')} {str(r.get('body'))[:200]}"
+                )
             bodies.append(r.get("body"))
         return bodies
 
@@ -314,9 +367,11 @@ class SGLangClient:
                 return self._send(url, path, body, method)
             except TRANSIENT as e:  # refused, reset, timed out, 5xx/429: another try
                 last = f"{url}: {e}"
-                time.sleep(self.backoff_s * 2 ** attempt)
-        raise MrtkError(f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
-                        "fix the server and run: mrtk run --resume RUN")
+                time.sleep(self.backoff_s * 2**attempt)
+        raise MrtkError(
+            f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
+            "fix the server and run: mrtk run --resume RUN"
+        )
 
     # -- what the servers are ----------------------------------------------------------------
     def server_info(self, url: str) -> dict:
@@ -337,11 +392,15 @@ class SGLangClient:
             return {u: self.server_info(u) for u in self.worker_urls}
         workers = self._retrying(self.urls[0], "/v1/rl/workers", None, "GET")
         if not isinstance(workers, dict) or not workers.get("workers"):
-            raise MrtkError(f"{self.urls[0]} lists no workers at /v1/rl/workers; start the gateway with --enable-rl and its workers")
+            raise MrtkError(
+                f"{self.urls[0]} lists no workers at /v1/rl/workers; start the gateway with --enable-rl and its workers"
+            )
         infos = {}
         for w in workers["workers"]:
             answer = self._retrying(self.urls[0], f"/v1/rl/workers/{w['id']}/engine/server_info", None, "GET")
-            infos[w.get("url") or w["id"]] = (answer or {}).get("body") if isinstance((answer or {}).get("body"), dict) else {}
+            infos[w.get("url") or w["id"]] = (
+                (answer or {}).get("body") if isinstance((answer or {}).get("body"), dict) else {}
+            )
         return infos
 
     def check_servers(self) -> dict:
@@ -352,20 +411,33 @@ class SGLangClient:
         infos = self._worker_infos()
         for url, info in infos.items():
             if not info:
-                hint = " (an SGLang router? list its workers in sglang.worker_urls)" if self.worker_urls == self.urls else ""
-                raise MrtkError(f"{url} answers neither /server_info nor /get_server_info, so it is no SGLang server mrtk can "
-                                f"check{hint}")
+                hint = (
+                    " (an SGLang router? list its workers in sglang.worker_urls)"
+                    if self.worker_urls == self.urls
+                    else ""
+                )
+                raise MrtkError(
+                    f"{url} answers neither /server_info nor /get_server_info, so it is no SGLang server mrtk can "
+                    f"check{hint}"
+                )
             got = str(info.get("version", "0"))
             if _version_tuple(got) < MIN_VERSION:
-                raise MrtkError(f"SGLang {got} at {url} is older than {'.'.join(map(str, MIN_VERSION))} (no sampling_seed); "
-                                f"upgrade it: pip install 'sglang>={'.'.join(map(str, MIN_VERSION))}'")
+                raise MrtkError(
+                    f"SGLang {got} at {url} is older than {'.'.join(map(str, MIN_VERSION))} (no sampling_seed); "
+                    f"upgrade it: pip install 'sglang>={'.'.join(map(str, MIN_VERSION))}'"
+                )
         windows = {u: window_for(i, self.max_inflight) for u, i in infos.items()}
         for slot in self.slots:  # a server is its own window; a router or gateway gets its workers' sum
             slot.window = windows[slot.url] if slot.url in windows else sum(windows.values())
         deterministic = all(bool(i.get("enable_deterministic_inference")) for i in infos.values())
-        return {"versions": {u: i.get("version") for u, i in infos.items()}, "deterministic": deterministic,
-                "seeds_honoured": deterministic, "urls": self.urls, "worker_urls": list(infos),
-                "windows": {s.url: s.window for s in self.slots}}
+        return {
+            "versions": {u: i.get("version") for u, i in infos.items()},
+            "deterministic": deterministic,
+            "seeds_honoured": deterministic,
+            "urls": self.urls,
+            "worker_urls": list(infos),
+            "windows": {s.url: s.window for s in self.slots},
+        }
 
 
 def window_for(info: dict, fallback: int) -> int:
@@ -373,7 +445,9 @@ def window_for(info: dict, fallback: int) -> int:
     `/server_info` reports them (per DP rank in `internal_states`, sglang 0.5.23
     scheduler_components/internal_state.py:73; else `max_running_requests` x `dp_size`), or
     `fallback` (sglang.max_inflight) when it says nothing."""
-    per_rank = [s.get("effective_max_running_requests_per_dp") for s in info.get("internal_states") or [] if isinstance(s, dict)]
+    per_rank = [
+        s.get("effective_max_running_requests_per_dp") for s in info.get("internal_states") or [] if isinstance(s, dict)
+    ]
     if per_rank and all(isinstance(x, int) and x > 0 for x in per_rank):
         return OVERSUBSCRIBE * sum(per_rank)
     running = info.get("max_running_requests")
@@ -385,7 +459,9 @@ def window_for(info: dict, fallback: int) -> int:
 class SGLangBackend:
     name = "sglang"
 
-    def __init__(self, client: SGLangClient, tokenizer, *, weight_version: str | None = None, max_batch_rows: int = 256):
+    def __init__(
+        self, client: SGLangClient, tokenizer, *, weight_version: str | None = None, max_batch_rows: int = 256
+    ):
         self.client, self.tok = client, tokenizer
         self.weight_version = weight_version
         self.max_batch_rows = max_batch_rows
@@ -409,8 +485,15 @@ class SGLangBackend:
             return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, requests: Sequence[Request], params: SamplingParams, *, suffix: str | None = None,
-                 choices: dict[str, str] | None = None, on_progress: Progress | None = None) -> list[list[Generation]]:
+    def generate(
+        self,
+        requests: Sequence[Request],
+        params: SamplingParams,
+        *,
+        suffix: str | None = None,
+        choices: dict[str, str] | None = None,
+        on_progress: Progress | None = None,
+    ) -> list[list[Generation]]:
         """The requests as /generate batches of at most `max_batch_rows` samples (a prompt's K
         samples stay in one: the radix cache prefills the prompt once), one after another; a
         structured program sends a batch's scoring request as soon as its texts return. Answers
@@ -419,7 +502,7 @@ class SGLangBackend:
         batches, current, size = [], [], 0
         for r in requests:
             for start in range(0, len(r.seeds), self.max_batch_rows):  # only a K above max_batch_rows is split
-                part = Request(r.prompt, r.seeds[start:start + self.max_batch_rows])
+                part = Request(r.prompt, r.seeds[start : start + self.max_batch_rows])
                 if current and size + len(part.seeds) > self.max_batch_rows:
                     batches.append(current)
                     current, size = [], 0
@@ -453,19 +536,28 @@ class SGLangBackend:
         return out
 
     def _sampling(self, params: SamplingParams, seed: int) -> dict:
-        body = {"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
-                "n": 1, "sampling_seed": int(seed) % (2**31)}
+        body = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
+            "n": 1,
+            "sampling_seed": int(seed) % (2**31),
+        }
         if params.stop:
             body["stop"] = list(params.stop)
         return body
 
-    def _sample(self, batch: list[Request], prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def _sample(
+        self, batch: list[Request], prompt_ids: list[list[int]], params: SamplingParams
+    ) -> list[list[Generation]]:
         """One request entry per sample, each with its own seed. Not `n: K`: the K copies of one
         entry share one sampling-params object, and with deterministic inference the seeded
         sampler hashes only (seed, position), so all K samples would be the same text. The
         radix cache still prefills a prompt once for its K entries."""
-        body = {"input_ids": [ids for ids, r in zip(prompt_ids, batch) for _ in r.seeds],
-                "sampling_params": [self._sampling(params, seed) for r in batch for seed in r.seeds]}
+        body = {
+            "input_ids": [ids for ids, r in zip(prompt_ids, batch) for _ in r.seeds],
+            "sampling_params": [self._sampling(params, seed) for r in batch for seed in r.seeds],
+        }
         answers = iter(self._generate(body, len(body["input_ids"])))
         out = []
         for r in batch:  # answers come back in input order
@@ -473,12 +565,17 @@ class SGLangBackend:
             for _ in r.seeds:
                 a = next(answers)
                 text, finish = _strip_stop(a["text"], params.stop), a["meta_info"]["finish_reason"]
-                kind = {"stop": "stop" if params.stop and _matched_stop(finish, params.stop) else "eos", "length": "length"}.get(finish["type"], finish["type"])
+                kind = {
+                    "stop": "stop" if params.stop and _matched_stop(finish, params.stop) else "eos",
+                    "length": "length",
+                }.get(finish["type"], finish["type"])
                 row.append(Generation(text, int(a["meta_info"].get("completion_tokens", 0)), kind, 0.0))
             out.append(row)
         return out
 
-    def _score(self, prompt_ids: list[list[int]], gens: list[list[Generation]], suffix: str, choices: dict[str, str]) -> None:
+    def _score(
+        self, prompt_ids: list[list[int]], gens: list[list[Generation]], suffix: str, choices: dict[str, str]
+    ) -> None:
         key = tuple(choices.items())
         if key not in self.choice_ids:
             self.choice_ids[key] = {label: self._ids(piece) for label, piece in choices.items()}
@@ -487,15 +584,23 @@ class SGLangBackend:
         flat = [g for row in gens for g in row]
         if all(len(v) == 1 for v in ids.values()):
             token_ids = [v[0] for v in ids.values()]
-            body = {"input_ids": inputs, "sampling_params": [{"max_new_tokens": 1, "temperature": 0.0} for _ in inputs],
-                    "return_logprob": True, "logprob_start_len": -1, "token_ids_logprob": [token_ids for _ in inputs]}
+            body = {
+                "input_ids": inputs,
+                "sampling_params": [{"max_new_tokens": 1, "temperature": 0.0} for _ in inputs],
+                "return_logprob": True,
+                "logprob_start_len": -1,
+                "token_ids_logprob": [token_ids for _ in inputs],
+            }
             for g, a in zip(flat, self._generate(body, len(inputs))):
                 entries = (a["meta_info"].get("output_token_ids_logprobs") or [[]])[0] or []
                 by_id = {int(e[1]): math.exp(e[0]) for e in entries if e and e[0] is not None}
                 g.choice_probs = {label: by_id.get(v[0], 0.0) for label, v in ids.items()}
         else:  # a choice of several tokens: constrain the answer to the choices, probability 1 on the one generated
             pattern = "(" + "|".join(re.escape(p) for p in sorted(choices.values(), key=len, reverse=True)) + ")"
-            body = {"input_ids": inputs, "sampling_params": [{"max_new_tokens": 8, "temperature": 0.0, "regex": pattern} for _ in inputs]}
+            body = {
+                "input_ids": inputs,
+                "sampling_params": [{"max_new_tokens": 8, "temperature": 0.0, "regex": pattern} for _ in inputs],
+            }
             for g, a in zip(flat, self._generate(body, len(inputs))):
                 got = a["text"].strip()
                 g.choice_probs = {label: float(piece.strip() == got) for label, piece in choices.items()}
@@ -504,14 +609,24 @@ class SGLangBackend:
         answers = self.client.generate(body, expect)
         answers = answers if isinstance(answers, list) else [answers]
         if not all(isinstance(a, dict) and isinstance(a.get("meta_info"), dict) for a in answers):
-            raise MrtkError(f"SGLang answered /generate with {str(answers[0])[:80]!r}, not generations; is the URL an SGLang server?")
+            raise MrtkError(
+                f"SGLang answered /generate with {str(answers[0])[:80]!r}, not generations; is the URL an SGLang server?"
+            )
         if len(answers) != expect:
-            raise MrtkError(f"SGLang answered {len(answers)} generations for {expect} requested; is the URL an SGLang /generate server?")
+            raise MrtkError(
+                f"SGLang answered {len(answers)} generations for {expect} requested; is the URL an SGLang /generate server?"
+            )
         if self.weight_version:
-            wrong = [a["meta_info"].get("weight_version") for a in answers if a["meta_info"].get("weight_version") not in (None, self.weight_version)]
+            wrong = [
+                a["meta_info"].get("weight_version")
+                for a in answers
+                if a["meta_info"].get("weight_version") not in (None, self.weight_version)
+            ]
             if wrong:
-                raise MrtkError(f"SGLang served weight version {wrong[0]!r}, the loop expects {self.weight_version!r}; "
-                                "another client updated the weights? run: mrtk run --resume RUN")
+                raise MrtkError(
+                    f"SGLang served weight version {wrong[0]!r}, the loop expects {self.weight_version!r}; "
+                    "another client updated the weights? run: mrtk run --resume RUN"
+                )
         return answers
 
     # -- weights ----------------------------------------------------------------------------
@@ -525,7 +640,9 @@ class SGLangBackend:
         """Load `model_path` into every worker. The update flushes the radix cache itself
         (`UpdateWeightFromDiskReqInput.flush_cache: bool = True`, io_struct.py), so no /flush_cache."""
         model_path = _absolute(model_path)  # the server has its own working directory
-        for answer in self.client.call("/update_weights_from_disk", {"model_path": str(model_path), "weight_version": version}, every=True):
+        for answer in self.client.call(
+            "/update_weights_from_disk", {"model_path": str(model_path), "weight_version": version}, every=True
+        ):
             if not isinstance(answer, dict) or not answer.get("success", False):
                 message = answer.get("message") if isinstance(answer, dict) else answer
                 raise MrtkError(f"SGLang could not load {model_path}: {message}; check the saved model")
@@ -555,7 +672,13 @@ class SGLangPolicy:
     seeds are honoured). A new model is loaded in place with a weight update."""
 
     def __init__(self, cfg, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None):
-        self.cfg, self.run_dir, self.tokenizer_for, self.info, self.on_serving = cfg, Path(run_dir), tokenizer_for, info, on_serving
+        self.cfg, self.run_dir, self.tokenizer_for, self.info, self.on_serving = (
+            cfg,
+            Path(run_dir),
+            tokenizer_for,
+            info,
+            on_serving,
+        )
         self.backend: SGLangBackend | None = None
         self.model_dir: str | None = None
         self.server: Server | None = None
@@ -569,18 +692,32 @@ class SGLangPolicy:
             urls = s.urls
             if s.launch:
                 url = f"http://{s.host}:{s.port}"
-                self.server = Server(launch_command(model_dir, s, version), url, self.run_dir / "sglang.log", s.startup_timeout_s)
+                self.server = Server(
+                    launch_command(model_dir, s, version), url, self.run_dir / "sglang.log", s.startup_timeout_s
+                )
                 self.server.__enter__()
                 urls, self.model_dir = [url], model_dir
-            client = SGLangClient(urls, worker_urls=None if s.launch else s.worker_urls, smg=s.smg,  # smg with launch: refused by the config
-                                  timeout_s=s.request_timeout_s, retries=s.retries, max_inflight=s.max_inflight)
+            client = SGLangClient(
+                urls,
+                worker_urls=None if s.launch else s.worker_urls,
+                smg=s.smg,  # smg with launch: refused by the config
+                timeout_s=s.request_timeout_s,
+                retries=s.retries,
+                max_inflight=s.max_inflight,
+            )
             self.serving = client.check_servers()
             self.on_serving(self.serving)
             if not self.serving["seeds_honoured"]:
-                self.info("SGLang ignores sampling_seed on these servers (no --enable-deterministic-inference): samples are "
-                          "independent but not reproducible; recorded on the run (runs.serving)")
-            self.backend = SGLangBackend(client, self.tokenizer_for(model_dir), weight_version=version if s.launch else None,
-                                         max_batch_rows=s.max_batch_rows)
+                self.info(
+                    "SGLang ignores sampling_seed on these servers (no --enable-deterministic-inference): samples are "
+                    "independent but not reproducible; recorded on the run (runs.serving)"
+                )
+            self.backend = SGLangBackend(
+                client,
+                self.tokenizer_for(model_dir),
+                weight_version=version if s.launch else None,
+                max_batch_rows=s.max_batch_rows,
+            )
         if self.model_dir != model_dir:
             self.backend.update_weights(model_dir, version)  # flushes the radix cache too
             self.model_dir = model_dir

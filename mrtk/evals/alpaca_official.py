@@ -59,7 +59,9 @@ class Annotator:
     def preference_first(self, text: str | None, top_logprobs: list[dict] | None) -> tuple[float | None, str]:
         """(P(output_1 is better), parse reason) as `logprob_parser` (is_binarize false) computes it."""
         if top_logprobs:
-            lp = {t["token"]: t["logprob"] for t in top_logprobs if t.get("token") in (self.numerator, *self.denominators)}
+            lp = {
+                t["token"]: t["logprob"] for t in top_logprobs if t.get("token") in (self.numerator, *self.denominators)
+            }
             if lp:
                 num = math.exp(lp[self.numerator]) if self.numerator in lp else 0.0
                 den = sum(math.exp(lp[t]) for t in self.denominators if t in lp)
@@ -79,8 +81,10 @@ def _configs_root(directory: str | Path | None) -> Path:
         return root
     spec = importlib.util.find_spec("alpaca_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise MrtkError("AlpacaEval's annotator needs the alpaca_eval package: pip install 'mrtk[alpaca]' (or --annotator-dir "
-                        "alpaca_eval/evaluators_configs, or --annotator mrtk for mrtk's paraphrase with hard verdicts)")
+        raise MrtkError(
+            "AlpacaEval's annotator needs the alpaca_eval package: pip install 'mrtk[alpaca]' (or --annotator-dir "
+            "alpaca_eval/evaluators_configs, or --annotator mrtk for mrtk's paraphrase with hard verdicts)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "evaluators_configs"
 
 
@@ -93,8 +97,10 @@ def load_annotator(name: str = DEFAULT_ANNOTATOR, directory: str | Path | None =
     if not isinstance(cfg, dict) or "prompt_template" not in cfg:
         raise MrtkError(f"annotator {name!r}: {path} has no '{name}:' section with a prompt_template")
     if cfg.get("fn_completion_parser") != "logprob_parser":
-        raise MrtkError(f"annotator {name!r} parses with {cfg.get('fn_completion_parser')!r}; mrtk implements the leaderboard's "
-                        "logprob_parser annotators (weighted_alpaca_eval_gpt4_turbo)")
+        raise MrtkError(
+            f"annotator {name!r} parses with {cfg.get('fn_completion_parser')!r}; mrtk implements the leaderboard's "
+            "logprob_parser annotators (weighted_alpaca_eval_gpt4_turbo)"
+        )
     prompt = (root / cfg["prompt_template"]).read_text(encoding="utf-8")
     messages = tuple((m.group(1), m.group(2).strip("\n")) for m in _CHATML.finditer(prompt))
     if not messages:
@@ -102,8 +108,15 @@ def load_annotator(name: str = DEFAULT_ANNOTATOR, directory: str | Path | None =
     kwargs = dict(cfg.get("completions_kwargs") or {})
     model = kwargs.pop("model_name", "gpt-4-1106-preview")
     parser = cfg.get("completion_parser_kwargs") or {}
-    return Annotator(name=name, messages=messages, model=model, completion_kwargs=kwargs, numerator=parser.get("numerator_token", "m"),
-                     denominators=tuple(parser.get("denominator_tokens", ["m", "M"])), source=str(path))
+    return Annotator(
+        name=name,
+        messages=messages,
+        model=model,
+        completion_kwargs=kwargs,
+        numerator=parser.get("numerator_token", "m"),
+        denominators=tuple(parser.get("denominator_tokens", ["m", "M"])),
+        source=str(path),
+    )
 
 
 DIFFICULTY_COLUMNS = ("model", "index", "instruction_difficulty")  # what glm_winrate reads from df_gamed.csv
@@ -119,11 +132,15 @@ def check_difficulty_file(path: Path) -> None:
     except FileNotFoundError:
         raise MrtkError(f"--difficulty {path}: no such file; give AlpacaEval's df_gamed.csv") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise MrtkError(f"--difficulty {path}: not a readable UTF-8 CSV ({type(e).__name__}); give AlpacaEval's df_gamed.csv") from None
+        raise MrtkError(
+            f"--difficulty {path}: not a readable UTF-8 CSV ({type(e).__name__}); give AlpacaEval's df_gamed.csv"
+        ) from None
     missing = [c for c in DIFFICULTY_COLUMNS if c not in header]
     if missing:
-        raise MrtkError(f"--difficulty {path}: no column {missing[0]!r} (df_gamed.csv has {', '.join(DIFFICULTY_COLUMNS)}, ...); "
-                        "give AlpacaEval's df_gamed.csv")
+        raise MrtkError(
+            f"--difficulty {path}: no column {missing[0]!r} (df_gamed.csv has {', '.join(DIFFICULTY_COLUMNS)}, ...); "
+            "give AlpacaEval's df_gamed.csv"
+        )
 
 
 @contextmanager
@@ -152,11 +169,16 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
     import pandas as pd
 
     try:  # importing alpaca_eval runs its utils.py, which needs pkg_resources (setuptools < 82): the [alpaca] extra caps it
-        with warnings.catch_warnings():  # setuptools 81 warns on every import of pkg_resources: not the user's to act on
+        with (
+            warnings.catch_warnings()
+        ):  # setuptools 81 warns on every import of pkg_resources: not the user's to act on
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
             from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
     except Exception as e:  # noqa: BLE001 - any import failure of the optional package falls back, named
-        return None, f"alpaca_eval is installed but does not import ({type(e).__name__}: {e}); pip install 'mrtk[alpaca]'"
+        return (
+            None,
+            f"alpaca_eval is installed but does not import ({type(e).__name__}: {e}); pip install 'mrtk[alpaca]'",
+        )
     if difficulty is None:  # only a cached copy, or a download when the hub is reachable (HF_HUB_OFFLINE unset)
         from huggingface_hub import try_to_load_from_cache
 
@@ -164,14 +186,21 @@ def official_lc(annotations: list[dict], difficulty: Path | None = None) -> tupl
         if isinstance(cached, str):
             difficulty = Path(cached)
         elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            return None, "AlpacaEval's GLM data (df_gamed.csv) not cached and the hub is offline; pass --difficulty df_gamed.csv"
+            return (
+                None,
+                "AlpacaEval's GLM data (df_gamed.csv) not cached and the hub is offline; pass --difficulty df_gamed.csv",
+            )
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # alpaca_eval logs at INFO on the root logger; quiet only while it runs
     try:
         with _local_hub_file(difficulty):
-            out = get_length_controlled_winrate(pd.DataFrame(annotations), glm_name="length_controlled_v1", save_weights_dir=None,
-                                                is_warn_extreme_changes=False)
+            out = get_length_controlled_winrate(
+                pd.DataFrame(annotations),
+                glm_name="length_controlled_v1",
+                save_weights_dir=None,
+                is_warn_extreme_changes=False,
+            )
     except Exception as e:  # offline with an empty HF cache, or a file that is not df_gamed.csv
         return None, f"AlpacaEval's GLM data unavailable ({type(e).__name__}); pass --difficulty df_gamed.csv"
     finally:

@@ -32,10 +32,25 @@ DEFAULT_REGEX = r"\[\[([AB<>=]+)\]\]"
 # arena-hard-auto gen_judgment.py: the second attempt's user turn, and two attempts in all
 CONTINUE = "continue your judgment and finish by outputting a final verdict label"
 ATTEMPTS = 2
-_PLACEHOLDERS = {"{question_1}": "{{question}}", "{answer_1}": "{{output_a}}", "{answer_2}": "{{output_b}}",
-                 "{QUESTION}": "{{question}}", "{ANSWER_A}": "{{output_a}}", "{ANSWER_B}": "{{output_b}}"}
+_PLACEHOLDERS = {
+    "{question_1}": "{{question}}",
+    "{answer_1}": "{{output_a}}",
+    "{answer_2}": "{{output_b}}",
+    "{QUESTION}": "{{question}}",
+    "{ANSWER_A}": "{{output_a}}",
+    "{ANSWER_B}": "{{output_b}}",
+}
 # Arena-Hard verdict strings -> the A-first form mrtk's ARENA_SCORES uses.
-_NORMAL = {"A>>B": "A>>B", "A>B": "A>B", "A=B": "A=B", "B=A": "A=B", "B>A": "A<B", "B>>A": "A<<B", "A<B": "A<B", "A<<B": "A<<B"}
+_NORMAL = {
+    "A>>B": "A>>B",
+    "A>B": "A>B",
+    "A=B": "A=B",
+    "B=A": "A=B",
+    "B>A": "A<B",
+    "B>>A": "A<<B",
+    "A<B": "A<B",
+    "A<<B": "A<<B",
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,9 @@ class ArenaJudge:
     def render(self, question: str, output_a: str, output_b: str) -> list[dict]:
         values = {"question": question, "output_a": output_a, "output_b": output_b}
         user = re.sub(r"{{(question|output_a|output_b)}}", lambda m: values[m.group(1)], self.body)
-        return ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [{"role": "user", "content": user}]
+        return ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+            {"role": "user", "content": user}
+        ]
 
     def ask(self, judge, messages: list[dict]):
         """One game as gen_judgment.py plays it: a reply without any verdict label gets the CONTINUE
@@ -64,7 +81,10 @@ class ArenaJudge:
             texts.append(reply.text or "")
             if self.verdict("\n".join(texts))[1] != "no_arena_verdict":
                 break
-            messages = messages + [{"role": "assistant", "content": reply.text or ""}, {"role": "user", "content": CONTINUE}]
+            messages = messages + [
+                {"role": "assistant", "content": reply.text or ""},
+                {"role": "user", "content": CONTINUE},
+            ]
         return replace(reply, text="\n".join(texts))
 
     def verdict(self, text: str | None) -> tuple[str | None, str]:
@@ -83,35 +103,56 @@ def load_judge_config(path: str | Path) -> ArenaJudge:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MrtkError(f"--judge-config {path}: no such file; give Arena-Hard-Auto's config/judge_config.yaml") from None
+        raise MrtkError(
+            f"--judge-config {path}: no such file; give Arena-Hard-Auto's config/judge_config.yaml"
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise MrtkError(f"--judge-config {path}: not a YAML file ({type(e).__name__}); give Arena-Hard-Auto's judge config") from None
+        raise MrtkError(
+            f"--judge-config {path}: not a YAML file ({type(e).__name__}); give Arena-Hard-Auto's judge config"
+        ) from None
     if not isinstance(raw, dict) or "prompt_template" not in raw:
         raise MrtkError(f"--judge-config {path}: no prompt_template; give Arena-Hard-Auto's config/judge_config.yaml")
     template = raw["prompt_template"]
     template = template[0] if isinstance(template, list) and len(template) == 1 else template
     if not isinstance(template, str):
-        raise MrtkError(f"--judge-config {path}: prompt_template must be a string (or a one-element list: single-turn judging)")
+        raise MrtkError(
+            f"--judge-config {path}: prompt_template must be a string (or a one-element list: single-turn judging)"
+        )
     body = template
     for theirs, ours in _PLACEHOLDERS.items():
         body = body.replace(theirs, ours)
     if not all(v in body for v in ("{{question}}", "{{output_a}}", "{{output_b}}")):
-        raise MrtkError(f"--judge-config {path}: prompt_template lacks {{question_1}}/{{answer_1}}/{{answer_2}} "
-                        "(or {QUESTION}/{ANSWER_A}/{ANSWER_B})")
+        raise MrtkError(
+            f"--judge-config {path}: prompt_template lacks {{question_1}}/{{answer_1}}/{{answer_2}} "
+            "(or {QUESTION}/{ANSWER_A}/{ANSWER_B})"
+        )
     system = raw.get("system_prompt")
     if not (isinstance(system, str) and system.strip()):
-        raise MrtkError(f"--judge-config {path}: no system_prompt (Arena-Hard-Auto's newer configs keep it in utils/judge_utils.py); "
-                        "add `system_prompt: ...` to the file, or give v0.1's config/judge_config.yaml")
+        raise MrtkError(
+            f"--judge-config {path}: no system_prompt (Arena-Hard-Auto's newer configs keep it in utils/judge_utils.py); "
+            "add `system_prompt: ...` to the file, or give v0.1's config/judge_config.yaml"
+        )
     try:
         re.compile(raw.get("regex_pattern") or DEFAULT_REGEX)
     except re.error as e:
         raise MrtkError(f"--judge-config {path}: regex_pattern is not a regular expression ({e})") from None
-    return ArenaJudge(system_prompt=system, body=body,
-                      temperature=float(raw.get("temperature", 0.0)), max_tokens=int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)),
-                      regex=raw.get("regex_pattern") or DEFAULT_REGEX, source=str(path))
+    return ArenaJudge(
+        system_prompt=system,
+        body=body,
+        temperature=float(raw.get("temperature", 0.0)),
+        max_tokens=int(raw.get("max_tokens", DEFAULT_MAX_TOKENS)),
+        regex=raw.get("regex_pattern") or DEFAULT_REGEX,
+        source=str(path),
+    )
 
 
 def fallback_judge(template) -> ArenaJudge:
     """mrtk's paraphrase (an eval template), with the benchmark's temperature, limit and verdict rule."""
-    return ArenaJudge(system_prompt=None, body=template.body, temperature=0.0, max_tokens=DEFAULT_MAX_TOKENS, regex=DEFAULT_REGEX,
-                      source=f"{template.name} (mrtk's paraphrase, not Arena-Hard's prompt; pass --judge-config for the benchmark's)")
+    return ArenaJudge(
+        system_prompt=None,
+        body=template.body,
+        temperature=0.0,
+        max_tokens=DEFAULT_MAX_TOKENS,
+        regex=DEFAULT_REGEX,
+        source=f"{template.name} (mrtk's paraphrase, not Arena-Hard's prompt; pass --judge-config for the benchmark's)",
+    )

@@ -42,16 +42,38 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
     with ui.stage(f"audit {judge.model}", len(ids)) as go:
         for rid in ids:
             r = responses[rid]
-            reply = judge.ask([{"role": "user", "content": judge_prompt(template, questions[(r["iteration"], r["prompt_id"])], r["text"])}])
+            reply = judge.ask(
+                [
+                    {
+                        "role": "user",
+                        "content": judge_prompt(template, questions[(r["iteration"], r["prompt_id"])], r["text"]),
+                    }
+                ]
+            )
             parsed = parse_score(reply.text, *template.score_range) if reply.ok else None
             if parsed is not None and parsed.ok:
                 external[rid] = parsed.value
-            store.write_replace("eval_items", "item_id", [{
-                "item_id": f"audit/{judge.model}/{rid}", "eval": "audit", "iteration": r["iteration"], "example_id": rid,
-                "slot": "response", "judge": judge.model, "call_key": reply.call_key, "raw_text": reply.text if reply.ok else reply.error,
-                "score": external.get(rid), "parse_status": parsed.status if parsed else "call_failed",
-                "parse_reason": parsed.reason if parsed else "external_call_failed", "cache_hit": reply.cache_hit,
-                "cost_usd": reply.cost_usd}])
+            store.write_replace(
+                "eval_items",
+                "item_id",
+                [
+                    {
+                        "item_id": f"audit/{judge.model}/{rid}",
+                        "eval": "audit",
+                        "iteration": r["iteration"],
+                        "example_id": rid,
+                        "slot": "response",
+                        "judge": judge.model,
+                        "call_key": reply.call_key,
+                        "raw_text": reply.text if reply.ok else reply.error,
+                        "score": external.get(rid),
+                        "parse_status": parsed.status if parsed else "call_failed",
+                        "parse_reason": parsed.reason if parsed else "external_call_failed",
+                        "cache_hit": reply.cache_hit,
+                        "cost_usd": reply.cost_usd,
+                    }
+                ],
+            )
             go(1)
     out = {}
     for it in iterations:
@@ -64,11 +86,20 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
         if len(mine):
             bias = health.paired_difference(list(s), list(e))
             numbers["mean_bias"] = (bias["diff"], bias["ci_low"], bias["ci_high"], bias["n"])
-        judged = [p for p in chosen_pairs if p["iteration"] == it and p["chosen_id"] in external and p["rejected_id"] in external]
+        judged = [
+            p
+            for p in chosen_pairs
+            if p["iteration"] == it and p["chosen_id"] in external and p["rejected_id"] in external
+        ]
         reversed_ = sum(external[p["rejected_id"]] > external[p["chosen_id"]] for p in judged)
         if judged:
             numbers["pairs_reversed"] = (reversed_ / len(judged), *metrics.wilson(reversed_, len(judged)), len(judged))
-        write_results(Target(store, t.cfg, it, f"M{it}", t.model_dir), "audit", judge.model, numbers,
-                      {"template": template.hash, "responses": len(mine), "pairs": len(judged)})
+        write_results(
+            Target(store, t.cfg, it, f"M{it}", t.model_dir),
+            "audit",
+            judge.model,
+            numbers,
+            {"template": template.hash, "responses": len(mine), "pairs": len(judged)},
+        )
         out[it] = numbers
     return {"iterations": out, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}

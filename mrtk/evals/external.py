@@ -23,9 +23,18 @@ from mrtk.errors import MrtkError
 from mrtk.store import RunStore
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # nothing fetched at import
-_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})")
-RETRYABLE = ("RateLimitError", "Timeout", "APIConnectionError", "ServiceUnavailableError", "InternalServerError", "BadGatewayError",
-             "APIError")  # LiteLLM's exception classes (litellm/exceptions.py); subclasses count too
+_KEY_LIKE = re.compile(
+    r"\b(sk-[A-Za-z0-9_\-]{6,}|sk-ant-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})"
+)
+RETRYABLE = (
+    "RateLimitError",
+    "Timeout",
+    "APIConnectionError",
+    "ServiceUnavailableError",
+    "InternalServerError",
+    "BadGatewayError",
+    "APIError",
+)  # LiteLLM's exception classes (litellm/exceptions.py); subclasses count too
 
 
 def retryable(error: Exception) -> bool:
@@ -75,8 +84,11 @@ class ExternalJudge:
     hits: int = field(default=0, init=False)
 
     def key(self, messages: list[dict]) -> str:
-        blob = json.dumps([self.model, self.api_base, messages, self.temperature, self.max_tokens] + ([self.extra] if self.extra else []),
-                          sort_keys=True)
+        blob = json.dumps(
+            [self.model, self.api_base, messages, self.temperature, self.max_tokens]
+            + ([self.extra] if self.extra else []),
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def ask(self, messages: list[dict]) -> Reply:
@@ -84,11 +96,15 @@ class ExternalJudge:
         cached = self.store.cached_call(key)
         if cached:
             self.hits += 1
-            return Reply(cached["raw_reply"], True, True, 0.0, key, top_logprobs=json.loads(cached["logprobs"] or "null"))
+            return Reply(
+                cached["raw_reply"], True, True, 0.0, key, top_logprobs=json.loads(cached["logprobs"] or "null")
+            )
         dry = self.dry_run  # --dry-run-reply: never priced, never counted against --max-cost
         if not dry and self.max_cost is not None and self.spent + self._worst_cost(messages) > self.max_cost:
-            raise MrtkError(f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
-                            "finished rows are kept, rerun with a higher --max-cost to continue")
+            raise MrtkError(
+                f"--max-cost {self.max_cost:g} USD reached (spent {self.spent:.4f} USD on {self.calls} calls); "
+                "finished rows are kept, rerun with a higher --max-cost to continue"
+            )
         import litellm
 
         attempts, t0, error = 0, time.perf_counter(), None
@@ -97,9 +113,18 @@ class ExternalJudge:
             try:
                 kwargs = {"mock_response": self.mock_response} if self.mock_response is not None else {}
                 # drop_params: a judge that rejects a parameter (o-series models refuse `temperature`) gets the call without it
-                resp = litellm.completion(model=self.model, messages=messages, api_base=self.api_base, temperature=self.temperature,
-                                          max_tokens=self.max_tokens, timeout=self.timeout_s, num_retries=0, drop_params=True,
-                                          **self.extra, **kwargs)
+                resp = litellm.completion(
+                    model=self.model,
+                    messages=messages,
+                    api_base=self.api_base,
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                    timeout=self.timeout_s,
+                    num_retries=0,
+                    drop_params=True,
+                    **self.extra,
+                    **kwargs,
+                )
                 break
             except Exception as e:  # LiteLLM maps provider errors onto its own exception types
                 error = f"{type(e).__name__}: {redact(' '.join(str(e).split()))[:300]}"
@@ -116,7 +141,9 @@ class ExternalJudge:
         self.spent += cost
         self.calls += 1
         top = _top_logprobs(resp) if self.extra.get("logprobs") else None
-        self._record(key, messages, text, "ok", None, getattr(resp, "usage", None), cost, time.perf_counter() - t0, attempts, top)
+        self._record(
+            key, messages, text, "ok", None, getattr(resp, "usage", None), cost, time.perf_counter() - t0, attempts, top
+        )
         return Reply(text, True, False, cost, key, top_logprobs=top)
 
     def _worst_cost(self, messages: list[dict]) -> float:
@@ -126,18 +153,36 @@ class ExternalJudge:
 
             info = litellm.get_model_info(self.model)
             chars = sum(len(m.get("content") or "") for m in messages)
-            return (chars / 4 + 1) * (info.get("input_cost_per_token") or 0) + self.max_tokens * (info.get("output_cost_per_token") or 0)
+            return (chars / 4 + 1) * (info.get("input_cost_per_token") or 0) + self.max_tokens * (
+                info.get("output_cost_per_token") or 0
+            )
         except Exception:
             return 0.0
 
     def _record(self, key, messages, text, status, error, usage, cost, latency, attempts, top_logprobs=None) -> None:
-        self.store.record_call({
-            "call_key": key, "model": self.model, "api_base": self.api_base,
-            "messages": [dict(m, content=redact(m.get("content"))) for m in messages], "raw_reply": redact(text),
-            "status": status, "error": error, "prompt_tokens": getattr(usage, "prompt_tokens", None),
-            "completion_tokens": getattr(usage, "completion_tokens", None), "cost_usd": cost, "latency_s": latency,
-            "attempts": attempts, "params": {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                                             "dry_run": self.dry_run, **self.extra}, "logprobs": top_logprobs})
+        self.store.record_call(
+            {
+                "call_key": key,
+                "model": self.model,
+                "api_base": self.api_base,
+                "messages": [dict(m, content=redact(m.get("content"))) for m in messages],
+                "raw_reply": redact(text),
+                "status": status,
+                "error": error,
+                "prompt_tokens": getattr(usage, "prompt_tokens", None),
+                "completion_tokens": getattr(usage, "completion_tokens", None),
+                "cost_usd": cost,
+                "latency_s": latency,
+                "attempts": attempts,
+                "params": {
+                    "temperature": self.temperature,
+                    "max_tokens": self.max_tokens,
+                    "dry_run": self.dry_run,
+                    **self.extra,
+                },
+                "logprobs": top_logprobs,
+            }
+        )
 
 
 def _top_logprobs(resp) -> list[dict] | None:

@@ -53,23 +53,38 @@ def from_template(template) -> Grader:
         parsed = parse_arena(text) if arena else parse_verdict(text, "output")
         if not parsed.ok:
             return parsed, None, 1
-        return (parsed, *ARENA_SCORES[parsed.value[1:-1]]) if arena else (parsed, 1.0 if parsed.value == "A" else 0.0, 1)
+        return (
+            (parsed, *ARENA_SCORES[parsed.value[1:-1]]) if arena else (parsed, 1.0 if parsed.value == "A" else 0.0, 1)
+        )
 
-    return Grader(name=template.name, source=template.name,
-                  messages=lambda q, a, b: [{"role": "user", "content": template.render(question=q, output_a=a, output_b=b)}],
-                  read=read, temperature=sampling.temperature, max_tokens=sampling.max_new_tokens)
+    return Grader(
+        name=template.name,
+        source=template.name,
+        messages=lambda q, a, b: [{"role": "user", "content": template.render(question=q, output_a=a, output_b=b)}],
+        read=read,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_new_tokens,
+    )
 
 
 def from_arena(judge: ArenaJudge) -> Grader:
     """Arena-Hard-Auto's judge config (or mrtk's named fallback in its form)."""
+
     def read(text, _logprobs):
         value, reason = judge.verdict(text)
         if value is None:
             return Parsed(None, "failed", reason), None, 1
         return (Parsed(value, "ok"), *ARENA_SCORES[value[1:-1]])
 
-    return Grader(name="arena-hard", source=judge.source, messages=judge.render, read=read, temperature=judge.temperature,
-                  max_tokens=judge.max_tokens, ask=judge.ask)
+    return Grader(
+        name="arena-hard",
+        source=judge.source,
+        messages=judge.render,
+        read=read,
+        temperature=judge.temperature,
+        max_tokens=judge.max_tokens,
+        ask=judge.ask,
+    )
 
 
 def from_annotator(ann: Annotator) -> Grader:
@@ -81,5 +96,13 @@ def from_annotator(ann: Annotator) -> Grader:
         p_first, reason = ann.preference_first(text, logprobs)
         return Parsed((text or "").strip()[:8] or None, "ok" if p_first is not None else "failed", reason), p_first, 1
 
-    return Grader(name=ann.name, source=ann.source, messages=ann.render, read=read, temperature=temperature, max_tokens=max_tokens,
-                  extra=kwargs, leaderboard_lc=True)
+    return Grader(
+        name=ann.name,
+        source=ann.source,
+        messages=ann.render,
+        read=read,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        extra=kwargs,
+        leaderboard_lc=True,
+    )

@@ -32,7 +32,11 @@ MIN_PAIRED_UNITS = 10
 def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float | None, float | None]:
     """95% interval of `statistic` over resampled units (BCa, 2,000 resamples, seeded);
     `paired_with`: a second array resampled with the same indices (statistic(x, y))."""
-    data = (np.asarray(values, float),) if paired_with is None else (np.asarray(values, float), np.asarray(paired_with, float))
+    data = (
+        (np.asarray(values, float),)
+        if paired_with is None
+        else (np.asarray(values, float), np.asarray(paired_with, float))
+    )
     n = len(data[0])
     if n < 3 or all(np.ptp(d) == 0 for d in data):  # no spread: the interval is the point itself (or undefined)
         point = float(statistic(*data)) if n else None
@@ -40,8 +44,16 @@ def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float 
     for method in ("BCa", "percentile"):  # BCa degenerates (nan) on very skewed small samples: percentile then
         with warnings.catch_warnings():  # BCa on a degenerate resample warns, then gives nan
             warnings.simplefilter("ignore")
-            res = stats.bootstrap(data, statistic, paired=paired_with is not None, vectorized=False, n_resamples=2000,
-                                  confidence_level=0.95, method=method, random_state=np.random.default_rng(SEED))
+            res = stats.bootstrap(
+                data,
+                statistic,
+                paired=paired_with is not None,
+                vectorized=False,
+                n_resamples=2000,
+                confidence_level=0.95,
+                method=method,
+                random_state=np.random.default_rng(SEED),
+            )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if not (math.isnan(lo) or math.isnan(hi)):
             break
@@ -67,8 +79,13 @@ def paired_difference(now: list[float], before: list[float]) -> dict:
     if len(diff) < MIN_PAIRED_UNITS:
         return {"diff": float(diff.mean()), "ci_low": None, "ci_high": None, "n": int(len(diff)), "contains_zero": True}
     lo, hi = bootstrap_ci(now, lambda a, b: float(np.mean(a) - np.mean(b)), paired_with=before)
-    return {"diff": float(diff.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(diff)),
-            "contains_zero": lo is None or (lo <= 0.0 <= hi)}
+    return {
+        "diff": float(diff.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": int(len(diff)),
+        "contains_zero": lo is None or (lo <= 0.0 <= hi),
+    }
 
 
 def verdict(change: dict | None) -> str:
@@ -82,7 +99,9 @@ def verdict(change: dict | None) -> str:
     return "better" if change["diff"] > 0 else "worse"
 
 
-def drift(base: dict[str, float], now: dict[str, float], lengths: dict[str, int], prompt_of: dict[str, str], top: float) -> dict:
+def drift(
+    base: dict[str, float], now: dict[str, float], lengths: dict[str, int], prompt_of: dict[str, str], top: float
+) -> dict:
     """Frozen-set metrics of one iteration. base/now: response_id -> mean score (iteration 1 /
     this iteration's judge); `top`: the template's highest score."""
     ids = sorted(set(base) & set(now))
@@ -95,7 +114,7 @@ def drift(base: dict[str, float], now: dict[str, float], lengths: dict[str, int]
     out["mean_shift"] = (shift["diff"], shift["ci_low"], shift["ci_high"], shift["n"])
     is_top = (n >= top - 0.5).astype(float)
     out["top_score_share"] = (float(is_top.mean()), *bootstrap_ci(is_top), len(ids))
-    pairs = [(i, j) for k, i in enumerate(ids) for j in ids[k + 1:] if prompt_of[i] == prompt_of[j]]
+    pairs = [(i, j) for k, i in enumerate(ids) for j in ids[k + 1 :] if prompt_of[i] == prompt_of[j]]
     if pairs:
         ties = np.array([abs(now[i] - now[j]) < TIE_WIDTH for i, j in pairs], float)
         out["tie_rate"] = (float(ties.mean()), *bootstrap_ci(ties), len(pairs))

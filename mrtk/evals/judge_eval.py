@@ -20,8 +20,17 @@ from mrtk.stages import judge as judge_stage
 from mrtk.ui import QuietUI
 
 
-def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: Template, *, n: int | None, name: str = "judge",
-                    ui=None, verdict: str | None = None) -> dict:
+def judge_agreement(
+    t: Target,
+    pairs: list[dict],
+    lists: list[dict],
+    template: Template,
+    *,
+    n: int | None,
+    name: str = "judge",
+    ui=None,
+    verdict: str | None = None,
+) -> dict:
     """`verdict` (pairwise templates): hard or soft, else the run's judge.verdict; the same judgements,
     read two ways, so soft results are recorded under the judge label with ':soft' added."""
     ui = ui or QuietUI()
@@ -35,18 +44,51 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
     prefix = eval_item_id(name, t.iteration, label, "")
     stored = {r["item_id"].removeprefix(prefix) for r in t.store.eval_items(name, t.iteration, label)}
     questions = {p["example_id"]: p["question"] for p in pairs} | {x["example_id"]: x["question"] for x in lists}
-    answers = [{"response_id": answer_id(p["example_id"], side), "prompt_id": p["example_id"], "text": p[side], "is_duplicate": False}
-               for p in pairs for side in ("a", "b")]
+    answers = [
+        {
+            "response_id": answer_id(p["example_id"], side),
+            "prompt_id": p["example_id"],
+            "text": p[side],
+            "is_duplicate": False,
+        }
+        for p in pairs
+        for side in ("a", "b")
+    ]
     if job.scores:  # ranked lists need a score per reply (Spearman); a pairwise judge only orders two answers
-        answers += [{"response_id": answer_id(x["example_id"], str(k)), "prompt_id": x["example_id"], "text": text, "is_duplicate": False}
-                    for x in lists for k, (text, _) in enumerate(x["replies"])]
+        answers += [
+            {
+                "response_id": answer_id(x["example_id"], str(k)),
+                "prompt_id": x["example_id"],
+                "text": text,
+                "is_duplicate": False,
+            }
+            for x in lists
+            for k, (text, _) in enumerate(x["replies"])
+        ]
 
     def fn(rows, go):
-        out = job.run(t.backend(), rows, questions, iteration=t.iteration, run_seed=t.cfg.seed, model_version=t.version, on_progress=go)
+        out = job.run(
+            t.backend(),
+            rows,
+            questions,
+            iteration=t.iteration,
+            run_seed=t.cfg.seed,
+            model_version=t.version,
+            on_progress=go,
+        )
         return [_item(job, r, name, t.iteration, label) for r in out]
 
-    run_chunks(t.store, ui, f"eval judge ({label})", job.missing(answers, stored), cfg.n, fn, "eval_items", t.cfg.runtime.max_batch_rows,
-               t.backend)
+    run_chunks(
+        t.store,
+        ui,
+        f"eval judge ({label})",
+        job.missing(answers, stored),
+        cfg.n,
+        fn,
+        "eval_items",
+        t.cfg.runtime.max_batch_rows,
+        t.backend,
+    )
     items = t.store.eval_items(name, t.iteration, label)
     preds, consistency = job.preferences(said(items))
     labels = [p["label"] for p in pairs]
@@ -54,40 +96,82 @@ def judge_agreement(t: Target, pairs: list[dict], lists: list[dict], template: T
     numbers = {}
     if agree:
         numbers["agreement"] = (agree["agreement"], agree["ci_low"], agree["ci_high"], agree["n"])
-        numbers["agreement_without_ties"] = (agree["agreement_without_ties"], agree["ci_low_without_ties"], agree["ci_high_without_ties"],
-                                             agree["n"] - agree["ties"])
+        numbers["agreement_without_ties"] = (
+            agree["agreement_without_ties"],
+            agree["ci_low_without_ties"],
+            agree["ci_high_without_ties"],
+            agree["n"] - agree["ties"],
+        )
         numbers["tie_rate"] = (agree["ties"] / agree["n"], *metrics.wilson(agree["ties"], agree["n"]), agree["n"])
     if consistency[3]:  # pairs a pairwise judge saw in both orders
         numbers["position_consistency"] = consistency
     scores = judge_stage.mean_scores(said(items))
     if lists and job.scores:  # the mean scores against the human ranks
-        rhos = [metrics.spearman([scores.get(answer_id(x["example_id"], str(k)), float("nan")) for k in range(len(x["replies"]))],
-                                 [-rank for _, rank in x["replies"]]) for x in lists]
+        rhos = [
+            metrics.spearman(
+                [scores.get(answer_id(x["example_id"], str(k)), float("nan")) for k in range(len(x["replies"]))],
+                [-rank for _, rank in x["replies"]],
+            )
+            for x in lists
+        ]
         rhos = [r for r in rhos if r is not None and r == r]
         numbers["spearman"] = (sum(rhos) / len(rhos) if rhos else None, None, None, len(rhos))
     failed = sum(i["parse_status"] != "ok" for i in items)
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
     soft = job.pairwise and cfg.verdict == "soft"
     label_read = f"{label}:soft" if soft else label
-    write_results(t, name, label_read, numbers, {"template": template.hash, "n": cfg.n, "score_mode": cfg.score_mode,
-                                                 "verdict": cfg.verdict if job.pairwise else None})
+    write_results(
+        t,
+        name,
+        label_read,
+        numbers,
+        {
+            "template": template.hash,
+            "n": cfg.n,
+            "score_mode": cfg.score_mode,
+            "verdict": cfg.verdict if job.pairwise else None,
+        },
+    )
     return {"judge": label_read, "numbers": numbers, "credits": pair_credits(pairs, preds), "job": job}
 
 
 def pair_credits(pairs: list[dict], preds: dict[str, str | None]) -> dict[str, float]:
     """example -> 1 (the judge agrees with the humans), 0.5 (a tie), 0 (it disagrees): the paper's agreement per pair."""
-    return {p["example_id"]: 0.5 if preds.get(p["example_id"]) is None else float(preds[p["example_id"]] == p["label"]) for p in pairs}
+    return {
+        p["example_id"]: 0.5 if preds.get(p["example_id"]) is None else float(preds[p["example_id"]] == p["label"])
+        for p in pairs
+    }
 
 
 def _item(job, row: dict, name: str, it: int, label: str) -> dict:
     """A judgement row as an eval_items row (keyed by the judgement id; the unit in `slot`)."""
     u = job.said(row)
-    return {"item_id": eval_item_id(name, it, label, row["judgement_id"]), "eval": name, "iteration": it, "example_id": u["prompt_id"],
-            "slot": u["unit"], "judge": label, "raw_text": row["raw_text"], "score": u["score"], "verdict": u["verdict"],
-            "preference": u["p_a"], "parse_status": row["parse_status"], "parse_reason": row["parse_reason"], "cache_hit": False}
+    return {
+        "item_id": eval_item_id(name, it, label, row["judgement_id"]),
+        "eval": name,
+        "iteration": it,
+        "example_id": u["prompt_id"],
+        "slot": u["unit"],
+        "judge": label,
+        "raw_text": row["raw_text"],
+        "score": u["score"],
+        "verdict": u["verdict"],
+        "preference": u["p_a"],
+        "parse_status": row["parse_status"],
+        "parse_reason": row["parse_reason"],
+        "cache_hit": False,
+    }
 
 
 def said(items: list[dict]) -> list[dict]:
     """eval_items rows back in the form Judging.preferences reads."""
-    return [{"prompt_id": i["example_id"], "unit": i["slot"], "score": i["score"], "verdict": i["verdict"], "p_a": i["preference"]}
-            for i in items]
+    return [
+        {
+            "prompt_id": i["example_id"],
+            "unit": i["slot"],
+            "score": i["score"],
+            "verdict": i["verdict"],
+            "p_a": i["preference"],
+        }
+        for i in items
+    ]

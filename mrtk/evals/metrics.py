@@ -28,11 +28,19 @@ def win_rate(prefs: list[float]) -> dict:
         return {"win_rate": None, "standard_error": None, "n_total": 0, "n_wins": 0, "n_wins_base": 0, "n_draws": 0}
     mean = sum(prefs) / n
     var = sum((p - mean) ** 2 for p in prefs) / (n - 1) if n > 1 else 0.0
-    return {"win_rate": 100.0 * mean, "standard_error": 100.0 * math.sqrt(var / n), "n_total": n,
-            "n_wins": sum(p > 0.5 for p in prefs), "n_wins_base": sum(p < 0.5 for p in prefs), "n_draws": sum(p == 0.5 for p in prefs)}
+    return {
+        "win_rate": 100.0 * mean,
+        "standard_error": 100.0 * math.sqrt(var / n),
+        "n_total": n,
+        "n_wins": sum(p > 0.5 for p in prefs),
+        "n_wins_base": sum(p < 0.5 for p in prefs),
+        "n_draws": sum(p == 0.5 for p in prefs),
+    }
 
 
-def length_controlled_win_rate(prefs: list[float], policy_chars: list[int], reference_chars: list[int], l2: float = 1e-3) -> float | None:
+def length_controlled_win_rate(
+    prefs: list[float], policy_chars: list[int], reference_chars: list[int], l2: float = 1e-3
+) -> float | None:
     n = len(prefs)
     if n < 2:
         return None
@@ -84,7 +92,12 @@ def bt_score(prefs: list[float], *, bootstrap: int = 200, seed: int = 0) -> dict
     rng = random.Random(seed)
     n = len(prefs)
     boots = sorted(100.0 * sum(prefs[rng.randrange(n)] for _ in range(n)) / n for _ in range(bootstrap))
-    return {"score": 100.0 * sum(prefs) / n, "ci_low": boots[int(0.025 * bootstrap)], "ci_high": boots[int(0.975 * bootstrap) - 1], "n": n}
+    return {
+        "score": 100.0 * sum(prefs) / n,
+        "ci_low": boots[int(0.025 * bootstrap)],
+        "ci_high": boots[int(0.975 * bootstrap) - 1],
+        "n": n,
+    }
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
@@ -136,9 +149,17 @@ def agreement(labels: list[str], predictions: list[str | None]) -> dict:
     credit = hits + 0.5 * ties
     lo, hi = wilson(credit, n)
     lo2, hi2 = wilson(hits, n - ties)
-    return {"agreement": credit / n if n else None, "ci_low": lo, "ci_high": hi, "n": n, "ties": ties,
-            "tie_rate": ties / n if n else None,
-            "agreement_without_ties": hits / (n - ties) if n - ties else None, "ci_low_without_ties": lo2, "ci_high_without_ties": hi2}
+    return {
+        "agreement": credit / n if n else None,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": n,
+        "ties": ties,
+        "tie_rate": ties / n if n else None,
+        "agreement_without_ties": hits / (n - ties) if n - ties else None,
+        "ci_low_without_ties": lo2,
+        "ci_high_without_ties": hi2,
+    }
 
 
 def group_mean(rows: list[tuple[str, float]]) -> dict[str, float]:

@@ -21,7 +21,9 @@ def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> No
         before = pair_credits(pairs, res["job"].preferences(said(previous))[0])
         ids = sorted(set(before) & set(res["credits"]))
         change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
-        numbers = dict(res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"]))
+        numbers = dict(
+            res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"])
+        )
         write_results(t, name, res["judge"], numbers, {"verdict": health.verdict(change), "template": template.hash})
 
 
@@ -31,6 +33,17 @@ def record_drift(t: Target, frozen: list[dict], template, key: str | None, score
     ids = [r["response_id"] for r in frozen]
     base = t.store.mean_scores(ids, it=1, template_hash=template.hash)
     now = base if key is None else t.store.mean_scores(ids, it=1, key=key)
-    numbers = health.drift(base, now, {r["response_id"]: r["n_chars"] for r in frozen}, {r["response_id"]: r["prompt_id"] for r in frozen},
-                           template.score_range[1])
-    write_results(t, "frozen", f"{template.name}:{score_mode}:{t.version}", numbers, {"responses": len(ids), "template": template.hash})
+    numbers = health.drift(
+        base,
+        now,
+        {r["response_id"]: r["n_chars"] for r in frozen},
+        {r["response_id"]: r["prompt_id"] for r in frozen},
+        template.score_range[1],
+    )
+    write_results(
+        t,
+        "frozen",
+        f"{template.name}:{score_mode}:{t.version}",
+        numbers,
+        {"responses": len(ids), "template": template.hash},
+    )

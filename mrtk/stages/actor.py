@@ -8,8 +8,18 @@ from mrtk.prompts import Template
 from mrtk.rows import derive_seed, response_id
 
 
-def run_actor(backend: Backend, prompts: list[dict], cfg: ActorCfg, template: Template, *,
-              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None, anchor: bool = False) -> list[dict]:
+def run_actor(
+    backend: Backend,
+    prompts: list[dict],
+    cfg: ActorCfg,
+    template: Template,
+    *,
+    iteration: int,
+    run_seed: int,
+    model_version: str,
+    on_progress: Progress | None = None,
+    anchor: bool = False,
+) -> list[dict]:
     """prompt rows ({prompt_id, text}) -> response rows, K per prompt. `anchor`: M1's samples of
     iteration t's prompts for anchored rejection (their own ids and seeds; table anchor_responses)."""
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
@@ -24,11 +34,24 @@ def run_actor(backend: Backend, prompts: list[dict], cfg: ActorCfg, template: Te
             rid = response_id(iteration, p["prompt_id"], k, anchor)
             duplicate_of = first_of.get(g.text)
             first_of.setdefault(g.text, rid)
-            rows.append({
-                "response_id": rid, "iteration": iteration, "prompt_id": p["prompt_id"], "sample_idx": k,
-                "text": g.text, "n_chars": len(g.text), "n_tokens": g.n_tokens, "finish_reason": g.finish,
-                "is_duplicate": duplicate_of is not None, "duplicate_of": duplicate_of,
-                "template": template.name, "template_hash": template.hash, "model_version": model_version,
-                "sampling": params.as_dict(), "seed": seed, "latency_s": g.latency_s,
-            })
+            rows.append(
+                {
+                    "response_id": rid,
+                    "iteration": iteration,
+                    "prompt_id": p["prompt_id"],
+                    "sample_idx": k,
+                    "text": g.text,
+                    "n_chars": len(g.text),
+                    "n_tokens": g.n_tokens,
+                    "finish_reason": g.finish,
+                    "is_duplicate": duplicate_of is not None,
+                    "duplicate_of": duplicate_of,
+                    "template": template.name,
+                    "template_hash": template.hash,
+                    "model_version": model_version,
+                    "sampling": params.as_dict(),
+                    "seed": seed,
+                    "latency_s": g.latency_s,
+                }
+            )
     return rows

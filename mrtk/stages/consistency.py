@@ -65,5 +65,7 @@ def summary(consistency: dict[str, float]) -> dict[str, tuple]:
     n = len(cs)
     mean = sum(cs) / n if n else None
     half = 1.96 * math.sqrt(sum((c - mean) ** 2 for c in cs) / (n - 1) / n) if n > 1 else None
-    return {"consistency": (mean, None if half is None else mean - half, None if half is None else mean + half, n),
-            "label_smoothing": (label_smoothing(cs), None, None, n)}
+    return {
+        "consistency": (mean, None if half is None else mean - half, None if half is None else mean + half, n),
+        "label_smoothing": (label_smoothing(cs), None, None, n),
+    }

@@ -30,16 +30,30 @@ def rejudge_key(template: Template, score_mode: str, model_version: str) -> str:
     return f"{template.hash}.{score_mode}.{model_version}"
 
 
-def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str], cfg: JudgeCfg, template: Template, *,
-              iteration: int, run_seed: int, model_version: str, on_progress: Progress | None = None,
-              source: str = "loop") -> list[dict]:
+def run_judge(
+    backend: Backend,
+    responses: list[dict],
+    questions: dict[str, str],
+    cfg: JudgeCfg,
+    template: Template,
+    *,
+    iteration: int,
+    run_seed: int,
+    model_version: str,
+    on_progress: Progress | None = None,
+    source: str = "loop",
+) -> list[dict]:
     """response rows -> judgement rows (N per response). Re-judgements (`source` "rejudge") are
     keyed by template hash, score mode and model, so they never collide with the loop's rows."""
     program = score_program(template) if cfg.score_mode == "structured" else None
     key = template.hash if source == "loop" else rejudge_key(template, cfg.score_mode, model_version)
-    seeds = [tuple(derive_seed(run_seed, iteration, "judge", key, r["response_id"], j) for j in range(cfg.n))
-             for r in responses]
-    requests = [Request(judge_prompt(template, questions[r["prompt_id"]], r["text"]), s) for r, s in zip(responses, seeds)]
+    seeds = [
+        tuple(derive_seed(run_seed, iteration, "judge", key, r["response_id"], j) for j in range(cfg.n))
+        for r in responses
+    ]
+    requests = [
+        Request(judge_prompt(template, questions[r["prompt_id"]], r["text"]), s) for r, s in zip(responses, seeds)
+    ]
     params, outputs = run_program(backend, requests, cfg, program, on_progress)
     rows = []
     for r, gens, row_seeds in zip(responses, outputs, seeds):
@@ -50,16 +64,33 @@ def run_judge(backend: Backend, responses: list[dict], questions: dict[str, str]
                 text = raw + format_score(parsed.value) if parsed.ok else raw
             else:
                 text, parsed = raw, parse_score(raw, *template.score_range)
-            rows.append({
-                "judgement_id": judgement_id(r["response_id"], key, j), "iteration": iteration, "source": source,
-                "response_id": r["response_id"], "prompt_id": r["prompt_id"], "sample_idx": j,
-                "raw_text": raw, "text": text, "score": parsed.value, "parse_status": parsed.status,
-                "parse_reason": parsed.reason, "score_mode": cfg.score_mode,
-                "score_probs": g.choice_probs, "score_mass": sum(g.choice_probs.values()) if g.choice_probs else None,
-                "n_chars": len(text), "n_tokens": g.n_tokens, "finish_reason": g.finish,
-                "template": template.name, "template_hash": template.hash, "model_version": model_version,
-                "sampling": params.as_dict(), "seed": seed, "latency_s": g.latency_s,
-            })
+            rows.append(
+                {
+                    "judgement_id": judgement_id(r["response_id"], key, j),
+                    "iteration": iteration,
+                    "source": source,
+                    "response_id": r["response_id"],
+                    "prompt_id": r["prompt_id"],
+                    "sample_idx": j,
+                    "raw_text": raw,
+                    "text": text,
+                    "score": parsed.value,
+                    "parse_status": parsed.status,
+                    "parse_reason": parsed.reason,
+                    "score_mode": cfg.score_mode,
+                    "score_probs": g.choice_probs,
+                    "score_mass": sum(g.choice_probs.values()) if g.choice_probs else None,
+                    "n_chars": len(text),
+                    "n_tokens": g.n_tokens,
+                    "finish_reason": g.finish,
+                    "template": template.name,
+                    "template_hash": template.hash,
+                    "model_version": model_version,
+                    "sampling": params.as_dict(),
+                    "seed": seed,
+                    "latency_s": g.latency_s,
+                }
+            )
     return rows
 
 
@@ -73,18 +104,34 @@ def pairwise_games(responses: list[dict]) -> list[tuple[dict, dict]]:
     return [(a, b) for rs in by_prompt.values() for a in rs for b in rs if a["response_id"] != b["response_id"]]
 
 
-def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questions: dict[str, str], cfg: JudgeCfg,
-                       template: Template, *, iteration: int, run_seed: int, model_version: str,
-                       on_progress: Progress | None = None) -> list[dict]:
+def run_pairwise_judge(
+    backend: Backend,
+    games: list[tuple[dict, dict]],
+    questions: dict[str, str],
+    cfg: JudgeCfg,
+    template: Template,
+    *,
+    iteration: int,
+    run_seed: int,
+    model_version: str,
+    on_progress: Progress | None = None,
+) -> list[dict]:
     """(response A, response B) games -> pairwise judgement rows (N per game).
     structured: justification, then "\nWinner: Response" and a verdict sampled from the
     probabilities of " A" / " B" (as the meta-judge); free_text: parse `Winner: Response X`."""
     program = PAIRWISE if cfg.score_mode == "structured" else None
     key = rejudge_key(template, cfg.score_mode, model_version)
-    seeds = [tuple(derive_seed(run_seed, iteration, "pairwise", key, a["response_id"], b["response_id"], j) for j in range(cfg.n))
-             for a, b in games]
-    requests = [Request(template.render(question=questions[a["prompt_id"]], response_a=a["text"], response_b=b["text"]), s)
-                for (a, b), s in zip(games, seeds)]
+    seeds = [
+        tuple(
+            derive_seed(run_seed, iteration, "pairwise", key, a["response_id"], b["response_id"], j)
+            for j in range(cfg.n)
+        )
+        for a, b in games
+    ]
+    requests = [
+        Request(template.render(question=questions[a["prompt_id"]], response_a=a["text"], response_b=b["text"]), s)
+        for (a, b), s in zip(games, seeds)
+    ]
     params, outputs = run_program(backend, requests, cfg, program, on_progress)
     rows = []
     for (a, b), gens, game_seeds in zip(games, outputs, seeds):
@@ -94,15 +141,29 @@ def run_pairwise_judge(backend: Backend, games: list[tuple[dict, dict]], questio
                 parsed, p_a = sample_verdict(g.choice_probs or {}, cfg.temperature, seed), p_first(g.choice_probs or {})
             else:
                 parsed, p_a = parse_verdict(g.text, "response"), None
-            rows.append({
-                "judgement_id": pairwise_id(a["response_id"], b["response_id"], key, j), "iteration": iteration,
-                "prompt_id": a["prompt_id"], "response_a": a["response_id"], "response_b": b["response_id"],
-                "raw_text": raw, "verdict": parsed.value, "p_a": p_a, "parse_status": parsed.status, "parse_reason": parsed.reason,
-                "winner": {"A": a["response_id"], "B": b["response_id"]}.get(parsed.value) if parsed.ok else None,
-                "score_mode": cfg.score_mode, "template": template.name, "template_hash": template.hash,
-                "model_version": model_version, "sampling": params.as_dict(), "seed": seed, "n_tokens": g.n_tokens,
-                "latency_s": g.latency_s,
-            })
+            rows.append(
+                {
+                    "judgement_id": pairwise_id(a["response_id"], b["response_id"], key, j),
+                    "iteration": iteration,
+                    "prompt_id": a["prompt_id"],
+                    "response_a": a["response_id"],
+                    "response_b": b["response_id"],
+                    "raw_text": raw,
+                    "verdict": parsed.value,
+                    "p_a": p_a,
+                    "parse_status": parsed.status,
+                    "parse_reason": parsed.reason,
+                    "winner": {"A": a["response_id"], "B": b["response_id"]}.get(parsed.value) if parsed.ok else None,
+                    "score_mode": cfg.score_mode,
+                    "template": template.name,
+                    "template_hash": template.hash,
+                    "model_version": model_version,
+                    "sampling": params.as_dict(),
+                    "seed": seed,
+                    "n_tokens": g.n_tokens,
+                    "latency_s": g.latency_s,
+                }
+            )
     return rows
 
 
@@ -132,7 +193,11 @@ class Judging:
 
     @property
     def key(self) -> str:
-        return self.template.hash if self.source == "loop" else rejudge_key(self.template, self.cfg.score_mode, self.model_version)
+        return (
+            self.template.hash
+            if self.source == "loop"
+            else rejudge_key(self.template, self.cfg.score_mode, self.model_version)
+        )
 
     def units(self, responses: list[dict]) -> list:
         """What one request judges: a distinct response, or an ordered pair of a prompt's responses."""
@@ -148,22 +213,61 @@ class Judging:
         """The units with a row id not in `stored` (a unit's N rows are written in one transaction)."""
         return [u for u in self.units(responses) if not set(self.ids(u)) <= stored]
 
-    def run(self, backend: Backend, units: list, questions: dict[str, str], *, iteration: int, run_seed: int, model_version: str,
-            on_progress: Progress | None = None) -> list[dict]:
+    def run(
+        self,
+        backend: Backend,
+        units: list,
+        questions: dict[str, str],
+        *,
+        iteration: int,
+        run_seed: int,
+        model_version: str,
+        on_progress: Progress | None = None,
+    ) -> list[dict]:
         """units -> rows of `table` (N per unit)."""
         if self.pairwise:
-            return run_pairwise_judge(backend, units, questions, self.cfg, self.template, iteration=iteration, run_seed=run_seed,
-                                      model_version=model_version, on_progress=on_progress)
-        return run_judge(backend, units, questions, self.cfg, self.template, iteration=iteration, run_seed=run_seed,
-                         model_version=model_version, on_progress=on_progress, source=self.source)
+            return run_pairwise_judge(
+                backend,
+                units,
+                questions,
+                self.cfg,
+                self.template,
+                iteration=iteration,
+                run_seed=run_seed,
+                model_version=model_version,
+                on_progress=on_progress,
+            )
+        return run_judge(
+            backend,
+            units,
+            questions,
+            self.cfg,
+            self.template,
+            iteration=iteration,
+            run_seed=run_seed,
+            model_version=model_version,
+            on_progress=on_progress,
+            source=self.source,
+        )
 
     def said(self, row: dict) -> dict:
         """What a row says about its unit: the prompt, the unit ("response" or "response_a|response_b"),
         a score (pointwise) or a verdict and p(A) (pairwise)."""
         if self.pairwise:
-            return {"prompt_id": row["prompt_id"], "unit": f"{row['response_a']}|{row['response_b']}", "score": None,
-                    "verdict": row["verdict"], "p_a": row.get("p_a")}
-        return {"prompt_id": row["prompt_id"], "unit": row["response_id"], "score": row["score"], "verdict": None, "p_a": None}
+            return {
+                "prompt_id": row["prompt_id"],
+                "unit": f"{row['response_a']}|{row['response_b']}",
+                "score": None,
+                "verdict": row["verdict"],
+                "p_a": row.get("p_a"),
+            }
+        return {
+            "prompt_id": row["prompt_id"],
+            "unit": row["response_id"],
+            "score": row["score"],
+            "verdict": None,
+            "p_a": None,
+        }
 
     def preferences(self, said: list[dict]) -> tuple[dict[str, str | None], tuple]:
         """For two answers of one prompt ("<prompt>#a", "<prompt>#b", as `rows.answer_id` names
@@ -206,8 +310,12 @@ class Judging:
             side = (first if s["verdict"] == "A" else second).rsplit("#", 1)[1]
             by_order[(s["prompt_id"], "ab" if first.endswith("#a") else "ba")] += 1 if side == "a" else -1
         both = [p for p in {p for p, _ in by_order} if (p, "ab") in by_order and (p, "ba") in by_order]
-        same = sum((by_order[(p, "ab")] > 0) == (by_order[(p, "ba")] > 0) and by_order[(p, "ab")] != 0 and by_order[(p, "ba")] != 0
-                   for p in both)
+        same = sum(
+            (by_order[(p, "ab")] > 0) == (by_order[(p, "ba")] > 0)
+            and by_order[(p, "ab")] != 0
+            and by_order[(p, "ba")] != 0
+            for p in both
+        )
         return same / len(both) if both else None, None, None, len(both)
 
 
@@ -235,7 +343,9 @@ def set_scores(kind: str, rows: list[dict]) -> dict[str, float]:
     return {rid: sum(v) / len(v) for rid, v in acc.items()}
 
 
-def set_preferences(kind: str, rows: list[dict], scores: dict[str, float], by_prompt: dict[str, list[str]]) -> dict[tuple[str, str], int]:
+def set_preferences(
+    kind: str, rows: list[dict], scores: dict[str, float], by_prompt: dict[str, list[str]]
+) -> dict[tuple[str, str], int]:
     """(x, y) with x < y -> +1 (x preferred), -1 (y preferred) or 0 (tie), for every pair of
     responses to one prompt that the set can compare."""
     prefs: dict[tuple[str, str], int] = {}
@@ -264,9 +374,13 @@ def set_position_stats(kind: str, rows: list[dict]) -> dict:
     votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in valid:
         votes[(r["response_a"], r["response_b"])][r["winner"]] += 1
-    majority = {game: (c.most_common(1)[0][0] if len(c) == 1 or c.most_common(2)[0][1] > c.most_common(2)[1][1] else None)
-                for game, c in votes.items()}
+    majority = {
+        game: (c.most_common(1)[0][0] if len(c) == 1 or c.most_common(2)[0][1] > c.most_common(2)[1][1] else None)
+        for game, c in votes.items()
+    }
     both = [(g, (g[1], g[0])) for g in majority if g[0] < g[1] and (g[1], g[0]) in majority]
     consistent = [g for g, h in both if majority[g] is not None and majority[g] == majority[h]]
-    return {"first_position_share": sum(r["verdict"] == "A" for r in valid) / len(valid) if valid else None,
-            "position_consistency": len(consistent) / len(both) if both else None}
+    return {
+        "first_position_share": sum(r["verdict"] == "A" for r in valid) / len(valid) if valid else None,
+        "position_consistency": len(consistent) / len(both) if both else None,
+    }

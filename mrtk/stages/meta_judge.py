@@ -35,11 +35,13 @@ from mrtk.parse import p_first, parse_verdict, sample_verdict
 from mrtk.programs import META, raw_text, run_program
 from mrtk.prompts import Template
 from mrtk.rows import derive_seed, meta_id
+
 _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
 
 
-def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: int, iteration: int,
-                   require_variance: bool = True) -> dict[str, tuple[str | None, str]]:
+def pick_responses(
+    responses: list[dict], judgements: list[dict], *, run_seed: int, iteration: int, require_variance: bool = True
+) -> dict[str, tuple[str | None, str]]:
     """prompt_id -> (response_id with the highest score variance, "ok") or (None, reason).
     The variance is numpy's population variance (np.var, ddof=0); it only ranks a prompt's
     responses, each with the same N, so the sample variance would pick the same response.
@@ -55,7 +57,11 @@ def pick_responses(responses: list[dict], judgements: list[dict], *, run_seed: i
             by_prompt[r["prompt_id"]].append(r)
     picks: dict[str, tuple[str | None, str]] = {}
     for pid, rs in sorted(by_prompt.items()):
-        candidates = [(float(np.var(scores[r["response_id"]])), r["response_id"]) for r in rs if len(scores[r["response_id"]]) >= 2]
+        candidates = [
+            (float(np.var(scores[r["response_id"]])), r["response_id"])
+            for r in rs
+            if len(scores[r["response_id"]]) >= 2
+        ]
         if not candidates:
             picks[pid] = (None, "no_response_with_2_valid_scores")
             continue
@@ -85,16 +91,35 @@ def shown(judgement: dict, show_scores: bool) -> str:
     return judgement["text"] if show_scores else _SCORE_LINE.sub("", judgement["text"]).rstrip()
 
 
-def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions: dict[str, str], responses: dict[str, str],
-                   cfg: MetaJudgeCfg, template: Template, *, iteration: int, run_seed: int, model_version: str,
-                   on_progress: Progress | None = None) -> list[dict]:
+def run_meta_judge(
+    backend: Backend,
+    fights: list[tuple[dict, dict]],
+    questions: dict[str, str],
+    responses: dict[str, str],
+    cfg: MetaJudgeCfg,
+    template: Template,
+    *,
+    iteration: int,
+    run_seed: int,
+    model_version: str,
+    on_progress: Progress | None = None,
+) -> list[dict]:
     """(judgement A, judgement B) battles -> meta-judgement rows."""
     program = META if cfg.mode == "structured" else None
     show_scores = cfg.show_scores and template.show_scores  # a NeMo-style template hides them whatever the config
-    seeds = [derive_seed(run_seed, iteration, "meta", template.hash, a["judgement_id"], b["judgement_id"]) for a, b in fights]
+    seeds = [
+        derive_seed(run_seed, iteration, "meta", template.hash, a["judgement_id"], b["judgement_id"]) for a, b in fights
+    ]
     requests = [
-        Request(template.render(question=questions[a["prompt_id"]], response=responses[a["response_id"]],
-                                judgement_a=shown(a, show_scores), judgement_b=shown(b, show_scores)), (s,))
+        Request(
+            template.render(
+                question=questions[a["prompt_id"]],
+                response=responses[a["response_id"]],
+                judgement_a=shown(a, show_scores),
+                judgement_b=shown(b, show_scores),
+            ),
+            (s,),
+        )
         for (a, b), s in zip(fights, seeds)
     ]
     params, outputs = run_program(backend, requests, cfg, program, on_progress)
@@ -106,16 +131,31 @@ def run_meta_judge(backend: Backend, fights: list[tuple[dict, dict]], questions:
         else:
             parsed, p_a = parse_verdict(g.text), None
         verdict = parsed.value
-        rows.append({
-            "meta_id": meta_id(a["judgement_id"], b["judgement_id"], template.hash), "iteration": iteration,
-            "prompt_id": a["prompt_id"], "response_id": a["response_id"],
-            "judgement_a": a["judgement_id"], "judgement_b": b["judgement_id"],
-            "raw_text": raw, "verdict": verdict, "parse_status": parsed.status, "parse_reason": parsed.reason,
-            "winner": {"A": a["judgement_id"], "B": b["judgement_id"]}.get(verdict) if verdict else None,
-            "p_a": p_a, "mode": cfg.mode, "show_scores": show_scores,
-            "template": template.name, "template_hash": template.hash, "model_version": model_version,
-            "sampling": params.as_dict(), "seed": seed, "n_tokens": g.n_tokens, "latency_s": g.latency_s,
-        })
+        rows.append(
+            {
+                "meta_id": meta_id(a["judgement_id"], b["judgement_id"], template.hash),
+                "iteration": iteration,
+                "prompt_id": a["prompt_id"],
+                "response_id": a["response_id"],
+                "judgement_a": a["judgement_id"],
+                "judgement_b": b["judgement_id"],
+                "raw_text": raw,
+                "verdict": verdict,
+                "parse_status": parsed.status,
+                "parse_reason": parsed.reason,
+                "winner": {"A": a["judgement_id"], "B": b["judgement_id"]}.get(verdict) if verdict else None,
+                "p_a": p_a,
+                "mode": cfg.mode,
+                "show_scores": show_scores,
+                "template": template.name,
+                "template_hash": template.hash,
+                "model_version": model_version,
+                "sampling": params.as_dict(),
+                "seed": seed,
+                "n_tokens": g.n_tokens,
+                "latency_s": g.latency_s,
+            }
+        )
     return rows
 
 
@@ -188,7 +228,9 @@ def fit_bradley_terry(mat: np.ndarray, l2: float, iters: int = 100) -> np.ndarra
     return e
 
 
-def elo_ratings(meta_rows: list[dict], judgements: list[dict], scope: str, l2: float, verdict: str = "hard") -> list[dict]:
+def elo_ratings(
+    meta_rows: list[dict], judgements: list[dict], scope: str, l2: float, verdict: str = "hard"
+) -> list[dict]:
     """Elo rows (one per valid judgement of each picked response); `verdict` soft: fractional wins
     from the order-averaged probabilities (soft_matrix), w1 = w2 = 1."""
     weights = position_weights(meta_rows, scope)
@@ -209,9 +251,17 @@ def elo_ratings(meta_rows: list[dict], judgements: list[dict], scope: str, l2: f
             mat = battle_matrix(ms, ids, w1, w2)
         strength = fit_bradley_terry(mat, l2)
         for i, jid in enumerate(ids):
-            rows.append({
-                "iteration": ms[0]["iteration"], "prompt_id": ms[0]["prompt_id"], "response_id": rid,
-                "judgement_id": jid, "elo": 1000.0 + 400.0 * strength[i] / math.log(10.0),
-                "weighted_wins": float(mat[i].sum()), "weighted_losses": float(mat[:, i].sum()), "w1": w1, "w2": w2,
-            })
+            rows.append(
+                {
+                    "iteration": ms[0]["iteration"],
+                    "prompt_id": ms[0]["prompt_id"],
+                    "response_id": rid,
+                    "judgement_id": jid,
+                    "elo": 1000.0 + 400.0 * strength[i] / math.log(10.0),
+                    "weighted_wins": float(mat[i].sum()),
+                    "weighted_losses": float(mat[:, i].sum()),
+                    "w1": w1,
+                    "w2": w2,
+                }
+            )
     return rows

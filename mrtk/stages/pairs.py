@@ -44,7 +44,11 @@ def rho_tiers(s_max: float, s_min: float, rho: float) -> tuple[tuple[float, floa
 
 
 def _scored(responses: list[dict], scored: dict[str, tuple[float, int]]) -> list[dict]:
-    return [dict(r, score=scored[r["response_id"]][0]) for r in responses if not r["is_duplicate"] and r["response_id"] in scored]
+    return [
+        dict(r, score=scored[r["response_id"]][0])
+        for r in responses
+        if not r["is_duplicate"] and r["response_id"] in scored
+    ]
 
 
 def _tier(cands: list[dict], rho: float, top: bool) -> list[dict]:
@@ -53,9 +57,23 @@ def _tier(cands: list[dict], rho: float, top: bool) -> list[dict]:
     return [c for c in cands if (c["score"] >= top_lo - EPS if top else c["score"] <= bottom_hi + EPS)]
 
 
-def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[float, int]], rho: float,
-               max_chosen_chars: float | None, rng: random.Random, iteration: int, anchors: list[dict] | None = None) -> dict:
-    base = {"iteration": iteration, "kind": "actor", "prompt_id": prompt_id, "response_id": None, "pair_id": f"it{iteration}/actor/{prompt_id}"}
+def actor_pair(
+    prompt_id: str,
+    responses: list[dict],
+    scored: dict[str, tuple[float, int]],
+    rho: float,
+    max_chosen_chars: float | None,
+    rng: random.Random,
+    iteration: int,
+    anchors: list[dict] | None = None,
+) -> dict:
+    base = {
+        "iteration": iteration,
+        "kind": "actor",
+        "prompt_id": prompt_id,
+        "response_id": None,
+        "pair_id": f"it{iteration}/actor/{prompt_id}",
+    }
     cands = _scored(responses, scored)
     if anchors is not None:
         pool = _scored(anchors, scored)
@@ -71,9 +89,17 @@ def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[fl
     rejected = _pick(_tier(pool, rho, top=False), lambda r: -r["n_chars"], rng)
     if anchors is not None and rejected["score"] >= chosen["score"] - EPS:
         return dict(base, status="dropped", reason="anchor_scored_as_high_as_chosen")
-    row = dict(base, chosen_id=chosen["response_id"], rejected_id=rejected["response_id"],
-               chosen_score=chosen["score"], rejected_score=rejected["score"],
-               chosen_chars=chosen["n_chars"], rejected_chars=rejected["n_chars"], status="kept", reason="ok")
+    row = dict(
+        base,
+        chosen_id=chosen["response_id"],
+        rejected_id=rejected["response_id"],
+        chosen_score=chosen["score"],
+        rejected_score=rejected["score"],
+        chosen_chars=chosen["n_chars"],
+        rejected_chars=rejected["n_chars"],
+        status="kept",
+        reason="ok",
+    )
     if chosen["response_id"] == rejected["response_id"]:
         return dict(row, status="dropped", reason="same_response_in_both_tiers")
     if max_chosen_chars is not None and chosen["n_chars"] > max_chosen_chars:
@@ -81,8 +107,15 @@ def actor_pair(prompt_id: str, responses: list[dict], scored: dict[str, tuple[fl
     return row
 
 
-def actor_pairs(responses: list[dict], judgements: list[dict], cfg: PairsCfg, *, iteration: int, run_seed: int,
-                anchors: list[dict] | None = None) -> list[dict]:
+def actor_pairs(
+    responses: list[dict],
+    judgements: list[dict],
+    cfg: PairsCfg,
+    *,
+    iteration: int,
+    run_seed: int,
+    anchors: list[dict] | None = None,
+) -> list[dict]:
     """One actor pair row per prompt. `anchors` (M1's samples; their judgements in `judgements`):
     the rejected side comes from them (anchored rejection)."""
     scored = rewards(judgements)
@@ -93,13 +126,31 @@ def actor_pairs(responses: list[dict], judgements: list[dict], cfg: PairsCfg, *,
     for a in anchors or []:
         anchored[a["prompt_id"]].append(a)
     rho, cap = at(cfg.rho, iteration), at(cfg.max_chosen_chars, iteration)
-    return [actor_pair(pid, rs, scored, rho, cap, random.Random(derive_seed(run_seed, iteration, "actor_pair", pid)), iteration,
-                       anchored[pid] if anchors is not None else None)
-            for pid, rs in sorted(by_prompt.items())]
+    return [
+        actor_pair(
+            pid,
+            rs,
+            scored,
+            rho,
+            cap,
+            random.Random(derive_seed(run_seed, iteration, "actor_pair", pid)),
+            iteration,
+            anchored[pid] if anchors is not None else None,
+        )
+        for pid, rs in sorted(by_prompt.items())
+    ]
 
 
-def judge_pairs(picks: dict[str, tuple[str | None, str]], elo_rows: list[dict], judgements: list[dict],
-                cfg: PairsCfg, meta_cfg: MetaJudgeCfg, *, iteration: int, run_seed: int) -> list[dict]:
+def judge_pairs(
+    picks: dict[str, tuple[str | None, str]],
+    elo_rows: list[dict],
+    judgements: list[dict],
+    cfg: PairsCfg,
+    meta_cfg: MetaJudgeCfg,
+    *,
+    iteration: int,
+    run_seed: int,
+) -> list[dict]:
     """One judge pair per prompt: highest vs lowest Elo among its picked response's judgements, ties
     broken at random (seeded). A flat Elo (no verdict separates the judgements) is dropped as
     `no_elo_spread` under meta_judge.require_variance (NeMo); without it (the paper) the tie-break
@@ -111,7 +162,13 @@ def judge_pairs(picks: dict[str, tuple[str | None, str]], elo_rows: list[dict], 
     max_chars = at(meta_cfg.max_chosen_chars, iteration)
     rows = []
     for pid, (rid, why) in sorted(picks.items()):
-        base = {"iteration": iteration, "kind": "judge", "prompt_id": pid, "response_id": rid, "pair_id": f"it{iteration}/judge/{pid}"}
+        base = {
+            "iteration": iteration,
+            "kind": "judge",
+            "prompt_id": pid,
+            "response_id": rid,
+            "pair_id": f"it{iteration}/judge/{pid}",
+        }
         ratings = elo_by_response.get(rid or "", [])
         if rid is None:
             rows.append(dict(base, status="dropped", reason=why))
@@ -124,10 +181,19 @@ def judge_pairs(picks: dict[str, tuple[str | None, str]], elo_rows: list[dict], 
         hi = _pick_elo(ratings, max, rng)
         lo = _pick_elo([e for e in ratings if e is not hi], min, rng)  # distinct from hi also when the Elo is flat
         chosen, rejected = by_id[hi["judgement_id"]], by_id[lo["judgement_id"]]
-        row = dict(base, chosen_id=chosen["judgement_id"], rejected_id=rejected["judgement_id"],
-                   chosen_score=chosen["score"], rejected_score=rejected["score"],
-                   chosen_chars=chosen["n_chars"], rejected_chars=rejected["n_chars"],
-                   chosen_elo=hi["elo"], rejected_elo=lo["elo"], status="kept", reason="ok")
+        row = dict(
+            base,
+            chosen_id=chosen["judgement_id"],
+            rejected_id=rejected["judgement_id"],
+            chosen_score=chosen["score"],
+            rejected_score=rejected["score"],
+            chosen_chars=chosen["n_chars"],
+            rejected_chars=rejected["n_chars"],
+            chosen_elo=hi["elo"],
+            rejected_elo=lo["elo"],
+            status="kept",
+            reason="ok",
+        )
         if max_chars is not None and chosen["n_chars"] > max_chars:
             row.update(status="dropped", reason=f"chosen_longer_than_{int(max_chars)}_chars")
         elif cfg.drop_same_score and abs(chosen["score"] - rejected["score"]) <= EPS:
@@ -144,7 +210,9 @@ def _pick_elo(ratings: list[dict], which, rng: random.Random) -> dict:
     return rng.choice(tied)
 
 
-def apply_share_cap(actor_rows: list[dict], judge_rows: list[dict], cap: float | None, *, iteration: int, run_seed: int) -> list[dict]:
+def apply_share_cap(
+    actor_rows: list[dict], judge_rows: list[dict], cap: float | None, *, iteration: int, run_seed: int
+) -> list[dict]:
     """Drop kept judge pairs (seeded choice) until they are at most `cap` of all kept pairs."""
     kept = [r for r in judge_rows if r["status"] == "kept"]
     if cap is None or not kept:
@@ -155,5 +223,9 @@ def apply_share_cap(actor_rows: list[dict], judge_rows: list[dict], cap: float |
         return judge_rows
     rng = random.Random(derive_seed(run_seed, iteration, "share_cap"))
     keep_ids = {r["pair_id"] for r in rng.sample(sorted(kept, key=lambda r: r["pair_id"]), allowed)}
-    return [dict(r, status="dropped", reason=f"judge_share_cap_{cap:g}") if r["status"] == "kept" and r["pair_id"] not in keep_ids else r
-            for r in judge_rows]
+    return [
+        dict(r, status="dropped", reason=f"judge_share_cap_{cap:g}")
+        if r["status"] == "kept" and r["pair_id"] not in keep_ids
+        else r
+        for r in judge_rows
+    ]

@@ -18,11 +18,25 @@ from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template, judge_prompt
-from mrtk.training import accumulation, fit_and_merge, lora_config, metrics_callback, quiet, stop_after_epochs, trainer_args, use_bf16
+from mrtk.training import (
+    accumulation,
+    fit_and_merge,
+    lora_config,
+    metrics_callback,
+    quiet,
+    stop_after_epochs,
+    trainer_args,
+    use_bf16,
+)
 
 
-def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: dict[str, dict],
-                        judgements: dict[str, dict], judge_template: Template) -> list[dict]:
+def examples_from_pairs(
+    kept: list[dict],
+    questions: dict[str, str],
+    responses: dict[str, dict],
+    judgements: dict[str, dict],
+    judge_template: Template,
+) -> list[dict]:
     """Kept pair rows -> DPO examples in chat format.
 
     An actor pair trains on (user prompt -> chosen / rejected response); a judge pair on
@@ -36,9 +50,15 @@ def examples_from_pairs(kept: list[dict], questions: dict[str, str], responses: 
         else:
             prompt = judge_prompt(judge_template, questions[p["prompt_id"]], responses[p["response_id"]]["text"])
             chosen, rejected = judgements[p["chosen_id"]]["text"], judgements[p["rejected_id"]]["text"]
-        examples.append({"pair_id": p["pair_id"], "kind": p["kind"], "prompt": [{"role": "user", "content": prompt}],
-                         "chosen": [{"role": "assistant", "content": chosen}],
-                         "rejected": [{"role": "assistant", "content": rejected}]})
+        examples.append(
+            {
+                "pair_id": p["pair_id"],
+                "kind": p["kind"],
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
     return examples
 
 
@@ -88,13 +108,27 @@ def smoothed_losses(loss_types: list[str], eps: float) -> tuple[list[str], list[
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
     per_process = math.ceil(n_pairs / cfg.num_processes)  # each process gets its shard of the pairs
-    steps = math.ceil(math.ceil(per_process / cfg.micro_batch_size) / accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.num_processes))
+    steps = math.ceil(
+        math.ceil(per_process / cfg.micro_batch_size)
+        / accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.num_processes)
+    )
     return steps * at(cfg.epochs, iteration)
 
 
-def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration: int, seed: int, device: str,
-              work_dir: Path, on_step=None, run_name: str | None = None, tracker_dir: Path | None = None,
-              sharded_save_to: Path | None = None):
+def train_dpo(
+    model_dir: str,
+    examples: list[dict],
+    cfg: TrainCfg,
+    *,
+    iteration: int,
+    seed: int,
+    device: str,
+    work_dir: Path,
+    on_step=None,
+    run_name: str | None = None,
+    tracker_dir: Path | None = None,
+    sharded_save_to: Path | None = None,
+):
     """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats).
     `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there."""
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -109,30 +143,58 @@ def train_dpo(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration:
     metrics: list[dict] = []
     loss_types, loss_weights, smoothing = smoothed_losses(list(cfg.loss_type), cfg.label_smoothing)
     args = DPOConfig(
-        **trainer_args(work_dir=work_dir, micro_batch_size=cfg.micro_batch_size, batch_size=cfg.batch_size, epochs=horizon,
-                       lr=cfg.lr, seed=seed, device=device, bf16=use_bf16(cfg.bf16, device)),
-        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        beta=cfg.beta, loss_type=loss_types, loss_weights=loss_weights, precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
-        gradient_checkpointing=cfg.gradient_checkpointing, label_smoothing=smoothing,
+        **trainer_args(
+            work_dir=work_dir,
+            micro_batch_size=cfg.micro_batch_size,
+            batch_size=cfg.batch_size,
+            epochs=horizon,
+            lr=cfg.lr,
+            seed=seed,
+            device=device,
+            bf16=use_bf16(cfg.bf16, device),
+        ),
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
+        beta=cfg.beta,
+        loss_type=loss_types,
+        loss_weights=loss_weights,
+        precompute_ref_log_probs=epochs > 1 if cfg.precompute_ref_log_probs is None else cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        label_smoothing=smoothing,
     )
     if cfg.report_to:
         args.report_to = list(cfg.report_to)
         args.run_name = f"{run_name}-dpo-it{iteration}" if run_name else None
     data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
     try:
-        trainer = quiet(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    peft_config=lora_config(cfg.lora),
-                                    callbacks=[metrics_callback(metrics, iteration, on_step), stop_after_epochs(epochs)])
+        trainer = quiet(DPOTrainer)(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg.lora),
+            callbacks=[metrics_callback(metrics, iteration, on_step), stop_after_epochs(epochs)],
+        )
     except ValueError as e:
-        raise MrtkError(f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section") from None
+        raise MrtkError(
+            f"train: TRL rejected the setup ({' '.join(str(e).split())[:200]}); check the train section"
+        ) from None
     if len(trainer.train_dataset) != len(examples):
-        raise MrtkError(f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set")
+        raise MrtkError(
+            f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set"
+        )
     merged, seconds = fit_and_merge(trainer)
     if sharded_save_to is not None:  # gathers ZeRO-3 / FSDP shards into one directory (collective: every rank calls it)
         trainer.save_model(str(sharded_save_to))
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(sharded_save_to))
-    stats = {"pairs_trained": len(examples), "epochs": epochs, "steps": trainer.state.global_step,
-             "train_seconds": seconds, "bf16": args.bf16, "label_smoothing": cfg.label_smoothing,
-             "label_smoothing_applied": smoothing}
+    stats = {
+        "pairs_trained": len(examples),
+        "epochs": epochs,
+        "steps": trainer.state.global_step,
+        "train_seconds": seconds,
+        "bf16": args.bf16,
+        "label_smoothing": cfg.label_smoothing,
+        "label_smoothing_applied": smoothing,
+    }
     return merged, tokenizer, metrics, stats

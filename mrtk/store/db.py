@@ -49,8 +49,12 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
                 time.sleep(0.05)
                 continue
             if _is_lock_error(e):
-                raise MrtkError(f"database {path} stayed locked by another process for {wait_s:.0f}s; try again, or stop the other writer") from None
-            raise MrtkError(f"cannot open database {path} ({' '.join(str(e).split())[:160]}); is it a DuckDB file written by mrtk?") from None
+                raise MrtkError(
+                    f"database {path} stayed locked by another process for {wait_s:.0f}s; try again, or stop the other writer"
+                ) from None
+            raise MrtkError(
+                f"cannot open database {path} ({' '.join(str(e).split())[:160]}); is it a DuckDB file written by mrtk?"
+            ) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -59,8 +63,14 @@ def _jsonable(value: Any) -> Any:
 
 # DuckDB column types -> Arrow types, so Arrow does not infer each column by scanning it (for
 # a million strings, inference was ~15x the typed build); other types are inferred.
-_ARROW_TYPES = {"VARCHAR": pa.string(), "JSON": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(),
-                "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
+_ARROW_TYPES = {
+    "VARCHAR": pa.string(),
+    "JSON": pa.string(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+}
 
 
 def _column(values: list, duck_type: str | None = None) -> pa.Array:
@@ -109,8 +119,10 @@ class Database:
             except duckdb.Error:
                 pass
             if isinstance(e, duckdb.Error) and is_write_failure(e):
-                raise MrtkError(f"writing {self.path} failed ({' '.join(str(e).split())[-120:]}); the last transaction was "
-                                f"rolled back and nothing before it is lost: free disk space, then: mrtk run --resume {self.run_dir}") from None
+                raise MrtkError(
+                    f"writing {self.path} failed ({' '.join(str(e).split())[-120:]}); the last transaction was "
+                    f"rolled back and nothing before it is lost: free disk space, then: mrtk run --resume {self.run_dir}"
+                ) from None
             raise
         finally:
             con.close()
@@ -120,11 +132,15 @@ class Database:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         known = [name for name, _ in MIGRATIONS]
         with self.tx() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)").fetchall()
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
+            ).fetchall()
             applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
             newer = sorted(set(applied) - set(known))
             if newer:
-                raise MrtkError(f"database {self.path} has schema {newer[-1]}, newer than this mrtk knows ({known[-1]}); upgrade mrtk to open it")
+                raise MrtkError(
+                    f"database {self.path} has schema {newer[-1]}, newer than this mrtk knows ({known[-1]}); upgrade mrtk to open it"
+                )
             done = []
             for name, sql in MIGRATIONS:
                 if name not in applied:
@@ -138,7 +154,11 @@ class Database:
         """Bulk insert by column name; rows whose primary key exists are skipped (idempotent)."""
         if not rows:
             return 0
-        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]).fetchall())
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+        )
         data = pa.table({c: _column(values, types.get(c)) for c, values in _columns(rows).items()})
         con.register("_mrtk_rows", data)
         try:
@@ -156,7 +176,9 @@ class Database:
     def write_replace(self, table: str, key: str, rows: list[dict]) -> int:
         """Insert rows, replacing any stored rows with the same `key` (one transaction)."""
         with self.tx() as con:
-            con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))", [[r[key] for r in rows]]).fetchall()
+            con.execute(
+                f"DELETE FROM {table} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))", [[r[key] for r in rows]]
+            ).fetchall()
             return self.insert(con, table, rows)
 
     def fetch(self, sql: str, params: list | None = None) -> list[dict]:

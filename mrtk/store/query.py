@@ -22,7 +22,7 @@ from mrtk.store.db import open_readonly
 
 def run_query(db: Path, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
     if not sql.strip():
-        raise MrtkError("query: empty SQL; pass a statement, e.g. mrtk query \"select count(*) from judgements\"")
+        raise MrtkError('query: empty SQL; pass a statement, e.g. mrtk query "select count(*) from judgements"')
     con = open_readonly(db)
     try:
         cur = con.execute(sql, params or None)
@@ -33,7 +33,9 @@ def run_query(db: Path, sql: str, params: dict | None = None) -> tuple[list[str]
     except duckdb.Error as e:
         msg = " ".join(str(e).split())
         if "read-only" in msg.lower() or "read only" in msg.lower():
-            raise MrtkError("query: the run database is read-only to `mrtk query`; use SELECT statements only") from None
+            raise MrtkError(
+                "query: the run database is read-only to `mrtk query`; use SELECT statements only"
+            ) from None
         raise MrtkError(f"query: {msg[:300]}") from None
     finally:
         con.close()

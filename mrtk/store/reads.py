@@ -51,14 +51,17 @@ def stored_config(con) -> dict:
 
 
 def responses_in(con, its: list[int]) -> list[dict]:
-    return _q(con, "SELECT response_id, prompt_id, iteration, n_chars, is_duplicate FROM responses WHERE list_contains($its, iteration)",
-              {"its": its})
+    return _q(
+        con,
+        "SELECT response_id, prompt_id, iteration, n_chars, is_duplicate FROM responses WHERE list_contains($its, iteration)",
+        {"its": its},
+    )
 
 
 _SET_ROWS = {  # a judge set's rows, from the table its kind writes (pairwise sets are all source 'rejudge', see _SETS)
     "pointwise": f"SELECT iteration, prompt_id, response_id, score, parse_status FROM judgements WHERE {_IN_SET} AND source = $source",
     "pairwise": f"SELECT iteration, prompt_id, response_a, response_b, verdict, winner, parse_status FROM pairwise_judgements "
-                f"WHERE {_IN_SET} AND $source = 'rejudge'",
+    f"WHERE {_IN_SET} AND $source = 'rejudge'",
 }
 
 
@@ -72,14 +75,25 @@ def run_summary(db: Path) -> dict:
     """`mrtk runs`: status, iterations done of planned, loop judgements and unparsed, kept pairs, last DPO loss."""
     con = open_readonly(db, wait_s=5)
     try:
-        status, done_its, planned = con.execute("SELECT status, (SELECT count(*) FROM lineage), iterations FROM runs").fetchall()[0]
-        n, unparsed = con.execute("SELECT count(*), count(*) - count(score) FROM judgements WHERE source = 'loop'").fetchall()[0]
+        status, done_its, planned = con.execute(
+            "SELECT status, (SELECT count(*) FROM lineage), iterations FROM runs"
+        ).fetchall()[0]
+        n, unparsed = con.execute(
+            "SELECT count(*), count(*) - count(score) FROM judgements WHERE source = 'loop'"
+        ).fetchall()[0]
         kept = con.execute("SELECT count(*) FROM pairs WHERE status = 'kept'").fetchall()[0][0]
         loss = con.execute("SELECT arg_max(loss, iteration * 100000 + step) FROM train_metrics").fetchall()[0][0]
     finally:
         con.close()
-    return {"run": db.parent.name, "status": status, "iterations": f"{done_its}/{planned}", "judgements": n,
-            "unparsed": unparsed, "pairs": kept, "loss": "-" if loss is None else f"{loss:.3f}"}
+    return {
+        "run": db.parent.name,
+        "status": status,
+        "iterations": f"{done_its}/{planned}",
+        "judgements": n,
+        "unparsed": unparsed,
+        "pairs": kept,
+        "loss": "-" if loss is None else f"{loss:.3f}",
+    }
 
 
 def _has_table(con, name: str) -> bool:
@@ -91,21 +105,36 @@ def report_data(run_dir: Path) -> dict:
     with reading(run_dir) as con:
         d = {
             "run": _q(con, "SELECT * FROM runs")[0],
-            "lineage": _q(con, "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1"),
-            "stages": _q(con, "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at"),
+            "lineage": _q(
+                con,
+                "SELECT iteration, base_model, output_model, pairs_in, pairs_trained, pairs_dropped_too_long FROM lineage ORDER BY 1",
+            ),
+            "stages": _q(
+                con,
+                "SELECT iteration, stage, status, round(seconds, 1) AS seconds FROM stages ORDER BY iteration, started_at",
+            ),
             "scores": _q(con, "SELECT iteration, score FROM judgements WHERE score IS NOT NULL AND source = 'loop'"),
-            "unparsed": _q(con, "SELECT iteration, sum(judgements) AS n, sum(unparsed) AS unparsed FROM iteration_judge_scores "
-                                "WHERE source = 'loop' GROUP BY 1 ORDER BY 1"),
+            "unparsed": _q(
+                con,
+                "SELECT iteration, sum(judgements) AS n, sum(unparsed) AS unparsed FROM iteration_judge_scores "
+                "WHERE source = 'loop' GROUP BY 1 ORDER BY 1",
+            ),
             "lengths": _q(con, "SELECT iteration, n_chars FROM responses WHERE NOT is_duplicate"),
             "pairs": _q(con, "SELECT iteration, kind, status, reason, n FROM iteration_pairs ORDER BY ALL"),
-            "pair_lengths": _q(con, """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected
-                                       FROM pairs WHERE status = 'kept' GROUP BY ALL ORDER BY ALL"""),
+            "pair_lengths": _q(
+                con,
+                """SELECT iteration, kind, avg(chosen_chars) AS chosen, avg(rejected_chars) AS rejected
+                                       FROM pairs WHERE status = 'kept' GROUP BY ALL ORDER BY ALL""",
+            ),
             "train": _q(con, "SELECT iteration, step, loss, reward_margin FROM train_metrics ORDER BY iteration, step"),
-            "meta_bias": _q(con, """SELECT iteration, first_position_share, higher_score_share, verdicts AS n
-                                    FROM iteration_meta_bias WHERE verdicts > 0 ORDER BY 1"""),
-            "elo": _q(con, "SELECT iteration, response_id, max(elo) - min(elo) AS spread FROM elo GROUP BY ALL ORDER BY ALL"),
+            "meta_bias": _q(
+                con,
+                """SELECT iteration, first_position_share, higher_score_share, verdicts AS n
+                                    FROM iteration_meta_bias WHERE verdicts > 0 ORDER BY 1""",
+            ),
+            "elo": _q(
+                con, "SELECT iteration, response_id, max(elo) - min(elo) AS spread FROM elo GROUP BY ALL ORDER BY ALL"
+            ),
             "eval": _q(con, "SELECT * FROM eval_results ORDER BY 1") if _has_table(con, "eval_results") else [],
         }
     return d
-
-

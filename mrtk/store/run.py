@@ -35,7 +35,9 @@ class RunStore(Database):
 
     def set_status(self, status: str, error: str | None = None) -> None:
         with self.tx() as con:
-            con.execute("UPDATE runs SET status = ?, updated_at = ?, error = ?", [status, datetime.now(), error]).fetchall()
+            con.execute(
+                "UPDATE runs SET status = ?, updated_at = ?, error = ?", [status, datetime.now(), error]
+            ).fetchall()
 
     def record_generation_dtype(self, dtype: str | None, why: str) -> None:
         with self.tx() as con:
@@ -44,8 +46,21 @@ class RunStore(Database):
     def record_templates(self, templates) -> None:
         """The templates whose hashes rows carry (name, role, score range, body): the metric views
         read a judge's top score from its range. Idempotent by hash."""
-        self.write("templates", [{"template_hash": t.hash, "name": t.name, "role": t.role, "parser": t.parser,
-                                  "score_low": t.score_range[0], "score_high": t.score_range[1], "body": t.body} for t in templates])
+        self.write(
+            "templates",
+            [
+                {
+                    "template_hash": t.hash,
+                    "name": t.name,
+                    "role": t.role,
+                    "parser": t.parser,
+                    "score_low": t.score_range[0],
+                    "score_high": t.score_range[1],
+                    "body": t.body,
+                }
+                for t in templates
+            ],
+        )
 
     def record_serving(self, serving: dict) -> None:
         """What a served backend reported at attach (versions, whether seeds are honoured)."""
@@ -54,7 +69,9 @@ class RunStore(Database):
 
     # -- stages -----------------------------------------------------------------------------
     def stage_done(self, it: int, name: str) -> bool:
-        return bool(self.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name]))
+        return bool(
+            self.fetch("SELECT 1 FROM stages WHERE iteration = ? AND stage = ? AND status = 'done'", [it, name])
+        )
 
     @contextmanager
     def stage(self, it: int, name: str, on_end=lambda: None):
@@ -69,7 +86,9 @@ class RunStore(Database):
         t0 = time.time()
         with self.tx() as con:
             con.execute("DELETE FROM stages WHERE iteration = ? AND stage = ?", [it, name]).fetchall()
-            self.insert(con, "stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}])
+            self.insert(
+                con, "stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}]
+            )
         try:
             yield
             on_end()
@@ -82,9 +101,13 @@ class RunStore(Database):
     def _end_stage(self, it: int, name: str, status: str, seconds: float, error: str | None) -> None:
         try:
             with self.tx() as con:
-                con.execute("UPDATE stages SET status = ?, finished_at = ?, seconds = ?, error = ? WHERE iteration = ? AND stage = ?",
-                            [status, datetime.now(), seconds, error, it, name]).fetchall()
-        except MrtkError:  # the failure was the database itself (disk full): the run row says so, the stage stays `running`
+                con.execute(
+                    "UPDATE stages SET status = ?, finished_at = ?, seconds = ?, error = ? WHERE iteration = ? AND stage = ?",
+                    [status, datetime.now(), seconds, error, it, name],
+                ).fetchall()
+        except (
+            MrtkError
+        ):  # the failure was the database itself (disk full): the run row says so, the stage stays `running`
             if status == "done":
                 raise
 
@@ -94,7 +117,10 @@ class RunStore(Database):
 
     def all_prompts(self) -> dict[tuple[int, str], str]:
         """(iteration, prompt_id) -> text, every iteration."""
-        return {(r["iteration"], r["prompt_id"]): r["text"] for r in self.fetch("SELECT iteration, prompt_id, text FROM prompts")}
+        return {
+            (r["iteration"], r["prompt_id"]): r["text"]
+            for r in self.fetch("SELECT iteration, prompt_id, text FROM prompts")
+        }
 
     def responses(self, it: int) -> list[dict]:
         return self.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
@@ -103,53 +129,81 @@ class RunStore(Database):
         return self.fetch("SELECT * FROM anchor_responses WHERE iteration = ? ORDER BY response_id", [it])
 
     def responses_by_id(self, ids: list[str]) -> dict[str, dict]:
-        return {r["response_id"]: r for r in self.fetch("SELECT * FROM responses WHERE response_id IN (SELECT unnest(?))", [ids])}
+        return {
+            r["response_id"]: r
+            for r in self.fetch("SELECT * FROM responses WHERE response_id IN (SELECT unnest(?))", [ids])
+        }
 
     def response_iterations(self) -> list[int]:
         return [r["iteration"] for r in self.fetch("SELECT DISTINCT iteration FROM responses ORDER BY 1")]
 
     def answered_prompts(self, it: int) -> set[str]:
-        return {r["prompt_id"] for r in self.fetch("SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", [it])}
+        return {
+            r["prompt_id"] for r in self.fetch("SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", [it])
+        }
 
     def loop_judgements(self, it: int, template_hash: str) -> list[dict]:
-        return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
-                          [it, template_hash])
+        return self.fetch(
+            "SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
+            [it, template_hash],
+        )
 
     def keyed_judgements(self, it: int, key: str) -> list[dict]:
         """Iteration `it`'s judgements under a re-judgement key (stages.judge.Judging.key)."""
-        return self.fetch("SELECT * FROM judgements WHERE iteration = ? AND judgement_id LIKE ? ORDER BY judgement_id", [it, _keyed(key)])
+        return self.fetch(
+            "SELECT * FROM judgements WHERE iteration = ? AND judgement_id LIKE ? ORDER BY judgement_id",
+            [it, _keyed(key)],
+        )
 
     def judged_ids(self, table: str, it: int, key: str) -> set[str]:
         """The row ids of `table` (judgements or pairwise_judgements) written in iteration `it` under
         a judging key (stages.judge.Judging.key: the template hash of the loop's rows, or a re-judgement key)."""
         if table not in ("judgements", "pairwise_judgements"):
             raise ValueError(f"{table} is not a judgement table")
-        return {r["judgement_id"] for r in self.fetch(f"SELECT judgement_id FROM {table} WHERE iteration = ? AND judgement_id LIKE ?",
-                                                      [it, f"%{key}/j%"])}
+        return {
+            r["judgement_id"]
+            for r in self.fetch(
+                f"SELECT judgement_id FROM {table} WHERE iteration = ? AND judgement_id LIKE ?", [it, f"%{key}/j%"]
+            )
+        }
 
-    def mean_scores(self, ids: list[str], *, it: int | None = None, template_hash: str | None = None,
-                    key: str | None = None) -> dict[str, float]:
+    def mean_scores(
+        self, ids: list[str], *, it: int | None = None, template_hash: str | None = None, key: str | None = None
+    ) -> dict[str, float]:
         """response_id -> mean parsed score of these responses: the loop's judgements (under
         `template_hash` when given), or those of a re-judgement `key`; in iteration `it` when given."""
         where, params = ["score IS NOT NULL", "response_id IN (SELECT unnest(?))"], [ids]
-        for clause, value in (("iteration = ?", it), ("template_hash = ?", template_hash), ("judgement_id LIKE ?", key and _keyed(key))):
+        for clause, value in (
+            ("iteration = ?", it),
+            ("template_hash = ?", template_hash),
+            ("judgement_id LIKE ?", key and _keyed(key)),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         if key is None:
             where.append("source = 'loop'")
-        got = self.fetch(f"SELECT response_id, avg(score) AS s FROM judgements WHERE {' AND '.join(where)} GROUP BY 1", params)
+        got = self.fetch(
+            f"SELECT response_id, avg(score) AS s FROM judgements WHERE {' AND '.join(where)} GROUP BY 1", params
+        )
         return {r["response_id"]: r["s"] for r in got}
 
     def meta_judged(self, it: int, template_hash: str) -> set[tuple[str, str]]:
-        return {(m["judgement_a"], m["judgement_b"]) for m in self.fetch(
-            "SELECT judgement_a, judgement_b FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])}
+        return {
+            (m["judgement_a"], m["judgement_b"])
+            for m in self.fetch(
+                "SELECT judgement_a, judgement_b FROM meta_judgements WHERE iteration = ? AND template_hash = ?",
+                [it, template_hash],
+            )
+        }
 
     def meta_judgements(self, it: int, template_hash: str | None = None) -> list[dict]:
         """Iteration `it`'s meta-judgements (of one template when given)."""
         if template_hash is None:
             return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ?", [it])
-        return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash])
+        return self.fetch(
+            "SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash]
+        )
 
     def run_row(self) -> dict:
         """The run's own row: status, stored config, when it was created and last updated."""
@@ -161,18 +215,29 @@ class RunStore(Database):
         return (json.loads(stats) if isinstance(stats, str) else stats) or {}
 
     def kept_pairs(self, it: int, kind: str | None = None) -> list[dict]:
-        sql = "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept'" + (" AND kind = ?" if kind else "") + " ORDER BY pair_id"
+        sql = (
+            "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept'"
+            + (" AND kind = ?" if kind else "")
+            + " ORDER BY pair_id"
+        )
         return self.fetch(sql, [it] + ([kind] if kind else []))
 
     def pair_iterations(self, kind: str) -> list[int]:
         """Iterations with kept pairs of this kind."""
-        return [r["iteration"] for r in self.fetch("SELECT DISTINCT iteration FROM pairs WHERE kind = ? AND status = 'kept' ORDER BY 1", [kind])]
+        return [
+            r["iteration"]
+            for r in self.fetch(
+                "SELECT DISTINCT iteration FROM pairs WHERE kind = ? AND status = 'kept' ORDER BY 1", [kind]
+            )
+        ]
 
     def drop_pairs(self, reasons: dict[str, str]) -> None:
         """Mark kept pairs dropped (pair_id -> reason), e.g. too long to train on."""
         with self.tx() as con:
             for pair_id, reason in reasons.items():
-                con.execute("UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]).fetchall()
+                con.execute(
+                    "UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]
+                ).fetchall()
 
     def replace_iteration(self, table: str, it: int, rows: list[dict]) -> None:
         """An iteration's derived rows (elo, pairs), replaced whole in one transaction."""
@@ -190,30 +255,67 @@ class RunStore(Database):
         spread, top-score share, unparsed share), responses, meta-judge biases (first position,
         higher score), pairs by kind/status/reason, DPO's first and last loss."""
         q = self.fetch
-        j = (q("""SELECT judgements AS n, parsed, mean_score, score_sd AS sd, top_score_share AS top, unparsed_share AS unparsed
-                  FROM iteration_judge_scores WHERE iteration = ? AND source = 'loop'""", [it]) or
-             [{"n": 0, "parsed": 0, "mean_score": None, "sd": None, "top": None, "unparsed": None}])[0]
-        r = q("SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?", [it])[0]
-        m = (q("""SELECT battles AS n, verdicts AS parsed, first_position_share AS first_pos, higher_score_share
-                  FROM iteration_meta_bias WHERE iteration = ?""", [it]) or
-             [{"n": 0, "parsed": 0, "first_pos": None, "higher_score_share": None}])[0]
+        j = (
+            q(
+                """SELECT judgements AS n, parsed, mean_score, score_sd AS sd, top_score_share AS top, unparsed_share AS unparsed
+                  FROM iteration_judge_scores WHERE iteration = ? AND source = 'loop'""",
+                [it],
+            )
+            or [{"n": 0, "parsed": 0, "mean_score": None, "sd": None, "top": None, "unparsed": None}]
+        )[0]
+        r = q(
+            "SELECT count(*) AS n, avg(n_chars) AS mean_chars, sum(is_duplicate::INT) AS dups FROM responses WHERE iteration = ?",
+            [it],
+        )[0]
+        m = (
+            q(
+                """SELECT battles AS n, verdicts AS parsed, first_position_share AS first_pos, higher_score_share
+                  FROM iteration_meta_bias WHERE iteration = ?""",
+                [it],
+            )
+            or [{"n": 0, "parsed": 0, "first_pos": None, "higher_score_share": None}]
+        )[0]
         reasons = q("SELECT kind, status, reason, n FROM iteration_pairs WHERE iteration = ? ORDER BY ALL", [it])
-        t = q("""SELECT arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss,
+        t = q(
+            """SELECT arg_min(loss, step) AS first_loss, arg_max(loss, step) AS last_loss,
                         arg_max(reward_margin, step) AS last_margin, count(*) AS steps
-                 FROM train_metrics WHERE iteration = ?""", [it])[0]
+                 FROM train_metrics WHERE iteration = ?""",
+            [it],
+        )[0]
         return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t}
 
     # -- models -------------------------------------------------------------------------------
-    def record_training(self, it: int, base: str, out: Path, metrics: list[dict], stats: dict, n_in: int, n_trained: int,
-                        n_too_long: int) -> None:
+    def record_training(
+        self,
+        it: int,
+        base: str,
+        out: Path,
+        metrics: list[dict],
+        stats: dict,
+        n_in: int,
+        n_trained: int,
+        n_too_long: int,
+    ) -> None:
         """What iteration `it` trained (lineage) and its per-step metrics, replacing a partial record."""
         with self.tx() as con:
             con.execute("DELETE FROM train_metrics WHERE iteration = ?", [it]).fetchall()
             self.insert(con, "train_metrics", metrics)
-            self.insert(con, "lineage", [{
-                "iteration": it, "base_model": self.in_run(base), "output_model": self.in_run(out), "pairs_in": n_in,
-                "pairs_trained": n_trained, "pairs_dropped_too_long": n_too_long, "stats": stats,
-                "finished_at": datetime.now()}])
+            self.insert(
+                con,
+                "lineage",
+                [
+                    {
+                        "iteration": it,
+                        "base_model": self.in_run(base),
+                        "output_model": self.in_run(out),
+                        "pairs_in": n_in,
+                        "pairs_trained": n_trained,
+                        "pairs_dropped_too_long": n_too_long,
+                        "stats": stats,
+                        "finished_at": datetime.now(),
+                    }
+                ],
+            )
 
     def output_model(self, it: int) -> Path | None:
         """The model directory iteration `it` trained (stored relative to the run: runs can move)."""
@@ -233,20 +335,41 @@ class RunStore(Database):
     # -- evals --------------------------------------------------------------------------------
     def eval_outputs(self, name: str, it: int) -> dict[str, dict]:
         """example_id -> the policy's stored answer for one eval and model iteration."""
-        return {r["example_id"]: r for r in self.fetch("SELECT * FROM eval_outputs WHERE eval = ? AND iteration = ?", [name, it])}
+        return {
+            r["example_id"]: r
+            for r in self.fetch("SELECT * FROM eval_outputs WHERE eval = ? AND iteration = ?", [name, it])
+        }
 
     def eval_items(self, name: str, it: int, judge: str | None = None) -> list[dict]:
         """Judged items of one eval and model iteration (one judge's, when given), by item id."""
-        sql = "SELECT * FROM eval_items WHERE eval = ? AND iteration = ?" + (" AND judge = ?" if judge is not None else "") + " ORDER BY item_id"
+        sql = (
+            "SELECT * FROM eval_items WHERE eval = ? AND iteration = ?"
+            + (" AND judge = ?" if judge is not None else "")
+            + " ORDER BY item_id"
+        )
         return self.fetch(sql, [name, it] + ([judge] if judge is not None else []))
 
     def record_numbers(self, name: str, it: int, judge: str, numbers: dict[str, tuple], details: dict) -> None:
         """One eval's numbers for a model iteration and judge (metric -> (value, ci_low, ci_high, n)),
         as `eval_results` rows replacing the previous ones."""
-        rows = [{"eval": name, "iteration": it, "judge": judge, "metric": m, "value": v, "ci_low": lo, "ci_high": hi, "n": n,
-                 "details": details} for m, (v, lo, hi, n) in numbers.items()]
+        rows = [
+            {
+                "eval": name,
+                "iteration": it,
+                "judge": judge,
+                "metric": m,
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": n,
+                "details": details,
+            }
+            for m, (v, lo, hi, n) in numbers.items()
+        ]
         with self.tx() as con:
-            con.execute("DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [name, it, judge]).fetchall()
+            con.execute(
+                "DELETE FROM eval_results WHERE eval = ? AND iteration = ? AND judge = ?", [name, it, judge]
+            ).fetchall()
             self.insert(con, "eval_results", rows)
 
     def adopt_probe_items(self, other: Path, iteration: int) -> int:
@@ -258,8 +381,11 @@ class RunStore(Database):
             quoted = str(Path(other).resolve()).replace("'", "''")
             con.execute(f"ATTACH '{quoted}' AS other (READ_ONLY)").fetchall()
             try:
-                n = con.execute("""INSERT INTO eval_items SELECT * FROM other.eval_items o WHERE o.eval LIKE 'probe:%' AND o.iteration = ?
-                                   AND o.item_id NOT IN (SELECT item_id FROM eval_items)""", [iteration]).fetchall()[0][0]
+                n = con.execute(
+                    """INSERT INTO eval_items SELECT * FROM other.eval_items o WHERE o.eval LIKE 'probe:%' AND o.iteration = ?
+                                   AND o.item_id NOT IN (SELECT item_id FROM eval_items)""",
+                    [iteration],
+                ).fetchall()[0][0]
             finally:
                 con.execute("DETACH other").fetchall()
         return n
@@ -270,7 +396,9 @@ class RunStore(Database):
 
     def cached_call(self, key: str) -> dict | None:
         """A successful external call with this key (eval_calls), or None."""
-        rows = self.fetch("SELECT raw_reply, cost_usd, logprobs FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key])
+        rows = self.fetch(
+            "SELECT raw_reply, cost_usd, logprobs FROM eval_calls WHERE call_key = ? AND status = 'ok'", [key]
+        )
         return rows[0] if rows else None
 
     def record_call(self, row: dict) -> None:

@@ -47,7 +47,9 @@ def resolve_saved(name: str, given: dict[str, str]) -> tuple[str, dict[str, str 
     """(SQL, parameters with every declared one present) for `@name`."""
     queries = saved_queries()
     if name not in queries:
-        raise MrtkError(f"no saved query @{name}; saved queries: {', '.join('@' + q for q in queries)} (list them with: mrtk query --list)")
+        raise MrtkError(
+            f"no saved query @{name}; saved queries: {', '.join('@' + q for q in queries)} (list them with: mrtk query --list)"
+        )
     q = queries[name]
     unknown = sorted(set(given) - set(q.params))
     if unknown:
