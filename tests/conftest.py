@@ -149,11 +149,14 @@ def _in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, model_dir) -> Path:
+def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One finished tiny run (2 iterations), made in-process in seconds by the scripted policy and
     DPO step (tests/scripted.py): the real stages, parsing and store, scripted model calls. Its
-    model versions are the embedded model's files linked, so `mrtk eval` / `mrtk judge` on it
-    load and run the real model. `real_run` is the same run on the real model (slow tests)."""
+    model versions are the tiny random model's files linked (SmolLM2's tokenizer and template), so
+    `mrtk eval` / `mrtk judge` on it load and run a real transformers model through the real
+    backend, at a cost that does not depend on the CPU's kind (the embedded model's ~600-token
+    judge prefills took most of a minute per test where fp32 is capped at AVX2). `real_run` is
+    the same run on the real model (slow tests)."""
     from scripted import ScriptedPolicy, scripted_train
 
     from mrtk.config import load_config
@@ -163,7 +166,7 @@ def finished_run(tmp_path_factory, model_dir) -> Path:
 
     work = tmp_path_factory.mktemp("run")
     cfg_path = work / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump(TINY))
+    cfg_path.write_text(yaml.safe_dump({**TINY, "model": tiny_model_dir}))
     cfg = load_config(cfg_path, [])
     inputs = check_inputs(cfg, work)
     store = new_run(inputs.cfg, str(cfg_path), work / "runs")
