@@ -189,8 +189,11 @@ def test_fault_injection_trial_scripted(scripted_baseline, tmp_path):
     assert [r["kill"].split(":")[0] for r in results] == ["db.commit"]
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_fault_injection_three_trials(baseline, tmp_path):
+    """Soak, not slow: on the 2-core AVX2-only EPYC of issue 31 these three real-model trials took
+    933 s plus 270 s for the baseline run, a third of the slow suite there. The slow suite keeps the
+    kill -9 trials on the SGLang path and the scripted ones; `pytest -m soak` runs these."""
     results = run_trials(tmp_path, baseline, trials=3, seed=1)
     assert len(results) == 3
 
