@@ -82,6 +82,12 @@ class PromptsCfg(_Section):
         [],
         description="Your own template directories, searched before the shipped prompts/ (relative paths: beside the config).",
     )
+    heldout: int = Field(
+        0,
+        ge=0,
+        description="Verifiable prompts (with IFEval checks) set aside from the pool, never trained on: every M_t, and "
+        "the final model, answers them with the same seeds, and their pass rate is the run's ground truth (mrtk's).",
+    )
 
 
 class ActorCfg(Sampling):
@@ -419,6 +425,12 @@ class RunConfig(_Section):
         "embedded", description="Generation backend: embedded (transformers, CPU or GPU) or sglang (HTTP)."
     )
     iterations: int = Field(2, ge=1, le=100)
+    rewards: Literal["self", "verifier"] = Field(
+        "self",
+        description="self: the policy judges its own answers (the method). verifier: a CONTROL arm, not the method: "
+        "each answer is scored by its prompt's IFEval checks (5 x the share followed), no judge or meta-judge runs, "
+        "the rest of the loop is unchanged; it needs a pool whose every prompt has checks.",
+    )
     prompts: PromptsCfg = PromptsCfg()
     sft: SftCfg = SftCfg()
     actor: ActorCfg = ActorCfg()
@@ -480,6 +492,18 @@ class RunConfig(_Section):
                 "train.consistency re-judges with the previous model, which runs.keep_models: none-but-final deletes; "
                 "use keep_models: last or all"
             )
+        if self.rewards == "verifier":
+            for bad, why in (
+                (self.pairs.judge_iterations, "pairs.judge_iterations must be [] (no meta-judge runs)"),
+                (self.train.consistency != "off", "train.consistency re-judges with the self-judge; set it off"),
+                (
+                    self.pairs.rejected_from != "current",
+                    "pairs.rejected_from: initial is judged by the self-judge; set current",
+                ),
+                (self.probe.frozen, "probe.frozen re-judges the loop's judgements, which the verifier writes; set 0"),
+            ):
+                if bad:
+                    raise ValueError(f"rewards: verifier (the control arm): {why}")
         for name in ("rho", "max_chosen_chars"):
             if not getattr(self.pairs, name):
                 raise ValueError(f"pairs.{name} must list at least one value")

@@ -66,7 +66,11 @@ def read_jsonl(path: Path, label: str):
 
 
 def load_pool(path: Path) -> list[dict]:
-    """[{prompt_id, text, source}] from a JSONL file, or a MrtkError naming the bad line."""
+    """[{prompt_id, text, source, checks}] from a JSONL file, or a MrtkError naming the bad line.
+    `checks`: the line's IFEval instructions (`instruction_id_list` + `kwargs`, checked to be
+    runnable: mrtk.verify), else None. An IFEval line's `key` is its id."""
+    from mrtk.verify import parse_checks
+
     pool, seen_text, seen_id = [], {}, set()
     for n, obj in read_jsonl(path, "prompts file"):
         text = next((obj[k] for k in TEXT_KEYS if k in obj), None)
@@ -81,11 +85,14 @@ def load_pool(path: Path) -> list[dict]:
                 f"prompts file {path}: line {n} repeats the prompt of line {seen_text[text]}; remove the duplicate"
             )
         seen_text[text] = n
-        pid = str(obj.get("id") or hashlib.sha1(text.encode()).hexdigest()[:12])
+        pid = str(obj.get("id") or obj.get("key") or hashlib.sha1(text.encode()).hexdigest()[:12])
         if pid in seen_id:
             raise MrtkError(f"prompts file {path}: line {n} repeats the id {pid!r}; ids must be unique")
         seen_id.add(pid)
-        pool.append({"prompt_id": pid, "text": text, "source": path.name})
+        checks = parse_checks(obj, f"prompts file {path}: line {n}")
+        pool.append(
+            {"prompt_id": pid, "text": text, "source": path.name, "checks": checks.as_json() if checks else None}
+        )
     if len(pool) < 1:
         raise MrtkError(f'prompts file {path} holds no prompts; add JSON lines like {{"prompt": "..."}}')
     return pool

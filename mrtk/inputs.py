@@ -4,6 +4,7 @@ and (with the tokenizer) every prompt's and the longest meta-judge call's length
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from mrtk.data import load_human_pairs, load_pool, resolve_data_file, resolve_di
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, resolve_model, tokenizer_for
 from mrtk.prompts import Template, bind_meta_judge, load_template
+from mrtk.rows import derive_seed
 from mrtk.stages import sft
 
 
@@ -37,6 +39,7 @@ class Inputs:
     sft: list[dict] | None
     model: str  # the resolved base model directory (or the hub id / "embedded" on a dry run)
     probe: list[dict] = field(default_factory=list)
+    heldout: list[dict] = field(default_factory=list)  # verifiable prompts set aside from `pool` (prompts.heldout)
 
 
 def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer: bool = True) -> Inputs:
@@ -88,10 +91,33 @@ def check_inputs(cfg: RunConfig, config_dir: Path | None = None, load_tokenizer:
         setattr(
             effective, name, with_template_sampling(getattr(cfg, name), template)
         )  # what the run stores is what the stages use
-    inputs = Inputs(cfg=effective, templates=templates, pool=pool, sft=sft_examples, model=model, probe=probe)
+    pool, heldout = split_heldout(pool, cfg.prompts.heldout, cfg.seed, str(cfg.prompts.file))
+    if cfg.rewards == "verifier" and (unchecked := [p["prompt_id"] for p in pool if not p["checks"]]):
+        raise MrtkError(
+            f"rewards: verifier scores answers by their prompts' IFEval checks, but {len(unchecked)} prompts of "
+            f"{cfg.prompts.file} have none (first: {unchecked[0]}); use a verifiable pool (e.g. prompts.file=verifiable_small.jsonl)"
+        )
+    inputs = Inputs(
+        cfg=effective, templates=templates, pool=pool, sft=sft_examples, model=model, probe=probe, heldout=heldout
+    )
     if load_tokenizer:
         check_lengths(inputs)
     return inputs
+
+
+def split_heldout(pool: list[dict], n: int, seed: int, name: str) -> tuple[list[dict], list[dict]]:
+    """(the pool without the held-out slice, the slice): `n` prompts with checks, a seeded choice, in
+    pool order. The slice is never drawn for training."""
+    if n == 0:
+        return pool, []
+    checked = [p for p in pool if p["checks"]]
+    if len(checked) < n or len(pool) <= n:
+        raise MrtkError(
+            f"prompts.heldout={n}: {name} has {len(checked)} prompts with IFEval checks and {len(pool)} in all; the "
+            "slice needs that many checked prompts and leaves at least one to train on; lower prompts.heldout"
+        )
+    chosen = {p["prompt_id"] for p in random.Random(derive_seed(seed, "heldout")).sample(checked, n)}
+    return [p for p in pool if p["prompt_id"] not in chosen], [p for p in pool if p["prompt_id"] in chosen]
 
 
 def pool_warning(cfg: RunConfig, pool: list[dict]) -> str | None:
@@ -113,7 +139,7 @@ def check_lengths(inputs: Inputs) -> None:
     cfg = inputs.cfg
     tok = tokenizer_for(inputs.model)  # the same object the loop then counts prompts and pairs with
     limit = cfg.prompts.max_prompt_tokens
-    for p in inputs.pool:
+    for p in inputs.pool + inputs.heldout:
         prompt_tokens(tok, p, limit)
     context = getattr(AutoConfig.from_pretrained(inputs.model), "max_position_embeddings", None)
     meta = len(tok(inputs.templates.meta_judge.body, add_special_tokens=False)["input_ids"])

@@ -15,6 +15,7 @@ import random
 import shutil
 
 from mrtk import summary, trackers
+from mrtk.evals import truth
 from mrtk.backends import open_policy
 from mrtk.data import prompts_for_iteration
 from mrtk.errors import MrtkError
@@ -24,10 +25,11 @@ from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.plan import switch_lines
 from mrtk.rows import derive_seed
 from mrtk.runs import lifecycle, model_for, run_chunks
-from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train
+from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train, verifier
 from mrtk.store import RunStore
 from mrtk.train_worker import train_iteration
 from mrtk.ui import QuietUI
+from mrtk.verify import Checks
 
 
 class Loop:
@@ -44,6 +46,7 @@ class Loop:
             inputs.sft,
             inputs.probe,
         )
+        self.heldout = inputs.heldout  # verifiable prompts never trained on (prompts.heldout)
 
     def run(self) -> None:
         gc.collect()
@@ -96,12 +99,12 @@ class Loop:
                 with store.stage(it, "anchor", release_memory):
                     anchors, anchor_judgements = self._anchors(it, model, prompts, questions)
 
-            # 2. judge: N judgements of each distinct response
+            # 2. judge: N judgements of each distinct response (rewards: verifier, the control arm: its checks)
             with store.stage(it, "judge", release_memory):
-                job = judge.Judging(self.t.judge, cfg.judge)
+                job = self._judging(prompts)
                 todo = job.missing(responses, store.judged_ids(job.table, it, job.key))
-                self._generate(it, model, "judge", todo, cfg.judge.n, job.table, job.run, questions)
-            judgements = store.loop_judgements(it, self.t.judge.hash)
+                self._generate(it, model, "judge", todo, job.n, job.table, job.run, questions)
+            judgements = store.loop_judgements(it, job.key)
 
             # judge health (optional): M_t judges human-labelled pairs and a frozen set of responses
             if cfg.probe.file or cfg.probe.frozen:
@@ -137,10 +140,21 @@ class Loop:
                     )
                 store.replace_iteration("pairs", it, rows)
 
+            # ground truth (prompts with IFEval checks): verdicts, M_t on the held-out slice, the numbers
+            if any(p["checks"] for p in prompts) or self.heldout:
+                with store.stage(it, "truth", release_memory):
+                    self._truth(it, model, prompts, judgements)
+
             # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
             with store.stage(it, "train", release_memory):
                 self._train(it, model, questions, responses + (anchors or []), judgements, smoothing)
             self._after_iteration(it)
+        final = cfg.iterations + 1  # the trained model answers the held-out slice too
+        if self.heldout and not store.stage_done(final, "truth"):
+            with store.stage(final, "truth", release_memory):
+                numbers = self._heldout(final, model_for(store, cfg, f"M{final}"))
+                store.record_numbers(truth.EVAL, final, "heldout", numbers, {"prompts": len(self.heldout)})
+                self.ui.info(truth.line(f"M{final}", numbers))
 
     # -- the stages' bodies -------------------------------------------------------------------
     def _generate(
@@ -224,6 +238,72 @@ class Loop:
         self.store.replace_iteration("elo", it, elo)
         return elo
 
+    def _judging(self, prompts: list[dict]):
+        """The judge stage's job: the self-judge (the method), or the IFEval checks (rewards: verifier, a control)."""
+        if self.cfg.rewards == "verifier":
+            return verifier.VerifierJudging(prompts)
+        return judge.Judging(self.t.judge, self.cfg.judge)
+
+    def _truth(self, it: int, model: str, prompts: list[dict], judgements: list[dict]) -> None:
+        """Iteration t against the truth: each checked response's verdict (string work), M_t on the
+        held-out slice, and the numbers (evals/truth.py) as eval `truth` rows of iteration t."""
+        checked = {p["prompt_id"]: p for p in prompts if p["checks"]}
+        self.store.write(
+            "verdicts",
+            [
+                verifier.verdict_row(
+                    r, "loop", checked[r["prompt_id"]]["text"], Checks.from_json(checked[r["prompt_id"]]["checks"])
+                )
+                for r in self.store.responses(it)
+                if r["prompt_id"] in checked
+            ],
+        )
+        numbers = truth.iteration_numbers(
+            self.store.verdicts(it, "loop"),
+            judgements,
+            self.store.meta_judgements(it, self.t.meta_judge.hash),
+            self.store.kept_pairs(it, "actor"),
+        )
+        if self.heldout:
+            numbers |= self._heldout(it, model)
+        who = verifier.KEY if self.cfg.rewards == "verifier" else self.t.judge.name
+        self.store.record_numbers(truth.EVAL, it, who, numbers, {"prompts": len(checked), "heldout": len(self.heldout)})
+        self.ui.info(truth.line(f"M{it}", numbers))
+
+    def _heldout(self, it: int, model: str) -> dict:
+        """M_it's answers to the held-out slice (only the missing ones; seeds shared by every model), their
+        verdicts, and the slice's numbers with the paired change from M1 and M_{it-1}."""
+        have = {r["prompt_id"] for r in self.store.heldout_responses(it)}
+        self._generate(
+            it,
+            model,
+            "held-out",
+            [p for p in self.heldout if p["prompt_id"] not in have],
+            self.cfg.actor.k,
+            "heldout_responses",
+            actor.run_actor,
+            self.cfg.actor,
+            self.t.actor,
+            kind="heldout",
+        )
+        by_id = {p["prompt_id"]: p for p in self.heldout}
+        self.store.write(
+            "verdicts",
+            [
+                verifier.verdict_row(
+                    r, "heldout", by_id[r["prompt_id"]]["text"], Checks.from_json(by_id[r["prompt_id"]]["checks"])
+                )
+                for r in self.store.heldout_responses(it)
+            ],
+        )
+        now = self.store.verdicts(it, "heldout")
+        earlier = it > 1
+        return truth.heldout_numbers(
+            now,
+            self.store.verdicts(1, "heldout") if earlier else None,
+            self.store.verdicts(it - 1, "heldout") if earlier else None,
+        )
+
     def _anchors(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
         """M1's K samples of iteration t's prompts (generated once: only prompts without them), and
         M_t's judgements of them (source 'anchor', keyed by M_t)."""
@@ -239,7 +319,7 @@ class Loop:
             self.cfg.actor,
             self.t.actor,
             version="M1",
-            anchor=True,
+            kind="anchor",
         )
         anchors = self.store.anchor_responses(it)
         job = judge.Judging(self.t.judge, self.cfg.judge, source="anchor", model_version=f"M{it}")

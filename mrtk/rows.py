@@ -17,9 +17,13 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
 
 
-def response_id(iteration: int, prompt_id: str, k: int, anchor: bool = False) -> str:
-    """A response of M_t (`r`), or an anchor: M1's sample of iteration t's prompt (`a`, pairs.rejected_from: initial)."""
-    return f"it{iteration}/{prompt_id}/{'a' if anchor else 'r'}{k}"
+RESPONSE_KINDS = {"actor": "r", "anchor": "a", "heldout": "h"}
+
+
+def response_id(iteration: int, prompt_id: str, k: int, kind: str = "actor") -> str:
+    """A response of M_t (`r`), an anchor: M1's sample of iteration t's prompt (`a`, pairs.rejected_from:
+    initial), or M_t's answer to a held-out verifiable prompt (`h`, prompts.heldout)."""
+    return f"it{iteration}/{prompt_id}/{RESPONSE_KINDS[kind]}{k}"
 
 
 def judgement_id(response_id_: str, template_hash: str, j: int) -> str:

@@ -192,6 +192,11 @@ class Judging:
         return "pairwise_judgements" if self.pairwise else "judgements"
 
     @property
+    def n(self) -> int:
+        """Rows written per unit."""
+        return self.cfg.n
+
+    @property
     def key(self) -> str:
         return (
             self.template.hash

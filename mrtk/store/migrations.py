@@ -152,6 +152,23 @@ CREATE TABLE anchor_responses (
 );
 """
 
+# Ground truth (prompts with IFEval instructions): each prompt's checks; each response's verdict
+# (IFEval's strict and loose checks: string work, recomputable from the text); M_t's answers to the
+# held-out verifiable slice, the same columns as `responses`, kept apart from the loop's rows.
+M008_TRUTH = """
+ALTER TABLE prompts ADD COLUMN checks JSON;
+CREATE TABLE verdicts (
+    response_id VARCHAR PRIMARY KEY, source VARCHAR, iteration INTEGER, prompt_id VARCHAR, strict BOOLEAN, loose BOOLEAN,
+    partial_strict DOUBLE, partial_loose DOUBLE, per_instruction JSON, created_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE heldout_responses (
+    response_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
+    text VARCHAR, n_chars INTEGER, n_tokens INTEGER, finish_reason VARCHAR,
+    is_duplicate BOOLEAN, duplicate_of VARCHAR, template VARCHAR, template_hash VARCHAR,
+    model_version VARCHAR, sampling JSON, seed BIGINT, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
@@ -160,4 +177,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_stage_errors", M005_STAGE_ERRORS),
     ("m006_metric_views", M006_METRIC_VIEWS),
     ("m007_anchors", M007_ANCHORS),
+    ("m008_truth", M008_TRUTH),
 ]

@@ -113,7 +113,9 @@ class RunStore(Database):
 
     # -- what one iteration holds -------------------------------------------------------------
     def prompts(self, it: int) -> list[dict]:
-        return self.fetch("SELECT prompt_id, text FROM prompts WHERE iteration = ? ORDER BY prompt_id", [it])
+        """Iteration `it`'s prompts: prompt_id, text and checks (IFEval instructions as a dict, or None)."""
+        rows = self.fetch("SELECT prompt_id, text, checks FROM prompts WHERE iteration = ? ORDER BY prompt_id", [it])
+        return [dict(r, checks=json.loads(r["checks"]) if isinstance(r["checks"], str) else r["checks"]) for r in rows]
 
     def all_prompts(self) -> dict[tuple[int, str], str]:
         """(iteration, prompt_id) -> text, every iteration."""
@@ -127,6 +129,16 @@ class RunStore(Database):
 
     def anchor_responses(self, it: int) -> list[dict]:
         return self.fetch("SELECT * FROM anchor_responses WHERE iteration = ? ORDER BY response_id", [it])
+
+    def heldout_responses(self, it: int) -> list[dict]:
+        """M_it's answers to the held-out verifiable slice (prompts.heldout)."""
+        return self.fetch("SELECT * FROM heldout_responses WHERE iteration = ? ORDER BY response_id", [it])
+
+    def verdicts(self, it: int, source: str) -> list[dict]:
+        """IFEval verdicts of iteration `it`'s loop responses (source 'loop') or of M_it's held-out answers ('heldout')."""
+        return self.fetch(
+            "SELECT * FROM verdicts WHERE iteration = ? AND source = ? ORDER BY response_id", [it, source]
+        )
 
     def responses_by_id(self, ids: list[str]) -> dict[str, dict]:
         return {
