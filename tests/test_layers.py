@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "store.migrations",
             "store.saved",
             "ui",
+            "verify",
         ],
     ),
     ("inputs", ["config", "prompts", "models", "data", "hardware", "training"]),
