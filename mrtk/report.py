@@ -236,8 +236,38 @@ def sections(d: dict) -> list[Section]:
                 "M_t re-judges the same iteration-1 responses; bars: 95% intervals; dashed: no shift",
             )
         )
+    truth = [r for r in d["eval"] if r["eval"] == "truth" and r["metric"] in TRUTH and r["value"] is not None]
+    if truth:
+        f, ax = fig()
+        lines: dict[str, list[tuple]] = {}
+        for r in sorted(truth, key=lambda r: r["iteration"]):
+            lo, hi = r.get("ci_low"), r.get("ci_high")
+            lines.setdefault(TRUTH[r["metric"]], []).append(
+                (r["iteration"], 100 * r["value"], None if lo is None else 100 * lo, None if hi is None else 100 * hi)
+            )
+        interval_lines(ax, lines, percent=True, reference=(50.0, "chance (judge, meta-judge)"))
+        ax.set(xlabel="model M_t", ylabel="percent")
+        out.append(
+            Section(
+                "truth",
+                "Against the truth (IFEval checks)",
+                len(truth),
+                f,
+                "pass rates of M_t's answers, and how often the judge, the meta-judge and the DPO pairs side with "
+                "the checks; bars: 95% intervals (docs/METHOD.md, Ground truth)",
+            )
+        )
     return out
 
+
+# The truth numbers the report draws (evals/truth.py), with their legend labels.
+TRUTH = {
+    "actor_strict": "actor: answers passing (strict)",
+    "heldout_strict": "held-out slice: answers passing (strict)",
+    "judge_accuracy": "judge: ranks pass over fail",
+    "meta_accuracy": "meta-judge: prefers the truer score",
+    "right_pairs": "DPO pairs: chosen passes, rejected fails",
+}
 
 HEADLINE = ("win_rate", "length_controlled_win_rate", "agreement")
 

@@ -218,6 +218,13 @@ def test_truth_per_iteration_and_the_heldout_slice(tmp_path):
     assert rows(
         db, "SELECT value, n FROM eval_results WHERE eval = 'truth' AND iteration = 1 AND metric = 'actor_strict'"
     ) == [(pytest.approx(again[0]), again[3])]
+    # mrtk query and mrtk report show them
+    res = mrtk(
+        "query", "@truth", "-p", "iteration=2", "--format", "csv", "--run", str(store.run_dir), cwd=tmp_path, check=True
+    )
+    assert "judge_accuracy" in res.stdout and "heldout_change_M1" in res.stdout
+    mrtk("report", str(store.run_dir), "--out", str(tmp_path / "r.html"), cwd=tmp_path, check=True)
+    assert "id='truth'" in (tmp_path / "r.html").read_text() or 'id="truth"' in (tmp_path / "r.html").read_text()
     # a finished run resumed does nothing more
     before = rows(db, "SELECT count(*) FROM heldout_responses")
     store2, cfg, config_dir = open_run(store.run_dir)
