@@ -109,15 +109,24 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
         runs[variant] = store.run_dir
         first = first or (store.run_dir, cfg)
     table = study_rows(runs)
+    truth_table, compared = truth_rows(runs), truth_comparisons(runs)
     (out_dir / "study.json").write_text(
         json.dumps(
-            {"study": study, "runs": {k: str(v) for k, v in runs.items()}, "rows": table}, indent=1, default=str
+            {
+                "study": study,
+                "runs": {k: str(v) for k, v in runs.items()},
+                "rows": table,
+                "truth": truth_table,
+                "compared": compared,
+            },
+            indent=1,
+            default=str,
         ),
         encoding="utf-8",
     )
-    (out_dir / "study.md").write_text(markdown(table), encoding="utf-8")
+    (out_dir / "study.md").write_text(markdown(table) + truth_markdown(truth_table, compared), encoding="utf-8")
     chart(table, out_dir / "study.png")
-    return {"runs": runs, "rows": table}
+    return {"runs": runs, "rows": table, "truth": truth_table, "compared": compared}
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -278,4 +287,84 @@ def cells(r: dict) -> list[str]:
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# -- against the truth (prompts with IFEval checks; evals/truth.py) ---------------------------------
+TRUTH_COLUMNS = [
+    ("actor_strict", "actor pass % (own prompts)"),
+    ("heldout_strict", "held-out pass %"),
+    ("heldout_change_M1", "change from M1, points"),
+    ("judge_accuracy", "judge acc. %"),
+    ("meta_accuracy", "meta-judge acc. %"),
+    ("right_pairs", "right pairs %"),
+    ("wrong_pairs", "wrong pairs %"),
+]
+
+
+def truth_rows(runs: dict[str, Path]) -> list[dict]:
+    """One row per variant and model M_t (the final, trained model included): its truth numbers."""
+    from mrtk.store import RunStore
+
+    out = []
+    for variant, run_dir in runs.items():
+        by_it: dict[int, dict] = defaultdict(dict)
+        for r in RunStore(run_dir).truth_results():
+            by_it[r["iteration"]][r["metric"]] = (r["value"], r["ci_low"], r["ci_high"], r["n"])
+        out += [{"variant": variant, "model": f"M{it}", **by_it[it]} for it in sorted(by_it)]
+    return out
+
+
+def truth_comparisons(runs: dict[str, Path]) -> list[dict]:
+    """Each pair of variants, model by model, on the held-out slice: the paired difference of the
+    per-prompt strict pass share (the same prompts and seeds in every variant of a study), never two
+    intervals side by side. A change whose interval holds zero is "no detectable change"."""
+    from mrtk.evals import truth
+    from mrtk.store import RunStore
+
+    held = {v: RunStore(d) for v, d in runs.items()}
+    names = sorted(held)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for it in sorted(set(held[a].heldout_iterations()) & set(held[b].heldout_iterations())):
+                d = truth.change(held[a].verdicts(it, "heldout"), held[b].verdicts(it, "heldout"))
+                out.append({"a": a, "b": b, "model": f"M{it}", "diff": d})
+    return out
+
+
+def _verdict(d: tuple) -> str:
+    if d[0] is None:
+        return "-"
+    if d[1] is None:
+        return f"{100 * d[0]:+.1f} points (n={d[3]}, too few prompts for an interval)"
+    word = "no detectable change" if d[1] <= 0 <= d[2] else ("higher" if d[1] > 0 else "lower")
+    return f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] points (n={d[3]}): {word}"
+
+
+def truth_markdown(rows: list[dict], compared: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = ["variant", "model"] + [label for _, label in TRUTH_COLUMNS]
+    lines = [
+        "",
+        "Against the truth (IFEval checks; 95% intervals; change: paired over held-out prompts):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cols = [
+            _interval(r.get(m), 100.0, "+.1f" if m == "heldout_change_M1" else ".1f")
+            + (
+                " (no detectable change)"
+                if m == "heldout_change_M1" and r.get(m) and r[m][1] is not None and r[m][1] <= 0 <= r[m][2]
+                else ""
+            )
+            for m, _ in TRUTH_COLUMNS
+        ]
+        lines.append("| " + " | ".join([r["variant"], r["model"], *cols]) + " |")
+    if compared:
+        lines += ["", "Variants compared on the held-out slice (a minus b, paired bootstrap over prompts):", ""]
+        lines += [f"- {c['model']}: {c['a']} - {c['b']}: {_verdict(c['diff'])}" for c in compared]
     return "\n".join(lines) + "\n"

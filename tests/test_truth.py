@@ -252,3 +252,35 @@ def test_the_verifier_arm_refuses_what_does_not_apply(tmp_path):
         validate_config({**TINY, "rewards": "verifier"})
     res = mrtk("run", "--set", "rewards=verifier", "--set", "pairs.judge_iterations=[]", cwd=tmp_path)
     assert res.returncode == 2 and "have none" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_study_sets_the_verifier_arm_beside_the_self_judge_with_paired_comparisons(tmp_path):
+    from mrtk.study import run_study
+    from mrtk.ui import QuietUI
+
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(x) + "\n" for x in POOL))
+    base = {
+        **TINY,
+        "prompts": {"file": "pool.jsonl", "per_iteration": 4, "heldout": 4},
+        "pairs": {"judge_share_cap": None},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "base": "base.yaml",
+                "variants": {"self": {}, "verifier": {"rewards": "verifier", "pairs.judge_iterations": []}},
+            }
+        )
+    )
+    result = run_study(
+        tmp_path / "study.yaml", tmp_path / "out", QuietUI(), open_policy=ScriptedPolicy().opener, train=scripted_train
+    )
+    models = [(r["variant"], r["model"]) for r in result["truth"]]
+    assert models == [(v, f"M{i}") for v in ("self", "verifier") for i in (1, 2, 3)]
+    assert [c["model"] for c in result["compared"]] == ["M1", "M2", "M3"]
+    # M1 is the same model with the same held-out seeds in both arms: no difference at all
+    assert result["compared"][0]["diff"][0] == 0.0
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert "Against the truth" in md and "self - verifier" in md

@@ -134,6 +134,10 @@ class RunStore(Database):
         """M_it's answers to the held-out verifiable slice (prompts.heldout)."""
         return self.fetch("SELECT * FROM heldout_responses WHERE iteration = ? ORDER BY response_id", [it])
 
+    def heldout_iterations(self) -> list[int]:
+        """The model iterations that answered the held-out slice."""
+        return [r["iteration"] for r in self.fetch("SELECT DISTINCT iteration FROM heldout_responses ORDER BY 1")]
+
     def verdicts(self, it: int, source: str) -> list[dict]:
         """IFEval verdicts of iteration `it`'s loop responses (source 'loop') or of M_it's held-out answers ('heldout')."""
         return self.fetch(
@@ -405,6 +409,10 @@ class RunStore(Database):
     def health_results(self) -> list[dict]:
         """The judge-health numbers (human probe pairs, the frozen drift set) of every iteration."""
         return self.fetch("SELECT * FROM eval_results WHERE eval LIKE 'probe:%' OR eval = 'frozen'")
+
+    def truth_results(self) -> list[dict]:
+        """The ground-truth numbers (eval `truth`, evals/truth.py) of every model iteration."""
+        return self.fetch("SELECT * FROM eval_results WHERE eval = 'truth' ORDER BY iteration, metric")
 
     def cached_call(self, key: str) -> dict | None:
         """A successful external call with this key (eval_calls), or None."""
