@@ -92,7 +92,7 @@ def _runnable(iid: str, where: str, kw: dict) -> None:
         checker.check_following("A short answer. It has two sentences.")
     except LookupError:  # NLTK data (length_constraints:number_sentences reads the punkt tokenizer)
         raise MrtkError(
-            f"{where}: {iid} needs NLTK's punkt data, not on this machine; run: python -m nltk.downloader punkt"
+            f"{where}: {iid} needs NLTK's punkt_tab data, not on this machine; run: python -m nltk.downloader punkt_tab"
         ) from None
     except (TypeError, ValueError, KeyError) as e:
         raise MrtkError(

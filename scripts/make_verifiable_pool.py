@@ -4,6 +4,7 @@ Each prompt is a short everyday task followed by one or two IFEval instructions,
 own checkers (`build_description`), in IFEval's schema (`instruction_id_list` + `kwargs`).
 
     python scripts/make_verifiable_pool.py candidates OUT.jsonl        # every task x every instruction
+    python scripts/make_verifiable_pool.py pool data/verifiable_small.jsonl  # the kept ones, and pairs of them
     python scripts/make_verifiable_pool.py measure POOL.jsonl RATES.json [--k 4] [--max-new-tokens 96]
 
 `measure` samples K answers per prompt from the embedded model (M1: mrtk's actor template,
@@ -75,6 +76,25 @@ def prompt_line(task: str, instructions: list[tuple[str, dict]]) -> dict:
     return {"prompt": text, "instruction_id_list": [i for i, _ in instructions], "kwargs": [k for _, k in instructions]}
 
 
+# Kept for the shipped pool: the instructions M1 passed 14-54% of the time (strict) in the candidates'
+# measurement (2026-12-03; data/README.md), and pairs of them, one pair per task.
+KEPT = [
+    ("punctuation:no_comma", {}),
+    ("keywords:existence", {"keywords": ["wonderful"]}),
+    ("keywords:frequency", {"keyword": "you", "frequency": 3, "relation": "at least"}),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 3}),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}),
+]
+PAIRS = [(3, 4), (1, 4), (0, 3), (2, 4), (1, 3), (0, 4)]  # indexes into KEPT
+
+
+def pool(out: Path) -> None:
+    lines = [prompt_line(t, [ins]) for t in TASKS for ins in KEPT]
+    lines += [prompt_line(t, [KEPT[a], KEPT[b]]) for t, (a, b) in zip(TASKS, PAIRS * 4)]
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    print(f"{len(lines)} prompts -> {out}")
+
+
 def candidates(out: Path) -> None:
     lines = [prompt_line(t, [ins]) for t in TASKS for ins in INSTRUCTIONS]
     out.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -133,6 +153,8 @@ if __name__ == "__main__":
     verb, *args = sys.argv[1:]
     if verb == "candidates":
         candidates(Path(args[0]))
+    elif verb == "pool":
+        pool(Path(args[0]))
     else:
         opts = dict(zip(args[2::2], args[3::2]))
         measure(Path(args[0]), Path(args[1]), int(opts.get("--k", 4)), int(opts.get("--max-new-tokens", 96)))

@@ -284,3 +284,18 @@ def test_a_study_sets_the_verifier_arm_beside_the_self_judge_with_paired_compari
     assert result["compared"][0]["diff"][0] == 0.0
     md = (tmp_path / "out" / "study.md").read_text()
     assert "Against the truth" in md and "self - verifier" in md
+
+
+def test_the_shipped_pools_load():
+    """verifiable_small: 144 prompts, every one checked. IFEval's 541: loaded, or (where NLTK's
+    punkt_tab data is missing, as on a new machine) refused in one line naming the download."""
+    from mrtk.data import load_pool, resolve_data_file
+
+    small = load_pool(resolve_data_file("verifiable_small.jsonl", None))
+    assert len(small) == 144 and all(p["checks"] for p in small)
+    try:
+        ifeval = load_pool(resolve_data_file("ifeval_input_data.jsonl", None))
+    except MrtkError as e:
+        assert "punkt_tab" in str(e) and "\n" not in str(e)
+    else:
+        assert len(ifeval) == 541
