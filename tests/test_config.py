@@ -116,7 +116,10 @@ def test_literal_fields_found():
 @pytest.mark.parametrize("key, value, is_list", [(k, v, lst) for k, vals, lst in LITERALS for v in vals])
 def test_every_literal_value_through_set(key, value, is_list):
     """`--set train.bf16=off` must stay the string 'off' (YAML 1.1 reads it as False)."""
-    extra = ["sglang.url=http://127.0.0.1:30000"] if (key, value) == ("backend", "sglang") else []
+    extra = {
+        ("backend", "sglang"): ["sglang.url=http://127.0.0.1:30000"],
+        ("rewards", "verifier"): ["pairs.judge_iterations=[]"],  # the control arm runs no meta-judge
+    }.get((key, value), [])
     cfg = load_config("default", [f"{key}={'[' + value + ']' if is_list else value}", *extra])
     node = cfg
     for part in key.split("."):

@@ -149,6 +149,7 @@ def test_every_saved_query_has_a_test_here():
         "length_bias",
         "parse_failures",
         "pair_reasons",
+        "truth",
     }
     assert set(saved_queries()) == tested
     assert all(q.description for q in saved_queries().values())
@@ -249,3 +250,25 @@ def test_saved_query_through_the_cli(db):
     )
     assert res.stdout.splitlines()[1:] == ["1,meta_judge,mj,3,2,0.6667", "1,pairwise,pw,2,1,0.5"]
     assert DB_NAME == db.name
+
+
+def test_truth(tmp_path):
+    """The truth numbers as record_numbers stores them, read back by iteration, rounded to 4 places."""
+    store = RunStore(tmp_path)
+    store.migrate()
+    store.record_numbers("truth", 1, "judge_additive5", {"judge_accuracy": (0.75, 0.5, 1.0, 2)}, {})
+    store.record_numbers("truth", 2, "judge_additive5", {"actor_strict": (1 / 3, 0.123456, 0.6, 12)}, {})
+    store.record_numbers("probe:x", 2, "j", {"agreement": (0.5, 0.4, 0.6, 10)}, {})  # another eval: not shown
+    db = tmp_path / DB_NAME
+    assert saved(db, "truth", iteration=2) == [
+        {
+            "iteration": 2,
+            "judge": "judge_additive5",
+            "metric": "actor_strict",
+            "value": 0.3333,
+            "ci_low": 0.1235,
+            "ci_high": 0.6,
+            "n": 12,
+        }
+    ]
+    assert [r["metric"] for r in saved(db, "truth")] == ["judge_accuracy", "actor_strict"]
