@@ -134,6 +134,14 @@ def plan_lines(inputs: Inputs) -> list[str]:
 def switch_lines(cfg) -> list[str]:
     """The published follow-ups (docs/METHOD.md 8) by name: each on, or 'none' (the paper's loop)."""
     on = []
+    if cfg.rewards == "verifier":
+        on.append(
+            "rewards: verifier (a CONTROL arm, not the method: answers scored by their IFEval checks, no judge or meta-judge)"
+        )
+    if cfg.prompts.heldout:
+        on.append(
+            f"prompts.heldout: {cfg.prompts.heldout} (a verifiable slice every M_t answers, never trained on: ground truth)"
+        )
     if cfg.meta_judge.verdict == "soft":
         on.append("meta_judge.verdict: soft (order-debiased soft meta-judge verdicts, FairEval arXiv 2305.17926)")
     if cfg.train.consistency != "off":
