@@ -98,8 +98,7 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
         else:
             inputs = check_inputs(cfg, path.parent)
             store = new_run(inputs.cfg, str(path.resolve()), parent)
-            if first and shares_m1(first[1], cfg):
-                copied = store.adopt_probe_items(first[0] / "mrtk.duckdb", 0)
+            if first and shares_m1(first[1], cfg) and (copied := store.adopt_probe_items(first[0] / "mrtk.duckdb", 0)):
                 ui.info(
                     f"study {study['name']}: {variant} takes M1's {copied} probe judgements from {first[0].name} (same model, judge and seed)"
                 )
