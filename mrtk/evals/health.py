@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -27,6 +28,17 @@ SEED = 0
 # mrtk's rule: fewer paired units than this give a change but no interval and no verdict (a
 # bootstrap over 2-3 units gives a zero-width interval; over a handful it under-covers badly).
 MIN_PAIRED_UNITS = 10
+
+
+class Estimate(NamedTuple):
+    """One number with its 95% interval and the units it rests on: the shape every per-iteration
+    estimate is stored in (`eval_results`: value, ci_low, ci_high, n). The truth numbers use it;
+    the older probe, drift and consistency numbers still build the same 4-tuple by hand."""
+
+    value: float | None
+    lo: float | None
+    hi: float | None
+    n: int
 
 
 def bootstrap_ci(values, statistic=np.mean, *, paired_with=None) -> tuple[float | None, float | None]:

@@ -24,19 +24,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from mrtk.evals.health import bootstrap_ci, paired_difference
+from mrtk.evals.health import Estimate, bootstrap_ci, paired_difference
 from mrtk.stages.pairs import rewards as mean_valid_scores
 
 EVAL = "truth"
 TIE = 1e-9
 
 
-def estimate(values: list[float]) -> tuple[float | None, float | None, float | None, int]:
-    """(mean, ci_low, ci_high, n) of per-unit values."""
+def estimate(values: list[float]) -> Estimate:
+    """The mean of per-unit values with its bootstrap 95% interval."""
     if not values:
-        return (None, None, None, 0)
+        return Estimate(None, None, None, 0)
     lo, hi = bootstrap_ci(values)
-    return (sum(values) / len(values), lo, hi, len(values))
+    return Estimate(sum(values) / len(values), lo, hi, len(values))
 
 
 def per_prompt_share(verdicts: list[dict], field: str) -> dict[str, float]:
@@ -56,7 +56,7 @@ def change(now: list[dict], before: list[dict]) -> tuple:
     a, b = per_prompt_share(now, "strict"), per_prompt_share(before, "strict")
     common = sorted(set(a) & set(b))
     d = paired_difference([a[p] for p in common], [b[p] for p in common])
-    return (d["diff"], d["ci_low"], d["ci_high"], d["n"])
+    return Estimate(d["diff"], d["ci_low"], d["ci_high"], d["n"])
 
 
 def judge_accuracy(verdicts: dict[str, bool], rewards: dict[str, float], prompt_of: dict[str, str]) -> tuple:
