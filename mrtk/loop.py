@@ -29,7 +29,6 @@ from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
 from mrtk.train_worker import train_iteration
 from mrtk.ui import QuietUI
-from mrtk.verify import Checks
 
 
 class Loop:
@@ -247,17 +246,8 @@ class Loop:
     def _truth(self, it: int, model: str, prompts: list[dict], judgements: list[dict]) -> None:
         """Iteration t against the truth: each checked response's verdict (string work), M_t on the
         held-out slice, and the numbers (evals/truth.py) as eval `truth` rows of iteration t."""
-        checked = {p["prompt_id"]: p for p in prompts if p["checks"]}
-        self.store.write(
-            "verdicts",
-            [
-                verifier.verdict_row(
-                    r, "loop", checked[r["prompt_id"]]["text"], Checks.from_json(checked[r["prompt_id"]]["checks"])
-                )
-                for r in self.store.responses(it)
-                if r["prompt_id"] in checked
-            ],
-        )
+        checked = [p for p in prompts if p["checks"]]
+        self.store.write("verdicts", verifier.verdict_rows(self.store.responses(it), "loop", checked))
         numbers = truth.iteration_numbers(
             self.store.verdicts(it, "loop"),
             judgements,
@@ -273,29 +263,10 @@ class Loop:
     def _heldout(self, it: int, model: str) -> dict:
         """M_it's answers to the held-out slice (only the missing ones; seeds shared by every model), their
         verdicts, and the slice's numbers with the paired change from M1 and M_{it-1}."""
-        have = {r["prompt_id"] for r in self.store.heldout_responses(it)}
-        self._generate(
-            it,
-            model,
-            "held-out",
-            [p for p in self.heldout if p["prompt_id"] not in have],
-            self.cfg.actor.k,
-            "heldout_responses",
-            actor.run_actor,
-            self.cfg.actor,
-            self.t.actor,
-            kind="heldout",
+        self._sample(
+            it, model, "held-out", self.heldout, "heldout_responses", self.store.heldout_responses, kind="heldout"
         )
-        by_id = {p["prompt_id"]: p for p in self.heldout}
-        self.store.write(
-            "verdicts",
-            [
-                verifier.verdict_row(
-                    r, "heldout", by_id[r["prompt_id"]]["text"], Checks.from_json(by_id[r["prompt_id"]]["checks"])
-                )
-                for r in self.store.heldout_responses(it)
-            ],
-        )
+        self.store.write("verdicts", verifier.verdict_rows(self.store.heldout_responses(it), "heldout", self.heldout))
         now = self.store.verdicts(it, "heldout")
         earlier = it > 1
         return truth.heldout_numbers(
@@ -304,22 +275,28 @@ class Loop:
             self.store.verdicts(it - 1, "heldout") if earlier else None,
         )
 
+    def _sample(self, it: int, model: str, label: str, prompts: list[dict], table: str, stored, **kw) -> None:
+        """K samples of each of `prompts` not yet in `table` (`stored(it)` reads what is there), by
+        the actor stage (`kind`: anchor or heldout, with their own ids and seeds)."""
+        have = {r["prompt_id"] for r in stored(it)}
+        todo = [p for p in prompts if p["prompt_id"] not in have]
+        self._generate(
+            it, model, label, todo, self.cfg.actor.k, table, actor.run_actor, self.cfg.actor, self.t.actor, **kw
+        )
+
     def _anchors(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
         """M1's K samples of iteration t's prompts (generated once: only prompts without them), and
         M_t's judgements of them (source 'anchor', keyed by M_t)."""
-        have = {r["prompt_id"] for r in self.store.anchor_responses(it)}
-        self._generate(
+        m1 = model_for(self.store, self.cfg, "M1")
+        self._sample(
             it,
-            model_for(self.store, self.cfg, "M1"),
+            m1,
             "anchor (M1 samples)",
-            [p for p in prompts if p["prompt_id"] not in have],
-            self.cfg.actor.k,
+            prompts,
             "anchor_responses",
-            actor.run_actor,
-            self.cfg.actor,
-            self.t.actor,
-            version="M1",
+            self.store.anchor_responses,
             kind="anchor",
+            version="M1",
         )
         anchors = self.store.anchor_responses(it)
         job = judge.Judging(self.t.judge, self.cfg.judge, source="anchor", model_version=f"M{it}")

@@ -34,6 +34,16 @@ def verdict_row(response: dict, source: str, prompt: str, checks: Checks) -> dic
     }
 
 
+def verdict_rows(responses: list[dict], source: str, prompts: list[dict]) -> list[dict]:
+    """`verdicts` rows of the responses whose prompt (in `prompts`) has checks; others are skipped."""
+    by_id = {p["prompt_id"]: p for p in prompts if p["checks"]}
+    return [
+        verdict_row(r, source, by_id[r["prompt_id"]]["text"], Checks.from_json(by_id[r["prompt_id"]]["checks"]))
+        for r in responses
+        if r["prompt_id"] in by_id
+    ]
+
+
 def _numbers(v: Verdict) -> dict:
     return {
         "strict": v.strict,
