@@ -35,7 +35,22 @@ def iteration_table(store: RunStore, it: int) -> Table:
     health = store.health_results()
     for label, text in judge_health_lines(health, it):
         table.add_row(label, text)
+    truth = {r["metric"]: r for r in store.truth_results() if r["iteration"] == it}
+    for metric, label in TRUTH_LINES:
+        if metric in truth and truth[metric]["n"]:
+            table.add_row(label, f"{_ci(truth[metric])} (n={truth[metric]['n']})")
     return table
+
+
+# The truth numbers (evals/truth.py) the iteration table shows, when a run has checked prompts.
+TRUTH_LINES = (
+    ("actor_strict", "truth: actor pass"),
+    ("heldout_strict", "truth: held-out pass"),
+    ("heldout_change_M1", "truth: held-out vs M1"),
+    ("judge_accuracy", "truth: judge accuracy"),
+    ("meta_accuracy", "truth: meta-judge accuracy"),
+    ("right_pairs", "truth: right pairs"),
+)
 
 
 def _ci(row: dict) -> str:

@@ -218,7 +218,15 @@ def test_truth_per_iteration_and_the_heldout_slice(tmp_path):
     assert rows(
         db, "SELECT value, n FROM eval_results WHERE eval = 'truth' AND iteration = 1 AND metric = 'actor_strict'"
     ) == [(pytest.approx(again[0]), again[3])]
-    # mrtk query and mrtk report show them
+    # the iteration table, mrtk query and mrtk report show them
+    from rich.console import Console
+
+    from mrtk.summary import iteration_table
+
+    console = Console(record=True, width=200)
+    console.print(iteration_table(store, 2))
+    text = console.export_text()
+    assert "truth: judge accuracy" in text and "truth: held-out vs M1" in text
     res = mrtk(
         "query", "@truth", "-p", "iteration=2", "--format", "csv", "--run", str(store.run_dir), cwd=tmp_path, check=True
     )
