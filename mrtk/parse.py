@@ -16,10 +16,15 @@ from dataclasses import dataclass
 # appears earlier in a judgement that quotes it) cannot hijack the judge's own verdict.
 _SCORE = re.compile(r"score\s*[:：]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 _SPELLINGS = {"judgement": "judge?ment"}  # models write "Judgment" as often as "Judgement"
+# `Winner: Judgement A`, also in the paper's Figure 2 brackets (`Winner: [Judgement A]`); never the
+# format line echoed back (`Winner: [Judgement A | Judgement B]`), which names no winner.
 _VERDICT = {
-    label: re.compile(rf"winner\s*[:：]\s*\**\s*{_SPELLINGS.get(label, label)}\s+([AB])\b", re.IGNORECASE)
+    label: re.compile(
+        rf"winner\s*[:：]\s*\**\s*\[?\s*{_SPELLINGS.get(label, label)}\s+([AB])\b(?!\s*\|)", re.IGNORECASE
+    )
     for label in ("judgement", "response", "output")
 }
+_ECHO = re.compile(r"winner\s*[:：][^\n]*\b[AB]\s*\|", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ def parse_verdict(text: str, label: str = "judgement") -> Parsed:
     label "response", of a pairwise judgement (`Winner: Response A|B`)."""
     matches = _VERDICT[label].findall(text or "")
     if not matches:
-        return Parsed(None, "failed", "no_verdict_line")
+        return Parsed(None, "failed", "format_line_echoed" if _ECHO.search(text or "") else "no_verdict_line")
     return Parsed(matches[-1].upper(), "ok")
 
 

@@ -57,6 +57,8 @@ def test_parse_score_custom_range():
         ("**Winner:** judgment B", "B"),
         ("winner: judgement b", "B"),
         ("If it were Winner: Judgement A... but no.\nWinner: Judgement B", "B"),
+        ("Winner: [Judgement A]", "A"),  # the paper's Figure 2 writes the choice in brackets
+        ("Winner: [Judgement A | Judgement B]\n...\nWinner: Judgement B", "B"),  # the echo, then a verdict
     ],
 )
 def test_parse_verdict(text, verdict):
@@ -67,6 +69,13 @@ def test_parse_verdict(text, verdict):
 def test_parse_verdict_failures(text):
     parsed = parse_verdict(text)
     assert parsed.value is None and parsed.reason == "no_verdict_line"
+
+
+@pytest.mark.parametrize("text", ["Winner: Judgement A | Judgement B", "Winner: [Judgement A | Judgement B]"])
+def test_an_echoed_format_line_names_no_winner(text):
+    """The meta-judge template's own format line, written back, is no verdict (it parsed as A before)."""
+    parsed = parse_verdict(text)
+    assert parsed.value is None and parsed.reason == "format_line_echoed"
 
 
 def test_expected_score_renormalises_over_digits():
