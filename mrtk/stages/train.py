@@ -79,7 +79,9 @@ def fit_examples(examples: list[dict], tokenizer, max_length: int) -> tuple[list
     return kept, dropped
 
 
-ROBUST_MAX = 0.49  # TRL's robust loss refuses label_smoothing >= 0.5 (dpo_trainer.py:824)
+ROBUST_MAX = (
+    0.49  # TRL's robust loss divides by 1 - 2e (infinite at 0.5); TRL only warns outside [0, 0.5) (dpo_trainer.py:824)
+)
 
 
 def smoothed_losses(loss_types: list[str], eps: float) -> tuple[list[str], list[float] | None, float]:
