@@ -219,7 +219,9 @@ def study_rows(runs: dict[str, Path]) -> list[dict]:
                     },
                     "dpo_steps": numbers["train"]["steps"],
                     "reward_margin": numbers["train"]["last_margin"],
-                    "label_smoothing": stats.get("label_smoothing"),
+                    # what DPO trained with (robust's cap: 0.49), not what the consistency stage asked for
+                    "label_smoothing": stats.get("label_smoothing_applied", stats.get("label_smoothing")),
+                    "label_smoothing_asked": stats.get("label_smoothing"),
                     "run_minutes": minutes,
                 }
             )
@@ -278,7 +280,14 @@ def cells(r: dict) -> list[str]:
         f"{r['actor_pairs']}/{r['judge_pairs']}",
         str(r["dpo_steps"]),
         "-" if r["reward_margin"] is None else f"{r['reward_margin']:+.3f}",
-        "-" if r["label_smoothing"] is None else f"{r['label_smoothing']:.3f}",
+        "-"
+        if r["label_smoothing"] is None
+        else f"{r['label_smoothing']:.3f}"
+        + (
+            f" (asked {r['label_smoothing_asked']:.3f})"
+            if r["label_smoothing_asked"] not in (None, r["label_smoothing"])
+            else ""
+        ),
         "-" if r["run_minutes"] is None else f"{r['run_minutes']:.1f}",
     ]
 

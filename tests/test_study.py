@@ -72,3 +72,25 @@ def test_a_bad_study_file_is_one_line(tmp_path):
     assert res.returncode != 0 and "variants" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = mrtk("study", str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_the_table_shows_the_smoothing_dpo_trained_with():
+    """CREAM asked for 0.54 -> clamped to 0.5 -> applied 0.49 (robust's limit): the table says 0.490 (asked 0.500)."""
+    from mrtk.study import cells
+
+    row = {
+        "variant": "c",
+        "iteration": 2,
+        "first_position_share": None,
+        "ties": None,
+        "probe_agreement": None,
+        "drift_mean_shift": None,
+        "actor_pairs": 1,
+        "judge_pairs": 0,
+        "dpo_steps": 1,
+        "reward_margin": None,
+        "label_smoothing": 0.49,
+        "label_smoothing_asked": 0.5,
+        "run_minutes": None,
+    }
+    assert "0.490 (asked 0.500)" in cells(row)
