@@ -94,3 +94,19 @@ def test_the_table_shows_the_smoothing_dpo_trained_with():
         "run_minutes": None,
     }
     assert "0.490 (asked 0.500)" in cells(row)
+
+
+@pytest.mark.parametrize("name", ["study_cpu.yaml", "study_truth.yaml", "sweep_verifier.yaml"])
+def test_the_shipped_studies_validate(name):
+    """Every variant of a shipped study is a valid run config; the ground-truth ones run the paper's
+    pair rules (no NeMo filters) and label their verifier arm by its rewards."""
+    from mrtk.resources import asset_dir
+    from mrtk.study import load_study, variant_configs
+
+    path = asset_dir("experiments") / name
+    configs = variant_configs(load_study(path), path.parent)
+    for _, cfg in configs.values():
+        if name != "sweep_verifier.yaml":
+            assert not cfg.pairs.drop_same_score and cfg.pairs.judge_share_cap is None
+    if name == "study_truth.yaml":
+        assert {v: c.rewards for v, (_, c) in configs.items()} == {"self_judge": "self", "verifier": "verifier"}
