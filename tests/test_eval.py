@@ -581,3 +581,40 @@ def test_eval_answers_with_the_runs_own_actor_template(tmp_path):
         check=True,
     )
     assert rows(run / DB_NAME, "SELECT count(*) FROM eval_outputs") == [(1,)]
+
+
+def test_eval_judge_on_ranked_lists_records_table_7s_numbers(run_copy, shared_data):
+    data = shared_data("judge_dev/oasst_rankings/oasst_en100_ranked_lists_dev.jsonl")
+    mrtk(
+        "eval",
+        "judge",
+        str(data),
+        "--run",
+        str(run_copy),
+        "--limit",
+        "2",
+        "--n",
+        "1",
+        "-q",
+        cwd=run_copy.parent,
+        check=True,
+    )
+    got = dict(rows(run_copy / DB_NAME, "SELECT metric, n FROM eval_results WHERE eval LIKE 'judge:oasst%'"))
+    assert {"spearman", "list_agreement", "list_agreement_without_ties", "list_tie_rate"} <= set(got)
+    assert got["list_agreement"] >= 2  # at least one pair from each of the two lists
+
+
+def test_table_7_agreement_on_a_ranked_list_by_hand():
+    """One OASST list ranked x (0, best), y (1), z (2); the judge's mean scores x 3, y 4, z 4:
+    pairs (x, y) wrong, (x, z) wrong, (y, z) a tie -> agreement 0.5/3, without ties 0/2, ties 1/3."""
+    from mrtk.evals.judge_eval import ranked_pairs
+    from mrtk.rows import answer_id
+
+    lists = [{"example_id": "e", "replies": [("x", 0), ("y", 1), ("z", 2)]}]
+    scores = {answer_id("e", "0"): 3.0, answer_id("e", "1"): 4.0, answer_id("e", "2"): 4.0}
+    labels, preds = ranked_pairs(lists, scores)
+    assert labels == ["a", "a", "a"] and preds == ["b", "b", None]
+    a = metrics.agreement(labels, preds)
+    assert (a["agreement"], a["agreement_without_ties"], a["ties"]) == (pytest.approx(0.5 / 3), 0.0, 1)
+    # equal human ranks make no pair
+    assert ranked_pairs([{"example_id": "f", "replies": [("p", 1), ("q", 1)]}], {}) == ([], [])

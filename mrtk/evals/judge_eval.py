@@ -4,7 +4,8 @@ The judge is the run's (its judge template and score mode, or `--template`), run
 model under evaluation, on human-labelled pairs: a pointwise template scores both answers
 (N judgements each; the higher mean wins, equal means are a tie), a pairwise template judges
 both orders (position consistency: the share of pairs whose winner survives the swap).
-Ranked lists (OASST) give a Spearman correlation between mean scores and human ranks.
+Ranked lists (OASST) give a Spearman correlation between mean scores and human ranks, and the
+paper's Table 7 agreement over every pair of differently ranked replies (with and without ties).
 Every judgement is an `eval_items` row with its raw text; the numbers go to `eval_results`.
 """
 
@@ -116,6 +117,17 @@ def judge_agreement(
         ]
         rhos = [r for r in rhos if r is not None and r == r]
         numbers["spearman"] = (sum(rhos) / len(rhos) if rhos else None, None, None, len(rhos))
+        list_labels, list_preds = ranked_pairs(lists, scores)
+        if list_labels:  # Table 7's agreement on ranked lists: every pair of differently ranked replies
+            a = metrics.agreement(list_labels, list_preds)
+            numbers["list_agreement"] = (a["agreement"], a["ci_low"], a["ci_high"], a["n"])
+            numbers["list_agreement_without_ties"] = (
+                a["agreement_without_ties"],
+                a["ci_low_without_ties"],
+                a["ci_high_without_ties"],
+                a["n"] - a["ties"],
+            )
+            numbers["list_tie_rate"] = (a["tie_rate"], *metrics.wilson(a["ties"], a["n"]), a["n"])
     failed = sum(i["parse_status"] != "ok" for i in items)
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
     soft = job.pairwise and cfg.verdict == "soft"
@@ -175,3 +187,23 @@ def said(items: list[dict]) -> list[dict]:
         }
         for i in items
     ]
+
+
+def ranked_pairs(lists: list[dict], scores: dict[str, float]) -> tuple[list[str], list[str | None]]:
+    """Every pair of replies of a ranked list (OASST) with different human ranks, as (label, prediction):
+    the label is the better-ranked reply ('a' = the earlier one in the list, rank 0 the best), the
+    prediction the one with the higher mean score, None on equal means or a missing score (a tie, half
+    a hit in `agreement`, as the paper's Table 7 counts them). Pairs of one list are not independent, so
+    the Wilson interval over them is narrower than it should be."""
+    labels, preds = [], []
+    for x in lists:
+        ids = [answer_id(x["example_id"], str(k)) for k in range(len(x["replies"]))]
+        for i in range(len(ids)):
+            for j in range(i + 1, len(ids)):
+                ri, rj = x["replies"][i][1], x["replies"][j][1]
+                if ri == rj:
+                    continue
+                si, sj = scores.get(ids[i]), scores.get(ids[j])
+                labels.append("a" if ri < rj else "b")
+                preds.append(None if si is None or sj is None or si == sj else ("a" if si > sj else "b"))
+    return labels, preds
