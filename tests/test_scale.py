@@ -15,30 +15,9 @@ from conftest import TINY, db_of, mrtk, rows
 
 
 @pytest.fixture(scope="module")
-def tiny_model(model_dir, tmp_path_factory) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+def tiny_model(tiny_model_dir) -> str:
+    """conftest's 2-layer random Llama with SmolLM2's tokenizer."""
+    return tiny_model_dir
 
 
 @pytest.mark.slow
