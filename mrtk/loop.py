@@ -142,7 +142,7 @@ class Loop:
             # ground truth (prompts with IFEval checks): verdicts, M_t on the held-out slice, the numbers
             if any(p["checks"] for p in prompts) or self.heldout:
                 with store.stage(it, "truth", release_memory):
-                    self._truth(it, model, prompts, judgements)
+                    self._truth(it, model, prompts, responses, judgements)
 
             # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
             with store.stage(it, "train", release_memory):
@@ -243,11 +243,11 @@ class Loop:
             return verifier.VerifierJudging(prompts)
         return judge.Judging(self.t.judge, self.cfg.judge)
 
-    def _truth(self, it: int, model: str, prompts: list[dict], judgements: list[dict]) -> None:
+    def _truth(self, it: int, model: str, prompts: list[dict], responses: list[dict], judgements: list[dict]) -> None:
         """Iteration t against the truth: each checked response's verdict (string work), M_t on the
         held-out slice, and the numbers (evals/truth.py) as eval `truth` rows of iteration t."""
         checked = [p for p in prompts if p["checks"]]
-        self.store.write("verdicts", verifier.verdict_rows(self.store.responses(it), "loop", checked))
+        self.store.write("verdicts", verifier.verdict_rows(responses, "loop", checked))
         numbers = truth.iteration_numbers(
             self.store.verdicts(it, "loop"),
             judgements,
