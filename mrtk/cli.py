@@ -802,6 +802,119 @@ def eval_judge(
     )
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build training data with the policy: EFT data from human rankings.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("eft")
+def data_eft(
+    lists: str = typer.Argument(
+        ...,
+        help="Open Assistant ranked lists: the export's trees (.trees.jsonl[.gz]), the oasst1 message table "
+        "(.parquet, .jsonl[.gz]) or ranked-list JSONL; a path, or the shipped sample oasst_ranked_sample.jsonl.",
+    ),
+    out_file: Path = typer.Option(..., "--out", "-o", help="SFT file to write (its statistics go beside it)."),
+    config: Optional[str] = typer.Option(
+        None,
+        "--config",
+        help="Experiment whose seed model, backend and judge write the judgements (default: default); "
+        "a new run directory under --runs holds them.",
+    ),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key of --config (repeatable)."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs", help="Parent of the new run directory (default: runs)."),
+    run_: Optional[str] = typer.Option(
+        None, "--run", help="Judge with a model of this existing run instead (see --iteration)."
+    ),
+    iteration: Optional[int] = typer.Option(
+        None, "--iteration", "-i", help="With --run: the model iteration N trained (0, the default: its seed model)."
+    ),
+    lang: Optional[str] = typer.Option(
+        None, "--lang", help="Keep lists whose question is in this language (default en, as Self-Rewarding; all: any)."
+    ),
+    n: Optional[int] = typer.Option(None, "--n", help="Judgements per answer (default: the run's judge.n)."),
+    template: Optional[str] = typer.Option(
+        None, "--template", "-t", help="Pointwise judge template (default: the run's judge template)."
+    ),
+    cap: Optional[int] = typer.Option(
+        None,
+        "--cap-per-score",
+        help="Rebalance (off by default): keep at most this many examples per rounded score, a seeded sample.",
+    ),
+    limit: Optional[int] = Limit,
+    dirs: List[Path] = PromptDirs,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """EFT data as Self-Rewarding builds it: the model judges each human-ranked answer N times; lists whose
+    mean scores rank the answers as the humans did become SFT examples (judge prompt -> judgement)."""
+    from mrtk import eft
+    from mrtk.config import load_config, resolve_config_path
+    from mrtk.data import load_ranked_lists, resolve_data_file
+    from mrtk.evals import run as ev
+    from mrtk.runs import WriterLock, find_run, new_run, open_run
+    from mrtk.ui import QuietUI, RichUI
+
+    _check_eval_numbers(None, 1, limit)
+    if n is not None and n < 1:
+        raise MrtkError(f"--n {n}: give at least 1 judgement per answer")
+    if cap is not None and cap < 1:
+        raise MrtkError(f"--cap-per-score {cap}: give at least 1, or leave it out (no rebalancing)")
+    if run_ is not None and (config is not None or set_ or runs_dir is not None):
+        raise MrtkError("--run judges with that run's model and config; drop --config, --set and --runs")
+    if run_ is None and iteration is not None:
+        raise MrtkError("--iteration picks a model of an existing run; give --run too, or drop --iteration")
+    _output_file(out_file, "--out")
+    path = resolve_data_file(lists, None, "LISTS", fix="give a path, or the shipped sample oasst_ranked_sample.jsonl")
+    ranked, counts = load_ranked_lists(path, lang)
+    ranked = ranked[:limit]
+    if not ranked:
+        raise MrtkError(f"{path} holds no ranked lists in language {lang or 'en'}; try --lang all")
+    ui = QuietUI() if quiet else RichUI(err)
+    if run_ is None:
+        cfg_path = resolve_config_path(config)
+        cfg = load_config(cfg_path, set_)
+        if cfg.sft.file:
+            raise MrtkError(
+                "EFT data is judged by the seed model, before any SFT; drop sft.file from the config (--set sft.file=null)"
+            )
+        cfg.prompts.template_dirs = cfg.prompts.template_dirs + [str(d.resolve()) for d in dirs]
+        t_judge = eft.judge_template(template or cfg.judge.template, cfg.prompts.template_dirs)
+        _checked(ui, cfg, cfg_path.parent, True)
+        run_dir = new_run(cfg, str(cfg_path.resolve()), _output_dir(runs_dir or Path("runs"), "--runs")).run_dir
+    else:
+        run_dir = find_run(run_)
+        cfg = open_run(run_dir)[1]
+        t_judge = eft.judge_template(template or cfg.judge.template, [*cfg.prompts.template_dirs, *dirs])
+    with WriterLock(run_dir), ev.open_target(run_dir, iteration or 0) as target:
+        examples, stats = eft.build(target, ranked, t_judge, n=n, cap=cap, ui=ui)
+    stats |= {"source": str(path), "read": counts}
+    stats_path = eft.write(out_file, examples, stats)
+    agreement = stats["agreement"].get("list_agreement")
+    out.print(
+        f"{stats['examples']} examples from {stats['kept_lists']} of {stats['lists']} ranked lists "
+        f"({counts['form']}; {counts['other_language']} in other languages left out) -> {out_file}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"judge {stats['judge']}: agreement with the human ranks "
+        + (
+            f"{agreement[0]:.3f} [{agreement[1]:.3f}, {agreement[2]:.3f}] over {agreement[3]} pairs"
+            if agreement
+            else "n/a"
+        )
+        + f"; scores kept {stats['score_histogram']}"
+        + (f"; {stats['dropped_by_cap']} dropped by --cap-per-score {cap}" if cap else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"statistics: {stats_path}; judgements: mrtk query --run {run_dir} \"select * from eval_items where eval = 'eft'\"",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(f"next: mrtk run --set sft.file={out_file}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke test of every workload in about a minute."),

@@ -42,12 +42,14 @@ def resolve_dir(name: str, config_dir: Path | None, key: str) -> Path:
     raise MrtkError(f"{key} {name!r} is not a directory; give an absolute path or one relative to the config")
 
 
-def read_jsonl(path: Path, label: str):
-    """(line number, object) for each non-blank line; a bad line is a MrtkError naming it."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MrtkError(f"{label} {path} not found; check the path") from None
+def read_jsonl(path: Path, label: str, data: bytes | None = None):
+    """(line number, object) for each non-blank line (of `data` when given: a file's bytes already
+    read, such as a decompressed one); a bad line is a MrtkError naming it."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise MrtkError(f"{label} {path} not found; check the path") from None
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -112,25 +114,27 @@ def prompts_for_iteration(pool: list[dict], per_iteration: int, iteration: int, 
     return order[per_iteration * (iteration - 1) : per_iteration * iteration]
 
 
-def read_json_or_jsonl(path: Path, label: str = "eval data") -> list:
-    """A JSON list (or one object), else JSONL read by `read_jsonl`: a bad line or a byte that is
-    not UTF-8 is an error naming its line."""
-    if not path.is_file():
-        raise MrtkError(f"{label} {path} not found; check the path")
+def read_json_or_jsonl(path: Path, label: str = "eval data", data: bytes | None = None) -> list:
+    """A JSON list (or one object), else JSONL read by `read_jsonl` (of `data` when given): a bad line
+    or a byte that is not UTF-8 is an error naming its line."""
+    if data is None:
+        if not path.is_file():
+            raise MrtkError(f"{label} {path} not found; check the path")
+        data = path.read_bytes()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        whole = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return [obj for _, obj in read_jsonl(path, label)]
-    return data if isinstance(data, list) else [data]
+        return [obj for _, obj in read_jsonl(path, label, data)]
+    return whole if isinstance(whole, list) else [whole]
 
 
-def load_human_pairs(path: str) -> tuple[list[dict], list[dict]]:
+def load_human_pairs(path: str, records: list | None = None) -> tuple[list[dict], list[dict]]:
     """(pairs, ranked lists) from a human-labelled file: LLMBar-style {input, output_1, output_2,
     label 1|2}, OASST pairs {context, response_a, response_b, label a|b}, PandaLM {instruction,
     input, response1, response2, annotator1..3} (majority; ties skipped), or OASST ranked lists
-    {context, replies: [{text, rank}]}."""
+    {context, replies: [{text, rank}]}. `records`: the file's objects, when already read."""
     pairs, lists = [], []
-    for i, r in enumerate(read_json_or_jsonl(Path(path))):
+    for i, r in enumerate(records if records is not None else read_json_or_jsonl(Path(path))):
         eid = str(r.get("id", r.get("idx", r.get("message_tree_id", i))))
         if "output_1" in r:
             pairs.append(
@@ -196,3 +200,109 @@ def _context(ctx) -> str:
         if len(ctx) > 1
         else ctx[0]["text"]
     )
+
+
+# -- Open Assistant ranked lists (`mrtk data eft`) -------------------------------------------------
+def load_ranked_lists(path: Path, lang: str | None) -> tuple[list[dict], dict]:
+    """Open Assistant ranked lists, whatever public form they come in: the export's message trees
+    (`2023-04-12_oasst_ready.trees.jsonl[.gz]`, one `{message_tree_id, prompt: node}` per line, the
+    node schema of Open-Assistant `oasst-data/oasst_data/schemas.py` ExportMessageNode), the
+    `OpenAssistant/oasst1` message tables (one flat message per row: `.parquet`, `.jsonl[.gz]`), or the
+    simple ranked-list JSONL `mrtk eval judge` reads (`{context, replies: [{text, rank}]}`).
+
+    A list is a prompter message with two or more ranked, undeleted assistant replies; its question is
+    the conversation up to it. `lang` (a code such as "en", the default; "all" for every language)
+    keeps lists whose prompter message is in that language; the simple form carries no language, so a
+    given `lang` is refused there. Returns (lists, counts) with lists as `load_human_pairs` gives them plus `tree_id`."""
+    records = list(_records(path))
+    if not records:
+        raise MrtkError(f"{path} holds no records; give Open Assistant trees, message tables or ranked lists")
+    first = records[0]
+    if "prompt" in first and isinstance(first["prompt"], dict):
+        form, roots = "trees", [_tree(r) for r in records if r.get("prompt")]
+    elif "replies" in first and "context" in first:
+        form, roots = "ranked lists", None
+    elif {"message_id", "parent_id", "role", "text"} <= set(first):
+        form, roots = "message table", _rebuild_trees(records)
+    else:
+        raise MrtkError(
+            f"{path}: the first record is not an Open Assistant tree, message row or ranked list "
+            "(keys: " + ", ".join(sorted(first)[:8]) + ")"
+        )
+    if roots is None:
+        if lang is not None:
+            raise MrtkError(f"--lang {lang}: {path} is a ranked-list file without languages; drop --lang")
+        pairs, lists = load_human_pairs(str(path), records)
+        if pairs:
+            raise MrtkError(f"{path} holds labelled pairs, not ranked lists; give OASST trees or ranked lists")
+        lists = [dict(x, tree_id=str(r.get("message_tree_id", x["example_id"]))) for x, r in zip(lists, records)]
+        return lists, {"form": form, "records": len(records), "lists": len(lists), "other_language": 0}
+    want = None if lang == "all" else (lang or "en")
+    lists, other = [], 0
+    for root in roots:
+        for path_to, node, replies in _ranked_nodes(root, []):
+            if want is not None and node.get("lang") != want:
+                other += 1
+                continue
+            lists.append(
+                {
+                    "example_id": str(node["message_id"]),
+                    "tree_id": str(root.get("message_tree_id") or root["message_id"]),
+                    "question": _context([{"role": m["role"], "text": m["text"]} for m in path_to + [node]]),
+                    "replies": [(r["text"], int(r["rank"])) for r in replies],
+                }
+            )
+    return lists, {"form": form, "records": len(records), "lists": len(lists), "other_language": other}
+
+
+def _records(path: Path):
+    """Objects from a .parquet file (read by DuckDB), or JSON / JSONL, gzipped or not."""
+    import gzip
+
+    if not path.is_file():
+        raise MrtkError(f"{path} not found; check the path")
+    if path.suffix == ".parquet":
+        import duckdb
+
+        try:
+            rel = duckdb.sql("SELECT * FROM read_parquet(?)", params=[str(path)])
+        except duckdb.Error as e:
+            raise MrtkError(f"{path} is not a readable parquet file ({str(e).splitlines()[0]})") from None
+        cols = rel.columns
+        yield from (dict(zip(cols, row)) for row in rel.fetchall())
+        return
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as e:
+            raise MrtkError(f"{path} is not a readable gzip file ({e})") from None
+        yield from read_json_or_jsonl(path, "ranked lists", data)
+        return
+    yield from read_json_or_jsonl(path, "ranked lists")
+
+
+def _tree(record: dict) -> dict:
+    """An exported tree's root node, carrying the tree id."""
+    return dict(record["prompt"], message_tree_id=record.get("message_tree_id"))
+
+
+def _rebuild_trees(rows: list[dict]) -> list[dict]:
+    """Flat message rows -> root nodes with nested `replies`, as the trees export has them."""
+    nodes = {str(r["message_id"]): dict(r, replies=[]) for r in rows}
+    roots = []
+    for node in nodes.values():
+        parent = nodes.get(str(node["parent_id"])) if node["parent_id"] is not None else None
+        (parent["replies"] if parent else roots).append(node)
+    return [r for r in roots if r.get("role") == "prompter"]
+
+
+def _ranked_nodes(node: dict, path_to: list[dict]):
+    """(messages before it, prompter node, its ranked replies best first) for every prompter message
+    with two or more ranked, undeleted assistant replies, walking the whole tree."""
+    children = [c for c in node.get("replies") or [] if not c.get("deleted")]
+    if node.get("role") == "prompter":
+        ranked = [c for c in children if c.get("role") == "assistant" and c.get("rank") is not None]
+        if len(ranked) >= 2:
+            yield path_to, node, sorted(ranked, key=lambda c: c["rank"])
+    for child in children:
+        yield from _ranked_nodes(child, path_to + [node])

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("stages", ["stages"]),
     ("store", ["store", "inputs", "train_worker"]),
     ("runs", ["runs", "summary", "plan"]),
-    ("read side", ["evals", "compare", "report", "rejudge"]),
+    ("read side", ["evals", "compare", "report", "rejudge", "eft"]),
     ("composers", ["loop", "study", "bench", "serving_bench", "cli"]),
 ]
 
