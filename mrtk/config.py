@@ -231,8 +231,22 @@ class TrainCfg(_Section):
         "off",
         description="off: the paper. avg (CREAM, arXiv 2410.12735): from iteration 2 on, M_{t-1}'s judge re-scores M_t's "
         "responses; c = (Kendall tau + 1) / 2 between the two rankings of each prompt's responses, and DPO trains "
-        "with label_smoothing = 1 - mean(c), clamped to [0, 0.5] (docs/METHOD.md 8: ranked by judge scores, "
-        "not CREAM's DPO implicit reward).",
+        "with label_smoothing = 1 - mean(c) (docs/METHOD.md 8: ranked by judge scores, not CREAM's DPO implicit reward).",
+    )
+    consistency_ties: Literal["ordinal", "tau_b"] = Field(
+        "ordinal",
+        description="How tied scores rank in c: ordinal (CREAM's code: rankdata ordinal, ties broken by position) or "
+        "tau_b (Kendall tau-b on the scores; a constant ranking left out).",
+    )
+    consistency_first_round: Literal["pre_sft", "skip"] = Field(
+        "pre_sft",
+        description="Iteration 1 under consistency: avg: pre_sft (CREAM) re-ranks with the model before SFT (M0) when "
+        "sft.file is set; skip trains iteration 1 unregularised. Without sft.file there is no earlier model.",
+    )
+    consistency_clamp: bool = Field(
+        False,
+        description="false (CREAM's code): e = 1 - mean(c) for any c, e above 0.5 trained as the reversed pairs with "
+        "1 - e (the same loss; sigmoid loss alone). true: e clamped to [0, 0.5].",
     )
 
     @field_validator("consistency", mode="before")
@@ -443,6 +457,16 @@ class RunConfig(_Section):
     runs: RunsCfg = RunsCfg()
     probe: ProbeCfg = ProbeCfg()
 
+    def consistency_model(self, iteration: int) -> str | None:
+        """The model version whose judge re-ranks iteration t's responses under train.consistency: M_{t-1};
+        in iteration 1 the model before SFT (M0) where sft.file is set and consistency_first_round is
+        pre_sft (CREAM); None where the switch does not act."""
+        if self.train.consistency == "off":
+            return None
+        if iteration > 1:
+            return f"M{iteration - 1}"
+        return "M0" if self.sft.file and self.train.consistency_first_round == "pre_sft" else None
+
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":
         if self.sglang.url and self.sglang.url not in self.sglang.urls:
@@ -486,6 +510,24 @@ class RunConfig(_Section):
             raise ValueError(
                 f"train.consistency: {self.train.consistency} sets DPO's label smoothing, which TRL applies to the "
                 "sigmoid loss; add sigmoid to train.loss_type or set consistency: off"
+            )
+        if self.train.consistency == "off" and (
+            self.train.consistency_ties != "ordinal"
+            or self.train.consistency_clamp
+            or self.train.consistency_first_round != "pre_sft"
+        ):
+            raise ValueError(
+                "train.consistency_ties, _clamp and _first_round shape train.consistency: avg, which is off; "
+                "drop them or set train.consistency: avg"
+            )
+        if (
+            self.train.consistency != "off"
+            and not self.train.consistency_clamp
+            and list(self.train.loss_type) != ["sigmoid"]
+        ):
+            raise ValueError(
+                f"train.consistency: avg unclamped trains e above 0.5 as the reversed pairs, which only the sigmoid loss "
+                f"alone allows (train.loss_type is {list(self.train.loss_type)}); set train.consistency_clamp: true"
             )
         if self.train.consistency != "off" and self.runs.keep_models == "none-but-final":
             raise ValueError(

@@ -110,11 +110,11 @@ class Loop:
                 with store.stage(it, "probe", release_memory):
                     self._probe(it, model)
 
-            # consistency (train.consistency, from iteration 2): M_{t-1}'s judge re-scores M_t's responses
+            # consistency (train.consistency): M_{t-1}'s judge (M0: the model before SFT) re-scores M_t's responses
             smoothing = self.cfg.train.label_smoothing
-            if cfg.train.consistency != "off" and it > 1:
+            if before := cfg.consistency_model(it):
                 with store.stage(it, "consistency", release_memory):
-                    smoothing = self._consistency(it, questions, responses, judgements)
+                    smoothing = self._consistency(it, before, questions, responses, judgements)
 
             # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
             picks = meta_judge.pick_responses(
@@ -312,10 +312,11 @@ class Loop:
         )
         return anchors, self.store.keyed_judgements(it, job.key)
 
-    def _consistency(self, it: int, questions: dict, responses: list[dict], judgements: list[dict]) -> float:
-        """M_{t-1}'s judge on M_t's responses (only what is missing), the per-prompt consistency of the
-        two rankings, recorded as eval `consistency`; returns the label smoothing DPO trains with."""
-        before = f"M{it - 1}"
+    def _consistency(
+        self, it: int, before: str, questions: dict, responses: list[dict], judgements: list[dict]
+    ) -> float:
+        """The judge of `before` (M_{t-1}, or M0) on M_t's responses (only what is missing), the per-prompt
+        consistency of the two rankings, recorded as eval `consistency`; returns DPO's label smoothing."""
         job = judge.Judging(self.t.judge, self.cfg.judge, source="consistency", model_version=before)
         todo = job.missing(responses, self.store.judged_ids(job.table, it, job.key))
         self._generate(
@@ -333,15 +334,23 @@ class Loop:
         ids = [r["response_id"] for r in live]
         now = {rid: mean for rid, (mean, _) in pairs.rewards(judgements).items()}
         per_prompt = consistency.prompt_consistency(
-            now, self.store.mean_scores(ids, it=it, key=job.key), {r["response_id"]: r["prompt_id"] for r in live}
+            now,
+            self.store.mean_scores(ids, it=it, key=job.key),
+            {r["response_id"]: r["prompt_id"] for r in live},
+            self.cfg.train.consistency_ties,
         )
-        numbers = consistency.summary(per_prompt)
+        numbers = consistency.summary(per_prompt, self.cfg.train.consistency_clamp)
         self.store.record_numbers(
             "consistency",
             it,
             f"{self.t.judge.name}:{before}",
             numbers,
-            {"template": self.t.judge.hash, "prompts": len({r["prompt_id"] for r in live})},
+            {
+                "template": self.t.judge.hash,
+                "prompts": len({r["prompt_id"] for r in live}),
+                "ties": self.cfg.train.consistency_ties,
+                "clamp": self.cfg.train.consistency_clamp,
+            },
         )
         smoothing = numbers["label_smoothing"][0]
         self.ui.info(
@@ -453,7 +462,8 @@ class Loop:
         per, k, jn = self.cfg.prompts.per_iteration, self.cfg.actor.k, self.cfg.judge.n
         if self.cfg.train.consistency != "off":
             self.ui.info(
-                f"consistency: up to {per * k * jn} judge calls per iteration from 2 on (M_t-1 re-judges M_t's responses)"
+                f"consistency: up to {per * k * jn} judge calls per iteration from "
+                f"{1 if self.cfg.consistency_model(1) else 2} on (M_t-1 re-judges M_t's responses; M0: before SFT)"
             )
         if self.cfg.pairs.rejected_from == "initial":
             self.ui.info(

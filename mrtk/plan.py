@@ -77,8 +77,8 @@ def plan_lines(inputs: Inputs) -> list[str]:
             + f"pairs: actor (rho {at(cfg.pairs.rho, t)})"
             + (" + judge" if judge_it else "")
             + (
-                f"; consistency re-judge {p * k * n} judgements by M{t - 1}"
-                if cfg.train.consistency != "off" and t > 1
+                f"; consistency re-judge {p * k * n} judgements by {cfg.consistency_model(t)}"
+                if cfg.consistency_model(t)
                 else ""
             )
             + (

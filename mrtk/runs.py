@@ -125,11 +125,16 @@ def _ended(store: RunStore, status: str, error: str | None = None) -> None:
 
 
 def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
-    """The model directory of a run's model version: M1 is the base model (or the SFT output),
-    M<t+1> is what iteration t trained."""
+    """The model directory of a run's model version: M1 is the base model (or the SFT output, and then
+    M0 the base model), M<t+1> is what iteration t trained."""
     m = re.fullmatch(r"M(\d+)", version)
-    if not m or int(m.group(1)) < 1:
-        raise MrtkError(f"model version {version!r} is not M1, M2, ...; name one of this run's models")
+    if not m or (int(m.group(1)) < 1 and not (version == "M0" and cfg.sft.file)):
+        raise MrtkError(
+            f"model version {version!r} is not M1, M2, ... (M0: the model before SFT, where sft.file is set); "
+            "name one of this run's models"
+        )
+    if version == "M0":  # the base model SFT started from (CREAM's first round re-ranks with it)
+        return resolve_model(cfg.model)
     t = int(m.group(1)) - 1
     if t == 0 and not cfg.sft.file:
         return resolve_model(cfg.model)

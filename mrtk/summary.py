@@ -30,7 +30,8 @@ def iteration_table(store: RunStore, it: int) -> Table:
         table.add_row(f"{p['kind']} pairs {p['status']}", f"{p['n']}  ({p['reason']})")
     table.add_row(
         "DPO",
-        f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}",
+        f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}"
+        + _smoothing(t["smoothing"]),
     )
     health = store.health_results()
     for label, text in judge_health_lines(health, it):
@@ -40,6 +41,15 @@ def iteration_table(store: RunStore, it: int) -> Table:
         if metric in truth and truth[metric]["n"]:
             table.add_row(label, f"{_ci(truth[metric])} (n={truth[metric]['n']})")
     return table
+
+
+def _smoothing(row: dict | None) -> str:
+    """Conservative DPO's applied e, when not 0; reversed pairs (e above 0.5) make the margin theirs."""
+    if not row or not row["e"]:
+        return ""
+    return f", label smoothing {row['e']:.3f}" + (
+        " (pairs reversed: margin of rejected over chosen)" if row["reversed"] else ""
+    )
 
 
 # The truth numbers (evals/truth.py) the iteration table shows, when a run has checked prompts.

@@ -119,6 +119,8 @@ def test_every_literal_value_through_set(key, value, is_list):
     extra = {
         ("backend", "sglang"): ["sglang.url=http://127.0.0.1:30000"],
         ("rewards", "verifier"): ["pairs.judge_iterations=[]"],  # the control arm runs no meta-judge
+        ("train.consistency_ties", "tau_b"): ["train.consistency=avg"],  # shapes consistency: refused while off
+        ("train.consistency_first_round", "skip"): ["train.consistency=avg"],
     }.get((key, value), [])
     cfg = load_config("default", [f"{key}={'[' + value + ']' if is_list else value}", *extra])
     node = cfg
@@ -165,3 +167,16 @@ def test_set_reads_numbers_nulls_and_strings_by_field():
 def test_set_bad_values_still_name_the_key(item, message):
     with pytest.raises(MrtkError, match=message.replace(".", r"\.")):
         load_config("default", [item])
+
+
+def test_consistency_options_apply_to_consistency_only():
+    """CREAM's options shape train.consistency: avg; set while it is off they are refused, and the unclamped
+    e (above 0.5: the reversed pairs) is refused beside a loss other than sigmoid alone."""
+    with pytest.raises(MrtkError, match="which is off"):
+        load_config("default", ["train.consistency_clamp=true"])
+    with pytest.raises(MrtkError, match="sigmoid loss alone"):
+        load_config("default", ["train.consistency=avg", "train.loss_type=[sigmoid, sft]"])
+    cfg = load_config(
+        "default", ["train.consistency=avg", "train.loss_type=[sigmoid, sft]", "train.consistency_clamp=on"]
+    )
+    assert cfg.train.consistency_clamp is True and cfg.train.consistency_ties == "ordinal"

@@ -221,7 +221,7 @@ def test_the_three_switches_run_in_the_loop(tmp_path):
         """SELECT max(value) FILTER (WHERE metric = 'consistency'), max(value) FILTER (WHERE metric = 'label_smoothing'),
                                         max(n) FROM eval_results WHERE eval = 'consistency' AND iteration = 2""",
     )
-    assert 0 < n_prompts <= per and ls == pytest.approx(min(0.5, max(0.0, 1 - c)))
+    assert 0 < n_prompts <= per and ls == pytest.approx(min(1.0, max(0.0, 1 - c)))  # CREAM's code: unclamped
     smoothing = rows(db, "SELECT iteration, stats->>'label_smoothing' FROM lineage ORDER BY 1")
     assert smoothing == [(1, "0.0"), (2, str(ls))]
     # anchored rejection: M1's samples of iteration 2's prompts; kept actor pairs reject one of them

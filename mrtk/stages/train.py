@@ -107,6 +107,16 @@ def smoothed_losses(loss_types: list[str], eps: float) -> tuple[list[str], list[
     return types, weights, e
 
 
+def oriented_pairs(examples: list[dict], eps: float) -> tuple[list[dict], float, bool]:
+    """(TRL's rows, the smoothing to hand smoothed_losses, reversed?). CREAM's unclamped e above 0.5:
+    (1-e) L(chosen, rejected) + e L(rejected, chosen) is the same loss on the reversed pair with 1 - e,
+    so the pairs go in reversed (config allows e above 0.5 for the sigmoid loss alone)."""
+    reverse = eps > 0.5
+    sides = ("rejected", "chosen") if reverse else ("chosen", "rejected")
+    rows = [{"prompt": ex["prompt"], "chosen": ex[sides[0]], "rejected": ex[sides[1]]} for ex in examples]
+    return rows, 1.0 - eps if reverse else eps, reverse
+
+
 def planned_steps(n_pairs: int, cfg: TrainCfg, iteration: int) -> int:
     """Optimizer steps TRL will take: ceil(pairs / micro) micro-batches per epoch, accumulated."""
     per_process = math.ceil(n_pairs / cfg.num_processes)  # each process gets its shard of the pairs
@@ -143,7 +153,8 @@ def train_dpo(
     epochs = at(cfg.epochs, iteration)
     horizon = cfg.horizon(iteration)  # the paper: a 10-epoch cosine, stopped at 6/4/2/2
     metrics: list[dict] = []
-    loss_types, loss_weights, smoothing = smoothed_losses(list(cfg.loss_type), cfg.label_smoothing)
+    rows, eps, reverse = oriented_pairs(examples, cfg.label_smoothing)
+    loss_types, loss_weights, smoothing = smoothed_losses(list(cfg.loss_type), eps)
     args = DPOConfig(
         **trainer_args(
             work_dir=work_dir,
@@ -167,7 +178,7 @@ def train_dpo(
     if cfg.report_to:
         args.report_to = list(cfg.report_to)
         args.run_name = f"{run_name}-dpo-it{iteration}" if run_name else None
-    data = Dataset.from_list([{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in examples])
+    data = Dataset.from_list(rows)
     try:
         trainer = quiet(DPOTrainer)(
             model=model,
@@ -197,6 +208,7 @@ def train_dpo(
         "train_seconds": seconds,
         "bf16": args.bf16,
         "label_smoothing": cfg.label_smoothing,
-        "label_smoothing_applied": smoothing,
+        "label_smoothing_applied": 1.0 - smoothing if reverse else smoothing,
+        "pairs_reversed": reverse,  # TRL's reward metrics are then the reversed pairs'
     }
     return merged, tokenizer, metrics, stats

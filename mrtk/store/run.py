@@ -298,6 +298,15 @@ class RunStore(Database):
                  FROM train_metrics WHERE iteration = ?""",
             [it],
         )[0]
+        t["smoothing"] = (
+            q(
+                """SELECT TRY_CAST(stats->>'label_smoothing_applied' AS DOUBLE) AS e,
+                          coalesce(TRY_CAST(stats->>'pairs_reversed' AS BOOLEAN), false) AS reversed
+                     FROM lineage WHERE iteration = ?""",
+                [it],
+            )
+            or [None]
+        )[0]
         return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t}
 
     # -- models -------------------------------------------------------------------------------
