@@ -382,6 +382,12 @@ class SGLangCfg(_Section):
     extra_args: str = Field("", description="More launch_server arguments, as one shell-quoted string.")
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
+    control_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Timeout of one weight update (a full 8B refit from disk, 16 GB: published 30-60 s; 1800 leaves "
+        "room for slow disks and larger models). A worker that outlasts it is asked its version before a resend.",
+    )
     retries: int = Field(4, ge=0, description="Retries (with backoff) of a failed HTTP call.")
     max_batch_rows: int = Field(
         256, ge=1, description="Most samples in one /generate request (a prompt's K samples go together up to this)."

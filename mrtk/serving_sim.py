@@ -296,6 +296,7 @@ class SimServer(Served):
         self.log: list[tuple[str, dict | None]] = []  # control calls (weights, memory), as the other stand-ins
         self.stopped = False
         self.die_after: int | None = None  # stop (as a killed server) when this many /generate requests have arrived
+        self.refit_s = 0.0  # how long a weight update takes before it answers (the version changes at the end)
         self._serve(port, self._handler())
         self.scheduler = threading.Thread(target=self._schedule, daemon=True)
 
@@ -409,6 +410,7 @@ class SimServer(Served):
                     "message": f"model path {body.get('model_path')} not found",
                     "num_paused_requests": 0,
                 }
+            time.sleep(self.refit_s)
             self.model_path, self.weight_version = body["model_path"], body.get("weight_version") or self.weight_version
             with self.cond:
                 self.cache.clear()  # the update flushes the radix cache
@@ -584,6 +586,8 @@ class SimRouter(Served):
         if parts[3] == "workers" and len(parts) > 6 and parts[5] == "engine" and parts[4] in ids:
             return 200, self._call(parts[4], ids[parts[4]], "/" + "/".join(parts[6:]), body)
         if parts[3] == "engine":
+            if "selector" not in urllib.parse.parse_qs(parsed.query):  # smg/rl.py:211 always sends one
+                return 400, {"error": "bad_request", "message": "missing selector"}
             results, failed = {}, []
             for wid, url in ids.items():
                 try:

@@ -264,3 +264,71 @@ print(store.count("responses"), hwm_kb // 1024)
     count, peak_mb = map(int, out.stdout.split()[-2:])
     print(f"\n{count} samples streamed: peak resident {peak_mb} MB")
     assert count == 20_000 and peak_mb < 1024, (count, peak_mb)
+
+
+@pytest.mark.parametrize("smg", [True, False])
+def test_a_weight_update_that_times_out_on_one_worker_is_not_resent_to_the_others(two, model_dir, smg):
+    """issue 33: worker b's refit outlasts the control timeout (it finishes during the backoff). The
+    retry asks every worker its weight version first and sends the update to none: each worker is
+    refit once. Before, the retry re-sent the whole fan-out, refitting a (and b) twice."""
+    from mrtk.models import tokenizer_for
+
+    a, b = two
+    for w in (a, b):
+        w.log.clear()
+        w.weight_version = "M1"
+    b.refit_s = 1.0
+    try:
+        with SimRouter([a.url, b.url], rl=True) as gateway:
+            client = SGLangClient(
+                [gateway.url] if smg else [a.url, b.url],
+                smg=smg,
+                retries=2,
+                backoff_s=1.5,
+                timeout_s=0.5,
+            )
+            SGLangBackend(client, tokenizer_for(model_dir)).update_weights(model_dir, "M2")
+    finally:
+        b.refit_s = 0.0
+    assert a.weight_version == b.weight_version == "M2"
+    assert [p for p, _ in a.log] == [p for p, _ in b.log] == ["/update_weights_from_disk"]
+
+
+def test_the_gateway_stand_in_answers_as_smg(two):
+    """A fan-out without a selector is a 400; one worker down is a 207 naming it in `failed`."""
+    import json
+    import urllib.request
+
+    a, b = two
+    with SimRouter([a.url, "http://127.0.0.1:9"], rl=True) as gateway:
+        req = urllib.request.Request(gateway.url + "/v1/rl/engine/model_info", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 400
+        req = urllib.request.Request(
+            gateway.url + "/v1/rl/engine/model_info?selector=engine%3Dsglang", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 207
+            answer = json.loads(r.read())
+        assert answer["succeeded"] == 1 and answer["failed"][0]["url"] == "http://127.0.0.1:9"
+
+
+def test_a_worker_that_never_takes_the_update_is_dropped_and_the_rest_go_on(two, model_dir):
+    """Servers of their own (no router): a worker that answers no weight update after every retry is
+    dropped as generation drops a dead server; the others hold the new version. Alone, it is the error."""
+    from mrtk.models import tokenizer_for
+
+    a, b = two
+    for w in (a, b):
+        w.weight_version = "M1"
+    b.refit_s = 2.0
+    try:
+        client = SGLangClient([a.url, b.url], retries=1, backoff_s=0.01, timeout_s=0.5, control_timeout_s=0.3)
+        SGLangBackend(client, tokenizer_for(model_dir)).update_weights(model_dir, "M2")
+        assert a.weight_version == "M2" and [s.url for s in client.slots if s.dead] == [b.url]
+        alone = SGLangClient([b.url], retries=0, backoff_s=0.01, timeout_s=0.5, control_timeout_s=0.3)
+        with pytest.raises(MrtkError, match="control_timeout_s"):
+            SGLangBackend(alone, tokenizer_for(model_dir)).update_weights(model_dir, "M3")
+    finally:
+        b.refit_s = 0.0

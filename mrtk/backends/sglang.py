@@ -48,6 +48,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -237,6 +238,7 @@ class SGLangClient:
         worker_urls: list[str] | None = None,
         smg: bool = False,
         timeout_s: float = 600.0,
+        control_timeout_s: float = 1800.0,
         retries: int = 4,
         backoff_s: float = 1.0,
         max_inflight: int = 256,
@@ -247,6 +249,7 @@ class SGLangClient:
         self.smg = smg
         self.worker_urls = [u.rstrip("/") for u in worker_urls] if worker_urls else self.urls
         self.timeout_s, self.retries, self.backoff_s, self.max_inflight = timeout_s, retries, backoff_s, max_inflight
+        self.control_timeout_s = control_timeout_s
         self.dead_after_s = backoff_s * (2 ** (retries + 1) - 1)  # the backoff schedule of one request, spent
         self.slots = [_Slot(u, max_inflight) for u in self.urls]
         self.cond = threading.Condition()
@@ -333,8 +336,35 @@ class SGLangClient:
         if every and self.smg:
             return self._fanout(path, body)
         if every:
-            return [self._retrying(u, path, body, method) for u in self.worker_urls]
+            answers, failed = [], []
+            for u in self._live_workers():
+                try:
+                    answers.append(self._retrying(u, path, body, method))
+                except MrtkError as e:
+                    failed.append((u, e))
+            self._drop(failed, bool(answers))
+            return answers
         return self._retrying(self.urls[0], path, body, method)
+
+    def _drop(self, failed: list[tuple[str, Exception]], others_answered: bool) -> None:
+        """Workers that did not answer a control call after every retry: where they are servers of
+        their own (no router) and another answered, they are dropped as generation drops a dead
+        server, and the run goes on with the rest; otherwise the first failure is the error."""
+        if not failed:
+            return
+        own = {s.url: s for s in self.slots}
+        if not others_answered or any(u not in own for u, _ in failed):
+            raise failed[0][1]
+        with self.cond:
+            for u, e in failed:
+                own[u].dead, own[u].last_error = True, str(e)
+            self.cond.notify_all()
+
+    def _live_workers(self) -> list[str]:
+        """The workers control calls go to: a server generation dropped as dead is out of the run."""
+        with self.cond:
+            dead = {s.url for s in self.slots if s.dead}
+        return [u for u in self.worker_urls if u not in dead]
 
     def _fanout(self, path: str, body):
         """smg's `/v1/rl/engine/{path}?selector=engine=sglang`: every worker's answer body, or a
@@ -360,6 +390,84 @@ class SGLangClient:
                 )
             bodies.append(r.get("body"))
         return bodies
+
+    def update_everywhere(self, path: str, body: dict, version: str) -> list:
+        """A weight update that is safe to repeat: each try first asks every worker which weight version
+        it holds (`/model_info`'s `weight_version`, the live value in SGLang 0.5.23,
+        http_server.py:812-825; `/server_info` reports the startup one, :865-873) and sends the update,
+        in parallel, only to the workers still behind. A worker whose refit outlasted the timeout but
+        finished is not refit again. With `smg` both go through the gateway's one-worker route
+        (`/v1/rl/workers/{id}/engine/{path}`, smg 1.13.0 smg/rl.py:182-197). Returns the answers of
+        the workers updated."""
+        answers, last, failing = [], "", None  # failing: the workers the last try could not update
+        for attempt in range(self.retries + 1):
+            try:
+                behind = [w for w in self._control_workers() if self._version(w) != version]
+            except TRANSIENT as e:  # the gateway's worker list
+                last = str(e)
+                time.sleep(self.backoff_s * 2**attempt)
+                continue
+            if not behind:
+                return answers
+            with ThreadPoolExecutor(len(behind)) as pool:
+                outcomes = list(pool.map(lambda w: self._attempt(w, path, body), behind))
+            failing = [w for w, (ok, _) in zip(behind, outcomes) if not ok]
+            for w, (ok, answer) in zip(behind, outcomes):
+                if ok:
+                    answers.append(answer)
+                else:
+                    last = f"{w[0]}: {answer}"
+            if not failing:
+                return answers
+            time.sleep(self.backoff_s * 2**attempt)
+        error = MrtkError(
+            f"SGLang did not answer {path} after {self.retries + 1} tries ({last}); finished rows are saved, "
+            f"fix the server (or raise sglang.control_timeout_s, now {self.control_timeout_s:.0f}s) and run: "
+            "mrtk run --resume RUN"
+        )
+        if failing is None:  # no try got as far as asking the versions
+            raise error
+        self._drop([(w[0], error) for w in failing], len(failing) < len(self._control_workers()) and not self.smg)
+        return answers
+
+    def _version(self, worker) -> str | None:
+        """The weight version a worker holds; None where it does not answer (it counts as behind)."""
+        try:
+            return self._control(worker, "/model_info", None).get("weight_version")
+        except ServerError as e:
+            raise MrtkError(f"SGLang refused a weight version check: {e}") from None
+        except TRANSIENT:
+            return None
+
+    def _control_workers(self) -> list[tuple[str, str, str]]:
+        """(worker url, where to send, path prefix) per worker: the gateway and its one-worker route with
+        `smg`, else each worker itself."""
+        if not self.smg:
+            return [(u, u, "") for u in self._live_workers()]
+        _, listed = _request(self.urls[0], "/v1/rl/workers", None, self.timeout_s)
+        return [(w.get("url") or w["id"], self.urls[0], f"/v1/rl/workers/{w['id']}/engine") for w in listed["workers"]]
+
+    def _control(self, worker: tuple[str, str, str], path: str, body):
+        """One control call to one worker, on a connection of its own with the control timeout; the
+        worker's own answer (unwrapped from the gateway's {worker_id, url, status, body})."""
+        url, base, prefix = worker
+        _, payload = _request(base, prefix + path, body, self.control_timeout_s)
+        if prefix:
+            if not isinstance(payload, dict) or "status" not in payload:
+                raise MrtkError(f"{base} answered {prefix + path} with {str(payload)[:80]!r}; is it an SMG gateway?")
+            if int(payload["status"]) in RETRY_STATUS:
+                raise ConnectionError(f"HTTP {payload['status']} from {url}: {str(payload.get('body'))[:200]}")
+            return payload.get("body") if isinstance(payload.get("body"), dict) else {}
+        return payload if isinstance(payload, dict) else {}
+
+    def _attempt(self, worker, path: str, body) -> tuple[bool, object]:
+        """(True, the answer) or (False, why) for one worker; a refusal (4xx) is an answer, not a retry."""
+        try:
+            return True, self._control(worker, path, body)
+        except ServerError as e:
+            return True, {"success": False, "message": str(e)}
+        except TRANSIENT as e:
+            return False, f"{type(e).__name__}: {e}"
 
     def _retrying(self, url, path, body, method):
         for attempt in range(self.retries + 1):
@@ -640,8 +748,8 @@ class SGLangBackend:
         """Load `model_path` into every worker. The update flushes the radix cache itself
         (`UpdateWeightFromDiskReqInput.flush_cache: bool = True`, io_struct.py), so no /flush_cache."""
         model_path = _absolute(model_path)  # the server has its own working directory
-        for answer in self.client.call(
-            "/update_weights_from_disk", {"model_path": str(model_path), "weight_version": version}, every=True
+        for answer in self.client.update_everywhere(
+            "/update_weights_from_disk", {"model_path": str(model_path), "weight_version": version}, version
         ):
             if not isinstance(answer, dict) or not answer.get("success", False):
                 message = answer.get("message") if isinstance(answer, dict) else answer
@@ -702,6 +810,7 @@ class SGLangPolicy:
                 worker_urls=None if s.launch else s.worker_urls,
                 smg=s.smg,  # smg with launch: refused by the config
                 timeout_s=s.request_timeout_s,
+                control_timeout_s=s.control_timeout_s,
                 retries=s.retries,
                 max_inflight=s.max_inflight,
             )
