@@ -148,24 +148,18 @@ def test_ranked_list_files_and_refusals(tmp_path):
         load_ranked_lists(pairs, None)
 
 
+def eft_on_the_sample(cwd: Path, model: str, *args: str):
+    """`mrtk data eft` on the shipped sample with the tiny model, writing eft.jsonl in `cwd`."""
+    return mrtk(
+        "data", "eft", "oasst_ranked_sample.jsonl", "-o", "eft.jsonl", "--set", f"model={model}", *args, cwd=cwd
+    )
+
+
 def test_eft_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     """Every judgement is an eval_items row with its raw text; the file holds exactly the lists whose
     stored mean scores agree with the human ranks (recomputed here from the rows), each answer's
     completion is one of its own judgements, and the SFT stage reads the file."""
-    res = mrtk(
-        "data",
-        "eft",
-        "oasst_ranked_sample.jsonl",
-        "-o",
-        "eft.jsonl",
-        "--n",
-        "2",
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        "judge.max_new_tokens=8",
-        cwd=tmp_path,
-    )
+    res = eft_on_the_sample(tmp_path, tiny_model_dir, "--n", "2", "--set", "judge.max_new_tokens=8")
     assert res.returncode == 0, res.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     with duckdb.connect(str(run_dir / DB_NAME), read_only=True) as db:
@@ -220,16 +214,6 @@ def test_eft_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     ],
 )
 def test_bad_eft_options_are_one_line(tmp_path, tiny_model_dir, args, says):
-    res = mrtk(
-        "data",
-        "eft",
-        "oasst_ranked_sample.jsonl",
-        "-o",
-        "eft.jsonl",
-        "--set",
-        f"model={tiny_model_dir}",
-        *args,
-        cwd=tmp_path,
-    )
+    res = eft_on_the_sample(tmp_path, tiny_model_dir, *args)
     assert res.returncode != 0 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "eft.jsonl").exists()
