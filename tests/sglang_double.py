@@ -58,6 +58,8 @@ from mrtk.serving_sim import (
     generate_inputs,
 )
 
+LOADING = threading.Lock()
+
 
 class PrefixCachingEngine(EmbeddedBackend):
     """mrtk's decode loop behind a stand-in for SGLang's radix cache. A single prompt is
@@ -174,7 +176,8 @@ class SGLangDouble(Served):
             }
         if path == "/update_weights_from_disk":
             try:
-                self.engine = self.load(body["model_path"])
+                with LOADING:  # doubles share one process, real servers do not: transformers' loads collide in threads
+                    self.engine = self.load(body["model_path"])
             except Exception as e:  # SGLang answers success: false with HTTP 400
                 return 400, {"success": False, "message": f"{type(e).__name__}: {e}", "num_paused_requests": 0}
             self.model_path, self.weight_version = body["model_path"], body.get("weight_version") or self.weight_version

@@ -392,17 +392,20 @@ class SGLangClient:
         return bodies
 
     def update_everywhere(self, path: str, body: dict, version: str) -> list:
-        """A weight update that is safe to repeat: each try first asks every worker which weight version
-        it holds (`/model_info`'s `weight_version`, the live value in SGLang 0.5.23,
-        http_server.py:812-825; `/server_info` reports the startup one, :865-873) and sends the update,
+        """A weight update that is safe to repeat: the first try goes to every worker (at attach a server
+        may report the version while serving other weights); each retry first asks every worker what it
+        holds (`/model_info`'s `weight_version` and `model_path`, the live values in SGLang 0.5.23,
+        http_server.py:812-825; `/server_info` reports the startup ones, :865-873) and sends the update,
         in parallel, only to the workers still behind. A worker whose refit outlasted the timeout but
         finished is not refit again. With `smg` both go through the gateway's one-worker route
         (`/v1/rl/workers/{id}/engine/{path}`, smg 1.13.0 smg/rl.py:182-197). Returns the answers of
         the workers updated."""
         answers, last, failing = [], "", None  # failing: the workers the last try could not update
+        held = (version, body.get("model_path"))
         for attempt in range(self.retries + 1):
             try:
-                behind = [w for w in self._control_workers() if self._version(w) != version]
+                workers = self._control_workers()
+                behind = workers if attempt == 0 else [w for w in workers if self._holds(w) != held]
             except TRANSIENT as e:  # the gateway's worker list
                 last = str(e)
                 time.sleep(self.backoff_s * 2**attempt)
@@ -430,10 +433,11 @@ class SGLangClient:
         self._drop([(w[0], error) for w in failing], len(failing) < len(self._control_workers()) and not self.smg)
         return answers
 
-    def _version(self, worker) -> str | None:
-        """The weight version a worker holds; None where it does not answer (it counts as behind)."""
+    def _holds(self, worker) -> tuple | None:
+        """(weight version, model path) a worker holds; None where it does not answer (it counts as behind)."""
         try:
-            return self._control(worker, "/model_info", None).get("weight_version")
+            info = self._control(worker, "/model_info", None)
+            return info.get("weight_version"), info.get("model_path")
         except ServerError as e:
             raise MrtkError(f"SGLang refused a weight version check: {e}") from None
         except TRANSIENT:
