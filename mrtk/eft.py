@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
-from mrtk.evals.judge_eval import judge_agreement
+from mrtk.evals.judge_eval import judge_agreement, ranked_pairs
 from mrtk.evals.run import Target, write_results
 from mrtk.prompts import Template, judge_prompt
 from mrtk.rejudge import load_judge_template
@@ -32,21 +32,24 @@ EVAL = "eft"
 
 def agrees(ranks: list[int], scores: list[float | None]) -> bool:
     """The keep rule: every pair of answers the humans ranked apart (rank 0 the best) has the
-    better-ranked answer strictly higher in mean score. An equal mean, or an answer with no parsed
-    score, disagrees; answers the humans ranked equal may score anything."""
-    for i in range(len(ranks)):
-        for j in range(len(ranks)):
-            if ranks[i] < ranks[j]:
-                si, sj = scores[i], scores[j]
-                if si is None or sj is None or not si > sj:
-                    return False
-    return True
+    better-ranked answer strictly higher in mean score, i.e. Table 7's agreement (`ranked_pairs`) is a
+    hit on every pair of the list. An equal mean, or an answer with no parsed score, disagrees; answers
+    the humans ranked equal may score anything."""
+    one = {"example_id": "", "replies": [("", r) for r in ranks]}
+    labels, preds = ranked_pairs([one], {answer_id("", str(k)): s for k, s in enumerate(scores) if s is not None})
+    return labels == preds
 
 
 def nearest(judgements: list[dict], mean: float) -> dict:
-    """The judgement whose score is nearest the answer's mean; the earliest on equal distance."""
+    """The judgement whose score is nearest the answer's mean; the earliest sample on equal distance
+    (judgements in sample order)."""
     scored = [j for j in judgements if j["score"] is not None]
     return min(scored, key=lambda j: abs(j["score"] - mean))
+
+
+def _sample(item: dict) -> int:
+    """A judgement's sample index, from its id (`rows.judgement_id`: .../j<k>): item ids sort j10 before j2."""
+    return int(item["item_id"].rsplit("/j", 1)[1])
 
 
 def cap_per_score(examples: list[dict], cap: int | None, seed: int) -> tuple[list[dict], int]:
@@ -81,12 +84,12 @@ def build(t: Target, lists: list[dict], template: Template, *, n: int | None, ca
     res = judge_agreement(t, [], lists, template, n=n, name=EVAL, ui=ui)
     job, label = res["job"], res["judge"]
     by_answer: dict[str, list[dict]] = {}
-    for item in sorted(t.store.eval_items(EVAL, t.iteration, label), key=lambda r: r["item_id"]):
+    for item in sorted(res["items"], key=_sample):
         by_answer.setdefault(item["slot"], []).append(item)
     examples, kept_lists = [], 0
     for x in lists:
         ids = [answer_id(x["example_id"], str(k)) for k in range(len(x["replies"]))]
-        means = [_mean(by_answer.get(i, [])) for i in ids]
+        means = [res["scores"].get(i) for i in ids]
         ranks = [rank for _, rank in x["replies"]]
         if not agrees(ranks, means):
             continue
@@ -136,11 +139,6 @@ def build(t: Target, lists: list[dict], template: Template, *, n: int | None, ca
         "run": str(t.store.run_dir),
     }
     return examples, stats
-
-
-def _mean(items: list[dict]) -> float | None:
-    scores = [i["score"] for i in items if i["score"] is not None]
-    return sum(scores) / len(scores) if scores else None
 
 
 def write(path: Path, examples: list[dict], stats: dict) -> Path:

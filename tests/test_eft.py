@@ -13,7 +13,7 @@ import pytest
 from conftest import mrtk
 
 from mrtk.data import load_ranked_lists
-from mrtk.eft import agrees, cap_per_score, nearest
+from mrtk.eft import _sample, agrees, cap_per_score, nearest
 from mrtk.errors import MrtkError
 from mrtk.rows import format_score
 from mrtk.stages.sft import load_sft_examples
@@ -35,6 +35,9 @@ def test_nearest_judgement_and_the_cap():
     js = [{"score": 1.0, "id": "a"}, {"score": 3.0, "id": "b"}, {"score": None, "id": "c"}, {"score": 4.0, "id": "d"}]
     assert nearest(js, 8 / 3)["id"] == "b"
     assert nearest([{"score": 2.0, "id": "x"}, {"score": 4.0, "id": "y"}], 3.0)["id"] == "x"  # a tie: the first
+    # "first" is the sample order, which item ids (.../j10 before .../j2 as strings) do not give
+    ids = ["eft/0/J/l#0/k/j10", "eft/0/J/l#0/k/j2", "eft/0/J/l#0/k/j0"]
+    assert [i["item_id"][-3:] for i in sorted(({"item_id": i} for i in ids), key=_sample)] == ["/j0", "/j2", "j10"]
     examples = [{"score": s} for s in (4, 4, 4, 4, 2, 3.4, 1)]
     kept, dropped = cap_per_score(examples, 2, seed=1)
     assert dropped == 2 and sorted(round(e["score"]) for e in kept) == [1, 2, 3, 4, 4]
@@ -200,6 +203,14 @@ def test_eft_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     if examples:
         assert len(load_sft_examples(tmp_path / "eft.jsonl")) == len(examples)
     assert "next: mrtk run --set sft.file=eft.jsonl" in res.stdout
+    # again with that run's seed model (--run): every judgement is stored, so nothing is judged again
+    again = mrtk(
+        "data", "eft", "oasst_ranked_sample.jsonl", "-o", "again.jsonl", "--n", "2", "--run", str(run_dir), cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "eft.jsonl").read_text()
+    with duckdb.connect(str(run_dir / DB_NAME), read_only=True) as db:
+        assert db.execute("SELECT count(*) FROM eval_items WHERE eval = 'eft'").fetchone()[0] == len(items)
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,14 @@ def judge_agreement(
             "verdict": cfg.verdict if job.pairwise else None,
         },
     )
-    return {"judge": label_read, "numbers": numbers, "credits": pair_credits(pairs, preds), "job": job}
+    return {
+        "judge": label_read,
+        "numbers": numbers,
+        "credits": pair_credits(pairs, preds),
+        "job": job,
+        "items": items,
+        "scores": scores,  # unit (an answer) -> its mean parsed score
+    }
 
 
 def pair_credits(pairs: list[dict], preds: dict[str, str | None]) -> dict[str, float]:
