@@ -850,7 +850,7 @@ def data_eft(
     from mrtk.config import load_config, resolve_config_path
     from mrtk.data import load_ranked_lists, resolve_data_file
     from mrtk.evals import run as ev
-    from mrtk.runs import WriterLock, find_run, new_run, open_run
+    from mrtk.runs import WriterLock, find_run, new_run
     from mrtk.ui import QuietUI, RichUI
 
     _check_eval_numbers(None, 1, limit)
@@ -881,10 +881,11 @@ def data_eft(
         _checked(ui, cfg, cfg_path.parent, True)
         run_dir = new_run(cfg, str(cfg_path.resolve()), _output_dir(runs_dir or Path("runs"), "--runs")).run_dir
     else:
-        run_dir = find_run(run_)
-        cfg = open_run(run_dir)[1]
-        t_judge = eft.judge_template(template or cfg.judge.template, [*cfg.prompts.template_dirs, *dirs])
+        run_dir, t_judge = find_run(run_), None
     with WriterLock(run_dir), ev.open_target(run_dir, iteration or 0) as target:
+        t_judge = t_judge or eft.judge_template(
+            template or target.cfg.judge.template, [*target.cfg.prompts.template_dirs, *dirs]
+        )
         examples, stats = eft.build(target, ranked, t_judge, n=n, cap=cap, ui=ui)
     stats |= {"source": str(path), "read": counts}
     stats_path = eft.write(out_file, examples, stats)
