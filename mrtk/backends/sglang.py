@@ -400,12 +400,14 @@ class SGLangClient:
         finished is not refit again. With `smg` both go through the gateway's one-worker route
         (`/v1/rl/workers/{id}/engine/{path}`, smg 1.13.0 smg/rl.py:182-197). Returns the answers of
         the workers updated."""
-        answers, last, failing = [], "", None  # failing: the workers the last try could not update
+        answers, last, failing, workers = [], "", None, []  # failing: the workers the last try could not update
         held = (version, body.get("model_path"))
         for attempt in range(self.retries + 1):
             try:
                 workers = self._control_workers()
                 behind = workers if attempt == 0 else [w for w in workers if self._holds(w) != held]
+            except ServerError as e:  # the gateway's worker list, refused
+                raise MrtkError(f"SGLang refused the worker list for {path}: {e}") from None
             except TRANSIENT as e:  # the gateway's worker list
                 last = str(e)
                 time.sleep(self.backoff_s * 2**attempt)
@@ -430,7 +432,7 @@ class SGLangClient:
         )
         if failing is None:  # no try got as far as asking the versions
             raise error
-        self._drop([(w[0], error) for w in failing], len(failing) < len(self._control_workers()) and not self.smg)
+        self._drop([(w[0], error) for w in failing], len(failing) < len(workers) and not self.smg)
         return answers
 
     def _holds(self, worker) -> tuple | None:
