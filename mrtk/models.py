@@ -207,6 +207,35 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu"):
     return model, tokenizer
 
 
+def random_llama(tokenizer_dir: str, out: Path, *, hidden_size: int = 64, max_positions: int = 2048) -> str:
+    """A 2-layer Llama with random weights (seed 0; 0.2 init: peaked logits, not flat ones) and the
+    vocabulary, tokenizer and chat template of `tokenizer_dir`, saved to `out`: for checks that must
+    hold on any weights in any dtype at a cost no CPU kind turns into minutes (the tests' tiny model,
+    scripts/gpu_embedded_check.py)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of `messages` rendered with the model's chat template (the one way mrtk counts tokens)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -32,35 +32,12 @@ def sync():
         torch.cuda.synchronize()
 
 
-def build_tiny(tokenizer_dir: str, out: Path) -> str:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.2,  # peaked, not flat, logits tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def main(tokenizer_dir: str, work: str) -> None:
     from mrtk.backends.base import Request, SamplingParams
     from mrtk.backends.embedded import EmbeddedBackend
     from mrtk.bench import hf_generate
     from mrtk.config import validate_config
-    from mrtk.models import load_model
+    from mrtk.models import load_model, random_llama
     from mrtk.prompts import load_template
     from mrtk.stages.judge import run_judge
 
@@ -73,7 +50,7 @@ def main(tokenizer_dir: str, work: str) -> None:
         torch.cuda.is_available(),
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
     )
-    model_dir = build_tiny(tokenizer_dir, work_dir / "tiny")
+    model_dir = random_llama(tokenizer_dir, work_dir / "tiny", hidden_size=128, max_positions=4096)
 
     model, tok = load_model(model_dir, "float32", DEV)
     be = EmbeddedBackend(model, tok)

@@ -69,29 +69,9 @@ def tiny_model_dir(model_dir, tmp_path_factory) -> str:
     """A 2-layer random Llama with SmolLM2's tokenizer and chat template (0.2 init: peaked logits,
     not flat ones): for what must hold on any weights in any dtype, at a cost the CPU's lack of
     bf16 hardware does not turn into minutes (emulated bf16 is ~35x slower than fp32)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from mrtk.models import random_llama
 
-    out = tmp_path_factory.mktemp("tiny_model")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return random_llama(model_dir, tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture()
