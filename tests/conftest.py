@@ -188,10 +188,10 @@ def db_of(out: Path) -> Path:
     return db
 
 
-def rows(db: Path, sql: str) -> list[tuple]:
+def rows(db: Path, sql: str, params: list | None = None) -> list[tuple]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return con.execute(sql).fetchall()
+        return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
 

@@ -188,9 +188,7 @@ def test_truth_per_iteration_and_the_heldout_slice(tmp_path):
     held = {p["prompt_id"] for p in inputs.heldout}
     run(store, inputs)
     db = store.run_dir / "mrtk.duckdb"
-    assert rows(
-        db, "SELECT count(*) FROM prompts WHERE prompt_id IN (SELECT unnest(?))".replace("?", repr(sorted(held)))
-    ) == [(0,)]
+    assert rows(db, "SELECT count(*) FROM prompts WHERE prompt_id IN (SELECT unnest(?))", [sorted(held)]) == [(0,)]
     # M1, M2 and the final M3 answered the slice, K each, the same seeds for every model
     assert rows(db, "SELECT iteration, count(*) FROM heldout_responses GROUP BY 1 ORDER BY 1") == [
         (1, 8),
