@@ -146,21 +146,8 @@ def test_request_carries_the_official_prompt_and_asks_for_logprobs(run_copy, mon
             [{"instruction": q, "output": a} for q, a in [("Name a primary colour.", "Red."), ("What is 3+4?", "7.")]]
         )
     )
-    res = mrtk(
-        "eval",
-        "alpaca",
-        "--run",
-        str(run_copy),
-        "--data",
-        str(data),
-        "--max-new-tokens",
-        "8",
-        "--dry-run-reply",
-        "M",
-        "-q",
-        cwd=run_copy.parent,
-        check=True,
-    )
+    alpaca = ["eval", "alpaca", "--run", str(run_copy), "--data", str(data), "--max-new-tokens", "8"]
+    res = mrtk(*alpaca, "--dry-run-reply", "M", "-q", cwd=run_copy.parent, check=True)
     assert "lc_approx_no_difficulty" in res.stdout and "weighted_alpaca_eval_gpt4_turbo" in res.stdout.replace("\n", "")
     db = run_copy / "mrtk.duckdb"
     calls = rows(db, "SELECT messages, params FROM eval_calls ORDER BY call_key")
@@ -187,21 +174,5 @@ def test_request_carries_the_official_prompt_and_asks_for_logprobs(run_copy, mon
     got = rows(db, "SELECT slot, preference, parse_reason FROM eval_items WHERE eval = 'alpaca' ORDER BY example_id")
     assert all(r[2] == "no_logprobs_text_verdict" and r[1] == (0.0 if r[0] == "policy_first" else 1.0) for r in got)
     # a smaller --limit afterwards: this eval's example only (before: a KeyError on the example judged earlier)
-    res = mrtk(
-        "eval",
-        "alpaca",
-        "--run",
-        str(run_copy),
-        "--data",
-        str(data),
-        "--max-new-tokens",
-        "8",
-        "--dry-run-reply",
-        "M",
-        "-q",
-        "--limit",
-        "1",
-        cwd=run_copy.parent,
-        check=True,
-    )
+    res = mrtk(*alpaca, "--dry-run-reply", "M", "-q", "--limit", "1", cwd=run_copy.parent, check=True)
     assert rows(db, "SELECT n FROM eval_results WHERE eval = 'alpaca' AND metric = 'win_rate'") == [(1,)]
