@@ -22,6 +22,22 @@ from mrtk.rows import derive_seed
 EPS = 1e-9
 
 
+def kept(base: dict, chosen: dict, rejected: dict, id_key: str, **extra) -> dict:
+    """A kept pair row: `base` plus both sides' ids (`id_key` of each), scores and lengths."""
+    return dict(
+        base,
+        chosen_id=chosen[id_key],
+        rejected_id=rejected[id_key],
+        chosen_score=chosen["score"],
+        rejected_score=rejected["score"],
+        chosen_chars=chosen["n_chars"],
+        rejected_chars=rejected["n_chars"],
+        **extra,
+        status="kept",
+        reason="ok",
+    )
+
+
 def rewards(judgements: list[dict]) -> dict[str, tuple[float, int]]:
     """response_id -> (mean of valid scores, number of valid scores); no valid score, no entry."""
     acc: dict[str, list[float]] = defaultdict(list)
@@ -89,17 +105,7 @@ def actor_pair(
     rejected = _pick(_tier(pool, rho, top=False), lambda r: -r["n_chars"], rng)
     if anchors is not None and rejected["score"] >= chosen["score"] - EPS:
         return dict(base, status="dropped", reason="anchor_scored_as_high_as_chosen")
-    row = dict(
-        base,
-        chosen_id=chosen["response_id"],
-        rejected_id=rejected["response_id"],
-        chosen_score=chosen["score"],
-        rejected_score=rejected["score"],
-        chosen_chars=chosen["n_chars"],
-        rejected_chars=rejected["n_chars"],
-        status="kept",
-        reason="ok",
-    )
+    row = kept(base, chosen, rejected, "response_id")
     if chosen["response_id"] == rejected["response_id"]:
         return dict(row, status="dropped", reason="same_response_in_both_tiers")
     if max_chosen_chars is not None and chosen["n_chars"] > max_chosen_chars:
@@ -181,19 +187,7 @@ def judge_pairs(
         hi = _pick_elo(ratings, max, rng)
         lo = _pick_elo([e for e in ratings if e is not hi], min, rng)  # distinct from hi also when the Elo is flat
         chosen, rejected = by_id[hi["judgement_id"]], by_id[lo["judgement_id"]]
-        row = dict(
-            base,
-            chosen_id=chosen["judgement_id"],
-            rejected_id=rejected["judgement_id"],
-            chosen_score=chosen["score"],
-            rejected_score=rejected["score"],
-            chosen_chars=chosen["n_chars"],
-            rejected_chars=rejected["n_chars"],
-            chosen_elo=hi["elo"],
-            rejected_elo=lo["elo"],
-            status="kept",
-            reason="ok",
-        )
+        row = kept(base, chosen, rejected, "judgement_id", chosen_elo=hi["elo"], rejected_elo=lo["elo"])
         if max_chars is not None and chosen["n_chars"] > max_chars:
             row.update(status="dropped", reason=f"chosen_longer_than_{int(max_chars)}_chars")
         elif cfg.drop_same_score and abs(chosen["score"] - rejected["score"]) <= EPS:
