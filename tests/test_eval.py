@@ -618,3 +618,27 @@ def test_table_7_agreement_on_a_ranked_list_by_hand():
     assert (a["agreement"], a["agreement_without_ties"], a["ties"]) == (pytest.approx(0.5 / 3), 0.0, 1)
     # equal human ranks make no pair
     assert ranked_pairs([{"example_id": "f", "replies": [("p", 1), ("q", 1)]}], {}) == ([], [])
+
+
+def test_ranked_list_numbers_by_hand():
+    """Three lists against the judge's mean scores. e: x (0), y (1), z (2) scored 3, 4, 4; f: p (0), q (1)
+    scored 5, 1; g: a (0), b (1), c (2) scored 1, 2, 3. Spearman per list: e -0.866 (score ranks 1, 2.5,
+    2.5 against 3, 2, 1), f 1, g -1; mean -0.289 with a bootstrap interval over the three lists.
+    Table 7's pairs: e wrong, wrong, tie; f right; g wrong x3 -> agreement 1.5/7, without ties 1/6."""
+    from mrtk.evals.judge_eval import list_numbers
+    from mrtk.rows import answer_id
+
+    lists = [
+        {"example_id": "e", "replies": [("x", 0), ("y", 1), ("z", 2)]},
+        {"example_id": "f", "replies": [("p", 0), ("q", 1)]},
+        {"example_id": "g", "replies": [("a", 0), ("b", 1), ("c", 2)]},
+    ]
+    given = {"e": [3.0, 4.0, 4.0], "f": [5.0, 1.0], "g": [1.0, 2.0, 3.0]}
+    scores = {answer_id(e, str(k)): s for e, ss in given.items() for k, s in enumerate(ss)}
+    got = list_numbers(lists, scores)
+    rho, lo, hi, n = got["spearman"]
+    assert n == 3 and rho == pytest.approx((-(3**0.5) / 2 + 1 - 1) / 3) and lo <= rho <= hi and lo < hi
+    assert got["list_agreement"][0] == pytest.approx(1.5 / 7) and got["list_agreement"][3] == 7
+    assert got["list_agreement_without_ties"][0] == pytest.approx(1 / 6) and got["list_agreement_without_ties"][3] == 6
+    assert got["list_tie_rate"][0] == pytest.approx(1 / 7)
+    assert all(v[1] is not None and v[1] <= v[0] <= v[2] for v in got.values())

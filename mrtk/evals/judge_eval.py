@@ -12,7 +12,7 @@ Every judgement is an `eval_items` row with its raw text; the numbers go to `eva
 from __future__ import annotations
 
 from mrtk.config import with_template_sampling
-from mrtk.evals import metrics
+from mrtk.evals import health, metrics
 from mrtk.evals.run import Target, write_results
 from mrtk.runs import run_chunks
 from mrtk.prompts import Template
@@ -94,40 +94,12 @@ def judge_agreement(
     preds, consistency = job.preferences(said(items))
     labels = [p["label"] for p in pairs]
     agree = metrics.agreement(labels, [preds.get(p["example_id"]) for p in pairs]) if pairs else None
-    numbers = {}
-    if agree:
-        numbers["agreement"] = (agree["agreement"], agree["ci_low"], agree["ci_high"], agree["n"])
-        numbers["agreement_without_ties"] = (
-            agree["agreement_without_ties"],
-            agree["ci_low_without_ties"],
-            agree["ci_high_without_ties"],
-            agree["n"] - agree["ties"],
-        )
-        numbers["tie_rate"] = (agree["ties"] / agree["n"], *metrics.wilson(agree["ties"], agree["n"]), agree["n"])
+    numbers = agreement_numbers(agree) if agree else {}
     if consistency[3]:  # pairs a pairwise judge saw in both orders
         numbers["position_consistency"] = consistency
     scores = judge_stage.mean_scores(said(items))
     if lists and job.scores:  # the mean scores against the human ranks
-        rhos = [
-            metrics.spearman(
-                [scores.get(answer_id(x["example_id"], str(k)), float("nan")) for k in range(len(x["replies"]))],
-                [-rank for _, rank in x["replies"]],
-            )
-            for x in lists
-        ]
-        rhos = [r for r in rhos if r is not None and r == r]
-        numbers["spearman"] = (sum(rhos) / len(rhos) if rhos else None, None, None, len(rhos))
-        list_labels, list_preds = ranked_pairs(lists, scores)
-        if list_labels:  # Table 7's agreement on ranked lists: every pair of differently ranked replies
-            a = metrics.agreement(list_labels, list_preds)
-            numbers["list_agreement"] = (a["agreement"], a["ci_low"], a["ci_high"], a["n"])
-            numbers["list_agreement_without_ties"] = (
-                a["agreement_without_ties"],
-                a["ci_low_without_ties"],
-                a["ci_high_without_ties"],
-                a["n"] - a["ties"],
-            )
-            numbers["list_tie_rate"] = (a["tie_rate"], *metrics.wilson(a["ties"], a["n"]), a["n"])
+        numbers |= list_numbers(lists, scores)
     failed = sum(i["parse_status"] != "ok" for i in items)
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
     soft = job.pairwise and cfg.verdict == "soft"
@@ -194,6 +166,42 @@ def said(items: list[dict]) -> list[dict]:
         }
         for i in items
     ]
+
+
+def list_numbers(lists: list[dict], scores: dict[str, float]) -> dict[str, tuple]:
+    """Ranked lists (OASST) against a judge's mean scores: `spearman`, the mean over lists of the rank
+    correlation between scores and human ranks (a BCa bootstrap interval over lists; lists with a
+    constant side left out), and Table 7's agreement over every pair of differently ranked replies,
+    with and without ties (`ranked_pairs`; Wilson intervals)."""
+    rhos = [
+        metrics.spearman(
+            [scores.get(answer_id(x["example_id"], str(k)), float("nan")) for k in range(len(x["replies"]))],
+            [-rank for _, rank in x["replies"]],
+        )
+        for x in lists
+    ]
+    rhos = [r for r in rhos if r is not None and r == r]
+    numbers = {
+        "spearman": (sum(rhos) / len(rhos), *health.bootstrap_ci(rhos), len(rhos)) if rhos else (None, None, None, 0)
+    }
+    list_labels, list_preds = ranked_pairs(lists, scores)
+    if list_labels:
+        numbers |= agreement_numbers(metrics.agreement(list_labels, list_preds), "list_")
+    return numbers
+
+
+def agreement_numbers(a: dict, prefix: str = "") -> dict[str, tuple]:
+    """`metrics.agreement`'s result as eval numbers: agreement (ties half a hit), without ties, tie rate."""
+    return {
+        f"{prefix}agreement": (a["agreement"], a["ci_low"], a["ci_high"], a["n"]),
+        f"{prefix}agreement_without_ties": (
+            a["agreement_without_ties"],
+            a["ci_low_without_ties"],
+            a["ci_high_without_ties"],
+            a["n"] - a["ties"],
+        ),
+        f"{prefix}tie_rate": (a["ties"] / a["n"], *metrics.wilson(a["ties"], a["n"]), a["n"]),
+    }
 
 
 def ranked_pairs(lists: list[dict], scores: dict[str, float]) -> tuple[list[str], list[str | None]]:
