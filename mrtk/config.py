@@ -166,6 +166,14 @@ class PairsCfg(_Section):
         "Self-Rewarding's anchored rejection, arXiv 2508.06026): from iteration 2 on, the rejected response is "
         "one of M1's own samples of the same prompt (generated once, table anchor_responses), judged by M_t.",
     )
+    chosen_from: Literal["current", "future"] = Field(
+        "current",
+        description="current: an actor pair's chosen response is one of M_t's (the paper). future (Temporal "
+        "Self-Rewarding's future-guided chosen, arXiv 2508.06026; needs rejected_from: initial): every iteration "
+        "first trains a temporary next model on the anchored actor pairs (pairs of kind 'anchored'), samples K "
+        "responses from it (table future_responses), M_t's judge scores them, and the chosen side comes from M_t's "
+        "and the temporary model's samples together; then the iteration's DPO runs from M_t as always.",
+    )
 
     @field_validator("rho")
     @classmethod
@@ -539,6 +547,11 @@ class RunConfig(_Section):
             raise ValueError(
                 "train.consistency re-judges with the previous model, which runs.keep_models: none-but-final deletes; "
                 "use keep_models: last or all"
+            )
+        if self.pairs.chosen_from == "future" and self.pairs.rejected_from != "initial":
+            raise ValueError(
+                "pairs.chosen_from: future trains its temporary model on the anchored pairs, which need "
+                "pairs.rejected_from: initial; set it or set chosen_from: current"
             )
         if self.rewards == "verifier":
             for bad, why in (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import random
 import shutil
+from pathlib import Path
 
 from mrtk import summary, trackers
 from mrtk.evals import truth
@@ -23,7 +24,7 @@ from mrtk.hardware import apply_threads, release_memory
 from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.plan import switch_lines
-from mrtk.rows import derive_seed
+from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind
 from mrtk.runs import lifecycle, model_for, run_chunks
 from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train, verifier
 from mrtk.store import RunStore
@@ -125,10 +126,25 @@ class Loop:
                 with store.stage(it, "meta_judge", release_memory):
                     elo = self._meta_judge(it, model, picks, questions, responses, judgements)
 
+            # future-guided chosen (pairs.chosen_from: future): a temporary next model, trained on the anchored
+            # pairs, samples these prompts; M_t judges its samples, candidates for the chosen side
+            future, future_judgements = None, []
+            if cfg.pairs.chosen_from == "future":
+                with store.stage(it, "future", release_memory):
+                    future, future_judgements = self._future(
+                        it, model, prompts, questions, responses, judgements + anchor_judgements, anchors, smoothing
+                    )
+
             # 4. pairs: actor pairs from the scores, judge pairs from the Elo
             with store.stage(it, "pairs", release_memory):
                 rows = pairs.actor_pairs(
-                    responses, judgements + anchor_judgements, cfg.pairs, iteration=it, run_seed=seed, anchors=anchors
+                    responses,
+                    judgements + anchor_judgements + future_judgements,
+                    cfg.pairs,
+                    iteration=it,
+                    run_seed=seed,
+                    anchors=anchors,
+                    future=future,
                 )
                 if it in cfg.pairs.judge_iterations:
                     judge_rows = pairs.judge_pairs(
@@ -137,7 +153,9 @@ class Loop:
                     rows += pairs.apply_share_cap(
                         rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed
                     )
-                store.replace_iteration("pairs", it, rows)
+                store.replace_iteration("pairs", it, rows, kinds=TRAINED_PAIR_KINDS)
+                if future is not None:
+                    self._record_future_chosen(it, rows)
 
             # ground truth (prompts with IFEval checks): verdicts, M_t on the held-out slice, the numbers
             if any(p["checks"] for p in prompts) or self.heldout:
@@ -146,7 +164,7 @@ class Loop:
 
             # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
             with store.stage(it, "train", release_memory):
-                self._train(it, model, questions, responses + (anchors or []), judgements, smoothing)
+                self._train(it, model, questions, responses + (anchors or []) + (future or []), judgements, smoothing)
             self._after_iteration(it)
         final = cfg.iterations + 1  # the trained model answers the held-out slice too
         if self.heldout and not store.stage_done(final, "truth"):
@@ -299,18 +317,104 @@ class Loop:
             version="M1",
         )
         anchors = self.store.anchor_responses(it)
-        job = judge.Judging(self.t.judge, self.cfg.judge, source="anchor", model_version=f"M{it}")
+        return anchors, self._judged_by_mt(it, model, "anchor", anchors, questions)
+
+    def _judged_by_mt(self, it: int, model: str, source: str, rows: list[dict], questions: dict) -> list[dict]:
+        """M_t's judgements of responses that are not M_t's own (anchors, the temporary model's samples),
+        as `source` rows keyed by M_t: the missing ones judged, then all of them read back."""
+        job = judge.Judging(self.t.judge, self.cfg.judge, source=source, model_version=f"M{it}")
         self._generate(
             it,
             model,
-            "anchor judge",
-            job.missing(anchors, self.store.judged_ids(job.table, it, job.key)),
+            f"{source} judge",
+            job.missing(rows, self.store.judged_ids(job.table, it, job.key)),
             self.cfg.judge.n,
             job.table,
             job.run,
             questions,
         )
-        return anchors, self.store.keyed_judgements(it, job.key)
+        ids = {r["response_id"] for r in rows}
+        return [j for j in self.store.keyed_judgements(it, job.key) if j["response_id"] in ids]
+
+    def _future(
+        self,
+        it: int,
+        model: str,
+        prompts: list[dict],
+        questions: dict,
+        responses: list[dict],
+        judgements: list[dict],
+        anchors: list[dict] | None,
+        smoothing: float,
+    ) -> tuple[list[dict], list[dict]]:
+        """Future-guided chosen: the anchored pairs (kind `anchored`, written for the record) train a
+        temporary next model F<t+1> from M_t by the iteration's own DPO recipe; it samples K responses
+        to each prompt (only prompts without them; their own ids and seeds) and M_t's judge scores them
+        (source 'future'). The temporary model is deleted once its samples are in. Returns (samples,
+        their judgements)."""
+        version = f"F{it + 1}"
+        temp = self.store.run_dir / "models" / version
+        have = {r["prompt_id"] for r in self.store.future_responses(it)}
+        if any(p["prompt_id"] not in have for p in prompts):
+            if not temp.is_dir():  # a resume after its samples began reuses the saved temporary model
+                anchored = pairs.actor_pairs(
+                    responses,
+                    judgements,
+                    self.cfg.pairs,
+                    iteration=it,
+                    run_seed=self.cfg.seed,
+                    anchors=anchors,
+                    kind="anchored",
+                )
+                self.store.replace_iteration("pairs", it, anchored, kinds=("anchored",))
+                metrics, stats, _, _ = self._dpo(
+                    it,
+                    model,
+                    self.store.kept_pairs(it, "anchored"),
+                    questions,
+                    responses + (anchors or []),
+                    judgements,
+                    smoothing,
+                    temp,
+                )
+                losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+                self.store.record_numbers(
+                    "future",
+                    it,
+                    "train",
+                    {
+                        "pairs_trained": (stats["pairs_trained"], None, None, stats["pairs_trained"]),
+                        "loss_first": (losses[0] if losses else None, None, None, len(losses)),
+                        "loss_last": (losses[-1] if losses else None, None, None, len(losses)),
+                    },
+                    {"model": version, "base": model},
+                )
+            self._sample(
+                it,
+                str(temp),
+                f"future ({version} samples)",
+                prompts,
+                "future_responses",
+                self.store.future_responses,
+                kind="future",
+                version=version,
+            )
+        future = self.store.future_responses(it)
+        future_judgements = self._judged_by_mt(it, model, "future", future, questions)
+        shutil.rmtree(temp, ignore_errors=True)
+        return future, future_judgements
+
+    def _record_future_chosen(self, it: int, rows: list[dict]) -> None:
+        """How many kept actor pairs take their chosen side from the temporary model (eval `future`)."""
+        kept = [r for r in rows if r["kind"] == "actor" and r["status"] == "kept"]
+        ahead = sum(response_kind(r["chosen_id"]) == "future" for r in kept)
+        self.store.record_numbers(
+            "future",
+            it,
+            "chosen",
+            {"future_chosen_share": (ahead / len(kept) if kept else None, None, None, len(kept))},
+            {"future_chosen": ahead},
+        )
 
     def _consistency(
         self, it: int, before: str, questions: dict, responses: list[dict], judgements: list[dict]
@@ -362,8 +466,27 @@ class Loop:
     def _train(
         self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict], smoothing: float
     ) -> None:
+        out = self.store.run_dir / "models" / f"M{it + 1}"
+        metrics, stats, n_examples, too_long = self._dpo(
+            it, model, self.store.kept_pairs(it), questions, responses, judgements, smoothing, out
+        )
+        self.store.record_training(it, model, out, metrics, stats, n_examples, stats["pairs_trained"], len(too_long))
+
+    def _dpo(
+        self,
+        it: int,
+        model: str,
+        kept: list[dict],
+        questions: dict,
+        responses: list[dict],
+        judgements: list[dict],
+        smoothing: float,
+        out: Path,
+    ) -> tuple[list[dict], dict, int, dict]:
+        """DPO from `model` on the `kept` pair rows (those too long for train.max_length marked dropped),
+        saved at `out`; returns (per-step metrics, stats, examples, the too-long pairs)."""
         examples = train.examples_from_pairs(
-            self.store.kept_pairs(it),
+            kept,
             questions,
             {r["response_id"]: r for r in responses},
             {j["judgement_id"]: j for j in judgements},
@@ -373,10 +496,9 @@ class Loop:
         self.store.drop_pairs(too_long)
         if not fitted:
             raise MrtkError(
-                f"iteration {it}: no preference pairs to train on (see: mrtk query 'select reason, count(*) from pairs group by 1'); "
-                "raise prompts.per_iteration or actor.k, or lower pairs.rho"
+                f"iteration {it}: no preference pairs to train {out.name} on (see: mrtk query "
+                "'select kind, reason, count(*) from pairs group by all'); raise prompts.per_iteration or actor.k, or lower pairs.rho"
             )
-        out = self.store.run_dir / "models" / f"M{it + 1}"
         self.policy.release()  # the generation copy (embedded) or the server's GPU memory (SGLang) goes to DPO
         train_cfg = self.cfg.train.model_copy(update={"label_smoothing": smoothing})
         metrics, stats = self.train_step(
@@ -391,7 +513,7 @@ class Loop:
             ui=self.ui,
         )
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
-        self.store.record_training(it, model, out, metrics, stats, len(examples), stats["pairs_trained"], len(too_long))
+        return metrics, stats, len(examples), too_long
 
     def _sft(self) -> None:
         """The optional EFT/SFT step: base model -> M1, recorded as lineage iteration 0."""
@@ -468,6 +590,11 @@ class Loop:
         if self.cfg.pairs.rejected_from == "initial":
             self.ui.info(
                 f"anchored rejection: {per * k} M1 samples and up to {per * k * jn} judge calls per iteration from 2 on"
+            )
+        if self.cfg.pairs.chosen_from == "future":
+            self.ui.info(
+                f"future-guided chosen: a second DPO (the temporary model, on the anchored pairs), {per * k} samples "
+                f"from it and up to {per * k * jn} judge calls per iteration"
             )
         p, n = self.cfg.probe, self.cfg.probe.n or self.cfg.judge.n
         if self.probe_pairs or p.frozen:

@@ -86,6 +86,12 @@ def plan_lines(inputs: Inputs) -> list[str]:
                 if cfg.pairs.rejected_from == "initial" and t > 1
                 else ""
             )
+            + (
+                f"; future-guided chosen: a temporary DPO on up to {p} anchored pairs, {p * k} samples from it "
+                f"+ {p * k * n} judgements by M{t}"
+                if cfg.pairs.chosen_from == "future"
+                else ""
+            )
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}"
         )
@@ -148,6 +154,10 @@ def switch_lines(cfg) -> list[str]:
         on.append(f"train.consistency: {cfg.train.consistency} (consistency-regularised DPO, CREAM arXiv 2410.12735)")
     if cfg.pairs.rejected_from == "initial":
         on.append("pairs.rejected_from: initial (anchored rejection, Temporal Self-Rewarding arXiv 2508.06026)")
+    if cfg.pairs.chosen_from == "future":
+        on.append(
+            "pairs.chosen_from: future (future-guided chosen, Temporal Self-Rewarding arXiv 2508.06026; mrtk's reading)"
+        )
     return on or ["none (the paper's loop)"]
 
 

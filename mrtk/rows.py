@@ -17,13 +17,25 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
 
 
-RESPONSE_KINDS = {"actor": "r", "anchor": "a", "heldout": "h"}
+RESPONSE_KINDS = {"actor": "r", "anchor": "a", "future": "f", "heldout": "h"}
 
 
 def response_id(iteration: int, prompt_id: str, k: int, kind: str = "actor") -> str:
     """A response of M_t (`r`), an anchor: M1's sample of iteration t's prompt (`a`, pairs.rejected_from:
-    initial), or M_t's answer to a held-out verifiable prompt (`h`, prompts.heldout)."""
+    initial), a sample of iteration t's temporary next model (`f`, pairs.chosen_from: future), or M_t's
+    answer to a held-out verifiable prompt (`h`, prompts.heldout)."""
     return f"it{iteration}/{prompt_id}/{RESPONSE_KINDS[kind]}{k}"
+
+
+def response_kind(response_id_: str) -> str:
+    """The kind a response id names (the inverse of `response_id`'s last part)."""
+    letter = response_id_.rsplit("/", 1)[-1][:1]
+    return next(kind for kind, tag in RESPONSE_KINDS.items() if tag == letter)
+
+
+# the pairs table's kinds: what the iteration's DPO trains on, and the anchored pairs that trained the
+# temporary next model of pairs.chosen_from: future (kept for the record, never in the final DPO)
+TRAINED_PAIR_KINDS = ("actor", "judge")
 
 
 def judgement_id(response_id_: str, template_hash: str, j: int) -> str:

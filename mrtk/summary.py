@@ -28,6 +28,8 @@ def iteration_table(store: RunStore, it: int) -> Table:
         )
     for p in s["pairs"]:
         table.add_row(f"{p['kind']} pairs {p['status']}", f"{p['n']}  ({p['reason']})")
+    if s["future"]:
+        table.add_row("future-guided chosen", _future(s["future"], it))
     table.add_row(
         "DPO",
         f"{t['steps']} steps, loss {_f(t['first_loss'])} -> {_f(t['last_loss'])}, reward margin {_f(t['last_margin'])}"
@@ -41,6 +43,20 @@ def iteration_table(store: RunStore, it: int) -> Table:
         if metric in truth and truth[metric]["n"]:
             table.add_row(label, f"{_ci(truth[metric])} (n={truth[metric]['n']})")
     return table
+
+
+def _future(rows: dict, it: int) -> str:
+    """The temporary next model's DPO and how many kept actor pairs took its sample as chosen."""
+    trained, first, last = (rows.get(("train", m)) for m in ("pairs_trained", "loss_first", "loss_last"))
+    share = rows.get(("chosen", "future_chosen_share"))
+    text = (
+        f"F{it + 1} trained on {trained['value']:.0f} anchored pairs, loss {_f(first['value'])} -> {_f(last['value'])}"
+        if trained
+        else f"F{it + 1}"
+    )
+    if share and share["n"]:
+        text += f"; its sample is the chosen one in {share['value']:.0%} of {share['n']} actor pairs"
+    return text
 
 
 def _smoothing(row: dict | None) -> str:

@@ -121,6 +121,7 @@ def test_every_literal_value_through_set(key, value, is_list):
         ("rewards", "verifier"): ["pairs.judge_iterations=[]"],  # the control arm runs no meta-judge
         ("train.consistency_ties", "tau_b"): ["train.consistency=avg"],  # shapes consistency: refused while off
         ("train.consistency_first_round", "skip"): ["train.consistency=avg"],
+        ("pairs.chosen_from", "future"): ["pairs.rejected_from=initial"],  # trains on the anchored pairs
     }.get((key, value), [])
     cfg = load_config("default", [f"{key}={'[' + value + ']' if is_list else value}", *extra])
     node = cfg

@@ -247,3 +247,94 @@ def test_the_three_switches_run_in_the_loop(tmp_path):
     resume(store.run_dir, ScriptedPolicy())
     assert snapshot(db) == before
     assert rows(db, "SELECT count(*) FROM anchor_responses")[0][0] == per * k
+
+
+FUTURE = {**TINY["pairs"], "rejected_from": "initial", "chosen_from": "future"}
+
+
+class CrashInFuture(ScriptedPolicy):
+    """Dies three samples into the first temporary model's samples (iteration 1's future stage)."""
+
+    def use(self, model_dir: str):
+        if Path(model_dir).name == "F2" and self.crash_after is None:
+            self.crash_after = self.samples + 3
+        return super().use(model_dir)
+
+
+def test_future_guided_chosen_in_the_loop(tmp_path):
+    """issue 34 item 4, on the real stages and store (scripted model calls): each iteration trains a
+    temporary next model F<t+1> on the anchored pairs (kind 'anchored', exactly the actor pairs of a run
+    with anchored rejection alone), samples it, M_t judges the samples, and the final actor pairs take
+    their chosen side from M_t's and F<t+1>'s samples together, never their rejected side; the final DPO
+    trains on actor and judge pairs only; the temporary model is gone; a crash in its sampling resumes
+    to the uninterrupted run."""
+    for name in ("future", "alone", "crashed"):
+        (tmp_path / name).mkdir()
+    store, inputs = start(tmp_path / "future", pairs=FUTURE)
+    policy = ScriptedPolicy()
+    run(store, inputs, policy)
+    db = store.run_dir / DB_NAME
+    k, n, per = TINY["actor"]["k"], TINY["judge"]["n"], TINY["prompts"]["per_iteration"]
+    assert rows(db, "SELECT status FROM runs") == [("success",)]
+    assert rows(db, "SELECT iteration, list(stage ORDER BY stage) FROM stages GROUP BY 1 ORDER BY 1") == [
+        (1, ["actor", "future", "judge", "meta_judge", "pairs", "train"]),
+        (2, ["actor", "anchor", "future", "judge", "meta_judge", "pairs", "train"]),
+    ]
+    # the temporary models' samples, judged by M_t; the models themselves deleted
+    assert rows(db, "SELECT iteration, model_version, count(*) FROM future_responses GROUP BY ALL ORDER BY 1") == [
+        (1, "F2", per * k),
+        (2, "F3", per * k),
+    ]
+    dups = dict(rows(db, "SELECT iteration, count(*) FILTER (WHERE is_duplicate) FROM future_responses GROUP BY 1"))
+    assert rows(
+        db, "SELECT iteration, model_version, count(*) FROM judgements WHERE source = 'future' GROUP BY ALL ORDER BY 1"
+    ) == [(1, "M1", (per * k - dups[1]) * n), (2, "M2", (per * k - dups[2]) * n)]
+    assert not list((store.run_dir / "models").glob("F*"))
+    models = [c[1] for c in policy.calls if c[0] == "generate"]
+    assert "F2" in models and "F3" in models
+    control = [c[0] for c in policy.calls if c[0] not in ("generate",)]
+    assert control == ["open"] + ["release", "resume"] * 4 + ["close"]  # two DPO runs an iteration
+    # the anchored pairs are the actor pairs anchored rejection alone gives (same seeds, same rule)
+    alone, alone_inputs = start(tmp_path / "alone", pairs={**TINY["pairs"], "rejected_from": "initial"})
+    run(alone, alone_inputs, ScriptedPolicy())
+    pair = "SELECT replace(pair_id, '/{0}/', '/'), status, reason, chosen_id, rejected_id FROM pairs WHERE iteration = 1 AND kind = '{0}' ORDER BY 1"
+    assert rows(db, pair.format("anchored")) == rows(alone.run_dir / DB_NAME, pair.format("actor"))
+    assert len(rows(db, pair.format("anchored"))) == per
+    # the temporary model trained on the kept anchored pairs, its numbers recorded
+    [(trained,)] = rows(
+        db, "SELECT value FROM eval_results WHERE eval = 'future' AND iteration = 1 AND metric = 'pairs_trained'"
+    )
+    assert (
+        trained
+        == rows(db, "SELECT count(*) FROM pairs WHERE iteration = 1 AND kind = 'anchored' AND status = 'kept'")[0][0]
+    )
+    # final actor pairs: chosen from M_t's or F<t+1>'s samples, rejected never from F<t+1>
+    final = rows(db, "SELECT iteration, chosen_id, rejected_id FROM pairs WHERE kind = 'actor' AND status = 'kept'")
+    assert final and not any("/f" in rej for _, _, rej in final)
+    ahead = [it for it, ch, _ in final if ch.rsplit("/", 1)[1].startswith("f")]
+    assert ahead, "no pair took the temporary model's sample: the switch did nothing here"
+    for it in (1, 2):
+        [(share, n_kept)] = rows(
+            db,
+            f"SELECT value, n FROM eval_results WHERE eval = 'future' AND iteration = {it} AND metric = 'future_chosen_share'",
+        )
+        assert n_kept == sum(1 for i, _, _ in final if i == it) and share == pytest.approx(ahead.count(it) / n_kept)
+    # the final DPO: actor and judge pairs only
+    assert rows(db, "SELECT iteration, pairs_in FROM lineage ORDER BY 1") == rows(
+        db,
+        "SELECT iteration, count(*) FROM pairs WHERE status = 'kept' AND kind IN ('actor', 'judge') GROUP BY 1 ORDER BY 1",
+    )
+    # a crash in the temporary model's sampling: the resume equals the uninterrupted run, row for row
+    crashed, crashed_inputs = start(tmp_path / "crashed", pairs=FUTURE)
+    with pytest.raises(Crash):
+        run(crashed, crashed_inputs, CrashInFuture())
+    cdb = crashed.run_dir / DB_NAME
+    assert rows(cdb, "SELECT iteration, stage FROM stages WHERE status = 'error'") == [(1, "future")]
+    assert (crashed.run_dir / "models" / "F2").is_dir()
+    resume(crashed.run_dir, ScriptedPolicy())
+    future = "SELECT response_id, text, model_version, seed FROM future_responses"
+    assert snapshot(cdb) == snapshot(db) and set(rows(cdb, future)) == set(rows(db, future))
+    # a finished run resumed does nothing more
+    before = snapshot(db)
+    resume(store.run_dir, ScriptedPolicy())
+    assert snapshot(db) == before and rows(db, "SELECT count(*) FROM future_responses")[0][0] == 2 * per * k

@@ -218,3 +218,44 @@ def test_anchored_rejection_takes_the_rejected_side_from_m1s_samples():
     high = [dict(j, score=4.5) if j["response_id"].startswith("it2/p/a") else j for j in judged]
     [none] = actor_pairs(current, high, cfg, iteration=2, run_seed=1, anchors=anchors)
     assert (none["status"], none["reason"]) == ("dropped", "anchor_scored_as_high_as_chosen")
+
+
+def test_future_guided_chosen_by_hand():
+    """issue 34 item 4: the temporary model's samples join M_t's as chosen candidates (top tier over
+    both, shortest), never as rejected; a future sample scoring no higher than M_t's best changes
+    nothing; in iteration 1 (no anchors) the rejected side is M_t's own bottom tier."""
+    current = [resp("it2/p/r0", 400), resp("it2/p/r1", 300)]
+    anchors = [resp("it2/p/a0", 500), resp("it2/p/a1", 800)]
+    future = [resp("it2/p/f0", 600), resp("it2/p/f1", 100)]
+    scores = {"r0": 3.0, "r1": 3.0, "a0": 2.0, "a1": 1.0, "f0": 5.0, "f1": 1.0}
+    judged = [{"response_id": f"it2/p/{k}", "score": s} for k, s in scores.items()]
+    cfg = PairsCfg(rho=[0.0], max_chosen_chars=[None])
+    [row] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1, anchors=anchors, future=future)
+    assert (row["kind"], row["pair_id"], row["chosen_id"], row["rejected_id"]) == (
+        "actor",
+        "it2/actor/p",
+        "it2/p/f0",  # 5 beats M_t's 3
+        "it2/p/a1",  # the lowest anchor, not the future's own 1.0
+    )
+    # a future sample tied with M_t's best joins the top tier, where the shortest wins (rho 0: 3.0 only)
+    tied = [dict(j, score=3.0) if j["response_id"] == "it2/p/f0" else j for j in judged]
+    [row] = actor_pairs(current, tied, cfg, iteration=2, run_seed=1, anchors=anchors, future=future)
+    assert row["chosen_id"] == "it2/p/r1"  # 300 chars beats f0's 600
+    # the anchored pairs for the temporary model: the same rule without the future, their own kind and id
+    [anchored] = actor_pairs(current, judged, cfg, iteration=2, run_seed=1, anchors=anchors, kind="anchored")
+    assert (anchored["pair_id"], anchored["chosen_id"], anchored["rejected_id"]) == (
+        "it2/anchored/p",
+        "it2/p/r1",
+        "it2/p/a1",
+    )
+    # iteration 1: no anchors, rejected from M_t's own samples even when all of them tie
+    one = [resp("it1/p/r0", 400), resp("it1/p/r1", 300)]
+    ahead = [resp("it1/p/f0", 200)]
+    j1 = [{"response_id": rid, "score": s} for rid, s in [("it1/p/r0", 2.0), ("it1/p/r1", 2.0), ("it1/p/f0", 4.0)]]
+    [row] = actor_pairs(one, j1, cfg, iteration=1, run_seed=1, future=ahead)
+    assert (row["status"], row["chosen_id"], row["rejected_id"]) == ("kept", "it1/p/f0", "it1/p/r0")
+    [plain] = actor_pairs(one, j1, cfg, iteration=1, run_seed=1)
+    assert plain["reason"] == "all_scores_tied"
+    flat = [dict(j, score=2.0) for j in j1]
+    [none] = actor_pairs(one, flat, cfg, iteration=1, run_seed=1, future=ahead)
+    assert (none["status"], none["reason"]) == ("dropped", "rejected_scored_as_high_as_chosen")

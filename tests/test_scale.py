@@ -131,6 +131,23 @@ def test_dry_run_prints_the_paper_plan_without_loading(tmp_path):
     )
 
 
+def test_dry_run_names_what_future_guided_chosen_costs(tmp_path):
+    """issue 34 item 4: the temporal preset's plan names both halves and, per iteration, the temporary
+    DPO, its samples and M_t's judgements of them (default sizes: 6 prompts, K 4, N 3); the switch
+    without anchored rejection is refused in one line."""
+    out = mrtk("run", "temporal", "--dry-run", cwd=tmp_path, check=True, timeout=120).stdout
+    assert "pairs.chosen_from: future (future-guided chosen, Temporal Self-Rewarding arXiv 2508.06026" in out
+    for t in (1, 2):
+        line = next(x for x in out.splitlines() if x.startswith(f"iteration {t}:"))
+        assert (
+            f"future-guided chosen: a temporary DPO on up to 6 anchored pairs, 24 samples from it + 72 judgements by M{t}"
+            in line
+        )
+    res = mrtk("run", "--dry-run", "--set", "pairs.chosen_from=future", cwd=tmp_path, timeout=120)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+    assert "pairs.chosen_from: future trains its temporary model on the anchored pairs" in res.stderr
+
+
 def test_dry_run_disk_estimate_from_a_local_model(tiny_model, tmp_path):
     res = mrtk(
         "run", "--dry-run", "--set", f"model={tiny_model}", "--set", "runs.keep_models=last", cwd=tmp_path, check=True

@@ -9,6 +9,11 @@ the chosen response is M_t's as always, the rejected one comes from M1's samples
 prompt (`anchors`), scored by M_t's judge, so chosen and rejected do not converge as the model
 improves. Chosen from M_t's top tier (shortest), rejected from the anchors' bottom tier (longest),
 each tier by rho over its own pool; a pair whose anchor scores as high as the chosen is dropped.
+
+Future-guided chosen (`pairs.chosen_from: future`, the same paper's second half): the anchored
+pairs (kind `anchored`) train a temporary next model; its samples of the same prompts, scored by
+M_t's judge, join M_t's as candidates for the chosen side (top tier over both, shortest), and the
+rejected side stays as above. The reading of the recipe is mrtk's (docs/METHOD.md 8).
 """
 
 from __future__ import annotations
@@ -82,35 +87,49 @@ def actor_pair(
     rng: random.Random,
     iteration: int,
     anchors: list[dict] | None = None,
+    future: list[dict] | None = None,
+    kind: str = "actor",
 ) -> dict:
+    """`anchors`: the rejected side comes from them; `future`: the chosen side comes from M_t's samples
+    and these together (the rejected side never does)."""
     base = {
         "iteration": iteration,
-        "kind": "actor",
+        "kind": kind,
         "prompt_id": prompt_id,
         "response_id": None,
-        "pair_id": f"it{iteration}/actor/{prompt_id}",
+        "pair_id": f"it{iteration}/{kind}/{prompt_id}",
     }
     cands = _scored(responses, scored)
-    if anchors is not None:
-        pool = _scored(anchors, scored)
-        if not cands or not pool:
-            return dict(base, status="dropped", reason="no_scored_response_or_anchor")
-    else:
-        pool = cands
+    tops = cands + _scored(future or [], scored)
+    pool = cands if anchors is None else _scored(anchors, scored)
+    if anchors is None and future is None:
         if len(cands) < 2:
             return dict(base, status="dropped", reason="fewer_than_two_scored_responses")
         if max(c["score"] for c in cands) - min(c["score"] for c in cands) <= EPS:
             return dict(base, status="dropped", reason="all_scores_tied")
-    chosen = _pick(_tier(cands, rho, top=True), lambda r: r["n_chars"], rng)
+    elif not tops or not pool:
+        return dict(base, status="dropped", reason="no_scored_response_or_anchor")
+    chosen = _pick(_tier(tops, rho, top=True), lambda r: r["n_chars"], rng)
     rejected = _pick(_tier(pool, rho, top=False), lambda r: -r["n_chars"], rng)
-    if anchors is not None and rejected["score"] >= chosen["score"] - EPS:
-        return dict(base, status="dropped", reason="anchor_scored_as_high_as_chosen")
+    if (anchors is not None or future is not None) and rejected["score"] >= chosen["score"] - EPS:
+        return dict(
+            base, status="dropped", reason=f"{'anchor' if anchors is not None else 'rejected'}_scored_as_high_as_chosen"
+        )
     row = kept(base, chosen, rejected, "response_id")
     if chosen["response_id"] == rejected["response_id"]:
         return dict(row, status="dropped", reason="same_response_in_both_tiers")
     if max_chosen_chars is not None and chosen["n_chars"] > max_chosen_chars:
         return dict(row, status="dropped", reason=f"chosen_longer_than_{int(max_chosen_chars)}_chars")
     return row
+
+
+def _by_prompt(rows: list[dict] | None) -> dict[str, list[dict]] | None:
+    if rows is None:
+        return None
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        grouped[r["prompt_id"]].append(r)
+    return grouped
 
 
 def actor_pairs(
@@ -121,16 +140,16 @@ def actor_pairs(
     iteration: int,
     run_seed: int,
     anchors: list[dict] | None = None,
+    future: list[dict] | None = None,
+    kind: str = "actor",
 ) -> list[dict]:
-    """One actor pair row per prompt. `anchors` (M1's samples; their judgements in `judgements`):
-    the rejected side comes from them (anchored rejection)."""
+    """One actor pair row per prompt (of `kind`: actor, or anchored, the temporary next model's pairs).
+    `anchors` (M1's samples): the rejected side comes from them (anchored rejection). `future` (the
+    temporary next model's samples): candidates for the chosen side beside M_t's (future-guided
+    chosen). Their judgements are in `judgements`. Each prompt's draw is seeded by the prompt alone, so
+    the anchored pairs equal the actor pairs that anchored rejection alone gives."""
     scored = rewards(judgements)
-    by_prompt: dict[str, list[dict]] = defaultdict(list)
-    for r in responses:
-        by_prompt[r["prompt_id"]].append(r)
-    anchored: dict[str, list[dict]] = defaultdict(list)
-    for a in anchors or []:
-        anchored[a["prompt_id"]].append(a)
+    by_prompt, anchored, ahead = _by_prompt(responses), _by_prompt(anchors), _by_prompt(future)
     rho, cap = at(cfg.rho, iteration), at(cfg.max_chosen_chars, iteration)
     return [
         actor_pair(
@@ -141,7 +160,9 @@ def actor_pairs(
             cap,
             random.Random(derive_seed(run_seed, iteration, "actor_pair", pid)),
             iteration,
-            anchored[pid] if anchors is not None else None,
+            None if anchored is None else anchored.get(pid, []),
+            None if ahead is None else ahead.get(pid, []),
+            kind,
         )
         for pid, rs in sorted(by_prompt.items())
     ]

@@ -39,17 +39,17 @@ def examples_from_pairs(
 ) -> list[dict]:
     """Kept pair rows -> DPO examples in chat format.
 
-    An actor pair trains on (user prompt -> chosen / rejected response); a judge pair on
-    (the judge prompt filled with the question and the response -> chosen / rejected judgement).
+    An actor pair (or an anchored one) trains on (user prompt -> chosen / rejected response); a judge
+    pair on (the judge prompt filled with the question and the response -> chosen / rejected judgement).
     """
     examples = []
     for p in kept:
-        if p["kind"] == "actor":
-            prompt = questions[p["prompt_id"]]
-            chosen, rejected = responses[p["chosen_id"]]["text"], responses[p["rejected_id"]]["text"]
-        else:
+        if p["kind"] == "judge":
             prompt = judge_prompt(judge_template, questions[p["prompt_id"]], responses[p["response_id"]]["text"])
             chosen, rejected = judgements[p["chosen_id"]]["text"], judgements[p["rejected_id"]]["text"]
+        else:
+            prompt = questions[p["prompt_id"]]
+            chosen, rejected = responses[p["chosen_id"]]["text"], responses[p["rejected_id"]]["text"]
         examples.append(
             {
                 "pair_id": p["pair_id"],

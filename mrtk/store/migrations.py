@@ -169,6 +169,17 @@ CREATE TABLE heldout_responses (
 );
 """
 
+# Future-guided chosen (pairs.chosen_from: future): the samples of each iteration's temporary next
+# model, the same columns as `responses`, kept apart like the anchors.
+M009_FUTURE = """
+CREATE TABLE future_responses (
+    response_id VARCHAR PRIMARY KEY, iteration INTEGER, prompt_id VARCHAR, sample_idx INTEGER,
+    text VARCHAR, n_chars INTEGER, n_tokens INTEGER, finish_reason VARCHAR,
+    is_duplicate BOOLEAN, duplicate_of VARCHAR, template VARCHAR, template_hash VARCHAR,
+    model_version VARCHAR, sampling JSON, seed BIGINT, latency_s DOUBLE, created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_judge_experiments", M002_JUDGE_EXPERIMENTS),
@@ -178,4 +189,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m006_metric_views", M006_METRIC_VIEWS),
     ("m007_anchors", M007_ANCHORS),
     ("m008_truth", M008_TRUTH),
+    ("m009_future", M009_FUTURE),
 ]

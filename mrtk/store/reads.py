@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mrtk.rows import TRAINED_PAIR_KINDS
 from mrtk.store.db import DB_NAME, dict_rows, open_readonly
 
 _JUDGED_BY = "CASE WHEN model_version = 'M' || iteration THEN 'own' ELSE model_version END"
@@ -81,7 +82,9 @@ def run_summary(db: Path) -> dict:
         n, unparsed = con.execute(
             "SELECT count(*), count(*) - count(score) FROM judgements WHERE source = 'loop'"
         ).fetchall()[0]
-        kept = con.execute("SELECT count(*) FROM pairs WHERE status = 'kept'").fetchall()[0][0]
+        kept = con.execute(
+            "SELECT count(*) FROM pairs WHERE status = 'kept' AND list_contains(?, kind)", [list(TRAINED_PAIR_KINDS)]
+        ).fetchall()[0][0]
         loss = con.execute("SELECT arg_max(loss, iteration * 100000 + step) FROM train_metrics").fetchall()[0][0]
     finally:
         con.close()

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mrtk.errors import MrtkError
+from mrtk.rows import TRAINED_PAIR_KINDS
 from mrtk.store.db import Database
 
 # Tables that hold one iteration's derived rows, recomputed whole (never appended to).
@@ -130,6 +131,10 @@ class RunStore(Database):
     def anchor_responses(self, it: int) -> list[dict]:
         return self.fetch("SELECT * FROM anchor_responses WHERE iteration = ? ORDER BY response_id", [it])
 
+    def future_responses(self, it: int) -> list[dict]:
+        """Iteration t's temporary next model's samples (pairs.chosen_from: future)."""
+        return self.fetch("SELECT * FROM future_responses WHERE iteration = ? ORDER BY response_id", [it])
+
     def heldout_responses(self, it: int) -> list[dict]:
         """M_it's answers to the held-out verifiable slice (prompts.heldout)."""
         return self.fetch("SELECT * FROM heldout_responses WHERE iteration = ? ORDER BY response_id", [it])
@@ -231,12 +236,12 @@ class RunStore(Database):
         return (json.loads(stats) if isinstance(stats, str) else stats) or {}
 
     def kept_pairs(self, it: int, kind: str | None = None) -> list[dict]:
-        sql = (
-            "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept'"
-            + (" AND kind = ?" if kind else "")
-            + " ORDER BY pair_id"
+        """Iteration t's kept pairs of one kind, or (no kind) those its DPO trains on (rows.TRAINED_PAIR_KINDS)."""
+        kinds = [kind] if kind else list(TRAINED_PAIR_KINDS)
+        return self.fetch(
+            "SELECT * FROM pairs WHERE iteration = ? AND status = 'kept' AND list_contains(?, kind) ORDER BY pair_id",
+            [it, kinds],
         )
-        return self.fetch(sql, [it] + ([kind] if kind else []))
 
     def pair_iterations(self, kind: str) -> list[int]:
         """Iterations with kept pairs of this kind."""
@@ -255,12 +260,22 @@ class RunStore(Database):
                     "UPDATE pairs SET status = 'dropped', reason = ? WHERE pair_id = ?", [reason, pair_id]
                 ).fetchall()
 
-    def replace_iteration(self, table: str, it: int, rows: list[dict]) -> None:
-        """An iteration's derived rows (elo, pairs), replaced whole in one transaction."""
+    def replace_iteration(self, table: str, it: int, rows: list[dict], kinds: tuple[str, ...] | None = None) -> None:
+        """An iteration's derived rows (elo, pairs), replaced whole in one transaction; `kinds`: only the
+        pairs of these kinds are replaced (the anchored pairs and the final ones are written apart)."""
         if table not in _PER_ITERATION:
             raise ValueError(f"{table} is not a per-iteration table ({', '.join(_PER_ITERATION)})")
+        if kinds is not None and table != "pairs":
+            raise ValueError(f"only pairs are replaced by kind, not {table}")
+        if kinds is not None and any(r["kind"] not in kinds for r in rows):
+            raise ValueError(f"rows of kinds other than {kinds} given")
         with self.tx() as con:
-            con.execute(f"DELETE FROM {table} WHERE iteration = ?", [it]).fetchall()
+            if kinds is None:
+                con.execute(f"DELETE FROM {table} WHERE iteration = ?", [it]).fetchall()
+            else:
+                con.execute(
+                    "DELETE FROM pairs WHERE iteration = ? AND list_contains(?, kind)", [it, list(kinds)]
+                ).fetchall()
             self.insert(con, table, rows)
 
     def count(self, table: str) -> int:
@@ -307,7 +322,14 @@ class RunStore(Database):
             )
             or [None]
         )[0]
-        return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t}
+        future = {
+            (x["judge"], x["metric"]): x
+            for x in q(
+                "SELECT judge, metric, value, n, details FROM eval_results WHERE eval = 'future' AND iteration = ?",
+                [it],
+            )
+        }
+        return {"judgements": j, "responses": r, "meta": m, "pairs": reasons, "train": t, "future": future}
 
     # -- models -------------------------------------------------------------------------------
     def record_training(
