@@ -942,10 +942,13 @@ def bench(
     if only and all("serving".startswith(o) for o in only):
         import json
 
-        from mrtk.serving_bench import fmt, run_serving_bench
+        from mrtk.serving_bench import client_cost, fmt, fmt_client, run_serving_bench
 
         report = run_serving_bench(quick=quick)
-        sys.stdout.write(json.dumps(report, indent=1) + "\n" if as_json else fmt(report) + "\n")
+        report["client"] = client_cost(quick=quick)
+        sys.stdout.write(
+            json.dumps(report, indent=1) + "\n" if as_json else fmt(report) + "\n" + fmt_client(report["client"]) + "\n"
+        )
         return
     report = run_bench(
         quick=quick,

@@ -148,7 +148,10 @@ def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
 
 
 MAX_LANES = 512  # concurrent calls at most; past it a call holds several items (one batch request)
-FLUSH_ROWS, FLUSH_S = 256, 1.0  # a streamed stage writes its finished rows this often at least
+# A streamed stage writes its finished rows this often at least: each write opens the database
+# (about 25 ms, so readers can open it between writes), so rows go in batches of up to FLUSH_ROWS
+# (at most a second of a fast stage's rows in memory; `mrtk bench --only serving` shows the cost).
+FLUSH_ROWS, FLUSH_S = 2048, 1.0
 
 
 def run_chunks(

@@ -14,9 +14,11 @@ wall times are only their inputs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,10 +95,77 @@ LAYOUTS = (
 )  # the last: the client as it was (actor stage only)
 
 
-def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=LAYOUTS) -> dict:
+# The client's own cost (issue 33): the same stages against one simulated server fast enough that
+# the client rarely waits (many slots, 0.5 ms steps, short answers).
+FAST = LatencyModel(slots=1024, step_s=0.0005)
+CLIENT_SIZES = Sizes(
+    prompts=512, k=4, n=2, judged=2048, meta_responses=256, actor_tokens=16, judge_tokens=16, meta_tokens=8
+)
+CLIENT_QUICK = Sizes(
+    prompts=32, k=4, n=2, judged=64, meta_responses=16, actor_tokens=16, judge_tokens=16, meta_tokens=8
+)
+CLIENT_PARTS = ("tokenize", "http_json", "duckdb")
+
+
+class _Costs:
+    """CPU seconds of the calling thread spent inside wrapped calls, summed by part over all threads
+    (time.thread_time around each call: a lane blocked on its socket costs nothing)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(CLIENT_PARTS, 0.0)
+        self.lock = threading.Lock()
+
+    def wrap(self, part: str, fn):
+        def timed(*args, **kw):
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kw)
+            finally:
+                spent = time.thread_time() - t0
+                with self.lock:
+                    self.seconds[part] += spent
+
+        return timed
+
+
+def client_cost(quick: bool = False, sizes: Sizes | None = None) -> dict:
+    """{stage: {samples, seconds, cpu_s, user_s, sys_s, ms_per_sample, samples_per_cpu_s, share_<part>}}:
+    the client process's CPU (every thread, user + system) per sample against one fast simulated
+    server, the samples per second one core of it sustains at that cost, and where the CPU went:
+    tokenizing prompts (chat template and encode), HTTP with JSON (request to parsed payload),
+    DuckDB writes, and the rest (the stages' per-row Python, the lanes, the server's model stats)."""
+    costs = _Costs()
+    report = run_serving_bench(
+        sizes=sizes or (CLIENT_QUICK if quick else CLIENT_SIZES),
+        layouts=(("fast server", 1, False, False),),
+        model=FAST,
+        costs=costs,
+    )
+    out = {}
+    for label, by in report["stages"].items():
+        v = by["fast server"]
+        cpu = v["client_user_s"] + v["client_sys_s"]
+        out[label] = {
+            "samples": v["samples"],
+            "seconds": v["seconds"],
+            "cpu_s": round(cpu, 3),
+            "user_s": v["client_user_s"],
+            "sys_s": v["client_sys_s"],
+            "ms_per_sample": round(1000 * cpu / v["samples"], 3),
+            "samples_per_cpu_s": round(v["samples"] / cpu, 1) if cpu else None,
+            "samples_per_s": round(v["samples"] / v["seconds"], 1),
+            **{f"share_{k}": round(x / cpu, 3) if cpu else None for k, x in v["parts"].items()},
+        }
+    return out
+
+
+def run_serving_bench(
+    quick: bool = False, sizes: Sizes | None = None, layouts=LAYOUTS, model: LatencyModel = MODEL, costs=None
+) -> dict:
     """{stage: {layout: {tokens, seconds, tokens_per_s, of_capacity}, speedup_<layout>: x}}. A
     layout is (name, servers, a router in front, serial): serial runs the actor stage as the
-    client did before requests were kept in flight, one call of up to 256 samples at a time."""
+    client did before requests were kept in flight, one call of up to 256 samples at a time.
+    `costs` (a `_Costs`): tokenizing, HTTP and DuckDB writes are timed by part (client_cost)."""
     from mrtk.backends.sglang import SGLangBackend, SGLangClient
     from mrtk.config import load_config
     from mrtk.models import embedded_model_dir, tokenizer_for
@@ -129,7 +198,7 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
     ][: sz.prompts]
     questions = {p["prompt_id"]: p["text"] for p in prompts}
     report: dict = {
-        "model": {"slots": MODEL.slots, "step_ms": MODEL.step_s * 1000, "capacity_tokens_per_s": MODEL.capacity},
+        "model": {"slots": model.slots, "step_ms": model.step_s * 1000, "capacity_tokens_per_s": model.capacity},
         "sizes": sz.__dict__,
         "stages": {},
     }
@@ -137,14 +206,20 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
         for name, servers, router, serial in layouts:
             store = RunStore(Path(d) / name.replace(" ", "_").replace("+", ""))
             store.migrate()
-            with simulated(servers, router) as (urls, workers):
+            with simulated(servers, router, model) as (urls, workers):
                 client = SGLangClient(urls, worker_urls=workers if router else None, retries=2, backoff_s=0.05)
                 client.check_servers()
                 backend = SGLangBackend(client, tok, weight_version="M1")
+                if costs is not None:  # this bench's own objects, timed by part
+                    backend.chat_ids = costs.wrap("tokenize", backend.chat_ids)
+                    backend._ids = costs.wrap("tokenize", backend._ids)
+                    client._send = costs.wrap("http_json", client._send)
+                    store.write = costs.wrap("duckdb", store.write)
 
                 def stage(label: str, todo: list, per_item: int, fn, table: str, group=None):
                     before = [sim_stats(w) for w in workers]
-                    t0, c0 = time.monotonic(), time.process_time()
+                    parts0 = dict(costs.seconds) if costs is not None else {}
+                    t0, c0, os0 = time.monotonic(), time.process_time(), os.times()
                     run_chunks(
                         store,
                         QuietUI(),
@@ -157,7 +232,7 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
                         None if serial else lambda: backend,
                         group,
                     )
-                    seconds, client_cpu = time.monotonic() - t0, time.process_time() - c0
+                    seconds, client_cpu, os1 = time.monotonic() - t0, time.process_time() - c0, os.times()
                     after = [sim_stats(w) for w in workers]
                     tokens = sum(a["tokens"] - b["tokens"] for a, b in zip(after, before))
                     server_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before))
@@ -165,9 +240,12 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
                         "tokens": tokens,
                         "seconds": round(seconds, 3),
                         "tokens_per_s": round(tokens / seconds, 1),
-                        "of_capacity": round(tokens / seconds / (MODEL.capacity * servers), 3),
+                        "of_capacity": round(tokens / seconds / (model.capacity * servers), 3),
                         "samples": len(todo) * per_item,
                         "client_cpu_s": round(client_cpu, 2),
+                        "client_user_s": round(os1.user - os0.user, 2),
+                        "client_sys_s": round(os1.system - os0.system, 2),
+                        "parts": {k: costs.seconds[k] - parts0[k] for k in parts0},
                         "server_cpu_s": round(server_cpu, 2),
                     }
 
@@ -222,6 +300,20 @@ def run_serving_bench(quick: bool = False, sizes: Sizes | None = None, layouts=L
                     by_layout[same]["tokens_per_s"] / by_layout[name]["tokens_per_s"], 2
                 )
     return report
+
+
+def fmt_client(cost: dict) -> str:
+    lines = [
+        f"client cost against one fast simulated server ({FAST.slots} slots, {FAST.step_s * 1000:g} ms steps): "
+        "CPU of this process (all threads) per sample, the samples/s one core sustains at that cost, where it went"
+    ]
+    for label, v in cost.items():
+        parts = ", ".join(f"{k} {v[f'share_{k}']:.0%}" for k in CLIENT_PARTS if v.get(f"share_{k}") is not None)
+        lines.append(
+            f"{label:11s} {v['ms_per_sample']:.2f} ms/sample ({v['samples']} samples; user {v['user_s']:.1f}s, "
+            f"system {v['sys_s']:.1f}s) -> {v['samples_per_cpu_s'] or 0:.0f} samples/s per core; {parts}, rest the remainder"
+        )
+    return "\n".join(lines)
 
 
 def fmt(report: dict) -> str:
