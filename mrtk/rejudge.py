@@ -18,6 +18,7 @@ from mrtk.config import with_template_sampling
 from mrtk.errors import MrtkError
 from mrtk.models import pick_device, resolve_model, tokenizer_for
 from mrtk.prompts import Template, check_role, load_template
+from mrtk.rows import parse_version
 from mrtk.runs import WriterLock, model_for, open_run, run_chunks
 from mrtk.stages import judge
 from mrtk.ui import QuietUI
@@ -76,7 +77,7 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 version = job.model or f"M{it}"
                 model_dir = (
                     model_for(store, cfg, version)
-                    if version[:1] == "M" and version[1:].isdigit()
+                    if (parse_version(version) or ("",))[0] == "M"
                     else resolve_model(version)
                 )
                 responses = store.responses(it)

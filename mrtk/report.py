@@ -276,14 +276,15 @@ def eval_series(rows: list[dict]) -> tuple[dict[str, list[tuple]], int]:
     """Headline eval numbers as series across iterations: one per eval, metric and judge, the judge
     without its model version (the probe's judge is M_t itself, so `...:M1`, `...:M2` are one line).
     Agreement is a fraction, shown in percent like the win rates."""
-    import re
+    from mrtk.rows import parse_version
 
     series: dict[str, list[tuple]] = {}
     n = 0
     for r in rows:
         if r["metric"] not in HEADLINE or r["value"] is None:
             continue
-        judge = re.sub(r":M\d+$", "", str(r["judge"]))
+        base, _, tail = str(r["judge"]).rpartition(":")
+        judge = base if base and parse_version(tail) else str(r["judge"])
         scale = 100.0 if r["metric"] == "agreement" else 1.0
         lo, hi = r.get("ci_low"), r.get("ci_high")
         series.setdefault(f"{r['eval']} {r['metric']} ({judge})", []).append(

@@ -9,6 +9,16 @@ regenerates exactly the rows that are missing, with the same seeds, and inserts 
 from __future__ import annotations
 
 import hashlib
+import re
+
+_VERSION = re.compile(r"([MF])(\d+)")
+
+
+def parse_version(text: str) -> tuple[str, int] | None:
+    """("M", t) for a run's model version M<t>; ("F", t) for F<t>, the temporary next model of iteration
+    t-1 (pairs.chosen_from: future); None for anything else (a path, a hub id). The one reader of them."""
+    m = _VERSION.fullmatch(text)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def derive_seed(*parts: object) -> int:

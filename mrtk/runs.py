@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import queue
-import re
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from mrtk.config import RunConfig, dump_config, validate_config
 from mrtk.errors import MrtkError
 from mrtk.models import resolve_model
+from mrtk.rows import parse_version
 from mrtk.store import RunStore
 from mrtk.store.db import DB_NAME, is_write_failure
 
@@ -127,15 +127,15 @@ def _ended(store: RunStore, status: str, error: str | None = None) -> None:
 def model_for(store: RunStore, cfg: RunConfig, version: str) -> str:
     """The model directory of a run's model version: M1 is the base model (or the SFT output, and then
     M0 the base model), M<t+1> is what iteration t trained."""
-    m = re.fullmatch(r"M(\d+)", version)
-    if not m or (int(m.group(1)) < 1 and not (version == "M0" and cfg.sft.file)):
+    parsed = parse_version(version)
+    if not parsed or parsed[0] != "M" or (parsed[1] < 1 and not (version == "M0" and cfg.sft.file)):
         raise MrtkError(
             f"model version {version!r} is not M1, M2, ... (M0: the model before SFT, where sft.file is set); "
             "name one of this run's models"
         )
     if version == "M0":  # the base model SFT started from (CREAM's first round re-ranks with it)
         return resolve_model(cfg.model)
-    t = int(m.group(1)) - 1
+    t = parsed[1] - 1
     if t == 0 and not cfg.sft.file:
         return resolve_model(cfg.model)
     path = store.output_model(t)

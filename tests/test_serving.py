@@ -12,6 +12,7 @@ path, the benchmark's shares of capacity and speed-ups, and flat memory over a 2
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -264,6 +265,7 @@ def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
 
     script = f"""
 import sys
+from pathlib import Path
 from mrtk.serving_sim import LatencyModel, SimServer
 from mrtk.backends.sglang import SGLangBackend, SGLangClient
 from mrtk.config import load_config
@@ -358,3 +360,29 @@ def test_a_worker_that_never_takes_the_update_is_dropped_and_the_rest_go_on(two,
             SGLangBackend(alone, tokenizer_for(model_dir)).update_weights(model_dir, "M3")
     finally:
         b.refit_s = 0.0
+
+
+def test_future_guided_chosen_refits_the_servers_to_the_temporary_model_by_its_own_name(two, tmp_path):
+    """pairs.chosen_from: future against the stand-ins: the servers are refitted to F<t+1> under the
+    weight version F<t+1> (not M1, which the answer check would then take for M_t's), then back to
+    M_t for the judge; every stage finishes and the temporary models are gone."""
+    a, b = two
+    raw = served([a.url, b.url])
+    raw["pairs"] = {**TINY["pairs"], "rejected_from": "initial", "chosen_from": "future"}
+    store = run_loop(tmp_path, raw)
+    db = store.run_dir / "mrtk.duckdb"
+    assert rows(db, "SELECT status FROM runs") == [("success",)]
+    for sim in two:
+        updates = [
+            (Path(body["model_path"]).name, body.get("weight_version"))
+            for path, body in sim.log
+            if path == "/update_weights_from_disk"
+        ]
+        assert ("F2", "F2") in updates and ("F3", "F3") in updates, updates
+        # a run's own model directories go by their names; the base model (outside the run) is M1
+        assert all(v == (n if n[:1] in "MF" and n[1:].isdigit() else "M1") for n, v in updates), updates
+    assert rows(db, "SELECT iteration, model_version, count(*) FROM future_responses GROUP BY ALL ORDER BY 1") == [
+        (1, "F2", 8 * 4),
+        (2, "F3", 8 * 4),
+    ]
+    assert not list((store.run_dir / "models").glob("F*"))

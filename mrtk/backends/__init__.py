@@ -8,10 +8,10 @@ asks which backend a config names."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from mrtk.backends.base import Backend, Generation, Policy, Request, SamplingParams
+from mrtk.rows import parse_version
 
 __all__ = ["Backend", "Generation", "Policy", "Request", "SamplingParams", "embedded_backend", "open_policy"]
 
@@ -29,9 +29,10 @@ def embedded_backend(model_dir: str, runtime, device: str) -> Backend:
 
 
 def model_version(model_dir: str) -> str:
-    """M<t> for a run's model directory (models/M<t>), else M1 (the base model)."""
+    """M<t> (or F<t>, a temporary next model) for a run's model directory (models/M<t>), else M1 (the
+    base model): the weight version a server is told to hold, and checked on every answer."""
     name = Path(model_dir).name
-    return name if re.fullmatch(r"M\d+", name) else "M1"
+    return name if parse_version(name) else "M1"
 
 
 class EmbeddedPolicy:
