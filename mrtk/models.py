@@ -236,10 +236,92 @@ def random_llama(tokenizer_dir: str, out: Path, *, hidden_size: int = 64, max_po
     return str(out)
 
 
-def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of `messages` rendered with the model's chat template (the one way mrtk counts tokens)."""
+def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False, encoder=None) -> list[int]:
+    """Token ids of `messages` rendered with the model's chat template (the one way mrtk counts tokens);
+    `encoder` (a PrefixEncoder of the same tokenizer) gives the same ids faster for prompts that share a start."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encoder.encode(text) if encoder is not None else tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class PrefixEncoder:
+    """`tokenizer(text, add_special_tokens=False)["input_ids"]`, exactly, reusing the ids of a long
+    prefix that texts share (a judge prompt's chat header and rubric: most of its tokens).
+
+    Why it is exact, for the tokenizers it accepts (`supported`: byte-level BPE with no normalizer,
+    a regex pre-tokenizer and added tokens that strip nothing; SmolLM2, Llama-3, GPT-2): the text
+    is split on the added tokens, each piece into pre-tokens by a regex without look-behind that
+    reads a few characters past a match at most, and BPE runs on each pre-token alone. So a
+    pre-token of a shared prefix that starts `MARGIN` characters before the prefix's end is a
+    pre-token of every text with that prefix, and its ids are the same. A prefix is learnt from
+    two consecutive texts (their common start, when long); `verify_every`-th reuse is checked
+    against the whole tokenization, and one mismatch turns reuse off for good."""
+
+    MIN_PREFIX, KEEP = 256, 8
+    MARGIN = 48  # characters kept after the cut: more than a regex reads ahead or an added token spans
+
+    def __init__(self, tokenizer, verify_every: int = 64):
+        self.tok, self.verify_every = tokenizer, verify_every
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True) if self.backend else []
+        self.on = self.backend is not None and self.supported(json.loads(self.backend.to_str()))
+        self.prefixes: list[tuple[str, int, list[int]]] = []  # (shared prefix, cut, ids of prefix[:cut])
+        self.last, self.reused, self.mismatches = "", 0, 0
+
+    @staticmethod
+    def supported(spec: dict) -> bool:
+        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        if spec.get("normalizer") is not None or model.get("type") != "BPE":
+            return False
+        if any(a.get("lstrip") or a.get("rstrip") or a.get("normalized") for a in spec.get("added_tokens") or []):
+            return False
+        steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+        if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space"):
+            return False
+        splits = steps[:-1]
+        if not splits:
+            return bool(steps[-1].get("use_regex"))
+        return not steps[-1].get("use_regex") and all(
+            s.get("type") == "Split" and s.get("behavior") == "Isolated" and not s.get("invert") for s in splits
+        )
+
+    def plain(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, text: str) -> list[int]:
+        if not self.on:
+            return self.plain(text)
+        for prefix, cut, ids in self.prefixes:
+            if text.startswith(prefix):
+                got = ids + self.plain(text[cut:])
+                self.reused += 1
+                if self.reused % self.verify_every == 0 and got != self.plain(text):
+                    self.mismatches += 1
+                    self.on = False
+                    return self.plain(text)
+                return got
+        self._learn(text)
+        return self.plain(text)
+
+    def _learn(self, text: str) -> None:
+        """Keep the long start `text` shares with the text before it, cut at a stable pre-token."""
+        last, self.last = self.last, text
+        lo, hi = 0, min(len(text), len(last))
+        while lo < hi:  # the common prefix's length, by halves (slices compare in C)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if text[:mid] == last[:mid] else (lo, mid - 1)
+        if lo < self.MIN_PREFIX:
+            return
+        prefix, limit = text[:lo], lo - self.MARGIN
+        start = max(
+            (prefix.rfind(a) + len(a) for a in self.added if a in prefix), default=0
+        )  # after the last added token
+        if start > limit:
+            return
+        starts = [start + b for _, (b, _) in self.backend.pre_tokenizer.pre_tokenize_str(prefix[start:])]
+        cut = max((b for b in starts if b <= limit), default=0)
+        if cut <= 0:
+            return
+        self.prefixes = [(prefix, cut, self.plain(prefix[:cut]))] + self.prefixes[: self.KEEP - 1]
 
 
 def load_for_training(model_dir: str, device: str):

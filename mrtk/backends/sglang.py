@@ -55,7 +55,7 @@ from typing import Sequence
 from mrtk.backends.base import Generation, Progress, Request, SamplingParams
 from mrtk import faults
 from mrtk.errors import MrtkError
-from mrtk.models import chat_token_ids
+from mrtk.models import PrefixEncoder, chat_token_ids
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 TRANSIENT = (
@@ -580,6 +580,7 @@ class SGLangBackend:
         self.weight_version = weight_version
         self.max_batch_rows = max_batch_rows
         self.tok_lock = threading.Lock()  # a fast tokenizer is one Rust object: one thread in it at a time
+        self.encoder = PrefixEncoder(tokenizer)  # a stage's prompts share their template's start: tokenized once
         self.choice_ids: dict[tuple, dict[str, list[int]]] = {}  # a program's choices, tokenized once
 
     def window(self) -> int:
@@ -592,7 +593,9 @@ class SGLangBackend:
         SGLang tokenizes `text` with add_special_tokens=True (tokenizer_manager.py:1068 in 0.5.23),
         which would put a second BOS before a Llama-3 chat template's own <|begin_of_text|>."""
         with self.tok_lock:
-            return chat_token_ids(self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+            return chat_token_ids(
+                self.tok, [{"role": "user", "content": prompt}], add_generation_prompt=True, encoder=self.encoder
+            )
 
     def _ids(self, text: str) -> list[int]:
         with self.tok_lock:
