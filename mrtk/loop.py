@@ -102,8 +102,7 @@ class Loop:
             # 2. judge: N judgements of each distinct response (rewards: verifier, the control arm: its checks)
             with store.stage(it, "judge", release_memory):
                 job = self._judging(prompts)
-                todo = job.missing(responses, store.judged_ids(job.table, it, job.key))
-                self._generate(it, model, "judge", todo, job.n, job.table, job.run, questions)
+                self._judge(it, model, "judge", job, responses, questions)
             judgements = store.loop_judgements(it, job.key)
 
             # judge health (optional): M_t judges human-labelled pairs and a frozen set of responses
@@ -218,6 +217,27 @@ class Loop:
             group,
         )
 
+    def _judge(
+        self, it: int, model: str, label: str, job, rows: list[dict], questions: dict, *, iteration: int | None = None
+    ) -> None:
+        """`job` (a stages.judge.Judging, or the verifier's) on what it has not judged of `rows` (ids under
+        its key, in iteration `iteration`, default t), with `model`; a re-judgement's rows carry its model
+        version, the loop's own M_t."""
+        stored = self.store.judged_ids(job.table, iteration or it, job.key)
+        version = job.model_version if getattr(job, "source", "loop") != "loop" else None
+        self._generate(
+            it,
+            model,
+            label,
+            job.missing(rows, stored),
+            job.n,
+            job.table,
+            job.run,
+            questions,
+            iteration=iteration,
+            version=version,
+        )
+
     def _meta_judge(
         self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]
     ) -> list[dict]:
@@ -323,16 +343,7 @@ class Loop:
         """M_t's judgements of responses that are not M_t's own (anchors, the temporary model's samples),
         as `source` rows keyed by M_t: the missing ones judged, then all of them read back."""
         job = judge.Judging(self.t.judge, self.cfg.judge, source=source, model_version=f"M{it}")
-        self._generate(
-            it,
-            model,
-            f"{source} judge",
-            job.missing(rows, self.store.judged_ids(job.table, it, job.key)),
-            self.cfg.judge.n,
-            job.table,
-            job.run,
-            questions,
-        )
+        self._judge(it, model, f"{source} judge", job, rows, questions)
         ids = {r["response_id"] for r in rows}
         return [j for j in self.store.keyed_judgements(it, job.key) if j["response_id"] in ids]
 
@@ -422,17 +433,8 @@ class Loop:
         """The judge of `before` (M_{t-1}, or M0) on M_t's responses (only what is missing), the per-prompt
         consistency of the two rankings, recorded as eval `consistency`; returns DPO's label smoothing."""
         job = judge.Judging(self.t.judge, self.cfg.judge, source="consistency", model_version=before)
-        todo = job.missing(responses, self.store.judged_ids(job.table, it, job.key))
-        self._generate(
-            it,
-            model_for(self.store, self.cfg, before),
-            f"consistency re-judge ({before})",
-            todo,
-            self.cfg.judge.n,
-            job.table,
-            job.run,
-            questions,
-            version=before,
+        self._judge(
+            it, model_for(self.store, self.cfg, before), f"consistency re-judge ({before})", job, responses, questions
         )
         live = [r for r in responses if not r["is_duplicate"]]
         ids = [r["response_id"] for r in live]
@@ -560,17 +562,7 @@ class Loop:
             job = judge.Judging(self.t.judge, self.cfg.judge, source="drift", model_version=f"M{it}")
             if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
                 questions = {p["prompt_id"]: p["text"] for p in self.store.prompts(1)}
-                self._generate(
-                    it,
-                    model,
-                    "frozen re-judge",
-                    job.missing(frozen, self.store.judged_ids(job.table, 1, job.key)),
-                    self.cfg.judge.n,
-                    job.table,
-                    job.run,
-                    questions,
-                    iteration=1,
-                )
+                self._judge(it, model, "frozen re-judge", job, frozen, questions, iteration=1)
             probe.record_drift(target, frozen, self.t.judge, job.key if it > 1 else None, self.cfg.judge.score_mode)
 
     # -- around the stages ----------------------------------------------------------------------
