@@ -86,14 +86,13 @@ def rejudge(run_dir: Path, job: JudgeJob, ui=None) -> dict:
                 key = judging.key
                 todo = judging.missing(responses, store.judged_ids(table, it, key))
 
-                def chunk(rows, go, model_dir=model_dir, questions=questions, judging=judging, it=it, version=version):
+                def chunk(rows, go, model_dir=model_dir, questions=questions, judging=judging, it=it):
                     return judging.run(
                         policy.use(model_dir),
                         rows,
                         questions,
                         iteration=it,
                         run_seed=cfg.seed,
-                        model_version=version,
                         on_progress=go,
                     )
 

@@ -74,7 +74,6 @@ def judge_agreement(
             questions,
             iteration=t.iteration,
             run_seed=t.cfg.seed,
-            model_version=t.version,
             on_progress=go,
         )
         return [_item(job, r, name, t.iteration, label) for r in out]

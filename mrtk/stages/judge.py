@@ -226,10 +226,11 @@ class Judging:
         *,
         iteration: int,
         run_seed: int,
-        model_version: str,
+        model_version: str | None = None,
         on_progress: Progress | None = None,
     ) -> list[dict]:
-        """units -> rows of `table` (N per unit)."""
+        """units -> rows of `table` (N per unit), labelled with `model_version` (default: the job's)."""
+        model_version = model_version or self.model_version
         if self.pairwise:
             return run_pairwise_judge(
                 backend,
