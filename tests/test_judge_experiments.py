@@ -282,3 +282,33 @@ def test_nemo_meta_judge_template_hides_scores(model_dir):
         )
         assert row["show_scores"] is shows
         assert ("Score: 4" in backend.seen[0]) is shows and "Relevant and complete." in backend.seen[0]
+
+
+@pytest.mark.parametrize("template_name", ["judge_additive5", "judge_pairwise"])
+@pytest.mark.parametrize("source", ["loop", "rejudge", "eval", "drift"])
+def test_the_ids_a_judging_job_expects_are_the_ids_it_writes(template_name, source):
+    """issue 35: the judging key is computed in one place (`judging_key`), so `Judging.missing` finds
+    exactly what `Judging.run` wrote, for every source and both template kinds, labelled with any
+    model version; before, a pairwise template with source 'loop' expected the template hash and
+    wrote a re-judgement key, so every resume judged it again."""
+    from scripted import ScriptedPolicy
+
+    from mrtk.config import JudgeCfg
+    from mrtk.prompts import load_template
+    from mrtk.stages.judge import Judging
+
+    role = "pairwise-judge" if template_name == "judge_pairwise" else "judge"
+    job = Judging(load_template(template_name, role=role), JudgeCfg(n=2), source=source, model_version="M2")
+    responses = [
+        {"response_id": f"it1/p{p}/r{k}", "prompt_id": f"p{p}", "text": f"answer {p}.{k}", "is_duplicate": False}
+        for p in range(2)
+        for k in range(2)
+    ]
+    units = job.units(responses)
+    written = job.run(ScriptedPolicy().use("M2"), units, {"p0": "q0", "p1": "q1"}, iteration=1, run_seed=0)
+    assert {r["judgement_id"] for r in written} == {i for u in units for i in job.ids(u)}
+    assert job.missing(responses, {r["judgement_id"] for r in written}) == []
+    again = job.run(
+        ScriptedPolicy().use("M2"), units, {"p0": "q0", "p1": "q1"}, iteration=1, run_seed=0, model_version="M3"
+    )
+    assert {r["judgement_id"] for r in again} == {r["judgement_id"] for r in written}  # the label is not the key

@@ -30,6 +30,15 @@ def rejudge_key(template: Template, score_mode: str, model_version: str) -> str:
     return f"{template.hash}.{score_mode}.{model_version}"
 
 
+def judging_key(template: Template, score_mode: str, source: str, model_version: str) -> str:
+    """The one key a judging job's row ids and seeds carry: the loop's own pointwise judgements the
+    template hash; every other job (re-judgements, evals, any pairwise template) the template, score
+    mode and model version, so they never collide with the loop's rows."""
+    if source == "loop" and template.stage != "pairwise-judge":
+        return template.hash
+    return rejudge_key(template, score_mode, model_version)
+
+
 def run_judge(
     backend: Backend,
     responses: list[dict],
@@ -42,11 +51,12 @@ def run_judge(
     model_version: str,
     on_progress: Progress | None = None,
     source: str = "loop",
+    key: str | None = None,
 ) -> list[dict]:
     """response rows -> judgement rows (N per response). Re-judgements (`source` "rejudge") are
     keyed by template hash, score mode and model, so they never collide with the loop's rows."""
     program = score_program(template) if cfg.score_mode == "structured" else None
-    key = template.hash if source == "loop" else rejudge_key(template, cfg.score_mode, model_version)
+    key = key or judging_key(template, cfg.score_mode, source, model_version)
     seeds = [
         tuple(derive_seed(run_seed, iteration, "judge", key, r["response_id"], j) for j in range(cfg.n))
         for r in responses
@@ -115,12 +125,14 @@ def run_pairwise_judge(
     run_seed: int,
     model_version: str,
     on_progress: Progress | None = None,
+    source: str = "rejudge",
+    key: str | None = None,
 ) -> list[dict]:
     """(response A, response B) games -> pairwise judgement rows (N per game).
     structured: justification, then "\nWinner: Response" and a verdict sampled from the
     probabilities of " A" / " B" (as the meta-judge); free_text: parse `Winner: Response X`."""
     program = PAIRWISE if cfg.score_mode == "structured" else None
-    key = rejudge_key(template, cfg.score_mode, model_version)
+    key = key or judging_key(template, cfg.score_mode, source, model_version)
     seeds = [
         tuple(
             derive_seed(run_seed, iteration, "pairwise", key, a["response_id"], b["response_id"], j)
@@ -198,11 +210,7 @@ class Judging:
 
     @property
     def key(self) -> str:
-        return (
-            self.template.hash
-            if self.source == "loop"
-            else rejudge_key(self.template, self.cfg.score_mode, self.model_version)
-        )
+        return judging_key(self.template, self.cfg.score_mode, self.source, self.model_version)
 
     def units(self, responses: list[dict]) -> list:
         """What one request judges: a distinct response, or an ordered pair of a prompt's responses."""
@@ -242,6 +250,8 @@ class Judging:
                 run_seed=run_seed,
                 model_version=model_version,
                 on_progress=on_progress,
+                source=self.source,
+                key=self.key,
             )
         return run_judge(
             backend,
@@ -254,6 +264,7 @@ class Judging:
             model_version=model_version,
             on_progress=on_progress,
             source=self.source,
+            key=self.key,
         )
 
     def said(self, row: dict) -> dict:
