@@ -481,6 +481,16 @@ class RunConfig(_Section):
             return f"M{iteration - 1}"
         return "M0" if self.sft.file and self.train.consistency_first_round == "pre_sft" else None
 
+    def prunable(self, it: int) -> list[str]:
+        """The model versions runs.keep_models lets go once iteration t has trained M<t+1>: all but the
+        newest `kept` (a resume starts iteration t+1 from M<t+1>), never M1 while anchored rejection
+        samples it every iteration, and never M0 (the base model, outside the run)."""
+        keep = self.runs.kept
+        if keep is None:
+            return []
+        first = 2 if self.pairs.rejected_from == "initial" else 1
+        return [f"M{v}" for v in range(first, it + 2 - keep)]
+
     @model_validator(mode="after")
     def _cross(self) -> "RunConfig":
         if self.sglang.url and self.sglang.url not in self.sglang.urls:

@@ -23,7 +23,7 @@ from mrtk.errors import MrtkError
 from mrtk.hardware import apply_threads, release_memory
 from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
-from mrtk.plan import switch_lines
+from mrtk.plan import switch_costs, switch_lines
 from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind
 from mrtk.runs import lifecycle, model_for, run_chunks
 from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train, verifier
@@ -94,10 +94,7 @@ class Loop:
             responses = store.responses(it)
 
             # anchored rejection (pairs.rejected_from: initial, from iteration 2): M1's samples of these prompts, judged by M_t
-            anchors, anchor_judgements = None, []
-            if cfg.pairs.rejected_from == "initial" and it > 1:
-                with store.stage(it, "anchor", release_memory):
-                    anchors, anchor_judgements = self._anchors(it, model, prompts, questions)
+            anchors, anchor_judgements = self._anchors(it, model, prompts, questions)
 
             # 2. judge: N judgements of each distinct response (rewards: verifier, the control arm: its checks)
             with store.stage(it, "judge", release_memory):
@@ -111,10 +108,7 @@ class Loop:
                     self._probe(it, model)
 
             # consistency (train.consistency): M_{t-1}'s judge (M0: the model before SFT) re-scores M_t's responses
-            smoothing = self.cfg.train.label_smoothing
-            if before := cfg.consistency_model(it):
-                with store.stage(it, "consistency", release_memory):
-                    smoothing = self._consistency(it, before, questions, responses, judgements)
+            smoothing = self._consistency(it, questions, responses, judgements)
 
             # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
             picks = meta_judge.pick_responses(
@@ -127,12 +121,9 @@ class Loop:
 
             # future-guided chosen (pairs.chosen_from: future): a temporary next model, trained on the anchored
             # pairs, samples these prompts; M_t judges its samples, candidates for the chosen side
-            future, future_judgements = None, []
-            if cfg.pairs.chosen_from == "future":
-                with store.stage(it, "future", release_memory):
-                    future, future_judgements = self._future(
-                        it, model, prompts, questions, responses, judgements + anchor_judgements, anchors, smoothing
-                    )
+            future, future_judgements = self._future(
+                it, model, prompts, questions, responses, judgements + anchor_judgements, anchors, smoothing
+            )
 
             # 4. pairs: actor pairs from the scores, judge pairs from the Elo
             with store.stage(it, "pairs", release_memory):
@@ -322,9 +313,18 @@ class Loop:
             it, model, label, todo, self.cfg.actor.k, table, actor.run_actor, self.cfg.actor, self.t.actor, **kw
         )
 
-    def _anchors(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
-        """M1's K samples of iteration t's prompts (generated once: only prompts without them), and
-        M_t's judgements of them (source 'anchor', keyed by M_t)."""
+    def _anchors(
+        self, it: int, model: str, prompts: list[dict], questions: dict
+    ) -> tuple[list[dict] | None, list[dict]]:
+        """Stage `anchor`: M1's K samples of iteration t's prompts (generated once: only prompts without
+        them), and M_t's judgements of them (source 'anchor', keyed by M_t); (None, []) where the switch
+        does not act (off, or iteration 1, where M_t is M1)."""
+        if self.cfg.pairs.rejected_from != "initial" or it == 1:
+            return None, []
+        with self.store.stage(it, "anchor", release_memory):
+            return self._anchored(it, model, prompts, questions)
+
+    def _anchored(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
         m1 = model_for(self.store, self.cfg, "M1")
         self._sample(
             it,
@@ -357,12 +357,28 @@ class Loop:
         judgements: list[dict],
         anchors: list[dict] | None,
         smoothing: float,
+    ) -> tuple[list[dict] | None, list[dict]]:
+        """Stage `future` (pairs.chosen_from: future; else (None, [])): the anchored pairs (kind
+        `anchored`, written for the record) train a temporary next model F<t+1> from M_t by the
+        iteration's own DPO recipe; it samples K responses to each prompt (only prompts without them;
+        their own ids and seeds) and M_t's judge scores them (source 'future'). The temporary model is
+        deleted once its samples are in. Returns (samples, their judgements)."""
+        if self.cfg.pairs.chosen_from != "future":
+            return None, []
+        with self.store.stage(it, "future", release_memory):
+            return self._future_samples(it, model, prompts, questions, responses, judgements, anchors, smoothing)
+
+    def _future_samples(
+        self,
+        it: int,
+        model: str,
+        prompts: list[dict],
+        questions: dict,
+        responses: list[dict],
+        judgements: list[dict],
+        anchors: list[dict] | None,
+        smoothing: float,
     ) -> tuple[list[dict], list[dict]]:
-        """Future-guided chosen: the anchored pairs (kind `anchored`, written for the record) train a
-        temporary next model F<t+1> from M_t by the iteration's own DPO recipe; it samples K responses
-        to each prompt (only prompts without them; their own ids and seeds) and M_t's judge scores them
-        (source 'future'). The temporary model is deleted once its samples are in. Returns (samples,
-        their judgements)."""
         version = f"F{it + 1}"
         temp = self.store.run_dir / "models" / version
         have = {r["prompt_id"] for r in self.store.future_responses(it)}
@@ -427,11 +443,19 @@ class Loop:
             {"future_chosen": ahead},
         )
 
-    def _consistency(
+    def _consistency(self, it: int, questions: dict, responses: list[dict], judgements: list[dict]) -> float:
+        """Stage `consistency` (train.consistency): the judge of M_{t-1} (or M0) on M_t's responses (only
+        what is missing), the per-prompt consistency of the two rankings, recorded as eval
+        `consistency`; returns DPO's label smoothing (train.label_smoothing where the switch does not act)."""
+        before = self.cfg.consistency_model(it)
+        if not before:
+            return self.cfg.train.label_smoothing
+        with self.store.stage(it, "consistency", release_memory):
+            return self._consistency_smoothing(it, before, questions, responses, judgements)
+
+    def _consistency_smoothing(
         self, it: int, before: str, questions: dict, responses: list[dict], judgements: list[dict]
     ) -> float:
-        """The judge of `before` (M_{t-1}, or M0) on M_t's responses (only what is missing), the per-prompt
-        consistency of the two rankings, recorded as eval `consistency`; returns DPO's label smoothing."""
         job = judge.Judging(self.t.judge, self.cfg.judge, source="consistency", model_version=before)
         self._judge(
             it, model_for(self.store, self.cfg, before), f"consistency re-judge ({before})", job, responses, questions
@@ -573,21 +597,9 @@ class Loop:
         self.store.record_generation_dtype(dtype, why)
         self.ui.info(f"generation dtype: {dtype or 'server'} ({why})")
         self.ui.info("beyond the paper: " + "; ".join(switch_lines(self.cfg)))
-        per, k, jn = self.cfg.prompts.per_iteration, self.cfg.actor.k, self.cfg.judge.n
-        if self.cfg.train.consistency != "off":
-            self.ui.info(
-                f"consistency: up to {per * k * jn} judge calls per iteration from "
-                f"{1 if self.cfg.consistency_model(1) else 2} on (M_t-1 re-judges M_t's responses; M0: before SFT)"
-            )
-        if self.cfg.pairs.rejected_from == "initial":
-            self.ui.info(
-                f"anchored rejection: {per * k} M1 samples and up to {per * k * jn} judge calls per iteration from 2 on"
-            )
-        if self.cfg.pairs.chosen_from == "future":
-            self.ui.info(
-                f"future-guided chosen: a second DPO (the temporary model, on the anchored pairs), {per * k} samples "
-                f"from it and up to {per * k * jn} judge calls per iteration"
-            )
+        for t in range(1, self.cfg.iterations + 1):
+            if costs := switch_costs(self.cfg, t, min(self.cfg.prompts.per_iteration, len(self.pool))):
+                self.ui.info(f"iteration {t} beyond the paper: " + "; ".join(costs))
         p, n = self.cfg.probe, self.cfg.probe.n or self.cfg.judge.n
         if self.probe_pairs or p.frozen:
             self.ui.info(
@@ -614,15 +626,10 @@ class Loop:
 
     def _after_iteration(self, it: int) -> None:
         """Prune old models (runs.keep_models), log the loop's numbers to trackers, print the summary."""
-        keep = self.cfg.runs.kept
-        if keep is not None:  # M<it+1> was just trained; a resume starts iteration it+1 from it
-            first = (
-                2 if self.cfg.pairs.rejected_from == "initial" else 1
-            )  # anchored rejection samples M1 every iteration
-            for version in range(first, it + 2 - keep):
-                path = self.store.run_dir / "models" / f"M{version}"
-                if path.is_dir():
-                    shutil.rmtree(path)
+        for version in self.cfg.prunable(it):
+            path = self.store.run_dir / "models" / version
+            if path.is_dir():
+                shutil.rmtree(path)
         if self.cfg.train.report_to:
             trackers.log_loop(
                 self.cfg.train.report_to,

@@ -76,22 +76,7 @@ def plan_lines(inputs: Inputs) -> list[str]:
             + (f"meta-judge up to {p * n * (n - 1)} calls; " if judge_it else "no meta-judge; ")
             + f"pairs: actor (rho {at(cfg.pairs.rho, t)})"
             + (" + judge" if judge_it else "")
-            + (
-                f"; consistency re-judge {p * k * n} judgements by {cfg.consistency_model(t)}"
-                if cfg.consistency_model(t)
-                else ""
-            )
-            + (
-                f"; anchors {p * k} M1 samples + {p * k * n} judgements"
-                if cfg.pairs.rejected_from == "initial" and t > 1
-                else ""
-            )
-            + (
-                f"; future-guided chosen: a temporary DPO on up to {p} anchored pairs, {p * k} samples from it "
-                f"+ {p * k * n} judgements by M{t}"
-                if cfg.pairs.chosen_from == "future"
-                else ""
-            )
+            + "".join(f"; {c}" for c in switch_costs(cfg, t, p))
             + f"; DPO {train}, {epochs} epoch(s) of a {horizon}-epoch {cfg.train.scheduler} schedule, lr {cfg.train.lr:g}, "
             f"global batch {cfg.train.batch_size}"
         )
@@ -135,6 +120,22 @@ def plan_lines(inputs: Inputs) -> list[str]:
             f"on disk at once, {kept} kept (runs.keep_models: {cfg.runs.keep_models}): {kept * size / 1e9:.1f} GB at the end"
         )
     return lines
+
+
+def switch_costs(cfg, t: int, prompts: int) -> list[str]:
+    """What the switches that act in iteration t add to it (model calls, a second DPO), for `prompts`
+    prompts: the one place a switch's cost is computed (the plan and the run's announcement)."""
+    k, n, costs = cfg.actor.k, cfg.judge.n, []
+    if cfg.consistency_model(t):
+        costs.append(f"consistency re-judge {prompts * k * n} judgements by {cfg.consistency_model(t)}")
+    if cfg.pairs.rejected_from == "initial" and t > 1:
+        costs.append(f"anchors {prompts * k} M1 samples + {prompts * k * n} judgements")
+    if cfg.pairs.chosen_from == "future":
+        costs.append(
+            f"future-guided chosen: a temporary DPO on up to {prompts} anchored pairs, {prompts * k} samples from it "
+            f"+ {prompts * k * n} judgements by M{t}"
+        )
+    return costs
 
 
 def switch_lines(cfg) -> list[str]:
