@@ -48,6 +48,16 @@ def response_kind(response_id_: str) -> str:
 TRAINED_PAIR_KINDS = ("actor", "judge")
 
 
+def pair_id(iteration: int, kind: str, prompt_id: str) -> str:
+    """A `pairs` row: one per prompt and kind (actor, judge, anchored) in an iteration."""
+    return f"it{iteration}/{kind}/{prompt_id}"
+
+
+def audit_id(model: str, response_id_: str) -> str:
+    """An external judge's score of one response in `mrtk eval audit` (an `eval_items` row)."""
+    return f"audit/{model}/{response_id_}"
+
+
 def judgement_id(response_id_: str, template_hash: str, j: int) -> str:
     return f"{response_id_}/{template_hash}/j{j}"
 

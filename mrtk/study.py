@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 
 from mrtk.errors import MrtkError
+from mrtk.ties import EVEN_VERDICT
 
-SOFT_TIE = 0.05  # a soft verdict within 0.05 of 0.5 counts as even
+SOFT_TIE = EVEN_VERDICT  # a soft verdict this close to 0.5 counts as even (mrtk/ties.py)
 
 
 def load_study(path: Path) -> dict:

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "faults",
             "resources",
             "rows",
+            "ties",
             "parse",
             "trackers",
             "serving_sim",

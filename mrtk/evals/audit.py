@@ -22,7 +22,7 @@ import numpy as np
 from mrtk.evals import health, metrics
 from mrtk.evals.run import Target, write_results
 from mrtk.parse import parse_score
-from mrtk.rows import derive_seed
+from mrtk.rows import audit_id, derive_seed
 from mrtk.prompts import judge_prompt
 from mrtk.ui import QuietUI
 
@@ -58,7 +58,7 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
                 "item_id",
                 [
                     {
-                        "item_id": f"audit/{judge.model}/{rid}",
+                        "item_id": audit_id(judge.model, rid),
                         "eval": "audit",
                         "iteration": r["iteration"],
                         "example_id": rid,

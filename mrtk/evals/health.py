@@ -23,7 +23,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
-TIE_WIDTH = 0.1  # two mean scores closer than this count as a tie (structured scores are continuous)
+from mrtk.ties import EVEN_SCORE
+
+TIE_WIDTH = EVEN_SCORE  # two mean scores closer than this count as a tie (mrtk/ties.py)
 SEED = 0
 # mrtk's rule: fewer paired units than this give a change but no interval and no verdict (a
 # bootstrap over 2-3 units gives a zero-width interval; over a handful it under-covers badly).

@@ -26,9 +26,10 @@ from collections import defaultdict
 
 from mrtk.evals.health import Estimate, bootstrap_ci, paired_difference
 from mrtk.stages.pairs import rewards as mean_valid_scores
+from mrtk.ties import EXACT
 
 EVAL = "truth"
-TIE = 1e-9
+TIE = EXACT
 
 
 def estimate(values: list[float]) -> Estimate:

@@ -24,6 +24,7 @@ from mrtk.parse import expected_score, p_first, parse_score, parse_verdict, samp
 from mrtk.programs import PAIRWISE, raw_text, run_program, score_program
 from mrtk.prompts import Template, judge_prompt
 from mrtk.rows import derive_seed, format_score, judgement_id, pairwise_id
+from mrtk.ties import EXACT
 
 
 def rejudge_key(template: Template, score_mode: str, model_version: str) -> str:
@@ -306,7 +307,7 @@ class Judging:
                     first = s["unit"].split("|")[0]
                     sides[s["prompt_id"]].append(s["p_a"] if first.endswith("#a") else 1.0 - s["p_a"])
             soft = {p: sum(v) / len(v) for p, v in sides.items()}
-            preds = {p: None if abs(v - 0.5) <= 1e-9 else ("a" if v > 0.5 else "b") for p, v in soft.items()}
+            preds = {p: None if abs(v - 0.5) <= EXACT else ("a" if v > 0.5 else "b") for p, v in soft.items()}
             return preds, self._order_consistency(said)
         net: dict[str, int] = defaultdict(int)
         for s in said:
@@ -371,7 +372,7 @@ def set_preferences(
             for x, y in combinations(sorted(rids), 2):
                 if x in scores and y in scores:
                     d = scores[x] - scores[y]
-                    prefs[(x, y)] = 0 if abs(d) <= 1e-9 else (1 if d > 0 else -1)
+                    prefs[(x, y)] = 0 if abs(d) <= EXACT else (1 if d > 0 else -1)
         return prefs
     net: dict[tuple[str, str], int] = defaultdict(int)
     for r in rows:

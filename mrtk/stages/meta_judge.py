@@ -35,6 +35,7 @@ from mrtk.parse import p_first, parse_verdict, sample_verdict
 from mrtk.programs import META, raw_text, run_program
 from mrtk.prompts import Template
 from mrtk.rows import derive_seed, meta_id
+from mrtk.ties import EXACT
 
 _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
 
@@ -71,7 +72,7 @@ def pick_responses(
             picks[pid] = (None, "no_response_with_score_variance")
             continue
         best = max(v for v, _ in candidates)
-        tied = sorted(rid for v, rid in candidates if math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15))
+        tied = sorted(rid for v, rid in candidates if abs(v - best) <= EXACT)
         picks[pid] = (random.Random(derive_seed(run_seed, iteration, "pick", pid)).choice(tied), "ok")
     return picks
 

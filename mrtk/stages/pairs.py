@@ -22,9 +22,10 @@ import random
 from collections import defaultdict
 
 from mrtk.config import MetaJudgeCfg, PairsCfg, at
-from mrtk.rows import derive_seed
+from mrtk.rows import derive_seed, pair_id
+from mrtk.ties import ELO, EXACT
 
-EPS = 1e-9
+EPS = EXACT
 
 
 def kept(base: dict, chosen: dict, rejected: dict, id_key: str, **extra) -> dict:
@@ -97,7 +98,7 @@ def actor_pair(
         "kind": kind,
         "prompt_id": prompt_id,
         "response_id": None,
-        "pair_id": f"it{iteration}/{kind}/{prompt_id}",
+        "pair_id": pair_id(iteration, kind, prompt_id),
     }
     cands = _scored(responses, scored)
     tops = cands + _scored(future or [], scored)
@@ -194,13 +195,13 @@ def judge_pairs(
             "kind": "judge",
             "prompt_id": pid,
             "response_id": rid,
-            "pair_id": f"it{iteration}/judge/{pid}",
+            "pair_id": pair_id(iteration, "judge", pid),
         }
         ratings = elo_by_response.get(rid or "", [])
         if rid is None:
             rows.append(dict(base, status="dropped", reason=why))
             continue
-        flat = len(ratings) >= 2 and max(e["elo"] for e in ratings) - min(e["elo"] for e in ratings) <= 1e-6
+        flat = len(ratings) >= 2 and max(e["elo"] for e in ratings) - min(e["elo"] for e in ratings) <= ELO
         if len(ratings) < 2 or (flat and meta_cfg.require_variance):
             rows.append(dict(base, status="dropped", reason="no_elo_spread"))
             continue
@@ -221,7 +222,7 @@ def judge_pairs(
 
 def _pick_elo(ratings: list[dict], which, rng: random.Random) -> dict:
     target = which(e["elo"] for e in ratings)
-    tied = sorted((e for e in ratings if abs(e["elo"] - target) <= 1e-6), key=lambda e: e["judgement_id"])
+    tied = sorted((e for e in ratings if abs(e["elo"] - target) <= ELO), key=lambda e: e["judgement_id"])
     return rng.choice(tied)
 
 
