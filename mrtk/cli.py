@@ -60,8 +60,8 @@ def run(
     """Run the Meta-Rewarding loop (or resume one) and log every model call in DuckDB."""
     from mrtk.config import load_config, resolve_config_path
     from mrtk.inputs import pool_warning
-    from mrtk.loop import Loop
-    from mrtk.runs import WriterLock, find_run, new_run, open_run
+    from mrtk.loop import run_locked
+    from mrtk.runs import find_run, new_run, open_run
     from mrtk.ui import QuietUI, RichUI
 
     ui = QuietUI() if quiet else RichUI(err)
@@ -92,9 +92,7 @@ def run(
         store = new_run(inputs.cfg, str(path.resolve()), out_dir)  # the effective config is what the run stores
     if warning := pool_warning(inputs.cfg, inputs.pool):
         err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
-    with WriterLock(store.run_dir):
-        ui.info(f"run [bold]{store.run_dir}[/bold]")
-        Loop(store, inputs, ui).run()  # records how the run ended (runs.status), then re-raises
+    run_locked(store, inputs, ui, say=f"run [bold]{store.run_dir}[/bold]")
     ui.info(
         f'[green]done[/green]: {store.run_dir}  (inspect with: mrtk query "select * from pairs" --run {store.run_dir})'
     )

@@ -639,3 +639,15 @@ class Loop:
                 trackers.loop_metrics(self.store, it),
             )
         self.ui.table(summary.iteration_table(self.store, it))
+
+
+def run_locked(store: RunStore, inputs: Inputs, ui=None, say: str = "", **loop_kw) -> None:
+    """Run (or finish) the loop on a run directory while holding its writer lock: what `mrtk run`
+    and each study variant do. `say`: a line for the UI once the lock is held (a run another
+    process writes is refused in one line, before it). `loop_kw`: what a test hands the loop."""
+    from mrtk.runs import WriterLock
+
+    with WriterLock(store.run_dir):
+        if say and ui is not None:
+            ui.info(say)
+        Loop(store, inputs, ui, **loop_kw).run()  # records how the run ended (runs.status), then re-raises

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from mrtk.errors import MrtkError
+from mrtk.store.db import DB_NAME
 from mrtk.ties import EVEN_VERDICT
 
 SOFT_TIE = EVEN_VERDICT  # a soft verdict this close to 0.5 counts as even (mrtk/ties.py)
@@ -77,8 +78,8 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
     """Run (or finish) every variant, then write study.json and study.md. `loop_kw`: what a test
     hands the loop instead of the model (open_policy, train; tests/scripted.py)."""
     from mrtk.inputs import check_inputs
-    from mrtk.loop import Loop
-    from mrtk.runs import WriterLock, new_run, open_run
+    from mrtk.loop import run_locked
+    from mrtk.runs import latest_run, new_run, open_run
     from mrtk.store import RunStore
 
     study = load_study(study_path)
@@ -87,25 +88,28 @@ def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
     first = None  # the first finished variant: M1's probe judgements are every variant's (see shares_m1)
     for variant, (path, cfg) in configs.items():
         parent = out_dir / variant
-        found = sorted(p for p in parent.glob("*") if (p / "mrtk.duckdb").is_file()) if parent.is_dir() else []
-        if found and RunStore(found[-1]).run_row()["status"] == "success":
-            ui.info(f"study {study['name']}: {variant} finished before ({found[-1]})")
-            runs[variant] = found[-1]
-            first = first or (found[-1], cfg)
+        try:
+            found = latest_run(parent)
+        except MrtkError:  # no run of this variant yet
+            found = None
+        if found and RunStore(found).run_row()["status"] == "success":
+            ui.info(f"study {study['name']}: {variant} finished before ({found})")
+            runs[variant] = found
+            first = first or (found, cfg)
             continue
         if found:
-            store, stored, config_dir = open_run(found[-1])
+            store, stored, config_dir = open_run(found)
             inputs = check_inputs(stored, config_dir)
         else:
             inputs = check_inputs(cfg, path.parent)
             store = new_run(inputs.cfg, str(path.resolve()), parent)
-            if first and shares_m1(first[1], cfg) and (copied := store.adopt_probe_items(first[0] / "mrtk.duckdb", 0)):
+            if first and shares_m1(first[1], cfg) and (copied := store.adopt_probe_items(first[0] / DB_NAME, 0)):
                 ui.info(
                     f"study {study['name']}: {variant} takes M1's {copied} probe judgements from {first[0].name} (same model, judge and seed)"
                 )
-        ui.info(f"study {study['name']}: [bold]{variant}[/bold] -> {store.run_dir}")
-        with WriterLock(store.run_dir):
-            Loop(store, inputs, ui, **loop_kw).run()
+        run_locked(
+            store, inputs, ui, say=f"study {study['name']}: [bold]{variant}[/bold] -> {store.run_dir}", **loop_kw
+        )
         runs[variant] = store.run_dir
         first = first or (store.run_dir, cfg)
     table = study_rows(runs)
