@@ -166,7 +166,8 @@ def run_serving_bench(
     layout is (name, servers, a router in front, serial): serial runs the actor stage as the
     client did before requests were kept in flight, one call of up to 256 samples at a time.
     `costs` (a `_Costs`): tokenizing, HTTP and DuckDB writes are timed by part (client_cost)."""
-    from mrtk.backends.sglang import SGLangBackend, SGLangClient
+    from mrtk.backends.sglang import SGLangBackend
+    from mrtk.backends.sglang_client import SGLangClient
     from mrtk.config import load_config
     from mrtk.models import embedded_model_dir, tokenizer_for
     from mrtk.prompts import bind_meta_judge, load_template

@@ -21,7 +21,8 @@ from scripted import scripted_train
 from test_faults import run_trials, uninterrupted
 
 from mrtk.backends import open_policy
-from mrtk.backends.sglang import OVERSUBSCRIBE, SGLangBackend, SGLangClient, window_for
+from mrtk.backends.sglang import SGLangBackend
+from mrtk.backends.sglang_client import OVERSUBSCRIBE, SGLangClient, window_for
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
 from mrtk.inputs import check_inputs
@@ -267,7 +268,8 @@ def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
 import sys
 from pathlib import Path
 from mrtk.serving_sim import LatencyModel, SimServer
-from mrtk.backends.sglang import SGLangBackend, SGLangClient
+from mrtk.backends.sglang import SGLangBackend
+from mrtk.backends.sglang_client import SGLangClient
 from mrtk.config import load_config
 from mrtk.models import tokenizer_for
 from mrtk.prompts import load_template

@@ -21,7 +21,8 @@ from conftest import TINY, check_complete, db_of, mrtk, rows
 from sglang_double import SGLangDouble, SGLangRouterDouble
 
 from mrtk.backends.base import Request, SamplingParams
-from mrtk.backends.sglang import SGLangBackend, SGLangClient, Server, launch_command
+from mrtk.backends.sglang import SGLangBackend, Server, launch_command
+from mrtk.backends.sglang_client import SGLangClient
 from mrtk.config import validate_config
 from mrtk.errors import MrtkError
 
