@@ -931,7 +931,7 @@ def bench(
     ),
 ) -> None:
     """Measure mrtk's fast paths against plain baselines on this machine (ratios, ceilings, peak memory)."""
-    from mrtk.bench import fmt_table, run_bench, to_json
+    from mrtk.bench.workloads import fmt_table, run_bench, to_json
 
     known = ("actor", "judge", "meta", "dpo", "duckdb", "serving")
     unknown = [o for o in only if not any(w.startswith(o) or o.startswith(w) for w in known)]
@@ -940,7 +940,7 @@ def bench(
     if only and all("serving".startswith(o) for o in only):
         import json
 
-        from mrtk.serving_bench import client_cost, fmt, fmt_client, run_serving_bench
+        from mrtk.bench.serving import client_cost, fmt, fmt_client, run_serving_bench
 
         report = run_serving_bench(quick=quick)
         report["client"] = client_cost(quick=quick)

@@ -35,7 +35,7 @@ def sync():
 def main(tokenizer_dir: str, work: str) -> None:
     from mrtk.backends.base import Request, SamplingParams
     from mrtk.backends.embedded import EmbeddedBackend
-    from mrtk.bench import hf_generate
+    from mrtk.bench.workloads import hf_generate
     from mrtk.config import validate_config
     from mrtk.models import load_model, random_llama
     from mrtk.prompts import load_template

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
 
     served = (
         inputs.cfg.backend == "sglang"
-    )  # the real SGLang client against the servers in the config (tests: mrtk.serving_sim)
+    )  # the real SGLang client against the servers in the config (tests: mrtk.bench.serving_sim)
     with WriterLock(store.run_dir):
         Loop(
             store,

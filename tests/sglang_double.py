@@ -49,7 +49,7 @@ from collections import OrderedDict
 import torch
 
 from mrtk.backends.embedded import EmbeddedBackend, new_cache, shared_prefix_len
-from mrtk.serving_sim import (
+from mrtk.bench.serving_sim import (
     COMMON,
     BadRequest,
     JsonHandler,

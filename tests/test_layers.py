@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "ties",
             "parse",
             "trackers",
-            "serving_sim",
+            "bench.serving_sim",
             "store.migrations",
             "store.saved",
             "ui",
@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["store", "inputs", "train_worker"]),
     ("runs", ["runs", "summary", "plan"]),
     ("read side", ["evals", "compare", "report", "rejudge", "eft"]),
-    ("composers", ["loop", "study", "bench", "serving_bench", "cli"]),
+    ("composers", ["loop", "study", "bench", "cli"]),
 ]
 
 

@@ -1,5 +1,5 @@
 """The SGLang path at the servers' speed (issue: saturate the servers), against simulated
-SGLang servers (`mrtk.serving_sim`: the protocol of sglang 0.5.23, continuous batching with a
+SGLang servers (`mrtk.bench.serving_sim`: the protocol of sglang 0.5.23, continuous batching with a
 fixed step time, long-tailed answer lengths, a radix cache), in this process or as processes.
 
 What is checked: windows sized from what `/server_info` reports; a two-iteration run keeps two
@@ -28,7 +28,7 @@ from mrtk.errors import MrtkError
 from mrtk.inputs import check_inputs
 from mrtk.loop import Loop
 from mrtk.runs import new_run
-from mrtk.serving_sim import LatencyModel, SimRouter, SimServer
+from mrtk.bench.serving_sim import LatencyModel, SimRouter, SimServer
 
 FAST = LatencyModel(slots=4, step_s=0.002)
 SERVED = {
@@ -206,7 +206,7 @@ def test_client_cost_is_measured_by_part():
     the client's CPU per sample against one fast simulated server, the samples per second one core
     sustains at that cost, and shares of that CPU by part (tokenize, HTTP with JSON, DuckDB writes),
     which are parts of it: each in [0, 1], together at most the whole."""
-    from mrtk.serving_bench import CLIENT_PARTS, CLIENT_QUICK, client_cost, fmt_client
+    from mrtk.bench.serving import CLIENT_PARTS, CLIENT_QUICK, client_cost, fmt_client
 
     cost = client_cost(quick=True)
     sz = CLIENT_QUICK
@@ -229,7 +229,7 @@ def test_client_cost_is_measured_by_part():
 def test_benchmark_meets_the_servers_capacity():
     """`mrtk bench --only serving`: >= 90% of capacity with one server, >= 3.6x with four and
     through a router, for the actor, judge and meta-judge stages."""
-    from mrtk.serving_bench import fmt, run_serving_bench
+    from mrtk.bench.serving import fmt, run_serving_bench
 
     # Margins: with bf16 hardware (2026-12-02) the stages ran at 93-97% of one server and 3.79-4.03x
     # on four; on the 2-core AVX2-only EPYC of issue 31 this test passed (its figures were not kept),
@@ -247,7 +247,7 @@ def test_benchmark_meets_the_servers_capacity():
             if by["1 server"]["of_capacity"] < 0.9 or by["speedup 4 servers"] < 3.6 or by["speedup router + 4"] < 3.6
         ]
         if not misses:
-            from mrtk.serving_bench import client_cost, fmt_client
+            from mrtk.bench.serving import client_cost, fmt_client
 
             print(fmt_client(client_cost()))  # the client's CPU per sample: reported, no threshold yet (issue 33)
             return
@@ -267,7 +267,7 @@ def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
     script = f"""
 import sys
 from pathlib import Path
-from mrtk.serving_sim import LatencyModel, SimServer
+from mrtk.bench.serving_sim import LatencyModel, SimServer
 from mrtk.backends.sglang import SGLangBackend
 from mrtk.backends.sglang_client import SGLangClient
 from mrtk.config import load_config

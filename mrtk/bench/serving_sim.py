@@ -44,7 +44,7 @@ serves the gateway's RL control plane as `smg` 1.13.0's client reads it (smg/rl.
 `/v1/rl/engine/{path}?selector=...` (every worker; {results, failed, total, succeeded}).
 Without `rl` it is sglang-router 0.3.2: generation only, 404 on control paths.
 
-Run one as a process: `python -m mrtk.serving_sim --port P [--slots C --step-ms S]`.
+Run one as a process: `python -m mrtk.bench.serving_sim --port P [--slots C --step-ms S]`.
 """
 
 from __future__ import annotations
@@ -630,7 +630,7 @@ def _samples(body) -> int:
 def main(argv: list[str]) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mrtk.serving_sim")
+    p = argparse.ArgumentParser(prog="python -m mrtk.bench.serving_sim")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--slots", type=int, default=LatencyModel.slots)
     p.add_argument("--step-ms", type=float, default=LatencyModel.step_s * 1000)

@@ -1,5 +1,5 @@
 """`mrtk bench --only serving`: how full the SGLang path keeps its servers, against simulated
-servers (`mrtk.serving_sim`: continuous batching, a fixed time per decode step, seeded
+servers (`mrtk.bench.serving_sim`: continuous batching, a fixed time per decode step, seeded
 long-tailed answer lengths, a radix cache), each in its own process as a real server is.
 
 For each generating stage of an iteration (actor: K samples per prompt; judge: the structured
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.serving_sim import LatencyModel
+from mrtk.bench.serving_sim import LatencyModel
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ MODEL = LatencyModel(slots=4, step_s=0.008)
 
 
 def launch(args: list[str]) -> tuple[subprocess.Popen, str]:
-    """A `python -m mrtk.serving_sim` process and the URL it prints."""
-    proc = subprocess.Popen([sys.executable, "-m", "mrtk.serving_sim", *args], stdout=subprocess.PIPE, text=True)
+    """A `python -m mrtk.bench.serving_sim` process and the URL it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "mrtk.bench.serving_sim", *args], stdout=subprocess.PIPE, text=True)
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
         proc.kill()
