@@ -1,6 +1,8 @@
 """Judge health inside the loop (`probe.*`): M_t's judge on human-labelled pairs, with the paired
 change from M_{t-1}, and the drift of its scores on a frozen set of iteration-1 responses.
-The loop generates; this module turns what was judged into `eval_results` rows."""
+The human pairs are judged here, through judge_eval's one judging path on the loop's own policy
+(handed in on the Target, never closed here); the frozen set is re-judged by the loop. This module
+turns both into `eval_results` rows."""
 
 from __future__ import annotations
 
