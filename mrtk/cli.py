@@ -706,7 +706,6 @@ def eval_audit(
     """An external judge re-scores a stratified sample of the loop's own judgements (same prompt and rubric): per iteration
     its correlation with the self-judge, the mean bias, and the share of actor pairs it would reverse. Evaluation only."""
     from mrtk.evals.audit import audit
-    from mrtk.evals.run import Target
     from mrtk.prompts import load_template
     from mrtk.runs import WriterLock, find_run, open_run
     from mrtk.ui import QuietUI, RichUI
@@ -719,7 +718,7 @@ def eval_audit(
         store, cfg, config_dir = open_run(run_dir)
         template = load_template(cfg.judge.template, [str(d) for d in cfg.prompts.template_dirs], role="judge")
         judge = _judge(store, judge_model, api_base, max_cost, dry, temperature=0.0, max_tokens=512)
-        res = audit(Target(store, cfg, 0, "M1", ""), judge, template, sample, ui=QuietUI() if quiet else RichUI(err))
+        res = audit(store, cfg.seed, judge, template, sample, ui=QuietUI() if quiet else RichUI(err))
     table = Table(
         "iteration",
         "metric",

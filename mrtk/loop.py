@@ -573,9 +573,7 @@ class Loop:
         from mrtk.evals import probe
         from mrtk.evals.run import Target
 
-        target = Target(
-            self.store, self.cfg, it - 1, f"M{it}", model, self.policy
-        )  # the loop's own policy: not closed by the probe
+        target = Target(self.store, self.cfg, it - 1, f"M{it}", model, _policy=self.policy)
         if self.probe_pairs:
             probe.human_agreement(target, self.probe_pairs, self.t.judge, self.cfg.probe, self.ui)
         if self.cfg.probe.frozen:

@@ -20,16 +20,17 @@ import random
 import numpy as np
 
 from mrtk.evals import health, metrics
-from mrtk.evals.run import Target, write_results
+from mrtk.store import RunStore
 from mrtk.parse import parse_score
 from mrtk.rows import audit_id, derive_seed
 from mrtk.prompts import judge_prompt
 from mrtk.ui import QuietUI
 
 
-def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
+def audit(store: RunStore, seed: int, judge, template, sample: int, ui=None) -> dict:
+    """No policy model runs here: the external judge scores a sample of the run's actor pairs
+    (stratified by iteration, `seed`), and each iteration's numbers go to `eval_results`."""
     ui = ui or QuietUI()
-    store, seed = t.store, t.cfg.seed
     iterations = store.pair_iterations("actor")
     per_iteration = max(1, sample // (2 * max(1, len(iterations))))
     chosen_pairs = []
@@ -94,12 +95,8 @@ def audit(t: Target, judge, template, sample: int, ui=None) -> dict:
         reversed_ = sum(external[p["rejected_id"]] > external[p["chosen_id"]] for p in judged)
         if judged:
             numbers["pairs_reversed"] = (reversed_ / len(judged), *metrics.wilson(reversed_, len(judged)), len(judged))
-        write_results(
-            Target(store, t.cfg, it, f"M{it}", t.model_dir),
-            "audit",
-            judge.model,
-            numbers,
-            {"template": template.hash, "responses": len(mine), "pairs": len(judged)},
+        store.record_numbers(
+            "audit", it, judge.model, numbers, {"template": template.hash, "responses": len(mine), "pairs": len(judged)}
         )
         out[it] = numbers
     return {"iterations": out, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}

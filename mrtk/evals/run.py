@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import Request, SamplingParams, open_policy
+from mrtk.backends import Policy, Request, SamplingParams, open_policy
+from mrtk.config import RunConfig
 from mrtk.data import read_json_or_jsonl
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
@@ -23,6 +24,7 @@ from mrtk.evals.graders import Grader
 from mrtk.prompts import load_template
 from mrtk.rows import derive_seed, eval_item_id, eval_output_id
 from mrtk.runs import model_for, open_run, run_chunks
+from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
 ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
@@ -33,25 +35,27 @@ class Target:
     """The model under evaluation: a run's model version, loaded lazily on the run's own backend
     (the embedded one, or the run's SGLang servers: attached, or launched and stopped on exit)."""
 
-    store: object
-    cfg: object
+    store: RunStore
+    cfg: RunConfig
     iteration: int
     version: str
     model_dir: str
-    _policy: object = None
+    _policy: Policy | None = None  # the loop hands in its own, which is never closed here
+    _opened: bool = False  # the policy was opened here (on first use), so closed on exit
 
     def backend(self):
         if self._policy is None:
             self._policy = open_policy(
                 self.cfg, pick_device(self.cfg.runtime.device), self.store.run_dir, tokenizer_for
             )
+            self._opened = True
         return self._policy.use(self.model_dir)
 
     def __enter__(self) -> "Target":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._policy is not None:
+        if self._opened:
             self._policy.close()
 
 
