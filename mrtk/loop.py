@@ -366,70 +366,57 @@ class Loop:
         if self.cfg.pairs.chosen_from != "future":
             return None, []
         with self.store.stage(it, "future", release_memory):
-            return self._future_samples(it, model, prompts, questions, responses, judgements, anchors, smoothing)
-
-    def _future_samples(
-        self,
-        it: int,
-        model: str,
-        prompts: list[dict],
-        questions: dict,
-        responses: list[dict],
-        judgements: list[dict],
-        anchors: list[dict] | None,
-        smoothing: float,
-    ) -> tuple[list[dict], list[dict]]:
-        version = f"F{it + 1}"
-        temp = self.store.run_dir / "models" / version
-        have = {r["prompt_id"] for r in self.store.future_responses(it)}
-        if any(p["prompt_id"] not in have for p in prompts):
-            if not temp.is_dir():  # a resume after its samples began reuses the saved temporary model
-                anchored = pairs.actor_pairs(
-                    responses,
-                    judgements,
-                    self.cfg.pairs,
-                    iteration=it,
-                    run_seed=self.cfg.seed,
-                    anchors=anchors,
-                    kind="anchored",
-                )
-                self.store.replace_iteration("pairs", it, anchored, kinds=("anchored",))
-                metrics, stats, _, _ = self._dpo(
+            version = f"F{it + 1}"
+            temp = self.store.run_dir / "models" / version
+            have = {r["prompt_id"] for r in self.store.future_responses(it)}
+            if any(p["prompt_id"] not in have for p in prompts):
+                if not temp.is_dir():  # a resume after its samples began reuses the saved temporary model
+                    anchored = pairs.actor_pairs(
+                        responses,
+                        judgements,
+                        self.cfg.pairs,
+                        iteration=it,
+                        run_seed=self.cfg.seed,
+                        anchors=anchors,
+                        kind="anchored",
+                    )
+                    self.store.replace_iteration("pairs", it, anchored, kinds=("anchored",))
+                    metrics, stats, _, _ = self._dpo(
+                        it,
+                        model,
+                        self.store.kept_pairs(it, "anchored"),
+                        questions,
+                        responses + (anchors or []),
+                        judgements,
+                        smoothing,
+                        temp,
+                    )
+                    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+                    self.store.record_numbers(
+                        "future",
+                        it,
+                        "train",
+                        {
+                            "pairs_trained": (stats["pairs_trained"], None, None, stats["pairs_trained"]),
+                            "loss_first": (losses[0] if losses else None, None, None, len(losses)),
+                            "loss_last": (losses[-1] if losses else None, None, None, len(losses)),
+                        },
+                        {"model": version, "base": model},
+                    )
+                self._sample(
                     it,
-                    model,
-                    self.store.kept_pairs(it, "anchored"),
-                    questions,
-                    responses + (anchors or []),
-                    judgements,
-                    smoothing,
-                    temp,
+                    str(temp),
+                    f"future ({version} samples)",
+                    prompts,
+                    "future_responses",
+                    self.store.future_responses,
+                    kind="future",
+                    version=version,
                 )
-                losses = [m["loss"] for m in metrics if m.get("loss") is not None]
-                self.store.record_numbers(
-                    "future",
-                    it,
-                    "train",
-                    {
-                        "pairs_trained": (stats["pairs_trained"], None, None, stats["pairs_trained"]),
-                        "loss_first": (losses[0] if losses else None, None, None, len(losses)),
-                        "loss_last": (losses[-1] if losses else None, None, None, len(losses)),
-                    },
-                    {"model": version, "base": model},
-                )
-            self._sample(
-                it,
-                str(temp),
-                f"future ({version} samples)",
-                prompts,
-                "future_responses",
-                self.store.future_responses,
-                kind="future",
-                version=version,
-            )
-        future = self.store.future_responses(it)
-        future_judgements = self._judged_by_mt(it, model, "future", future, questions)
-        shutil.rmtree(temp, ignore_errors=True)
-        return future, future_judgements
+            future = self.store.future_responses(it)
+            future_judgements = self._judged_by_mt(it, model, "future", future, questions)
+            shutil.rmtree(temp, ignore_errors=True)
+            return future, future_judgements
 
     def _record_future_chosen(self, it: int, rows: list[dict]) -> None:
         """How many kept actor pairs take their chosen side from the temporary model (eval `future`)."""
