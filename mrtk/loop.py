@@ -25,7 +25,8 @@ from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.plan import switch_costs, switch_lines
 from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind
-from mrtk.runs import lifecycle, model_for, run_chunks
+from mrtk.lanes import run_chunks
+from mrtk.runs import lifecycle, model_for
 from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train, verifier
 from mrtk.store import RunStore
 from mrtk.train_worker import train_iteration

@@ -19,7 +19,8 @@ from mrtk.errors import MrtkError
 from mrtk.models import pick_device, resolve_model, tokenizer_for
 from mrtk.prompts import Template, check_role, load_template
 from mrtk.rows import parse_version
-from mrtk.runs import WriterLock, model_for, open_run, run_chunks
+from mrtk.lanes import run_chunks
+from mrtk.runs import WriterLock, model_for, open_run
 from mrtk.stages import judge
 from mrtk.ui import QuietUI
 

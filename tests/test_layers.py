@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("backends", ["backends", "programs"]),
     ("stages", ["stages"]),
     ("store", ["store", "inputs", "train_worker"]),
-    ("runs", ["runs", "summary", "plan"]),
+    ("runs", ["runs", "lanes", "summary", "plan"]),
     ("read side", ["evals", "compare", "report", "rejudge", "eft"]),
     ("composers", ["loop", "study", "bench", "cli"]),
 ]

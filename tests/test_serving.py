@@ -273,7 +273,7 @@ from mrtk.backends.sglang_client import SGLangClient
 from mrtk.config import load_config
 from mrtk.models import tokenizer_for
 from mrtk.prompts import load_template
-from mrtk.runs import run_chunks
+from mrtk.lanes import run_chunks
 from mrtk.stages import actor
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI

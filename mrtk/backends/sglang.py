@@ -182,7 +182,7 @@ class SGLangBackend:
         """The requests as /generate batches of at most `max_batch_rows` samples (a prompt's K
         samples stay in one: the radix cache prefills the prompt once), one after another; a
         structured program sends a batch's scoring request as soon as its texts return. Answers
-        keep the requests' order. Requests in flight come from the callers: `runs.run_chunks`
+        keep the requests' order. Requests in flight come from the callers: `lanes.run_chunks`
         calls with one prompt (or one response's battles) from as many threads as `window()` fills."""
         batches, current, size = [], [], 0
         for r in requests:

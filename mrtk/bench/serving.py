@@ -4,7 +4,7 @@ long-tailed answer lengths, a radix cache), each in its own process as a real se
 
 For each generating stage of an iteration (actor: K samples per prompt; judge: the structured
 program, N justifications then the score read per response; meta-judge: the structured verdict
-per battle of the picked responses' judgements), run the loop's own path (`runs.run_chunks` ->
+per battle of the picked responses' judgements), run the loop's own path (`lanes.run_chunks` ->
 the stage function -> `SGLangBackend` -> HTTP, rows written to a real run database) against:
 1 server, 4 servers, and a router in front of 4 workers. Reported per stage: decoded tokens
 per second as a share of the capacity of the servers used (`slots / step_s` each), and the
@@ -171,7 +171,7 @@ def run_serving_bench(
     from mrtk.config import load_config
     from mrtk.models import embedded_model_dir, tokenizer_for
     from mrtk.prompts import bind_meta_judge, load_template
-    from mrtk.runs import run_chunks
+    from mrtk.lanes import run_chunks
     from mrtk.stages import actor, judge, meta_judge
     from mrtk.store import RunStore
     from mrtk.ui import QuietUI

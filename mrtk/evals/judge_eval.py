@@ -14,7 +14,7 @@ from __future__ import annotations
 from mrtk.config import with_template_sampling
 from mrtk.evals import health, metrics
 from mrtk.evals.run import Target, write_results
-from mrtk.runs import run_chunks
+from mrtk.lanes import run_chunks
 from mrtk.prompts import Template
 from mrtk.rows import answer_id, eval_item_id
 from mrtk.stages import judge as judge_stage

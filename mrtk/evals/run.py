@@ -23,7 +23,8 @@ from mrtk.evals.alpaca_official import official_lc
 from mrtk.evals.graders import Grader
 from mrtk.prompts import load_template
 from mrtk.rows import derive_seed, eval_item_id, eval_output_id
-from mrtk.runs import model_for, open_run, run_chunks
+from mrtk.lanes import run_chunks
+from mrtk.runs import model_for, open_run
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
