@@ -561,8 +561,8 @@ class Loop:
         from mrtk.evals import probe
         from mrtk.evals.run import Target
 
-        target = Target(self.store, self.cfg, it - 1, f"M{it}", model, _policy=self.policy)
-        if self.probe_pairs:
+        if self.probe_pairs:  # judged through judge_eval's one path, on the loop's own policy
+            target = Target(self.store, self.cfg, it - 1, f"M{it}", model, _policy=self.policy)
             probe.human_agreement(target, self.probe_pairs, self.t.judge, self.cfg.probe, self.ui)
         if self.cfg.probe.frozen:
             pool = [r for r in self.store.responses(1) if not r["is_duplicate"]]
@@ -573,7 +573,15 @@ class Loop:
             if it > 1:  # iteration 1's own loop judgements are the baseline; later models re-judge the same responses
                 questions = {p["prompt_id"]: p["text"] for p in self.store.prompts(1)}
                 self._judge(it, model, "frozen re-judge", job, frozen, questions, iteration=1)
-            probe.record_drift(target, frozen, self.t.judge, job.key if it > 1 else None, self.cfg.judge.score_mode)
+            probe.record_drift(
+                self.store,
+                it - 1,
+                f"M{it}",
+                frozen,
+                self.t.judge,
+                job.key if it > 1 else None,
+                self.cfg.judge.score_mode,
+            )
 
     # -- around the stages ----------------------------------------------------------------------
     def _announce(self) -> None:

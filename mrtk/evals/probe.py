@@ -11,6 +11,7 @@ from pathlib import Path
 from mrtk.evals import health
 from mrtk.evals.judge_eval import judge_agreement, pair_credits, said
 from mrtk.evals.run import Target, write_results
+from mrtk.store import RunStore
 
 
 def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> None:
@@ -29,12 +30,15 @@ def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> No
         write_results(t, name, res["judge"], numbers, {"verdict": health.verdict(change), "template": template.hash})
 
 
-def record_drift(t: Target, frozen: list[dict], template, key: str | None, score_mode: str) -> None:
-    """Mean shift, top-score share, tie rate and score-length r of M_t's scores on the frozen
-    responses against iteration 1's loop scores (`key` None: M1 itself, the baseline)."""
+def record_drift(
+    store: RunStore, iteration: int, version: str, frozen: list[dict], template, key: str | None, score_mode: str
+) -> None:
+    """Mean shift, top-score share, tie rate and score-length r of `version`'s scores (M_t, eval
+    iteration t-1) on the frozen responses against iteration 1's loop scores (`key` None: M1 itself,
+    the baseline). Rows in, numbers out: the loop judged them."""
     ids = [r["response_id"] for r in frozen]
-    base = t.store.mean_scores(ids, it=1, template_hash=template.hash)
-    now = base if key is None else t.store.mean_scores(ids, it=1, key=key)
+    base = store.mean_scores(ids, it=1, template_hash=template.hash)
+    now = base if key is None else store.mean_scores(ids, it=1, key=key)
     numbers = health.drift(
         base,
         now,
@@ -42,10 +46,10 @@ def record_drift(t: Target, frozen: list[dict], template, key: str | None, score
         {r["response_id"]: r["prompt_id"] for r in frozen},
         template.score_range[1],
     )
-    write_results(
-        t,
+    store.record_numbers(
         "frozen",
-        f"{template.name}:{score_mode}:{t.version}",
+        iteration,
+        f"{template.name}:{score_mode}:{version}",
         numbers,
         {"responses": len(ids), "template": template.hash},
     )
