@@ -784,10 +784,10 @@ def eval_judge(
                 "drop --verdict or judge in structured mode"
             )
         res = judge_agreement(
-            target,
             pairs,
             lists,
             t_judge,
+            **ev.model_of(target),
             n=n,
             name=f"judge:{Path(data).stem}",
             ui=QuietUI() if quiet else RichUI(err),

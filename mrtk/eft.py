@@ -22,7 +22,7 @@ from pathlib import Path
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
 from mrtk.evals.judge_eval import judge_agreement, ranked_pairs
-from mrtk.evals.run import Target, write_results
+from mrtk.evals.run import Target, model_of, write_results
 from mrtk.prompts import Template, judge_prompt
 from mrtk.rejudge import load_judge_template
 from mrtk.rows import answer_id, derive_seed, format_score
@@ -81,7 +81,7 @@ def judge_template(name: str, dirs: list) -> Template:
 def build(t: Target, lists: list[dict], template: Template, *, n: int | None, cap: int | None, ui=None):
     """Judge every answer of every list with the model `t` (template: from `judge_template`), keep the
     lists that agree with the humans, and return (SFT examples with provenance, statistics)."""
-    res = judge_agreement(t, [], lists, template, n=n, name=EVAL, ui=ui)
+    res = judge_agreement([], lists, template, **model_of(t), n=n, name=EVAL, ui=ui)
     job, label = res["job"], res["judge"]
     by_answer: dict[str, list[dict]] = {}
     for item in sorted(res["items"], key=_sample):

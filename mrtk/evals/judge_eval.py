@@ -11,39 +11,45 @@ Every judgement is an `eval_items` row with its raw text; the numbers go to `eva
 
 from __future__ import annotations
 
-from mrtk.config import with_template_sampling
+from mrtk.config import RunConfig, with_template_sampling
 from mrtk.evals import health, metrics
-from mrtk.evals.run import Target, write_results
 from mrtk.lanes import run_chunks
 from mrtk.prompts import Template
 from mrtk.rows import answer_id, eval_item_id
 from mrtk.stages import judge as judge_stage
+from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
 
 def judge_agreement(
-    t: Target,
     pairs: list[dict],
     lists: list[dict],
     template: Template,
     *,
+    store: RunStore,
+    cfg: RunConfig,
+    iteration: int,
+    version: str,
+    backend,
     n: int | None,
     name: str = "judge",
     ui=None,
     verdict: str | None = None,
 ) -> dict:
-    """`verdict` (pairwise templates): hard or soft, else the run's judge.verdict; the same judgements,
+    """The judge of model `version` (eval iteration `iteration`; `backend()` opens it, only when there
+    is something to judge) on human pairs and ranked lists: rows in `eval_items`, numbers out.
+    `verdict` (pairwise templates): hard or soft, else the run's judge.verdict; the same judgements,
     read two ways, so soft results are recorded under the judge label with ':soft' added."""
     ui = ui or QuietUI()
-    cfg = with_template_sampling(t.cfg.judge, template)
+    run_cfg, cfg = cfg, with_template_sampling(cfg.judge, template)
     if n is not None:
         cfg = cfg.model_copy(update={"n": n})
     if verdict is not None:
         cfg = cfg.model_copy(update={"verdict": verdict})
-    job = judge_stage.Judging(template, cfg, source="eval", model_version=t.version)
-    label = f"{template.name}:{cfg.score_mode}:{t.version}"
-    prefix = eval_item_id(name, t.iteration, label, "")
-    stored = {r["item_id"].removeprefix(prefix) for r in t.store.eval_items(name, t.iteration, label)}
+    job = judge_stage.Judging(template, cfg, source="eval", model_version=version)
+    label = f"{template.name}:{cfg.score_mode}:{version}"
+    prefix = eval_item_id(name, iteration, label, "")
+    stored = {r["item_id"].removeprefix(prefix) for r in store.eval_items(name, iteration, label)}
     questions = {p["example_id"]: p["question"] for p in pairs} | {x["example_id"]: x["question"] for x in lists}
     answers = [
         {
@@ -69,27 +75,27 @@ def judge_agreement(
 
     def fn(rows, go):
         out = job.run(
-            t.backend(),
+            backend(),
             rows,
             questions,
-            iteration=t.iteration,
-            run_seed=t.cfg.seed,
+            iteration=iteration,
+            run_seed=run_cfg.seed,
             on_progress=go,
         )
-        return [_item(job, r, name, t.iteration, label) for r in out]
+        return [_item(job, r, name, iteration, label) for r in out]
 
     run_chunks(
-        t.store,
+        store,
         ui,
         f"eval judge ({label})",
         job.missing(answers, stored),
         cfg.n,
         fn,
         "eval_items",
-        t.cfg.runtime.max_batch_rows,
-        t.backend,
+        run_cfg.runtime.max_batch_rows,
+        backend,
     )
-    items = t.store.eval_items(name, t.iteration, label)
+    items = store.eval_items(name, iteration, label)
     preds, consistency = job.preferences(said(items))
     labels = [p["label"] for p in pairs]
     agree = metrics.agreement(labels, [preds.get(p["example_id"]) for p in pairs]) if pairs else None
@@ -103,9 +109,9 @@ def judge_agreement(
     numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
     soft = job.pairwise and cfg.verdict == "soft"
     label_read = f"{label}:soft" if soft else label
-    write_results(
-        t,
+    store.record_numbers(
         name,
+        iteration,
         label_read,
         numbers,
         {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mrtk.evals import health
 from mrtk.evals.judge_eval import judge_agreement, pair_credits, said
-from mrtk.evals.run import Target, write_results
+from mrtk.evals.run import Target, model_of, write_results
 from mrtk.store import RunStore
 
 
@@ -18,7 +18,7 @@ def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> No
     """Agreement with the human labels (ties 0.5), and from the second model on the paired
     bootstrap change from the previous model with its verdict."""
     name = f"probe:{Path(probe_cfg.file).stem}"
-    res = judge_agreement(t, pairs, [], template, n=probe_cfg.n, name=name, ui=ui)
+    res = judge_agreement(pairs, [], template, **model_of(t), n=probe_cfg.n, name=name, ui=ui)
     previous = t.store.eval_items(name, t.iteration - 1)
     if previous:  # the paired change from the previous model, per probe pair
         before = pair_credits(pairs, res["job"].preferences(said(previous))[0])

@@ -60,6 +60,12 @@ class Target:
             self._policy.close()
 
 
+def model_of(t: Target) -> dict:
+    """What an eval that needs a model takes: the run's store and config, the eval iteration, the model
+    version, and the opener of its backend (called only when there is something to generate)."""
+    return {"store": t.store, "cfg": t.cfg, "iteration": t.iteration, "version": t.version, "backend": t.backend}
+
+
 def open_target(run_dir: Path, iteration: int | None) -> Target:
     store, cfg, _ = open_run(run_dir)
     trained = store.trained_iterations()
