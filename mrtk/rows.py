@@ -43,8 +43,8 @@ def response_kind(response_id_: str) -> str:
     return next(kind for kind, tag in RESPONSE_KINDS.items() if tag == letter)
 
 
-# the pairs table's kinds: what the iteration's DPO trains on, and the anchored pairs that trained the
-# temporary next model of pairs.chosen_from: future (kept for the record, never in the final DPO)
+# The pairs kinds the iteration's DPO trains on. The table also holds `anchored` pairs (pairs.chosen_from:
+# future): they trained the temporary next model and stay for the record, never in the final DPO.
 TRAINED_PAIR_KINDS = ("actor", "judge")
 
 

@@ -30,8 +30,6 @@ from mrtk.errors import MrtkError
 from mrtk.store.db import DB_NAME
 from mrtk.ties import EVEN_VERDICT
 
-SOFT_TIE = EVEN_VERDICT  # a soft verdict this close to 0.5 counts as even (mrtk/ties.py)
-
 
 def load_study(path: Path) -> dict:
     try:
@@ -236,12 +234,12 @@ def study_rows(runs: dict[str, Path]) -> list[dict]:
 def even_battles(meta_rows: list[dict], soft: bool) -> tuple[float, int] | None:
     """(share, judgement pairs): among pairs of judgements the meta-judge saw in both orders, those
     whose input to Bradley-Terry is even: hard, the two orders name different judgements (one win
-    each); soft, the order-averaged p is within SOFT_TIE of 0.5."""
+    each); soft, the order-averaged p is within ties.EVEN_VERDICT of 0.5."""
     from mrtk.stages.meta_judge import soft_preferences
 
     if soft:
         both = [p for p, orders in soft_preferences(meta_rows).values() if orders == 2]
-        return (sum(abs(p - 0.5) <= SOFT_TIE for p in both) / len(both), len(both)) if both else None
+        return (sum(abs(p - 0.5) <= EVEN_VERDICT for p in both) / len(both), len(both)) if both else None
     winner = {(m["judgement_a"], m["judgement_b"]): m["winner"] for m in meta_rows if m["winner"]}
     both = [(a, b) for a, b in winner if a < b and (b, a) in winner]
     return (sum(winner[(a, b)] != winner[(b, a)] for a, b in both) / len(both), len(both)) if both else None

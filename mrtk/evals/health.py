@@ -25,7 +25,6 @@ from scipy import stats
 
 from mrtk.ties import EVEN_SCORE
 
-TIE_WIDTH = EVEN_SCORE  # two mean scores closer than this count as a tie (mrtk/ties.py)
 SEED = 0
 # mrtk's rule: fewer paired units than this give a change but no interval and no verdict (a
 # bootstrap over 2-3 units gives a zero-width interval; over a handful it under-covers badly).
@@ -130,7 +129,7 @@ def drift(
     out["top_score_share"] = (float(is_top.mean()), *bootstrap_ci(is_top), len(ids))
     pairs = [(i, j) for k, i in enumerate(ids) for j in ids[k + 1 :] if prompt_of[i] == prompt_of[j]]
     if pairs:
-        ties = np.array([abs(now[i] - now[j]) < TIE_WIDTH for i, j in pairs], float)
+        ties = np.array([abs(now[i] - now[j]) < EVEN_SCORE for i, j in pairs], float)
         out["tie_rate"] = (float(ties.mean()), *bootstrap_ci(ties), len(pairs))
     r = correlation(n, [lengths[i] for i in ids])
     if r:

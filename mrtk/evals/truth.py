@@ -29,7 +29,6 @@ from mrtk.stages.pairs import rewards as mean_valid_scores
 from mrtk.ties import EXACT
 
 EVAL = "truth"
-TIE = EXACT
 
 
 def estimate(values: list[float]) -> Estimate:
@@ -72,7 +71,7 @@ def judge_accuracy(verdicts: dict[str, bool], rewards: dict[str, float], prompt_
         for good in (r for r in rids if verdicts[r]):
             for bad in (r for r in rids if not verdicts[r]):
                 gap = rewards[good] - rewards[bad]
-                credit.append(0.5 if abs(gap) <= TIE else float(gap > 0))
+                credit.append(0.5 if abs(gap) <= EXACT else float(gap > 0))
     return estimate(credit)
 
 
@@ -83,7 +82,7 @@ def meta_accuracy(battles: list[dict], scores: dict[str, float | None], verdicts
     for b in battles:
         sa, sb = scores.get(b["judgement_a"]), scores.get(b["judgement_b"])
         passed = verdicts.get(b["response_id"])
-        if b["winner"] is None or sa is None or sb is None or passed is None or abs(sa - sb) <= TIE:
+        if b["winner"] is None or sa is None or sb is None or passed is None or abs(sa - sb) <= EXACT:
             continue
         closer = b["judgement_a"] if (sa > sb) == passed else b["judgement_b"]
         credit.append(float(b["winner"] == closer))

@@ -25,8 +25,6 @@ from mrtk.config import MetaJudgeCfg, PairsCfg, at
 from mrtk.rows import derive_seed, pair_id
 from mrtk.ties import ELO, EXACT
 
-EPS = EXACT
-
 
 def kept(base: dict, chosen: dict, rejected: dict, id_key: str, **extra) -> dict:
     """A kept pair row: `base` plus both sides' ids (`id_key` of each), scores and lengths."""
@@ -76,7 +74,7 @@ def _scored(responses: list[dict], scored: dict[str, tuple[float, int]]) -> list
 def _tier(cands: list[dict], rho: float, top: bool) -> list[dict]:
     s_max, s_min = max(c["score"] for c in cands), min(c["score"] for c in cands)
     (top_lo, _), (_, bottom_hi) = rho_tiers(s_max, s_min, rho)
-    return [c for c in cands if (c["score"] >= top_lo - EPS if top else c["score"] <= bottom_hi + EPS)]
+    return [c for c in cands if (c["score"] >= top_lo - EXACT if top else c["score"] <= bottom_hi + EXACT)]
 
 
 def actor_pair(
@@ -106,13 +104,13 @@ def actor_pair(
     if anchors is None and future is None:
         if len(cands) < 2:
             return dict(base, status="dropped", reason="fewer_than_two_scored_responses")
-        if max(c["score"] for c in cands) - min(c["score"] for c in cands) <= EPS:
+        if max(c["score"] for c in cands) - min(c["score"] for c in cands) <= EXACT:
             return dict(base, status="dropped", reason="all_scores_tied")
     elif not tops or not pool:
         return dict(base, status="dropped", reason="no_scored_response_or_anchor")
     chosen = _pick(_tier(tops, rho, top=True), lambda r: r["n_chars"], rng)
     rejected = _pick(_tier(pool, rho, top=False), lambda r: -r["n_chars"], rng)
-    if (anchors is not None or future is not None) and rejected["score"] >= chosen["score"] - EPS:
+    if (anchors is not None or future is not None) and rejected["score"] >= chosen["score"] - EXACT:
         return dict(
             base, status="dropped", reason=f"{'anchor' if anchors is not None else 'rejected'}_scored_as_high_as_chosen"
         )
@@ -212,7 +210,7 @@ def judge_pairs(
         row = kept(base, chosen, rejected, "judgement_id", chosen_elo=hi["elo"], rejected_elo=lo["elo"])
         if max_chars is not None and chosen["n_chars"] > max_chars:
             row.update(status="dropped", reason=f"chosen_longer_than_{int(max_chars)}_chars")
-        elif cfg.drop_same_score and abs(chosen["score"] - rejected["score"]) <= EPS:
+        elif cfg.drop_same_score and abs(chosen["score"] - rejected["score"]) <= EXACT:
             row.update(status="dropped", reason="same_score")
         elif cfg.drop_identical_text and chosen["text"] == rejected["text"]:
             row.update(status="dropped", reason="identical_text")
@@ -234,7 +232,7 @@ def apply_share_cap(
     if cap is None or not kept:
         return judge_rows
     n_actor = sum(r["status"] == "kept" for r in actor_rows)
-    allowed = int(cap * n_actor / (1.0 - cap) + EPS) if cap < 1.0 else len(kept)
+    allowed = int(cap * n_actor / (1.0 - cap) + EXACT) if cap < 1.0 else len(kept)
     if len(kept) <= allowed:
         return judge_rows
     rng = random.Random(derive_seed(run_seed, iteration, "share_cap"))
