@@ -65,13 +65,15 @@ def train_iteration(
     from mrtk.models import save_model
     from mrtk.stages import train
 
-    work = run_dir / "tmp" / f"train{iteration}"
+    # the temporary next model (pairs.chosen_from: future, F<t+1>) trains beside M<t+1>: its own work and tracker names
+    tag = "" if out.name.startswith("M") else f"-{out.name}"
+    work = run_dir / "tmp" / f"train{iteration}{tag}"
     tracker_dir = run_dir / "tracker"
     if cfg.launched:
         (work / "examples.json").parent.mkdir(parents=True, exist_ok=True)
         (work / "examples.json").write_text(json.dumps(fitted))
         cmd = launch_command(work / "spec.json", cfg, device)
-        ui.info(f"it{iteration} train: accelerate launch {' '.join(cmd[3:])}  (log: {run_dir / 'train.log'})")
+        ui.info(f"it{iteration} train{tag}: accelerate launch {' '.join(cmd[3:])}  (log: {run_dir / 'train.log'})")
         result = run_distributed(
             {
                 "model_dir": model_dir,
@@ -83,6 +85,7 @@ def train_iteration(
                 "work_dir": str(work),
                 "out": str(out),
                 "run_name": run_dir.name,
+                "tag": tag,
                 "tracker_dir": str(tracker_dir),
                 "result_path": str(work / "result.json"),
             },
@@ -91,7 +94,9 @@ def train_iteration(
             run_dir / "train.log",
         )
         return result["metrics"], result["stats"]
-    with ui.stage(f"it{iteration} train ({len(fitted)} pairs)", train.planned_steps(len(fitted), cfg, iteration)) as go:
+    with ui.stage(
+        f"it{iteration} train{tag} ({len(fitted)} pairs)", train.planned_steps(len(fitted), cfg, iteration)
+    ) as go:
         model, tok, metrics, stats = train.train_dpo(
             model_dir,
             fitted,
@@ -103,6 +108,7 @@ def train_iteration(
             on_step=lambda: go(1),
             run_name=run_dir.name,
             tracker_dir=tracker_dir,
+            tag=tag,
         )
     save_model(model, tok, out)
     del model
@@ -125,6 +131,7 @@ def main(spec_path: str) -> None:
         device=spec["device"],
         work_dir=Path(spec["work_dir"]),
         run_name=spec.get("run_name"),
+        tag=spec.get("tag", ""),
         tracker_dir=Path(spec["tracker_dir"]) if spec.get("tracker_dir") else None,
         sharded_save_to=Path(spec["out"]) if sharded() else None,
     )

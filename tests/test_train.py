@@ -219,3 +219,23 @@ def test_label_smoothing_changes_what_dpo_learns(model_dir, tmp_path):
         assert stats["label_smoothing_applied"] == eps
     assert losses[0.0][0] == pytest.approx(losses[0.4][0], abs=1e-4)  # step 1: policy = reference, both log 2
     assert abs(losses[0.0][1] - losses[0.4][1]) > 1e-3, losses
+
+
+def test_the_temporary_model_trains_beside_the_next_one_not_into_it(tiny_model_dir, tmp_path):
+    """pairs.chosen_from: future trains F<t+1> and then M<t+1> in the same iteration: each DPO keeps
+    its own work directory and tensorboard log (before, F2's steps went into M2's `dpo_it1`)."""
+    from mrtk.train_worker import train_iteration
+    from mrtk.ui import QuietUI
+
+    cfg = TrainCfg(
+        epochs=[1], batch_size=2, micro_batch_size=2, gradient_checkpointing=False, report_to=["tensorboard"]
+    )
+    pairs = [example("a", 3), example("b", 4)]
+    for name in ("F2", "M2"):
+        out = tmp_path / "models" / name
+        train_iteration(
+            tiny_model_dir, pairs, cfg, iteration=1, seed=0, device="cpu", run_dir=tmp_path, out=out, ui=QuietUI()
+        )
+        assert (out / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "tracker").iterdir()) == ["dpo_it1", "dpo_it1-F2"]
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["train1", "train1-F2"]

@@ -140,12 +140,14 @@ def train_dpo(
     run_name: str | None = None,
     tracker_dir: Path | None = None,
     sharded_save_to: Path | None = None,
+    tag: str = "",
 ):
     """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats).
-    `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there."""
+    `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there.
+    `tag` names a second DPO of the same iteration in the trackers (`-F<t+1>`, the temporary next model)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     if cfg.report_to and tracker_dir is not None:  # TensorBoardCallback reads its directory from here
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tracker_dir) / f"dpo_it{iteration}")
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tracker_dir) / f"dpo_it{iteration}{tag}")
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -177,7 +179,7 @@ def train_dpo(
     )
     if cfg.report_to:
         args.report_to = list(cfg.report_to)
-        args.run_name = f"{run_name}-dpo-it{iteration}" if run_name else None
+        args.run_name = f"{run_name}-dpo-it{iteration}{tag}" if run_name else None
     data = Dataset.from_list(rows)
     try:
         trainer = quiet(DPOTrainer)(
