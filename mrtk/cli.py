@@ -573,7 +573,8 @@ def eval_alpaca(
 ) -> None:
     """AlpacaEval 2: win rate, standard error and length-controlled win rate against the reference answers."""
     from mrtk.backends import SamplingParams
-    from mrtk.evals import run as ev
+    from mrtk import evaluate
+    from mrtk.evals import pairwise as ev
     from mrtk.evals import graders
     from mrtk.evals.alpaca_official import load_annotator
     from mrtk.prompts import load_template
@@ -592,20 +593,26 @@ def eval_alpaca(
     )
     run_dir = find_run(run_)  # before the data, which may come over the network
     examples = ev.load_instructions(data)[:limit]
-    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
+    ev.check_references(examples)
+    ui = QuietUI() if quiet else RichUI(err)
+    with WriterLock(run_dir), evaluate.open_model(run_dir, iteration) as m:  # stops a launched SGLang server at the end
+        judge = _judge(m.store, judge_model, api_base, max_cost, dry, grader)
+        outputs = evaluate.answers(m, "alpaca", examples, SamplingParams(0.0, 1.0, max_new_tokens), ui)
         res = ev.alpaca(
-            target,
+            outputs,
             judge,
             examples,
             grader,
-            SamplingParams(0.0, 1.0, max_new_tokens),
+            store=m.store,
+            seed=m.cfg.seed,
+            iteration=m.iteration,
+            version=m.version,
             both_orders=both_orders,
-            ui=QuietUI() if quiet else RichUI(err),
+            ui=ui,
             difficulty=difficulty,
         )
     _print_eval(
-        f"AlpacaEval 2, {target.version} (iteration {target.iteration}), judge {judge_model}, annotator "
+        f"AlpacaEval 2, {m.version} (iteration {m.iteration}), judge {judge_model}, annotator "
         f"{annotator if annotator != 'mrtk' else 'mrtk paraphrase (hard verdicts; not the leaderboard annotator)'}",
         res,
     )
@@ -659,7 +666,8 @@ def eval_arena(
 ) -> None:
     """Arena-Hard: two games per question (positions swapped) against the baseline; score with a bootstrap 95% interval."""
     from mrtk.backends import SamplingParams
-    from mrtk.evals import run as ev
+    from mrtk import evaluate
+    from mrtk.evals import pairwise as ev
     from mrtk.evals import graders
     from mrtk.evals.arena_config import fallback_judge, load_judge_config
     from mrtk.prompts import load_template
@@ -672,19 +680,15 @@ def eval_arena(
     )
     qs, base = ev.load_arena(questions, baseline, limit)
     run_dir = find_run(run_)
-    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        judge = _judge(target.store, judge_model, api_base, max_cost, dry, grader)
+    ui = QuietUI() if quiet else RichUI(err)
+    with WriterLock(run_dir), evaluate.open_model(run_dir, iteration) as m:  # stops a launched SGLang server at the end
+        judge = _judge(m.store, judge_model, api_base, max_cost, dry, grader)
+        outputs = evaluate.answers(m, "arena-hard", qs, SamplingParams(0.0, 1.0, max_new_tokens), ui)
         res = ev.arena_hard(
-            target,
-            judge,
-            qs,
-            base,
-            grader,
-            SamplingParams(0.0, 1.0, max_new_tokens),
-            ui=QuietUI() if quiet else RichUI(err),
+            outputs, judge, qs, base, grader, store=m.store, seed=m.cfg.seed, iteration=m.iteration, ui=ui
         )
     _print_eval(
-        f"Arena-Hard, {target.version} (iteration {target.iteration}), judge {judge_model}, judge prompt: {grader.source}",
+        f"Arena-Hard, {m.version} (iteration {m.iteration}), judge {judge_model}, judge prompt: {grader.source}",
         res,
     )
 
@@ -760,8 +764,7 @@ def eval_judge(
 ) -> None:
     """The policy's own judge against human labels: agreement (95% interval), without ties, position consistency, Spearman."""
     from mrtk.data import load_human_pairs, resolve_data_file
-    from mrtk.evals import run as ev
-    from mrtk.evals.judge_eval import judge_agreement
+    from mrtk import evaluate
     from mrtk.rejudge import load_judge_template
     from mrtk.runs import WriterLock, find_run
     from mrtk.ui import QuietUI, RichUI
@@ -776,18 +779,22 @@ def eval_judge(
     )
     pairs, lists = pairs[:limit], lists[:limit]
     run_dir = find_run(run_)
-    with WriterLock(run_dir), ev.open_target(run_dir, iteration) as target:  # stops a launched SGLang server at the end
-        t_judge = load_judge_template(template or target.cfg.judge.template, dirs)
-        if verdict == "soft" and t_judge.stage == "pairwise-judge" and target.cfg.judge.score_mode != "structured":
+    with WriterLock(run_dir), evaluate.open_model(run_dir, iteration) as m:  # stops a launched SGLang server at the end
+        t_judge = load_judge_template(template or m.cfg.judge.template, dirs)
+        if verdict == "soft" and t_judge.stage == "pairwise-judge" and m.cfg.judge.score_mode != "structured":
             raise MrtkError(
                 "--verdict soft reads the pairwise judge's A/B probabilities, which only judge.score_mode structured has; "
                 "drop --verdict or judge in structured mode"
             )
-        res = judge_agreement(
+        res = evaluate.judge_agreement(
+            m.store,
+            m.cfg,
+            m.iteration,
+            m.version,
+            m.backend,
             pairs,
             lists,
             t_judge,
-            **ev.model_of(target),
             n=n,
             name=f"judge:{Path(data).stem}",
             ui=QuietUI() if quiet else RichUI(err),
@@ -846,7 +853,7 @@ def data_eft(
     from mrtk import eft
     from mrtk.config import load_config, resolve_config_path
     from mrtk.data import load_ranked_lists, resolve_data_file
-    from mrtk.evals import run as ev
+    from mrtk import evaluate
     from mrtk.runs import WriterLock, find_run, new_run
     from mrtk.ui import QuietUI, RichUI
 
@@ -879,11 +886,14 @@ def data_eft(
         run_dir = new_run(cfg, str(cfg_path.resolve()), _output_dir(runs_dir or Path("runs"), "--runs")).run_dir
     else:
         run_dir, t_judge = find_run(run_), None
-    with WriterLock(run_dir), ev.open_target(run_dir, iteration or 0) as target:
-        t_judge = t_judge or eft.judge_template(
-            template or target.cfg.judge.template, [*target.cfg.prompts.template_dirs, *dirs]
+    with WriterLock(run_dir), evaluate.open_model(run_dir, iteration or 0) as m:
+        t_judge = t_judge or eft.judge_template(template or m.cfg.judge.template, [*m.cfg.prompts.template_dirs, *dirs])
+        res = evaluate.judge_agreement(
+            m.store, m.cfg, m.iteration, m.version, m.backend, [], ranked, t_judge, n=n, name=eft.EVAL, ui=ui
         )
-        examples, stats = eft.build(target, ranked, t_judge, n=n, cap=cap, ui=ui)
+        examples, stats = eft.build(
+            res, ranked, t_judge, store=m.store, seed=m.cfg.seed, iteration=m.iteration, version=m.version, cap=cap
+        )
     stats |= {"source": str(path), "read": counts}
     stats_path = eft.write(out_file, examples, stats)
     agreement = stats["agreement"].get("list_agreement")

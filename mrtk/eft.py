@@ -21,11 +21,11 @@ from pathlib import Path
 
 from mrtk.errors import MrtkError
 from mrtk.evals import metrics
-from mrtk.evals.judge_eval import judge_agreement, ranked_pairs
-from mrtk.evals.run import Target, model_of, write_results
+from mrtk.evals.judge_eval import ranked_pairs
 from mrtk.prompts import Template, judge_prompt
 from mrtk.rejudge import load_judge_template
 from mrtk.rows import answer_id, derive_seed, format_score
+from mrtk.store import RunStore
 
 EVAL = "eft"
 
@@ -78,10 +78,20 @@ def judge_template(name: str, dirs: list) -> Template:
     return template
 
 
-def build(t: Target, lists: list[dict], template: Template, *, n: int | None, cap: int | None, ui=None):
-    """Judge every answer of every list with the model `t` (template: from `judge_template`), keep the
-    lists that agree with the humans, and return (SFT examples with provenance, statistics)."""
-    res = judge_agreement([], lists, template, **model_of(t), n=n, name=EVAL, ui=ui)
+def build(
+    res: dict,
+    lists: list[dict],
+    template: Template,
+    *,
+    store: RunStore,
+    seed: int,
+    iteration: int,
+    version: str,
+    cap: int | None,
+):
+    """From model `version`'s judgements of every answer of every list (`res`: what
+    `mrtk.evaluate.judge_agreement` returns for eval EVAL, eval iteration `iteration`; template: from `judge_template`), keep the
+    lists that agree with the humans and return (SFT examples with provenance, statistics)."""
     job, label = res["job"], res["judge"]
     by_answer: dict[str, list[dict]] = {}
     for item in sorted(res["items"], key=_sample):
@@ -117,18 +127,18 @@ def build(t: Target, lists: list[dict], template: Template, *, n: int | None, ca
                     "judge": label,
                 }
             )
-    examples, capped = cap_per_score(examples, cap, t.cfg.seed)
+    examples, capped = cap_per_score(examples, cap, seed)
     kept = metrics.wilson(kept_lists, len(lists)) if lists else (None, None)
-    write_results(
-        t,
+    store.record_numbers(
         f"{EVAL}:kept",
+        iteration,
         label,
         {"kept_lists": (kept_lists / len(lists) if lists else None, *kept, len(lists))},
         {"template": template.hash, "n": job.cfg.n, "cap_per_score": cap},
     )
     stats = {
         "judge": label,
-        "model_version": t.version,
+        "model_version": version,
         "lists": len(lists),
         "kept_lists": kept_lists,
         "examples": len(examples),
@@ -136,7 +146,7 @@ def build(t: Target, lists: list[dict], template: Template, *, n: int | None, ca
         "cap_per_score": cap,
         "score_histogram": dict(sorted(Counter(round(ex["score"]) for ex in examples).items())),
         "agreement": {m: list(v) for m, v in res["numbers"].items()},
-        "run": str(t.store.run_dir),
+        "run": str(store.run_dir),
     }
     return examples, stats
 

@@ -15,7 +15,7 @@ import random
 import shutil
 from pathlib import Path
 
-from mrtk import summary, trackers
+from mrtk import evaluate, summary, trackers
 from mrtk.evals import truth
 from mrtk.backends import open_policy
 from mrtk.data import prompts_for_iteration
@@ -559,11 +559,23 @@ class Loop:
         """M_t's judge on human-labelled pairs (probe.file) and on the frozen iteration-1 responses
         (probe.frozen); eval rows carry iteration t-1, the model iteration that trained M_t."""
         from mrtk.evals import probe
-        from mrtk.evals.run import Target
 
-        if self.probe_pairs:  # judged through judge_eval's one path, on the loop's own policy
-            target = Target(self.store, self.cfg, it - 1, f"M{it}", model, _policy=self.policy)
-            probe.human_agreement(target, self.probe_pairs, self.t.judge, self.cfg.probe, self.ui)
+        if self.probe_pairs:  # judged through the evals' one judging path, on the loop's own policy
+            name = f"probe:{Path(self.cfg.probe.file).stem}"
+            res = evaluate.judge_agreement(
+                self.store,
+                self.cfg,
+                it - 1,
+                f"M{it}",
+                lambda: self.policy.use(model),
+                self.probe_pairs,
+                [],
+                self.t.judge,
+                n=self.cfg.probe.n,
+                name=name,
+                ui=self.ui,
+            )
+            probe.human_agreement_change(self.store, name, it - 1, self.probe_pairs, res)
         if self.cfg.probe.frozen:
             pool = [r for r in self.store.responses(1) if not r["is_duplicate"]]
             frozen = random.Random(derive_seed(self.cfg.seed, "frozen")).sample(

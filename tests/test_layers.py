@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["store", "inputs", "train_worker"]),
     ("runs", ["runs", "lanes", "summary", "plan"]),
     ("read side", ["evals", "compare", "report", "rejudge", "eft"]),
-    ("composers", ["loop", "study", "bench", "cli"]),
+    ("composers", ["evaluate", "loop", "study", "bench", "cli"]),
 ]
 
 
@@ -95,6 +95,19 @@ def test_no_import_goes_up_the_layers():
 def test_stages_touch_neither_the_store_nor_the_evals():
     bad = [(a, b) for a, b in edges() if a.startswith("mrtk.stages") and b.startswith(("mrtk.store", "mrtk.evals"))]
     assert not bad, bad
+
+
+def test_evals_read_rows_and_never_drive_calls():
+    """evals/ is rows in, numbers out: it imports neither the loop, the lanes that drive a stage's
+    calls, the runs (opening a run's model), nor a backend opener; mrtk.evaluate produces for it."""
+    bad = [
+        (a, b)
+        for a, b in edges()
+        if a.startswith("mrtk.evals") and b.startswith(("mrtk.loop", "mrtk.lanes", "mrtk.runs", "mrtk.backends"))
+    ]
+    assert not bad, bad
+    opener = [a for a, b in edges() if a.startswith("mrtk.evals") and b == "mrtk.evaluate"]
+    assert not opener, opener
 
 
 def test_the_rules_see_the_imports():

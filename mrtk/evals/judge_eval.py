@@ -11,124 +11,124 @@ Every judgement is an `eval_items` row with its raw text; the numbers go to `eva
 
 from __future__ import annotations
 
-from mrtk.config import RunConfig, with_template_sampling
+from dataclasses import dataclass, field
+
+from mrtk.config import JudgeCfg, with_template_sampling
 from mrtk.evals import health, metrics
-from mrtk.lanes import run_chunks
 from mrtk.prompts import Template
 from mrtk.rows import answer_id, eval_item_id
 from mrtk.stages import judge as judge_stage
 from mrtk.store import RunStore
-from mrtk.ui import QuietUI
 
 
-def judge_agreement(
-    pairs: list[dict],
-    lists: list[dict],
-    template: Template,
-    *,
-    store: RunStore,
-    cfg: RunConfig,
-    iteration: int,
-    version: str,
-    backend,
-    n: int | None,
-    name: str = "judge",
-    ui=None,
-    verdict: str | None = None,
-) -> dict:
-    """The judge of model `version` (eval iteration `iteration`; `backend()` opens it, only when there
-    is something to judge) on human pairs and ranked lists: rows in `eval_items`, numbers out.
-    `verdict` (pairwise templates): hard or soft, else the run's judge.verdict; the same judgements,
-    read two ways, so soft results are recorded under the judge label with ':soft' added."""
-    ui = ui or QuietUI()
-    run_cfg, cfg = cfg, with_template_sampling(cfg.judge, template)
-    if n is not None:
-        cfg = cfg.model_copy(update={"n": n})
-    if verdict is not None:
-        cfg = cfg.model_copy(update={"verdict": verdict})
-    job = judge_stage.Judging(template, cfg, source="eval", model_version=version)
-    label = f"{template.name}:{cfg.score_mode}:{version}"
-    prefix = eval_item_id(name, iteration, label, "")
-    stored = {r["item_id"].removeprefix(prefix) for r in store.eval_items(name, iteration, label)}
-    questions = {p["example_id"]: p["question"] for p in pairs} | {x["example_id"]: x["question"] for x in lists}
-    answers = [
-        {
-            "response_id": answer_id(p["example_id"], side),
-            "prompt_id": p["example_id"],
-            "text": p[side],
-            "is_duplicate": False,
+@dataclass
+class EvalJudging:
+    """What judging human pairs and ranked lists with model `version` is: the judging job (the run's
+    judge config with the template's sampling, `n` and `verdict` if given), the answers it judges
+    and their questions, and the `eval_items` label its rows go under (eval `name`, eval iteration
+    `iteration`). The caller runs `judge` on `todo(store)` with its own runner; `numbers` reads the
+    rows back."""
+
+    pairs: list[dict]
+    lists: list[dict]
+    template: Template
+    judge_cfg: JudgeCfg
+    name: str
+    iteration: int
+    version: str
+    n: int | None = None
+    verdict: str | None = None  # pairwise templates: hard or soft, else the run's judge.verdict
+    job: judge_stage.Judging = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = with_template_sampling(self.judge_cfg, self.template)
+        if self.n is not None:
+            cfg = cfg.model_copy(update={"n": self.n})
+        if self.verdict is not None:
+            cfg = cfg.model_copy(update={"verdict": self.verdict})
+        self.job = judge_stage.Judging(self.template, cfg, source="eval", model_version=self.version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.template.name}:{self.job.cfg.score_mode}:{self.version}"
+
+    def questions(self) -> dict[str, str]:
+        return {p["example_id"]: p["question"] for p in self.pairs} | {
+            x["example_id"]: x["question"] for x in self.lists
         }
-        for p in pairs
-        for side in ("a", "b")
-    ]
-    if job.scores:  # ranked lists need a score per reply (Spearman); a pairwise judge only orders two answers
-        answers += [
-            {
-                "response_id": answer_id(x["example_id"], str(k)),
-                "prompt_id": x["example_id"],
-                "text": text,
-                "is_duplicate": False,
-            }
-            for x in lists
-            for k, (text, _) in enumerate(x["replies"])
+
+    def answers(self) -> list[dict]:
+        """Both answers of every pair; every reply of every ranked list when the judge scores (ranked
+        lists need a score per reply for Spearman; a pairwise judge only orders two answers)."""
+        out = [
+            {"response_id": answer_id(p["example_id"], side), "prompt_id": p["example_id"], "text": p[side]}
+            for p in self.pairs
+            for side in ("a", "b")
         ]
+        if self.job.scores:
+            out += [
+                {"response_id": answer_id(x["example_id"], str(k)), "prompt_id": x["example_id"], "text": text}
+                for x in self.lists
+                for k, (text, _) in enumerate(x["replies"])
+            ]
+        return [a | {"is_duplicate": False} for a in out]
 
-    def fn(rows, go):
-        out = job.run(
-            backend(),
-            rows,
-            questions,
-            iteration=iteration,
-            run_seed=run_cfg.seed,
-            on_progress=go,
+    def todo(self, store: RunStore) -> list:
+        """The judging units with rows still missing (after a crash, only those)."""
+        prefix = eval_item_id(self.name, self.iteration, self.label, "")
+        stored = {r["item_id"].removeprefix(prefix) for r in store.eval_items(self.name, self.iteration, self.label)}
+        return self.job.missing(self.answers(), stored)
+
+    def judge(self, backend, units: list, run_seed: int, on_progress=None) -> list[dict]:
+        """`units` judged by `backend`: eval_items rows, each with its raw text."""
+        out = self.job.run(
+            backend, units, self.questions(), iteration=self.iteration, run_seed=run_seed, on_progress=on_progress
         )
-        return [_item(job, r, name, iteration, label) for r in out]
+        return [_item(self.job, r, self.name, self.iteration, self.label) for r in out]
 
-    run_chunks(
-        store,
-        ui,
-        f"eval judge ({label})",
-        job.missing(answers, stored),
-        cfg.n,
-        fn,
-        "eval_items",
-        run_cfg.runtime.max_batch_rows,
-        backend,
-    )
-    items = store.eval_items(name, iteration, label)
-    preds, consistency = job.preferences(said(items))
-    labels = [p["label"] for p in pairs]
-    agree = metrics.agreement(labels, [preds.get(p["example_id"]) for p in pairs]) if pairs else None
-    numbers = agreement_numbers(agree) if agree else {}
-    if consistency[3]:  # pairs a pairwise judge saw in both orders
-        numbers["position_consistency"] = consistency
-    scores = judge_stage.mean_scores(said(items))
-    if lists and job.scores:  # the mean scores against the human ranks
-        numbers |= list_numbers(lists, scores)
-    failed = sum(i["parse_status"] != "ok" for i in items)
-    numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
-    soft = job.pairwise and cfg.verdict == "soft"
-    label_read = f"{label}:soft" if soft else label
-    store.record_numbers(
-        name,
-        iteration,
-        label_read,
-        numbers,
-        {
-            "template": template.hash,
-            "n": cfg.n,
-            "score_mode": cfg.score_mode,
-            "verdict": cfg.verdict if job.pairwise else None,
-        },
-    )
-    return {
-        "judge": label_read,
-        "numbers": numbers,
-        "credits": pair_credits(pairs, preds),
-        "job": job,
-        "items": items,
-        "scores": scores,  # unit (an answer) -> its mean parsed score
-    }
+    def numbers(self, store: RunStore) -> dict:
+        """The stored judgements read into agreement with the humans (ties 0.5), position consistency
+        (pairwise), Spearman and Table 7's agreement (ranked lists) and the parse-failure rate;
+        recorded in `eval_results` (soft verdicts under the label with ':soft' added: the same
+        judgements read another way)."""
+        job, pairs, lists = self.job, self.pairs, self.lists
+        items = store.eval_items(self.name, self.iteration, self.label)
+        preds, consistency = job.preferences(said(items))
+        agree = (
+            metrics.agreement([p["label"] for p in pairs], [preds.get(p["example_id"]) for p in pairs])
+            if pairs
+            else None
+        )
+        numbers = agreement_numbers(agree) if agree else {}
+        if consistency[3]:  # pairs a pairwise judge saw in both orders
+            numbers["position_consistency"] = consistency
+        scores = judge_stage.mean_scores(said(items))
+        if lists and job.scores:  # the mean scores against the human ranks
+            numbers |= list_numbers(lists, scores)
+        failed = sum(i["parse_status"] != "ok" for i in items)
+        numbers["parse_failure_rate"] = (failed / len(items) if items else None, None, None, len(items))
+        soft = job.pairwise and job.cfg.verdict == "soft"
+        label_read = f"{self.label}:soft" if soft else self.label
+        store.record_numbers(
+            self.name,
+            self.iteration,
+            label_read,
+            numbers,
+            {
+                "template": self.template.hash,
+                "n": job.cfg.n,
+                "score_mode": job.cfg.score_mode,
+                "verdict": job.cfg.verdict if job.pairwise else None,
+            },
+        )
+        return {
+            "judge": label_read,
+            "numbers": numbers,
+            "credits": pair_credits(pairs, preds),
+            "job": job,
+            "items": items,
+            "scores": scores,  # unit (an answer) -> its mean parsed score
+        }
 
 
 def pair_credits(pairs: list[dict], preds: dict[str, str | None]) -> dict[str, float]:

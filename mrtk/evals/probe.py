@@ -1,33 +1,33 @@
-"""Judge health inside the loop (`probe.*`): M_t's judge on human-labelled pairs, with the paired
-change from M_{t-1}, and the drift of its scores on a frozen set of iteration-1 responses.
-The human pairs are judged here, through judge_eval's one judging path on the loop's own policy
-(handed in on the Target, never closed here); the frozen set is re-judged by the loop. This module
-turns both into `eval_results` rows."""
+"""Judge health inside the loop (`probe.*`), rows in, numbers out: M_t's judgements of human-labelled
+pairs (made by the loop through `mrtk.evaluate.judge_agreement`) with the paired change from M_{t-1},
+and the drift of its scores on a frozen set of iteration-1 responses (re-judged by the loop). This
+module turns both into `eval_results` rows."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mrtk.evals import health
-from mrtk.evals.judge_eval import judge_agreement, pair_credits, said
-from mrtk.evals.run import Target, model_of, write_results
+from mrtk.evals.judge_eval import pair_credits, said
 from mrtk.store import RunStore
 
 
-def human_agreement(t: Target, pairs: list[dict], template, probe_cfg, ui) -> None:
-    """Agreement with the human labels (ties 0.5), and from the second model on the paired
-    bootstrap change from the previous model with its verdict."""
-    name = f"probe:{Path(probe_cfg.file).stem}"
-    res = judge_agreement(pairs, [], template, **model_of(t), n=probe_cfg.n, name=name, ui=ui)
-    previous = t.store.eval_items(name, t.iteration - 1)
-    if previous:  # the paired change from the previous model, per probe pair
-        before = pair_credits(pairs, res["job"].preferences(said(previous))[0])
-        ids = sorted(set(before) & set(res["credits"]))
-        change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
-        numbers = dict(
-            res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"])
-        )
-        write_results(t, name, res["judge"], numbers, {"verdict": health.verdict(change), "template": template.hash})
+def human_agreement_change(store: RunStore, name: str, iteration: int, pairs: list[dict], res: dict) -> None:
+    """From the second model on, the paired bootstrap change in agreement with the human labels (ties 0.5)
+    from the previous model's judgements of the same pairs, with its verdict; `res` is this model's
+    (`judge_agreement`'s result for eval `name`, eval iteration `iteration`)."""
+    previous = store.eval_items(name, iteration - 1)
+    if not previous:
+        return
+    before = pair_credits(pairs, res["job"].preferences(said(previous))[0])
+    ids = sorted(set(before) & set(res["credits"]))
+    change = health.paired_difference([res["credits"][i] for i in ids], [before[i] for i in ids])
+    numbers = dict(res["numbers"], agreement_change=(change["diff"], change["ci_low"], change["ci_high"], change["n"]))
+    store.record_numbers(
+        name,
+        iteration,
+        res["judge"],
+        numbers,
+        {"verdict": health.verdict(change), "template": res["job"].template.hash},
+    )
 
 
 def record_drift(

@@ -1,81 +1,26 @@
-"""`mrtk eval alpaca | arena-hard | judge`: evaluate a run's models, one iteration at a time.
-
-`--iteration t` evaluates the model iteration t trained (M<t+1>); 0 is the seed model M1;
-the default is the newest. The policy's answers go to `eval_outputs`, each judged item to
-`eval_items` (with the raw judge text), each number to `eval_results`; external calls to
-`eval_calls` (see external.py). Everything is keyed by content, so rerunning an eval only
-does what is missing. The external judge is used here and nowhere else.
+"""AlpacaEval 2 and Arena-Hard: the policy's answers (rows in, made by `mrtk.evaluate`) judged against
+a baseline by an external judge, one `eval_items` row per game with the raw judge text, and the
+numbers to `eval_results`: win rates, length control, Bradley-Terry scores, each with the paired
+change from the previous model iteration. External calls go to `eval_calls` (see external.py); the
+external judge is used here and nowhere else. Everything is keyed by content, so rerunning an eval
+only does what is missing.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
-from mrtk.backends import Policy, Request, SamplingParams, open_policy
-from mrtk.config import RunConfig
 from mrtk.data import read_json_or_jsonl
 from mrtk.errors import MrtkError
-from mrtk.evals import metrics
-from mrtk.models import pick_device, tokenizer_for
+from mrtk.evals import health, metrics
 from mrtk.evals.alpaca_official import official_lc
 from mrtk.evals.graders import Grader
-from mrtk.prompts import load_template
-from mrtk.rows import derive_seed, eval_item_id, eval_output_id
-from mrtk.lanes import run_chunks
-from mrtk.runs import model_for, open_run
+from mrtk.rows import derive_seed, eval_item_id
 from mrtk.store import RunStore
 from mrtk.ui import QuietUI
 
 ALPACA_HF = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")
-
-
-@dataclass
-class Target:
-    """The model under evaluation: a run's model version, loaded lazily on the run's own backend
-    (the embedded one, or the run's SGLang servers: attached, or launched and stopped on exit)."""
-
-    store: RunStore
-    cfg: RunConfig
-    iteration: int
-    version: str
-    model_dir: str
-    _policy: Policy | None = None  # the loop hands in its own, which is never closed here
-    _opened: bool = False  # the policy was opened here (on first use), so closed on exit
-
-    def backend(self):
-        if self._policy is None:
-            self._policy = open_policy(
-                self.cfg, pick_device(self.cfg.runtime.device), self.store.run_dir, tokenizer_for
-            )
-            self._opened = True
-        return self._policy.use(self.model_dir)
-
-    def __enter__(self) -> "Target":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._opened:
-            self._policy.close()
-
-
-def model_of(t: Target) -> dict:
-    """What an eval that needs a model takes: the run's store and config, the eval iteration, the model
-    version, and the opener of its backend (called only when there is something to generate)."""
-    return {"store": t.store, "cfg": t.cfg, "iteration": t.iteration, "version": t.version, "backend": t.backend}
-
-
-def open_target(run_dir: Path, iteration: int | None) -> Target:
-    store, cfg, _ = open_run(run_dir)
-    trained = store.trained_iterations()
-    it = trained[-1] if iteration is None and trained else (iteration or 0)
-    if it and it not in trained:
-        raise MrtkError(
-            f"run {run_dir} has no model from iteration {it}; trained iterations: {trained or 'none'} (0 is the seed model)"
-        )
-    version = f"M{it + 1}"
-    return Target(store, cfg, it, version, model_for(store, cfg, version))
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -105,61 +50,11 @@ def load_instructions(path: str | None) -> list[dict]:
     return out
 
 
-# -- policy outputs -------------------------------------------------------------------------
-def policy_outputs(t: Target, eval_name: str, examples: list[dict], params: SamplingParams, ui) -> dict[str, dict]:
-    """The policy's answer to each example (generated once, then read back)."""
-    template = load_template(
-        t.cfg.actor.template, t.cfg.prompts.template_dirs, role="actor"
-    )  # the run's own actor template
-    have = t.store.eval_outputs(eval_name, t.iteration)
-    todo = [e for e in examples if e["example_id"] not in have]
-
-    def fn(rows, go):
-        seeds = [derive_seed(t.cfg.seed, "eval", eval_name, t.iteration, e["example_id"]) for e in rows]
-        gens = t.backend().generate(
-            [Request(template.render(prompt=e["instruction"]), (s,)) for e, s in zip(rows, seeds)],
-            params,
-            on_progress=go,
-        )
-        return [
-            {
-                "output_id": eval_output_id(eval_name, t.iteration, e["example_id"]),
-                "eval": eval_name,
-                "iteration": t.iteration,
-                "example_id": e["example_id"],
-                "instruction": e["instruction"],
-                "output": g.text,
-                "n_chars": len(g.text),
-                "n_tokens": g.n_tokens,
-                "finish_reason": g.finish,
-                "model_version": t.version,
-                "sampling": params.as_dict(),
-                "seed": s,
-                "latency_s": g.latency_s,
-            }
-            for e, [g], s in zip(rows, gens, seeds)
-        ]
-
-    run_chunks(
-        t.store,
-        ui,
-        f"{eval_name} answers ({t.version})",
-        todo,
-        1,
-        fn,
-        "eval_outputs",
-        t.cfg.runtime.max_batch_rows,
-        t.backend,
-    )
-    stored = t.store.eval_outputs(eval_name, t.iteration)
-    return {
-        e["example_id"]: stored[e["example_id"]] for e in examples
-    }  # this eval's examples, not every one answered before
-
-
 # -- external pairwise evals -------------------------------------------------------------------
 def pairwise_external(
-    t: Target,
+    store: RunStore,
+    seed: int,
+    iteration: int,
     judge,
     eval_name: str,
     grader: Grader,
@@ -172,17 +67,17 @@ def pairwise_external(
 ) -> list[dict]:
     """Judge the policy against the baseline on each example with `grader`; one eval_items row per
     game. Single order: policy first or second by a seeded coin per example; both orders: two games."""
-    done = {r["item_id"]: r for r in t.store.eval_items(eval_name, t.iteration, judge.model)}
+    done = {r["item_id"]: r for r in store.eval_items(eval_name, iteration, judge.model)}
     games = []
     for e in examples:
-        first = random.Random(derive_seed(t.cfg.seed, eval_name, e["example_id"])).random() < 0.5
+        first = random.Random(derive_seed(seed, eval_name, e["example_id"])).random() < 0.5
         for policy_first in (True, False) if both_orders else (first,):
             games.append((e, policy_first))
     with ui.stage(f"{eval_name} judge {judge.model}", len(games)) as go:
         for e, policy_first in games:
             item_id = eval_item_id(
                 eval_name,
-                t.iteration,
+                iteration,
                 judge.model,
                 f"{e['example_id']}/{'policy_first' if policy_first else 'policy_second'}",
             )
@@ -194,14 +89,14 @@ def pairwise_external(
             reply = grader.judge(judge, grader.messages(e["instruction"], a, b))
             parsed, p_first, weight = grader.read(reply.text, reply.top_logprobs) if reply.ok else (None, None, 1)
             pref = None if p_first is None else p_first if policy_first else 1.0 - p_first
-            t.store.write_replace(
+            store.write_replace(
                 "eval_items",
                 "item_id",
                 [
                     {
                         "item_id": item_id,
                         "eval": eval_name,
-                        "iteration": t.iteration,
+                        "iteration": iteration,
                         "example_id": e["example_id"],
                         "slot": "policy_first" if policy_first else "policy_second",
                         "judge": judge.model,
@@ -219,12 +114,7 @@ def pairwise_external(
             )
             go(1)
     wanted = {e["example_id"] for e in examples}  # earlier calls (a larger --limit) stay stored but are not this eval's
-    return [r for r in t.store.eval_items(eval_name, t.iteration, judge.model) if r["example_id"] in wanted]
-
-
-def write_results(t: Target, eval_name: str, judge: str, numbers: dict[str, tuple], details: dict) -> None:
-    """numbers: metric -> (value, ci_low, ci_high, n)."""
-    t.store.record_numbers(eval_name, t.iteration, judge, numbers, details)
+    return [r for r in store.eval_items(eval_name, iteration, judge.model) if r["example_id"] in wanted]
 
 
 def example_preferences(items: list[dict]) -> dict[str, float]:
@@ -232,12 +122,12 @@ def example_preferences(items: list[dict]) -> dict[str, float]:
     return metrics.group_mean([(r["example_id"], r["preference"]) for r in items if r["preference"] is not None])
 
 
-def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str, float]) -> tuple | None:
+def change_from_previous(
+    store: RunStore, iteration: int, eval_name: str, judge: str, prefs: dict[str, float]
+) -> tuple | None:
     """The paired bootstrap of this iteration's win rate minus the previous model iteration's, over
     the examples both judged (x100, in points): (diff, ci_low, ci_high, n), or None."""
-    from mrtk.evals import health
-
-    before = example_preferences(t.store.eval_items(eval_name, t.iteration - 1, judge))
+    before = example_preferences(store.eval_items(eval_name, iteration - 1, judge))
     ids = sorted(set(before) & set(prefs))
     if not ids:
         return None
@@ -245,29 +135,38 @@ def change_from_previous(t: Target, eval_name: str, judge: str, prefs: dict[str,
     return (c["diff"], c["ci_low"], c["ci_high"], c["n"])
 
 
-def alpaca(
-    t: Target,
-    judge,
-    examples: list[dict],
-    grader: Grader,
-    params: SamplingParams,
-    *,
-    both_orders: bool,
-    ui=None,
-    difficulty: Path | None = None,
-) -> dict:
-    """AlpacaEval 2 against the reference outputs. `grader`: AlpacaEval's own annotator (weighted
-    preference from logprobs, the leaderboard's LC) or mrtk's paraphrase (hard verdicts, LC without
-    the difficulty term)."""
-    ui = ui or QuietUI()
+def check_references(examples: list[dict]) -> None:
+    """AlpacaEval compares against a reference answer per example: refused before any answer is made."""
     missing = [e["example_id"] for e in examples if not e.get("reference")]
     if missing:
         raise MrtkError(
             f"example {missing[0]} has no reference output; alpaca needs AlpacaEval's file with 'output' (the GPT-4 Turbo reference)"
         )
+
+
+def alpaca(
+    outputs: dict[str, dict],
+    judge,
+    examples: list[dict],
+    grader: Grader,
+    *,
+    store: RunStore,
+    seed: int,
+    iteration: int,
+    version: str,
+    both_orders: bool,
+    ui=None,
+    difficulty: Path | None = None,
+) -> dict:
+    """AlpacaEval 2: the policy's `outputs` (example_id -> its eval_outputs row) against the reference
+    outputs of model `version` (eval iteration `iteration`; `examples` passed `check_references`).
+    `grader`: AlpacaEval's own annotator (weighted preference from logprobs, the leaderboard's LC) or
+    mrtk's paraphrase (hard verdicts, LC without the difficulty term)."""
+    ui = ui or QuietUI()
     references = {e["example_id"]: e["reference"] for e in examples}
-    outputs = policy_outputs(t, "alpaca", examples, params, ui)
-    items = pairwise_external(t, judge, "alpaca", grader, examples, outputs, references, both_orders=both_orders, ui=ui)
+    items = pairwise_external(
+        store, seed, iteration, judge, "alpaca", grader, examples, outputs, references, both_orders=both_orders, ui=ui
+    )
     prefs = example_preferences(items)
     ids = sorted(prefs)
     wr = metrics.win_rate([prefs[i] for i in ids])
@@ -279,12 +178,12 @@ def alpaca(
         "avg_length": (avg_len, None, None, len(outputs)),
         "unjudged": (float(failed), None, None, len(items)),
     }
-    change = change_from_previous(t, "alpaca", judge.model, prefs)
+    change = change_from_previous(store, iteration, "alpaca", judge.model, prefs)
     if change:
         numbers["win_rate_change_from_previous_iteration"] = change
     details = {"both_orders": both_orders, "annotator": grader.source}
     # the paid-for numbers are recorded first: the LC step below uses an optional package and data file
-    write_results(t, "alpaca", judge.model, numbers, {**details, "lc": "not computed"})
+    store.record_numbers("alpaca", iteration, judge.model, numbers, {**details, "lc": "not computed"})
     lc, how = None, "mrtk paraphrase"
     if grader.leaderboard_lc:  # the leaderboard's GLM, with instruction difficulty
         lc, how = official_lc(
@@ -295,7 +194,7 @@ def alpaca(
                     "output_2": outputs[i]["output"],
                     "index": int(i) if str(i).isdigit() else n,
                     "generator_1": "gpt4_1106_preview",
-                    "generator_2": f"mrtk-{t.version}",
+                    "generator_2": f"mrtk-{version}",
                     "annotator": grader.name,
                 }
                 for n, i in enumerate(ids)
@@ -311,30 +210,40 @@ def alpaca(
     numbers = dict(
         list(numbers.items())[:2] + [(lc_name, (lc, None, None, wr["n_total"]))] + list(numbers.items())[2:]
     )  # after WR, SE
-    write_results(t, "alpaca", judge.model, numbers, {**details, "lc": how})
+    store.record_numbers("alpaca", iteration, judge.model, numbers, {**details, "lc": how})
     return {"numbers": numbers, "cost_usd": judge.spent, "calls": judge.calls, "cache_hits": judge.hits}
 
 
 def arena_hard(
-    t: Target, judge, questions: list[dict], baseline: dict[str, str], grader: Grader, params: SamplingParams, ui=None
+    outputs: dict[str, dict],
+    judge,
+    questions: list[dict],
+    baseline: dict[str, str],
+    grader: Grader,
+    *,
+    store: RunStore,
+    seed: int,
+    iteration: int,
+    ui=None,
 ) -> dict:
-    """Two games per question (positions swapped) judged with `grader`: Arena-Hard-Auto's own
+    """The policy's `outputs` to the questions (example_id -> its eval_outputs row), two games each (positions swapped) judged with `grader`: Arena-Hard-Auto's own
     judge config (arena_config.py) or mrtk's named fallback."""
     ui = ui or QuietUI()
-    outputs = policy_outputs(t, "arena-hard", questions, params, ui)
-    items = pairwise_external(t, judge, "arena-hard", grader, questions, outputs, baseline, both_orders=True, ui=ui)
+    items = pairwise_external(
+        store, seed, iteration, judge, "arena-hard", grader, questions, outputs, baseline, both_orders=True, ui=ui
+    )
     prefs = [r["preference"] for r in items if r["preference"] is not None for _ in range(int(r["label"] or 1))]
-    bt = metrics.bt_score(prefs, seed=t.cfg.seed)
+    bt = metrics.bt_score(prefs, seed=seed)
     numbers = {
         "score": (bt["score"], bt["ci_low"], bt["ci_high"], len(items)),
         "unjudged": (float(sum(r["preference"] is None for r in items)), None, None, len(items)),
     }
-    change = change_from_previous(t, "arena-hard", judge.model, example_preferences(items))
+    change = change_from_previous(store, iteration, "arena-hard", judge.model, example_preferences(items))
     if change:
         numbers["score_change_from_previous_iteration"] = change
-    write_results(
-        t,
+    store.record_numbers(
         "arena-hard",
+        iteration,
         judge.model,
         numbers,
         {"judge_prompt": grader.source, "max_tokens": grader.max_tokens, "games": len(items)},
