@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrtk import evaluate, summary, trackers
@@ -31,6 +32,25 @@ from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train
 from mrtk.store import RunStore
 from mrtk.train_worker import train_iteration
 from mrtk.ui import QuietUI
+
+
+@dataclass
+class Iteration:
+    """What iteration t has so far: each step of Loop.STEPS reads it and adds its own part. A switch's
+    step that does not act leaves its part at the neutral value given here."""
+
+    it: int
+    model: str  # M_t's directory
+    prompts: list[dict]
+    questions: dict[str, str]  # prompt id -> text
+    smoothing: float  # DPO's label smoothing: train.label_smoothing, or what train.consistency measured
+    responses: list[dict] = field(default_factory=list)  # M_t's own K per prompt
+    judgements: list[dict] = field(default_factory=list)  # the judge stage's, of `responses`
+    picks: dict = field(default_factory=dict)  # prompt -> the response whose judgements the meta-judge battles
+    elo: list[dict] = field(default_factory=list)
+    anchors: list[dict] | None = None  # M1's samples (pairs.rejected_from: initial)
+    future: list[dict] | None = None  # the temporary next model's samples (pairs.chosen_from: future)
+    beside: list[dict] = field(default_factory=list)  # M_t's judgements of the anchors and future samples
 
 
 class Loop:
@@ -72,97 +92,160 @@ class Loop:
             gc.unfreeze()
 
     def _run(self) -> None:
-        cfg, store, seed = self.cfg, self.store, self.cfg.seed
         self._announce()
-        if self.sft_examples and not store.stage_done(0, "sft"):
-            with store.stage(0, "sft", release_memory):
+        if self.sft_examples and not self.store.stage_done(0, "sft"):
+            with self.store.stage(0, "sft", release_memory):
                 self._sft()
-        for it in range(1, cfg.iterations + 1):
-            if store.stage_done(it, "train"):
+        for it in range(1, self.cfg.iterations + 1):
+            if self.store.stage_done(it, "train"):
                 continue
-            model = model_for(store, cfg, f"M{it}")
-            self.ui.info(f"[bold]iteration {it}[/bold]  model M{it}: {model}")
-            prompts = self._prompts(it, model)
-            questions = {p["prompt_id"]: p["text"] for p in prompts}
-
-            # 1. actor: K responses to each prompt
-            with store.stage(it, "actor", release_memory):
-                answered = store.answered_prompts(it)
-                todo = [p for p in prompts if p["prompt_id"] not in answered]
-                self._generate(
-                    it, model, "actor", todo, cfg.actor.k, "responses", actor.run_actor, cfg.actor, self.t.actor
-                )
-            responses = store.responses(it)
-
-            # anchored rejection (pairs.rejected_from: initial, from iteration 2): M1's samples of these prompts, judged by M_t
-            anchors, anchor_judgements = self._anchors(it, model, prompts, questions)
-
-            # 2. judge: N judgements of each distinct response (rewards: verifier, the control arm: its checks)
-            with store.stage(it, "judge", release_memory):
-                job = self._judging(prompts)
-                self._judge(it, model, "judge", job, responses, questions)
-            judgements = store.loop_judgements(it, job.key)
-
-            # judge health (optional): M_t judges human-labelled pairs and a frozen set of responses
-            if cfg.probe.file or cfg.probe.frozen:
-                with store.stage(it, "probe", release_memory):
-                    self._probe(it, model)
-
-            # consistency (train.consistency): M_{t-1}'s judge (M0: the model before SFT) re-scores M_t's responses
-            smoothing = self._consistency(it, questions, responses, judgements)
-
-            # 3. meta-judge: battles among the judgements of each prompt's most disputed response -> Elo
-            picks = meta_judge.pick_responses(
-                responses, judgements, run_seed=seed, iteration=it, require_variance=cfg.meta_judge.require_variance
-            )
-            elo = []
-            if it in cfg.pairs.judge_iterations:
-                with store.stage(it, "meta_judge", release_memory):
-                    elo = self._meta_judge(it, model, picks, questions, responses, judgements)
-
-            # future-guided chosen (pairs.chosen_from: future): a temporary next model, trained on the anchored
-            # pairs, samples these prompts; M_t judges its samples, candidates for the chosen side
-            future, future_judgements = self._future(
-                it, model, prompts, questions, responses, judgements + anchor_judgements, anchors, smoothing
-            )
-
-            # 4. pairs: actor pairs from the scores, judge pairs from the Elo
-            with store.stage(it, "pairs", release_memory):
-                rows = pairs.actor_pairs(
-                    responses,
-                    judgements + anchor_judgements + future_judgements,
-                    cfg.pairs,
-                    iteration=it,
-                    run_seed=seed,
-                    anchors=anchors,
-                    future=future,
-                )
-                if it in cfg.pairs.judge_iterations:
-                    judge_rows = pairs.judge_pairs(
-                        picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=seed
-                    )
-                    rows += pairs.apply_share_cap(
-                        rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed
-                    )
-                store.replace_iteration("pairs", it, rows, kinds=TRAINED_PAIR_KINDS)
-                if future is not None:
-                    self._record_future_chosen(it, rows)
-
-            # ground truth (prompts with IFEval checks): verdicts, M_t on the held-out slice, the numbers
-            if any(p["checks"] for p in prompts) or self.heldout:
-                with store.stage(it, "truth", release_memory):
-                    self._truth(it, model, prompts, responses, judgements)
-
-            # 5. train: DPO on the kept pairs, M_t -> M_{t+1}
-            with store.stage(it, "train", release_memory):
-                self._train(it, model, questions, responses + (anchors or []) + (future or []), judgements, smoothing)
+            s = self._begin(it)
+            for step in self.STEPS:
+                step(self, s)
             self._after_iteration(it)
-        final = cfg.iterations + 1  # the trained model answers the held-out slice too
-        if self.heldout and not store.stage_done(final, "truth"):
-            with store.stage(final, "truth", release_memory):
-                numbers = self._heldout(final, model_for(store, cfg, f"M{final}"))
-                store.record_numbers(truth.EVAL, final, "heldout", numbers, {"prompts": len(self.heldout)})
+        final = self.cfg.iterations + 1  # the trained model answers the held-out slice too
+        if self.heldout and not self.store.stage_done(final, "truth"):
+            with self.store.stage(final, "truth", release_memory):
+                numbers = self._heldout(final, model_for(self.store, self.cfg, f"M{final}"))
+                self.store.record_numbers(truth.EVAL, final, "heldout", numbers, {"prompts": len(self.heldout)})
                 self.ui.info(truth.line(f"M{final}", numbers))
+
+    def _begin(self, it: int) -> Iteration:
+        model = model_for(self.store, self.cfg, f"M{it}")
+        self.ui.info(f"[bold]iteration {it}[/bold]  model M{it}: {model}")
+        prompts = self._prompts(it, model)
+        questions = {p["prompt_id"]: p["text"] for p in prompts}
+        return Iteration(it, model, prompts, questions, self.cfg.train.label_smoothing)
+
+    # -- the steps of an iteration (STEPS, at the end of the class, gives their order) ------------
+    def _step_actor(self, s: Iteration) -> None:
+        """1. actor: K responses to each prompt."""
+        with self.store.stage(s.it, "actor", release_memory):
+            answered = self.store.answered_prompts(s.it)
+            todo = [p for p in s.prompts if p["prompt_id"] not in answered]
+            self._generate(
+                s.it,
+                s.model,
+                "actor",
+                todo,
+                self.cfg.actor.k,
+                "responses",
+                actor.run_actor,
+                self.cfg.actor,
+                self.t.actor,
+            )
+        s.responses = self.store.responses(s.it)
+
+    def _step_anchors(self, s: Iteration) -> None:
+        """pairs.rejected_from: initial, from iteration 2 (in iteration 1 M_t is M1): stage `anchor`, M1's
+        K samples of the iteration's prompts (generated once: only prompts without them) and M_t's
+        judgements of them (source 'anchor', keyed by M_t)."""
+        if self.cfg.pairs.rejected_from != "initial" or s.it == 1:
+            return
+        with self.store.stage(s.it, "anchor", release_memory):
+            m1 = model_for(self.store, self.cfg, "M1")
+            self._sample(
+                s.it,
+                m1,
+                "anchor (M1 samples)",
+                s.prompts,
+                "anchor_responses",
+                self.store.anchor_responses,
+                kind="anchor",
+                version="M1",
+            )
+            s.anchors = self.store.anchor_responses(s.it)
+            s.beside += self._judged_by_mt(s.it, s.model, "anchor", s.anchors, s.questions)
+
+    def _step_judge(self, s: Iteration) -> None:
+        """2. judge: N judgements of each distinct response (rewards: verifier, the control arm: its checks)."""
+        with self.store.stage(s.it, "judge", release_memory):
+            job = self._judging(s.prompts)
+            self._judge(s.it, s.model, "judge", job, s.responses, s.questions)
+        s.judgements = self.store.loop_judgements(s.it, job.key)
+
+    def _step_probe(self, s: Iteration) -> None:
+        """probe.file / probe.frozen: judge health, M_t's judge on human-labelled pairs and a frozen set."""
+        if not (self.cfg.probe.file or self.cfg.probe.frozen):
+            return
+        with self.store.stage(s.it, "probe", release_memory):
+            self._probe(s.it, s.model)
+
+    def _step_consistency(self, s: Iteration) -> None:
+        """train.consistency: stage `consistency`, M_{t-1}'s judge (M0: the model before SFT) re-scores
+        M_t's responses; their agreement sets DPO's label smoothing for the iteration."""
+        before = self.cfg.consistency_model(s.it)
+        if not before:
+            return
+        with self.store.stage(s.it, "consistency", release_memory):
+            s.smoothing = self._consistency_smoothing(s.it, before, s.questions, s.responses, s.judgements)
+
+    def _step_meta_judge(self, s: Iteration) -> None:
+        """3. meta-judge (iterations in pairs.judge_iterations): battles among the judgements of each
+        prompt's most disputed response -> Elo."""
+        s.picks = meta_judge.pick_responses(
+            s.responses,
+            s.judgements,
+            run_seed=self.cfg.seed,
+            iteration=s.it,
+            require_variance=self.cfg.meta_judge.require_variance,
+        )
+        if s.it not in self.cfg.pairs.judge_iterations:
+            return
+        with self.store.stage(s.it, "meta_judge", release_memory):
+            s.elo = self._meta_judge(s.it, s.model, s.picks, s.questions, s.responses, s.judgements)
+
+    def _step_future(self, s: Iteration) -> None:
+        """pairs.chosen_from: future: a temporary next model, trained on the anchored pairs, samples the
+        prompts; M_t judges its samples, candidates for the chosen side."""
+        if self.cfg.pairs.chosen_from != "future":
+            return
+        with self.store.stage(s.it, "future", release_memory):
+            s.future, judged = self._future(s)
+        s.beside += judged
+
+    def _step_pairs(self, s: Iteration) -> None:
+        """4. pairs: actor pairs from the scores (M_t's own responses, and the anchors and future samples
+        where their switches act), judge pairs from the Elo."""
+        cfg, it, seed = self.cfg, s.it, self.cfg.seed
+        with self.store.stage(it, "pairs", release_memory):
+            rows = pairs.actor_pairs(
+                s.responses,
+                s.judgements + s.beside,
+                cfg.pairs,
+                iteration=it,
+                run_seed=seed,
+                anchors=s.anchors,
+                future=s.future,
+            )
+            if it in cfg.pairs.judge_iterations:
+                judge_rows = pairs.judge_pairs(
+                    s.picks, s.elo, s.judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=seed
+                )
+                rows += pairs.apply_share_cap(rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=seed)
+            self.store.replace_iteration("pairs", it, rows, kinds=TRAINED_PAIR_KINDS)
+            if s.future is not None:
+                self._record_future_chosen(it, rows)
+
+    def _step_truth(self, s: Iteration) -> None:
+        """Ground truth (prompts with IFEval checks, or a held-out slice): verdicts, M_t on the held-out
+        slice, the numbers."""
+        if not (any(p["checks"] for p in s.prompts) or self.heldout):
+            return
+        with self.store.stage(s.it, "truth", release_memory):
+            self._truth(s.it, s.model, s.prompts, s.responses, s.judgements)
+
+    def _step_train(self, s: Iteration) -> None:
+        """5. train: DPO on the kept pairs, M_t -> M_{t+1}."""
+        with self.store.stage(s.it, "train", release_memory):
+            out = self.store.run_dir / "models" / f"M{s.it + 1}"
+            responses = s.responses + (s.anchors or []) + (s.future or [])
+            metrics, stats, n_examples, too_long = self._dpo(
+                s.it, s.model, self.store.kept_pairs(s.it), s.questions, responses, s.judgements, s.smoothing, out
+            )
+            self.store.record_training(
+                s.it, s.model, out, metrics, stats, n_examples, stats["pairs_trained"], len(too_long)
+            )
 
     # -- the stages' bodies -------------------------------------------------------------------
     def _generate(
@@ -314,32 +397,6 @@ class Loop:
             it, model, label, todo, self.cfg.actor.k, table, actor.run_actor, self.cfg.actor, self.t.actor, **kw
         )
 
-    def _anchors(
-        self, it: int, model: str, prompts: list[dict], questions: dict
-    ) -> tuple[list[dict] | None, list[dict]]:
-        """Stage `anchor`: M1's K samples of iteration t's prompts (generated once: only prompts without
-        them), and M_t's judgements of them (source 'anchor', keyed by M_t); (None, []) where the switch
-        does not act (off, or iteration 1, where M_t is M1)."""
-        if self.cfg.pairs.rejected_from != "initial" or it == 1:
-            return None, []
-        with self.store.stage(it, "anchor", release_memory):
-            return self._anchored(it, model, prompts, questions)
-
-    def _anchored(self, it: int, model: str, prompts: list[dict], questions: dict) -> tuple[list[dict], list[dict]]:
-        m1 = model_for(self.store, self.cfg, "M1")
-        self._sample(
-            it,
-            m1,
-            "anchor (M1 samples)",
-            prompts,
-            "anchor_responses",
-            self.store.anchor_responses,
-            kind="anchor",
-            version="M1",
-        )
-        anchors = self.store.anchor_responses(it)
-        return anchors, self._judged_by_mt(it, model, "anchor", anchors, questions)
-
     def _judged_by_mt(self, it: int, model: str, source: str, rows: list[dict], questions: dict) -> list[dict]:
         """M_t's judgements of responses that are not M_t's own (anchors, the temporary model's samples),
         as `source` rows keyed by M_t: the missing ones judged, then all of them read back."""
@@ -348,76 +405,65 @@ class Loop:
         ids = {r["response_id"] for r in rows}
         return [j for j in self.store.keyed_judgements(it, job.key) if j["response_id"] in ids]
 
-    def _future(
-        self,
-        it: int,
-        model: str,
-        prompts: list[dict],
-        questions: dict,
-        responses: list[dict],
-        judgements: list[dict],
-        anchors: list[dict] | None,
-        smoothing: float,
-    ) -> tuple[list[dict] | None, list[dict]]:
-        """Stage `future` (pairs.chosen_from: future; else (None, [])): the anchored pairs (kind
+    def _future(self, s: Iteration) -> tuple[list[dict], list[dict]]:
+        """Stage `future`'s body: the anchored pairs (kind
         `anchored`, written for the record) train a temporary next model F<t+1> from M_t by the
         iteration's own DPO recipe; it samples K responses to each prompt (only prompts without them;
         their own ids and seeds) and M_t's judge scores them (source 'future'). The temporary model is
         deleted once its samples are in. Returns (samples, their judgements)."""
-        if self.cfg.pairs.chosen_from != "future":
-            return None, []
-        with self.store.stage(it, "future", release_memory):
-            version = f"F{it + 1}"
-            temp = self.store.run_dir / "models" / version
-            have = {r["prompt_id"] for r in self.store.future_responses(it)}
-            if any(p["prompt_id"] not in have for p in prompts):
-                if not temp.is_dir():  # a resume after its samples began reuses the saved temporary model
-                    anchored = pairs.actor_pairs(
-                        responses,
-                        judgements,
-                        self.cfg.pairs,
-                        iteration=it,
-                        run_seed=self.cfg.seed,
-                        anchors=anchors,
-                        kind="anchored",
-                    )
-                    self.store.replace_iteration("pairs", it, anchored, kinds=("anchored",))
-                    metrics, stats, _, _ = self._dpo(
-                        it,
-                        model,
-                        self.store.kept_pairs(it, "anchored"),
-                        questions,
-                        responses + (anchors or []),
-                        judgements,
-                        smoothing,
-                        temp,
-                    )
-                    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
-                    self.store.record_numbers(
-                        "future",
-                        it,
-                        "train",
-                        {
-                            "pairs_trained": (stats["pairs_trained"], None, None, stats["pairs_trained"]),
-                            "loss_first": (losses[0] if losses else None, None, None, len(losses)),
-                            "loss_last": (losses[-1] if losses else None, None, None, len(losses)),
-                        },
-                        {"model": version, "base": model},
-                    )
-                self._sample(
-                    it,
-                    str(temp),
-                    f"future ({version} samples)",
-                    prompts,
-                    "future_responses",
-                    self.store.future_responses,
-                    kind="future",
-                    version=version,
+        it, model, prompts, questions, anchors = s.it, s.model, s.prompts, s.questions, s.anchors
+        responses, judgements = s.responses, s.judgements + s.beside  # M_t's and the anchors' (M_t judged both)
+        version = f"F{it + 1}"
+        temp = self.store.run_dir / "models" / version
+        have = {r["prompt_id"] for r in self.store.future_responses(it)}
+        if any(p["prompt_id"] not in have for p in prompts):
+            if not temp.is_dir():  # a resume after its samples began reuses the saved temporary model
+                anchored = pairs.actor_pairs(
+                    responses,
+                    judgements,
+                    self.cfg.pairs,
+                    iteration=it,
+                    run_seed=self.cfg.seed,
+                    anchors=anchors,
+                    kind="anchored",
                 )
-            future = self.store.future_responses(it)
-            future_judgements = self._judged_by_mt(it, model, "future", future, questions)
-            shutil.rmtree(temp, ignore_errors=True)
-            return future, future_judgements
+                self.store.replace_iteration("pairs", it, anchored, kinds=("anchored",))
+                metrics, stats, _, _ = self._dpo(
+                    it,
+                    model,
+                    self.store.kept_pairs(it, "anchored"),
+                    questions,
+                    responses + (anchors or []),
+                    judgements,
+                    s.smoothing,
+                    temp,
+                )
+                losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+                self.store.record_numbers(
+                    "future",
+                    it,
+                    "train",
+                    {
+                        "pairs_trained": (stats["pairs_trained"], None, None, stats["pairs_trained"]),
+                        "loss_first": (losses[0] if losses else None, None, None, len(losses)),
+                        "loss_last": (losses[-1] if losses else None, None, None, len(losses)),
+                    },
+                    {"model": version, "base": model},
+                )
+            self._sample(
+                it,
+                str(temp),
+                f"future ({version} samples)",
+                prompts,
+                "future_responses",
+                self.store.future_responses,
+                kind="future",
+                version=version,
+            )
+        future = self.store.future_responses(it)
+        future_judgements = self._judged_by_mt(it, model, "future", future, questions)
+        shutil.rmtree(temp, ignore_errors=True)
+        return future, future_judgements
 
     def _record_future_chosen(self, it: int, rows: list[dict]) -> None:
         """How many kept actor pairs take their chosen side from the temporary model (eval `future`)."""
@@ -430,16 +476,6 @@ class Loop:
             {"future_chosen_share": (ahead / len(kept) if kept else None, None, None, len(kept))},
             {"future_chosen": ahead},
         )
-
-    def _consistency(self, it: int, questions: dict, responses: list[dict], judgements: list[dict]) -> float:
-        """Stage `consistency` (train.consistency): the judge of M_{t-1} (or M0) on M_t's responses (only
-        what is missing), the per-prompt consistency of the two rankings, recorded as eval
-        `consistency`; returns DPO's label smoothing (train.label_smoothing where the switch does not act)."""
-        before = self.cfg.consistency_model(it)
-        if not before:
-            return self.cfg.train.label_smoothing
-        with self.store.stage(it, "consistency", release_memory):
-            return self._consistency_smoothing(it, before, questions, responses, judgements)
 
     def _consistency_smoothing(
         self, it: int, before: str, questions: dict, responses: list[dict], judgements: list[dict]
@@ -476,15 +512,6 @@ class Loop:
             f"{len(per_prompt)} prompts -> DPO label smoothing {smoothing:.3f}"
         )
         return smoothing
-
-    def _train(
-        self, it: int, model: str, questions: dict, responses: list[dict], judgements: list[dict], smoothing: float
-    ) -> None:
-        out = self.store.run_dir / "models" / f"M{it + 1}"
-        metrics, stats, n_examples, too_long = self._dpo(
-            it, model, self.store.kept_pairs(it), questions, responses, judgements, smoothing, out
-        )
-        self.store.record_training(it, model, out, metrics, stats, n_examples, stats["pairs_trained"], len(too_long))
 
     def _dpo(
         self,
@@ -645,6 +672,22 @@ class Loop:
                 trackers.loop_metrics(self.store, it),
             )
         self.ui.table(summary.iteration_table(self.store, it))
+
+    # One iteration, in order: the method's five stages (1-5) and, between them, the steps beyond the
+    # paper, each gated inside its own step (one that does not act returns at once, leaving the
+    # Iteration's neutral values). A new switch is its step and a line here; _run does not change.
+    STEPS = (
+        _step_actor,  # 1. K responses to each prompt
+        _step_anchors,  # pairs.rejected_from: initial -- M1's samples, judged by M_t
+        _step_judge,  # 2. N judgements of each distinct response
+        _step_probe,  # probe.*: M_t's judge on human pairs and a frozen set
+        _step_consistency,  # train.consistency: M_{t-1}'s judge re-scores M_t's responses -> label smoothing
+        _step_meta_judge,  # 3. battles among the judgements of each prompt's picked response -> Elo
+        _step_future,  # pairs.chosen_from: future -- a temporary next model's samples, judged by M_t
+        _step_pairs,  # 4. actor pairs from the scores, judge pairs from the Elo
+        _step_truth,  # IFEval checks / a held-out slice: verdicts and the truth numbers
+        _step_train,  # 5. DPO on the kept pairs: M_t -> M_{t+1}
+    )
 
 
 def run_locked(store: RunStore, inputs: Inputs, ui=None, say: str = "", **loop_kw) -> None:

@@ -338,3 +338,31 @@ def test_future_guided_chosen_in_the_loop(tmp_path):
     before = snapshot(db)
     resume(store.run_dir, ScriptedPolicy())
     assert snapshot(db) == before and rows(db, "SELECT count(*) FROM future_responses")[0][0] == 2 * per * k
+
+
+def test_a_switch_plugs_in_through_its_step_alone(tmp_path):
+    """issue 35: a new switch is its step (the gate inside it) and an entry in Loop.STEPS; `_run` does
+    not change. A stub switch placed after the judge stage acts from iteration 2 only: it sees the
+    iteration's judgements, sets DPO's label smoothing, and that iteration's DPO trains with it; in
+    iteration 1 it leaves the neutral value."""
+    import inspect
+
+    seen = []
+
+    class Stubbed(Loop):
+        def _step_stub(self, s):
+            if s.it == 1:  # the gate: a switch that does not act returns at once
+                return
+            seen.append((s.it, len(s.judgements), [r["response_id"] for r in s.responses][:1]))
+            s.smoothing = 0.25
+
+        i = Loop.STEPS.index(Loop._step_judge)
+        STEPS = (*Loop.STEPS[: i + 1], _step_stub, *Loop.STEPS[i + 1 :])
+
+    store, inputs = start(tmp_path)
+    Stubbed(store, inputs, open_policy=ScriptedPolicy().opener, train=scripted_train).run()
+    db = store.run_dir / DB_NAME
+    judged = rows(db, "SELECT count(*) FROM judgements WHERE source = 'loop' AND iteration = 2")[0][0]
+    assert seen == [(2, judged, [rows(db, "SELECT min(response_id) FROM responses WHERE iteration = 2")[0][0]])]
+    assert rows(db, "SELECT iteration, stats->>'label_smoothing' FROM lineage ORDER BY 1") == [(1, "0.0"), (2, "0.25")]
+    assert len(inspect.getsource(Loop._run).splitlines()) <= 40  # the loop's headline: one line per step
