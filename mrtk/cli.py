@@ -190,7 +190,7 @@ def report(
     fmt: str = typer.Option("html", "--format", "-f", help="html | png"),
 ) -> None:
     """Charts of a run per iteration: scores, lengths, pairs, DPO, meta-judge biases, Elo, evals."""
-    from mrtk.report import render_html, write_pngs
+    from mrtk.present.report import render_html, write_pngs
     from mrtk.runs import find_run
 
     run_dir = find_run(run_)
@@ -395,7 +395,7 @@ def study(
     """Run one experiment per variant (again: finished variants are skipped, a stopped one resumed), then
     the variants side by side per iteration: meta-judge position bias and ties, judge agreement with
     humans, drift, pairs, DPO."""
-    from mrtk.study import COLUMNS, cells, run_study
+    from mrtk.present.study import COLUMNS, cells, run_study
     from mrtk.ui import QuietUI, RichUI
 
     if not study_file.is_file():
@@ -424,7 +424,7 @@ def compare(
     """Compare two judge set-ups on the same responses: distributions, ties, failures, length bias, agreement, pairs."""
     import json as _json
 
-    from mrtk.compare import compare_run
+    from mrtk.present.compare import compare_run
     from mrtk.runs import find_run
 
     if fmt not in ("table", "json"):

@@ -8,14 +8,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrtk import trackers
+from mrtk.present import trackers
 from mrtk.config import RunConfig, with_template_sampling
 from mrtk.data import load_human_pairs, load_pool, resolve_data_file, resolve_dir
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, resolve_model, tokenizer_for
 from mrtk.prompts import Template, bind_meta_judge, load_template
 from mrtk.rows import derive_seed
-from mrtk.stages import sft
+from mrtk.training import sft
 
 
 @dataclass(frozen=True)

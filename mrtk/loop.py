@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrtk import evaluate, summary, trackers
+from mrtk import evaluate
 from mrtk.evals import truth
 from mrtk.backends import open_policy
 from mrtk.data import prompts_for_iteration
@@ -28,9 +28,11 @@ from mrtk.plan import switch_costs, switch_lines
 from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind
 from mrtk.lanes import run_chunks
 from mrtk.runs import lifecycle, model_for
-from mrtk.stages import actor, consistency, judge, meta_judge, pairs, sft, train, verifier
+from mrtk.present import summary, trackers
+from mrtk.stages import actor, consistency, judge, meta_judge, pairs, verifier
+from mrtk.training import dpo, sft
 from mrtk.store import RunStore
-from mrtk.train_worker import train_iteration
+from mrtk.training.worker import train_iteration
 from mrtk.ui import QuietUI
 
 
@@ -526,14 +528,14 @@ class Loop:
     ) -> tuple[list[dict], dict, int, dict]:
         """DPO from `model` on the `kept` pair rows (those too long for train.max_length marked dropped),
         saved at `out`; returns (per-step metrics, stats, examples, the too-long pairs)."""
-        examples = train.examples_from_pairs(
+        examples = dpo.examples_from_pairs(
             kept,
             questions,
             {r["response_id"]: r for r in responses},
             {j["judgement_id"]: j for j in judgements},
             self.t.judge,
         )
-        fitted, too_long = train.fit_examples(examples, tokenizer_for(model), self.cfg.train.max_length)
+        fitted, too_long = dpo.fit_examples(examples, tokenizer_for(model), self.cfg.train.max_length)
         self.store.drop_pairs(too_long)
         if not fitted:
             raise MrtkError(

@@ -82,7 +82,7 @@ def plan_lines(inputs: Inputs) -> list[str]:
         )
     lines += serving_plan(cfg, inputs.model)
     if cfg.train.launched:
-        from mrtk.train_worker import launch_command as accelerate_command
+        from mrtk.training.worker import launch_command as accelerate_command
 
         device = "cpu" if cfg.runtime.device == "cpu" else "cuda"
         lines.append(

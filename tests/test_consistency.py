@@ -65,7 +65,7 @@ def test_unclamped_e_above_half_is_the_reversed_pair():
     import torch
     import torch.nn.functional as F
 
-    from mrtk.stages.train import oriented_pairs
+    from mrtk.training.dpo import oriented_pairs
 
     ex = [{"prompt": "p", "chosen": "good", "rejected": "bad"}]
     assert oriented_pairs(ex, 0.3) == ([{"prompt": "p", "chosen": "good", "rejected": "bad"}], 0.3, False)

@@ -16,7 +16,7 @@ from mrtk.data import load_ranked_lists
 from mrtk.eft import _sample, agrees, cap_per_score, nearest
 from mrtk.errors import MrtkError
 from mrtk.rows import format_score
-from mrtk.stages.sft import load_sft_examples
+from mrtk.training.sft import load_sft_examples
 from mrtk.store.db import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]

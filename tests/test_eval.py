@@ -286,7 +286,7 @@ def test_training_code_never_imports_litellm():
     import subprocess
     import sys
 
-    code = "import sys, mrtk.cli, mrtk.loop, mrtk.rejudge, mrtk.report; sys.exit('litellm' in sys.modules or 'sglang' in sys.modules)"
+    code = "import sys, mrtk.cli, mrtk.loop, mrtk.rejudge, mrtk.present.report; sys.exit('litellm' in sys.modules or 'sglang' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

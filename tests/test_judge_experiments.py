@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from conftest import mrtk
 
-from mrtk.compare import compare_sets
+from mrtk.present.compare import compare_sets
 from mrtk.config import PairsCfg
 from mrtk.store.db import DB_NAME
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rows",
             "ties",
             "parse",
-            "trackers",
+            "present.trackers",
             "bench.serving_sim",
             "store.migrations",
             "store.saved",
@@ -30,13 +30,13 @@ LAYERS: list[tuple[str, list[str]]] = [
             "verify",
         ],
     ),
-    ("inputs", ["config", "prompts", "models", "data", "hardware", "training"]),
+    ("inputs", ["config", "prompts", "models", "data", "hardware", "training.recipe"]),
     ("backends", ["backends", "programs"]),
-    ("stages", ["stages"]),
-    ("store", ["store", "inputs", "train_worker"]),
-    ("runs", ["runs", "lanes", "summary", "plan"]),
-    ("read side", ["evals", "compare", "report", "rejudge", "eft"]),
-    ("composers", ["evaluate", "loop", "study", "bench", "cli"]),
+    ("stages", ["stages", "training.dpo", "training.sft"]),
+    ("store", ["store", "inputs", "training.worker"]),
+    ("runs", ["runs", "lanes", "present.summary", "plan"]),
+    ("read side", ["evals", "present.compare", "present.report", "rejudge", "eft"]),
+    ("composers", ["evaluate", "loop", "present.study", "bench", "cli"]),
 ]
 
 
@@ -45,9 +45,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# Packages whose __init__ is a docstring only: the package itself is at the bottom, and each of its
+# modules still needs its own entry above.
+DOCSTRING_PACKAGES = {"training", "present"}
+
+
 def layer_of(module: str) -> int:
     """The layer of `mrtk.a.b`: the longest listed prefix of `a.b` decides (store.saved before store)."""
     name = module.removeprefix("mrtk").lstrip(".")
+    if name in DOCSTRING_PACKAGES:
+        return 0
     best = max(
         (
             (len(p), i)
@@ -93,7 +100,12 @@ def test_no_import_goes_up_the_layers():
 
 
 def test_stages_touch_neither_the_store_nor_the_evals():
-    bad = [(a, b) for a, b in edges() if a.startswith("mrtk.stages") and b.startswith(("mrtk.store", "mrtk.evals"))]
+    bad = [
+        (a, b)
+        for a, b in edges()
+        if a.startswith(("mrtk.stages", "mrtk.training.dpo", "mrtk.training.sft"))
+        and b.startswith(("mrtk.store", "mrtk.evals"))
+    ]
     assert not bad, bad
 
 

@@ -164,7 +164,7 @@ def test_judge_health_probe_and_frozen_set_in_process(tmp_path):
 def test_top_score_share_follows_the_judge_templates_range(tmp_path):
     """judge_10point (1-10): the top score is >= 9.5, not 0-5's 4.5; the summary, the trackers'
     numbers and `select * from iteration_judge_scores` read the same view."""
-    from mrtk import trackers
+    from mrtk.present import trackers
     from mrtk.store import RunStore
 
     store, inputs = start(

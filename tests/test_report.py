@@ -63,7 +63,7 @@ def test_charts_read_at_a_glance(finished_run):
     has its own chart; axes that count iterations or steps tick at whole numbers only."""
     import matplotlib.pyplot as plt
 
-    from mrtk.report import collect, sections
+    from mrtk.present.report import collect, sections
 
     d = collect(next((finished_run / "runs").iterdir()))
     probe = [

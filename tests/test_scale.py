@@ -65,7 +65,7 @@ def test_full_fine_tune_trains_all_weights_and_feeds_the_next_iteration(tiny_mod
 
 def test_accelerate_launch_command_and_config_plumbing(tmp_path):
     from mrtk.config import TrainCfg
-    from mrtk.train_worker import launch_command
+    from mrtk.training.worker import launch_command
 
     spec = tmp_path / "spec.json"
     zero3 = Path(__file__).resolve().parents[1] / "experiments" / "accelerate" / "zero3_8gpu.yaml"
@@ -78,7 +78,7 @@ def test_accelerate_launch_command_and_config_plumbing(tmp_path):
         "--num_processes",
         "8",
         "--module",
-        "mrtk.train_worker",
+        "mrtk.training.worker",
         str(spec),
     ]
     cpu = launch_command(spec, TrainCfg(num_processes=2, batch_size=2, micro_batch_size=1), "cpu")
@@ -159,7 +159,7 @@ def test_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
     import importlib.util
 
     from mrtk.errors import MrtkError
-    from mrtk.trackers import check_installed
+    from mrtk.present.trackers import check_installed
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import TINY, mrtk
 from mrtk.errors import MrtkError
-from mrtk.stages.sft import load_sft_examples
+from mrtk.training.sft import load_sft_examples
 
 EXAMPLES = [
     {"prompt": "Rate this answer to 'What is 2+2?': '4'.", "completion": "The answer is correct and direct.\nScore: 5"},
@@ -76,7 +76,7 @@ def test_sft_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
     import math
 
     from mrtk.config import SftCfg
-    from mrtk.stages.sft import train_sft
+    from mrtk.training.sft import train_sft
 
     cfg = SftCfg(epochs=2, schedule_epochs=4, batch_size=4, micro_batch_size=4, lr=1e-4)
     examples = [

@@ -9,7 +9,7 @@ import yaml
 from conftest import TINY, mrtk
 from scripted import ScriptedPolicy, scripted_train
 
-from mrtk.study import even_battles, run_study
+from mrtk.present.study import even_battles, run_study
 from mrtk.ui import QuietUI
 
 
@@ -76,7 +76,7 @@ def test_a_bad_study_file_is_one_line(tmp_path):
 
 def test_the_table_shows_the_smoothing_dpo_trained_with():
     """CREAM asked for 0.54 -> clamped to 0.5 -> applied 0.49 (robust's limit): the table says 0.490 (asked 0.500)."""
-    from mrtk.study import cells
+    from mrtk.present.study import cells
 
     row = {
         "variant": "c",
@@ -101,7 +101,7 @@ def test_the_shipped_studies_validate(name):
     """Every variant of a shipped study is a valid run config; the ground-truth ones run the paper's
     pair rules (no NeMo filters) and label their verifier arm by its rewards."""
     from mrtk.resources import asset_dir
-    from mrtk.study import load_study, variant_configs
+    from mrtk.present.study import load_study, variant_configs
 
     path = asset_dir("experiments") / name
     configs = variant_configs(load_study(path), path.parent)

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from mrtk.stages.train import fit_examples, planned_steps
+from mrtk.training.dpo import fit_examples, planned_steps
 from mrtk.config import TrainCfg
 
 
@@ -37,7 +37,7 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
     import subprocess
     import sys
 
-    from mrtk.train_worker import launch_command
+    from mrtk.training.worker import launch_command
 
     assert launch_command(tmp_path / "spec.json", TrainCfg(num_processes=4, batch_size=8), "cuda")[1:] == [
         "-m",
@@ -45,7 +45,7 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
         "--num_processes",
         "4",
         "--module",
-        "mrtk.train_worker",
+        "mrtk.training.worker",
         str(tmp_path / "spec.json"),
     ]
     (tmp_path / "ex.json").write_text(json.dumps([example("a", 3), example("b", 4)]))
@@ -62,7 +62,7 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     res = subprocess.run(
-        [sys.executable, "-m", "mrtk.train_worker", str(tmp_path / "spec.json")], capture_output=True, text=True
+        [sys.executable, "-m", "mrtk.training.worker", str(tmp_path / "spec.json")], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
@@ -77,7 +77,7 @@ def test_global_batch_counts_every_process(tmp_path, monkeypatch):
     from trl import DPOConfig
 
     from mrtk.errors import MrtkError
-    from mrtk.stages.train import trainer_args
+    from mrtk.training.dpo import trainer_args
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     kwargs = trainer_args(
@@ -115,7 +115,7 @@ def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
     60% of the longer cosine, not a 3-epoch one decaying to 0."""
     import math
 
-    from mrtk.stages.train import train_dpo
+    from mrtk.training.dpo import train_dpo
 
     cfg = TrainCfg(
         epochs=[3],
@@ -142,7 +142,7 @@ def test_two_process_launch_takes_the_same_optimizer_steps(model_dir, tmp_path):
     takes as many optimizer steps over the same pairs as one process (before the fix: half)."""
     import json
 
-    from mrtk.train_worker import launch_command, run_distributed
+    from mrtk.training.worker import launch_command, run_distributed
 
     (tmp_path / "ex.json").write_text(json.dumps([example(f"p{i}", 3 + i) for i in range(8)]))
     steps = {}
@@ -172,7 +172,7 @@ def test_smoothed_losses_are_conservative_dpo():
     import torch
     import torch.nn.functional as F
 
-    from mrtk.stages.train import ROBUST_MAX, smoothed_losses
+    from mrtk.training.dpo import ROBUST_MAX, smoothed_losses
 
     assert smoothed_losses(["sigmoid"], 0.0) == (["sigmoid"], None, 0.0)
     assert smoothed_losses(["sigmoid", "sft"], 0.5) == (
@@ -193,7 +193,7 @@ def test_smoothed_losses_are_conservative_dpo():
 def test_label_smoothing_changes_what_dpo_learns(model_dir, tmp_path):
     """TRL 1.16's sigmoid loss ignores `label_smoothing` (a study run trained the same steps with and
     without it); through smoothed_losses the second step's loss differs."""
-    from mrtk.stages.train import train_dpo
+    from mrtk.training.dpo import train_dpo
 
     losses = {}
     for eps in (0.0, 0.4):
@@ -224,7 +224,7 @@ def test_label_smoothing_changes_what_dpo_learns(model_dir, tmp_path):
 def test_the_temporary_model_trains_beside_the_next_one_not_into_it(tiny_model_dir, tmp_path):
     """pairs.chosen_from: future trains F<t+1> and then M<t+1> in the same iteration: each DPO keeps
     its own work directory and tensorboard log (before, F2's steps went into M2's `dpo_it1`)."""
-    from mrtk.train_worker import train_iteration
+    from mrtk.training.worker import train_iteration
     from mrtk.ui import QuietUI
 
     cfg = TrainCfg(

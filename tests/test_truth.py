@@ -219,7 +219,7 @@ def test_truth_per_iteration_and_the_heldout_slice(tmp_path):
     # the iteration table, mrtk query and mrtk report show them
     from rich.console import Console
 
-    from mrtk.summary import iteration_table
+    from mrtk.present.summary import iteration_table
 
     console = Console(record=True, width=200)
     console.print(iteration_table(store, 2))
@@ -261,7 +261,7 @@ def test_the_verifier_arm_refuses_what_does_not_apply(tmp_path):
 
 
 def test_a_study_sets_the_verifier_arm_beside_the_self_judge_with_paired_comparisons(tmp_path):
-    from mrtk.study import run_study
+    from mrtk.present.study import run_study
     from mrtk.ui import QuietUI
 
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(x) + "\n" for x in POOL))

@@ -154,7 +154,7 @@ def run_bench(
     from mrtk.backends.embedded import EmbeddedBackend
     from mrtk.config import load_config
     from mrtk.hardware import apply_threads, inference_dtype
-    from mrtk import training
+    from mrtk.training import recipe as training
     from mrtk.data import load_pool
     from mrtk.models import embedded_model_dir, load_model
     from mrtk.prompts import bind_meta_judge, judge_prompt, load_template
@@ -361,8 +361,8 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
     from trl import DPOConfig, DPOTrainer
 
     from mrtk.models import load_for_training
-    from mrtk import training
-    from mrtk.stages import train
+    from mrtk.training import recipe as training
+    from mrtk.training import dpo as train
 
     n = 8 if quick else 32
     examples = [

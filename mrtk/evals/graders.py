@@ -9,7 +9,7 @@ source for the printout. Three constructors, one per kind of prompt mrtk knows:
   verdict pattern, and its second attempt when a reply has no verdict label);
 - `from_annotator`: AlpacaEval's leaderboard annotator (alpaca_official.py: a weighted preference
   from the first token's logprobs, and the leaderboard's length-controlled GLM).
-`evals/run.py` and the CLI never ask which kind they hold.
+`evals/pairwise.py` and the CLI never ask which kind they hold.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The DPO stage as its own process, for `accelerate launch` on several GPUs.
 
 The loop writes a spec (model, examples, train config, iteration, seed, output paths) and
-starts `accelerate launch [--config_file FILE] [--num_processes N] -m mrtk.train_worker SPEC`;
+starts `accelerate launch [--config_file FILE] [--num_processes N] -m mrtk.training.worker SPEC`;
 every process trains on its shard (TRL's DPOTrainer is accelerate-aware). Unsharded, the main
 process saves the merged model; under DeepSpeed ZeRO-3 or FSDP every rank takes part in
 `trainer.save_model`, which gathers the shards into one consolidated model directory (the
@@ -32,7 +32,7 @@ def launch_command(spec_path: Path, cfg: TrainCfg, device: str = "cuda") -> list
         cmd += ["--num_processes", str(cfg.num_processes)]
     if device == "cpu" and not cfg.accelerate_config:
         cmd += ["--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return cmd + ["--module", "mrtk.train_worker", str(spec_path)]
+    return cmd + ["--module", "mrtk.training.worker", str(spec_path)]
 
 
 def run_distributed(spec: dict, work_dir: Path, cmd: list[str], log_path: Path) -> dict:
@@ -63,7 +63,7 @@ def train_iteration(
     config (the workers save the model). Returns (per-step metrics, stats)."""
     from mrtk.hardware import release_memory
     from mrtk.models import save_model
-    from mrtk.stages import train
+    from mrtk.training import dpo as train
 
     # the temporary next model (pairs.chosen_from: future, F<t+1>) trains beside M<t+1>: its own work and tracker names
     tag = "" if out.name.startswith("M") else f"-{out.name}"
@@ -118,7 +118,7 @@ def train_iteration(
 
 def main(spec_path: str) -> None:
     from mrtk.models import save_model
-    from mrtk.stages.train import train_dpo
+    from mrtk.training.dpo import train_dpo
 
     spec = json.loads(Path(spec_path).read_text())
     examples = json.loads(Path(spec["examples_path"]).read_text())

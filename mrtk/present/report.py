@@ -306,7 +306,7 @@ def _png(figure) -> bytes:
 def _judge_health(d: dict) -> str:
     """Judge health per iteration (probe.file, probe.frozen): agreement with humans, drift,
     saturation and ties with their 95% intervals, and a one-line verdict per iteration."""
-    from mrtk.summary import judge_health_lines
+    from mrtk.present.summary import judge_health_lines
 
     iterations = sorted({r["iteration"] for r in d["stages"] if r["iteration"] >= 1})
     rows = [

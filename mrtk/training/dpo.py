@@ -5,7 +5,7 @@ no second copy sits in memory. TRL drops pairs longer than `max_length` with onl
 bar to say so (docs/CPU_NOTES.md); we measure every pair first, drop the too-long ones ourselves
 with a recorded reason, hand TRL `max_length=None` (nothing left to truncate), and check that
 TRL trained on exactly the pairs we handed it. The trainer plumbing it shares with the SFT
-stage is in `mrtk/training.py`.
+stage is in `recipe.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template, judge_prompt
-from mrtk.training import (
+from mrtk.training.recipe import (
     accumulation,
     fit_and_merge,
     lora_config,

@@ -140,7 +140,7 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mrtk.report import interval_lines
+    from mrtk.present.report import interval_lines
 
     def series(get) -> dict[str, list[tuple]]:
         out: dict[str, list[tuple]] = {}

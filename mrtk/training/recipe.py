@@ -1,4 +1,4 @@
-"""What the two trainers (DPO in stages/train.py, SFT in stages/sft.py) share: TRL's
+"""What the two trainers (DPO in training/dpo.py, SFT in training/sft.py) share: TRL's
 TrainingArguments, the LoRA config, the metrics callback, bf16's choice, stopping a longer
 schedule early, and folding LoRA into the weights after training."""
 
