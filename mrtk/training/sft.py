@@ -16,7 +16,15 @@ from mrtk.config import SftCfg
 from mrtk.data import read_jsonl
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
-from mrtk.training.recipe import fit_and_merge, lora_config, metrics_callback, quiet, stop_after_epochs, trainer_args, use_bf16
+from mrtk.training.recipe import (
+    fit_and_merge,
+    lora_config,
+    metrics_callback,
+    quiet,
+    stop_after_epochs,
+    trainer_args,
+    use_bf16,
+)
 
 
 def load_sft_examples(path: Path) -> list[dict]:
