@@ -87,3 +87,17 @@ def answer_id(example_id: str, side: str) -> str:
 def format_score(score: float) -> str:
     """How a structured judgement's score is written into its text (`Score: 3` or `Score: 2.37`)."""
     return str(int(score)) if float(score).is_integer() else f"{score:.2f}"
+
+
+def made_by(template, model_version: str, params, seed: int, g) -> dict:
+    """The columns every generated row carries: the template and model that made it, how it was
+    sampled (`params`, a SamplingParams; `seed`), and what the generation `g` cost."""
+    return {
+        "template": template.name,
+        "template_hash": template.hash,
+        "model_version": model_version,
+        "sampling": params.as_dict(),
+        "seed": seed,
+        "n_tokens": g.n_tokens,
+        "latency_s": g.latency_s,
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mrtk.backends.base import Backend, Progress, Request, SamplingParams
 from mrtk.config import ActorCfg
 from mrtk.prompts import Template
-from mrtk.rows import derive_seed, response_id
+from mrtk.rows import derive_seed, made_by, response_id
 
 
 def run_actor(
@@ -44,16 +44,10 @@ def run_actor(
                     "sample_idx": k,
                     "text": g.text,
                     "n_chars": len(g.text),
-                    "n_tokens": g.n_tokens,
                     "finish_reason": g.finish,
                     "is_duplicate": duplicate_of is not None,
                     "duplicate_of": duplicate_of,
-                    "template": template.name,
-                    "template_hash": template.hash,
-                    "model_version": model_version,
-                    "sampling": params.as_dict(),
-                    "seed": seed,
-                    "latency_s": g.latency_s,
+                    **made_by(template, model_version, params, seed, g),
                 }
             )
     return rows

@@ -23,7 +23,7 @@ from mrtk.config import JudgeCfg
 from mrtk.parse import expected_score, p_first, parse_score, parse_verdict, sample_verdict
 from mrtk.programs import PAIRWISE, raw_text, run_program, score_program
 from mrtk.prompts import Template, judge_prompt
-from mrtk.rows import derive_seed, format_score, judgement_id, pairwise_id
+from mrtk.rows import derive_seed, format_score, judgement_id, made_by, pairwise_id
 from mrtk.ties import EXACT
 
 
@@ -92,14 +92,8 @@ def run_judge(
                     "score_probs": g.choice_probs,
                     "score_mass": sum(g.choice_probs.values()) if g.choice_probs else None,
                     "n_chars": len(text),
-                    "n_tokens": g.n_tokens,
                     "finish_reason": g.finish,
-                    "template": template.name,
-                    "template_hash": template.hash,
-                    "model_version": model_version,
-                    "sampling": params.as_dict(),
-                    "seed": seed,
-                    "latency_s": g.latency_s,
+                    **made_by(template, model_version, params, seed, g),
                 }
             )
     return rows
@@ -168,13 +162,7 @@ def run_pairwise_judge(
                     "parse_reason": parsed.reason,
                     "winner": {"A": a["response_id"], "B": b["response_id"]}.get(parsed.value) if parsed.ok else None,
                     "score_mode": cfg.score_mode,
-                    "template": template.name,
-                    "template_hash": template.hash,
-                    "model_version": model_version,
-                    "sampling": params.as_dict(),
-                    "seed": seed,
-                    "n_tokens": g.n_tokens,
-                    "latency_s": g.latency_s,
+                    **made_by(template, model_version, params, seed, g),
                 }
             )
     return rows

@@ -34,7 +34,7 @@ from mrtk.config import MetaJudgeCfg
 from mrtk.parse import p_first, parse_verdict, sample_verdict
 from mrtk.programs import META, raw_text, run_program
 from mrtk.prompts import Template
-from mrtk.rows import derive_seed, meta_id
+from mrtk.rows import derive_seed, made_by, meta_id
 from mrtk.ties import EXACT
 
 _SCORE_LINE = re.compile(r"(?im)^[ \t]*\**score\s*[:：].*$")
@@ -148,13 +148,7 @@ def run_meta_judge(
                 "p_a": p_a,
                 "mode": cfg.mode,
                 "show_scores": show_scores,
-                "template": template.name,
-                "template_hash": template.hash,
-                "model_version": model_version,
-                "sampling": params.as_dict(),
-                "seed": seed,
-                "n_tokens": g.n_tokens,
-                "latency_s": g.latency_s,
+                **made_by(template, model_version, params, seed, g),
             }
         )
     return rows
