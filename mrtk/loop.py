@@ -56,8 +56,10 @@ class Iteration:
 
 
 class Loop:
-    """`open_policy` and `train` are what a test hands in instead of the model (tests/scripted.py):
-    the backends' opener, and the DPO step (model dir, pairs -> model saved at `out`)."""
+    """One run's loop over its iterations, on `store` with the checked `inputs`. The two seams it is
+    handed: `open_policy`, which opens the policy that generates (the backends' opener by default),
+    and `train`, the DPO step (model dir, pairs -> the model saved at `out`; in process or under
+    accelerate by default)."""
 
     def __init__(self, store: RunStore, inputs: Inputs, ui=None, *, open_policy=open_policy, train=train_iteration):
         self.store, self.cfg, self.ui = store, inputs.cfg, ui or QuietUI()  # the effective config (inputs.check_inputs)
@@ -695,7 +697,7 @@ class Loop:
 def run_locked(store: RunStore, inputs: Inputs, ui=None, say: str = "", **loop_kw) -> None:
     """Run (or finish) the loop on a run directory while holding its writer lock: what `mrtk run`
     and each study variant do. `say`: a line for the UI once the lock is held (a run another
-    process writes is refused in one line, before it). `loop_kw`: what a test hands the loop."""
+    process writes is refused in one line, before it). `loop_kw`: the loop's seams (open_policy, train)."""
     from mrtk.runs import WriterLock
 
     with WriterLock(store.run_dir):

@@ -73,8 +73,8 @@ def variant_configs(study: dict, study_dir: Path) -> dict:
 
 
 def run_study(study_path: Path, out_dir: Path, ui, **loop_kw) -> dict:
-    """Run (or finish) every variant, then write study.json and study.md. `loop_kw`: what a test
-    hands the loop instead of the model (open_policy, train; tests/scripted.py)."""
+    """Run (or finish) every variant, then write study.json and study.md. `loop_kw`: the loop's seams
+    (open_policy, train), passed to each variant's loop."""
     from mrtk.inputs import check_inputs
     from mrtk.loop import run_locked
     from mrtk.runs import latest_run, new_run, open_run
