@@ -411,6 +411,13 @@ class SGLangCfg(_Section):
         description="urls is one SGLang Model Gateway (smg, started with --enable-rl): control calls (weights, "
         "memory) fan out to its workers through it, so no worker_urls.",
     )
+    weight_sync: Literal["full", "lora"] = Field(
+        "full",
+        description="How a new model reaches the servers: full (the merged model, /update_weights_from_disk) or lora "
+        "(the servers keep M1 and load the adapter M1 -> M_t, /load_lora_adapter, a few MB; requests name it). "
+        "lora: launched servers get --enable-lora; attached ones must run with --enable-lora, --max-lora-rank "
+        "at least train.lora.r x iterations and --lora-target-modules covering train.lora.targets.",
+    )
 
 
 class ProbeCfg(_Section):
@@ -504,6 +511,18 @@ class RunConfig(_Section):
                 "sglang.smg: true needs exactly one gateway URL in sglang.url, no sglang.worker_urls (the gateway "
                 "reaches its workers) and sglang.launch: false"
             )
+        if self.sglang.weight_sync == "lora":
+            if self.backend != "sglang":
+                raise ValueError("sglang.weight_sync: lora applies to backend sglang; drop it or set backend: sglang")
+            if self.train.lora is None:
+                raise ValueError(
+                    "sglang.weight_sync: lora syncs the LoRA adapter, and train.lora is null; set train.lora"
+                )
+            if self.sglang.smg or self.sglang.dp_size > 1:
+                raise ValueError(
+                    "sglang.weight_sync: lora loads adapters on each server, which SGLang refuses with dp_size > 1 and "
+                    "mrtk does not send through a gateway (smg); use weight_sync: full"
+                )
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")

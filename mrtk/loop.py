@@ -556,6 +556,7 @@ class Loop:
             run_dir=self.store.run_dir,
             out=out,
             ui=self.ui,
+            lora_stack=self.cfg.backend == "sglang" and self.cfg.sglang.weight_sync == "lora",
         )
         self.policy.resume()  # the next iteration loads M<t+1> (SGLang: a weight update)
         return metrics, stats, len(examples), too_long

@@ -90,10 +90,11 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def save_model(model, tokenizer, target: Path, replace: bool = True) -> None:
+def save_model(model, tokenizer, target: Path, replace: bool = True, extra: dict[str, Path] | None = None) -> None:
     """Write a model directory atomically: beside the target, then renamed, so a crash or a second
     process sees either the old state or the whole model. `replace=False`: a target another
-    process finished first is kept (the embedded conversion)."""
+    process finished first is kept (the embedded conversion). `extra`: folders copied in under
+    their names (the stacked LoRA adapter) before the rename."""
     from mrtk import faults
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,8 @@ def save_model(model, tokenizer, target: Path, replace: bool = True) -> None:
     tmp.mkdir()
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    for name, src in (extra or {}).items():
+        shutil.copytree(src, tmp / name)
     faults.point("save_model")
     if replace and target.exists():
         shutil.rmtree(target)

@@ -124,9 +124,24 @@ def link_model(model_dir, *, out: Path, **_) -> None:
             (out / f.name).symlink_to(f.resolve())
 
 
-def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, out, ui):
-    """The DPO step's contract (train_worker.train_iteration): the model saved at `out`, one
-    metrics row per step and the stats; here one step per pair, no weights changed."""
+def zero_adapter(model_dir, path: Path) -> None:
+    """A rank-1 adapter of zeros on one module (PEFT layout): M_{t+1} = M_t, as the scripted step has it;
+    stacked on M_t's, as the real step stacks."""
+    import torch
+
+    from mrtk.training.adapters import LoraStack, previous_stack
+
+    previous = previous_stack(model_dir)
+    base = str(model_dir) if previous is None else previous.base
+    m = "model.layers.0.self_attn.q_proj"
+    rank = (previous.rank if previous else 0) + 1
+    LoraStack(base, {m: (torch.zeros(rank, 4), torch.zeros(4, rank))}).save(path)
+
+
+def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, out, ui, lora_stack=False):
+    """The DPO step's contract (training.worker.train_iteration): the model saved at `out` (with
+    `lora_stack`, the adapter M1 -> M_{t+1} in `<out>/lora`), one metrics row per step and the stats;
+    here one step per pair, no weights changed (the adapter is a zero one of the right shape)."""
     metrics = []
     for k in range(len(fitted)):
         metrics.append(
@@ -141,6 +156,8 @@ def scripted_train(model_dir, fitted, cfg, *, iteration, seed, device, run_dir, 
         )
         faults.point("train.step")
     link_model(model_dir, out=out)
+    if lora_stack:
+        zero_adapter(model_dir, out / "lora")
     return metrics, {
         "pairs_trained": len(fitted),
         "epochs": 1,

@@ -122,6 +122,7 @@ def test_every_literal_value_through_set(key, value, is_list):
         ("train.consistency_ties", "tau_b"): ["train.consistency=avg"],  # shapes consistency: refused while off
         ("train.consistency_first_round", "skip"): ["train.consistency=avg"],
         ("pairs.chosen_from", "future"): ["pairs.rejected_from=initial"],  # trains on the anchored pairs
+        ("sglang.weight_sync", "lora"): ["backend=sglang", "sglang.url=http://127.0.0.1:30000"],  # serving only
     }.get((key, value), [])
     cfg = load_config("default", [f"{key}={'[' + value + ']' if is_list else value}", *extra])
     node = cfg

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "verify",
         ],
     ),
-    ("inputs", ["config", "prompts", "models", "data", "hardware", "training.recipe"]),
+    ("inputs", ["config", "prompts", "models", "data", "hardware", "training.recipe", "training.adapters"]),
     ("backends", ["backends", "programs"]),
     ("stages", ["stages", "training.dpo", "training.sft"]),
     ("store", ["store", "inputs", "training.worker"]),

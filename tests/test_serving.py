@@ -388,3 +388,25 @@ def test_future_guided_chosen_refits_the_servers_to_the_temporary_model_by_its_o
         (2, "F3", 8 * 4),
     ]
     assert not list((store.run_dir / "models").glob("F*"))
+
+
+def test_lora_weight_sync_loads_adapters_not_models(tmp_path):
+    """sglang.weight_sync: lora against the stand-ins: no model is loaded from disk; M2 reaches each
+    server once, as the adapter M1 -> M2 saved in its model directory, named by version and weights;
+    iteration 1's requests name no adapter and iteration 2's all name M2's. Servers without
+    --enable-lora are one line naming the fix, with iteration 1's rows kept."""
+    with SimServer(FAST, enable_lora=True) as a, SimServer(FAST, enable_lora=True) as b:
+        store = run_loop(tmp_path, served([a.url, b.url], weight_sync="lora"))
+    db = store.run_dir / "mrtk.duckdb"
+    check_complete(db, SERVED)
+    for sim in (a, b):
+        assert [p for p, _ in sim.log if p == "/update_weights_from_disk"] == []
+        loads = [(body["lora_name"], Path(body["lora_path"])) for p, body in sim.log if p == "/load_lora_adapter"]
+        assert len(loads) == 1 and loads[0][0].startswith("M2-"), loads
+        assert loads[0][1] == (store.run_dir / "models" / "M2" / "lora").resolve()
+        assert set(sim.lora_samples) == {None, loads[0][0]} and all(sim.lora_samples.values())
+    (tmp_path / "plain").mkdir()
+    with SimServer(FAST) as plain:
+        with pytest.raises(MrtkError, match="could not load the LoRA adapter .*--enable-lora"):
+            run_loop(tmp_path / "plain", served([plain.url], weight_sync="lora"))
+    assert rows(db_of(tmp_path / "plain" / "runs"), "SELECT count(*) FROM responses WHERE iteration = 1")[0][0] == 8 * 4

@@ -77,7 +77,10 @@ def open_policy(
     if cfg.backend == "sglang":
         from mrtk.backends.sglang import SGLangPolicy
 
-        return SGLangPolicy(cfg.sglang, run_dir, tokenizer_for, info, on_serving)
+        lora = None
+        if cfg.sglang.weight_sync == "lora":  # the stacked adapter of M_{T+1} is the largest: rank r x iterations
+            lora = (cfg.train.lora.r * cfg.iterations, list(cfg.train.lora.targets))
+        return SGLangPolicy(cfg.sglang, run_dir, tokenizer_for, info, on_serving, lora)
     return EmbeddedPolicy(cfg, device)
 
 

@@ -56,8 +56,11 @@ from mrtk.backends.sglang_client import SGLangClient
 from mrtk.backends.sglang_http import TRANSIENT, ServerError, _request
 
 
-def launch_command(model_path: str, cfg, weight_version: str | None = None) -> list[str]:
-    """The `sglang.launch_server` command line for a config's `sglang` section."""
+def launch_command(
+    model_path: str, cfg, weight_version: str | None = None, lora: tuple[int, list[str]] | None = None
+) -> list[str]:
+    """The `sglang.launch_server` command line for a config's `sglang` section; `lora`: (the largest
+    adapter rank, the target modules) for servers that load adapters (sglang.weight_sync: lora)."""
     python = cfg.python or shutil.which("python") or sys.executable  # SGLang lives in its own environment
     cmd = [
         python,
@@ -82,6 +85,8 @@ def launch_command(model_path: str, cfg, weight_version: str | None = None) -> l
         cmd.append("--enable-deterministic-inference")  # else sampling_seed is ignored
     if weight_version or cfg.weight_version:
         cmd += ["--weight-version", weight_version or cfg.weight_version]
+    if lora:  # lora_paths need not be given at launch when both of these are (lora_manager.py:715)
+        cmd += ["--enable-lora", "--max-lora-rank", str(lora[0]), "--lora-target-modules", *lora[1]]
     return cmd + shlex.split(cfg.extra_args or "")
 
 
@@ -146,6 +151,8 @@ class SGLangBackend:
     ):
         self.client, self.tok = client, tokenizer
         self.weight_version = weight_version
+        self.adapter: str | None = None  # the loaded LoRA adapter every request names (None: the base model)
+        self.loaded: set[str] = set()
         self.max_batch_rows = max_batch_rows
         self.tok_lock = threading.Lock()  # a fast tokenizer is one Rust object: one thread in it at a time
         self.encoder = PrefixEncoder(tokenizer)  # a stage's prompts share their template's start: tokenized once
@@ -291,6 +298,8 @@ class SGLangBackend:
                 g.choice_probs = {label: float(piece.strip() == got) for label, piece in choices.items()}
 
     def _generate(self, body: dict, expect: int) -> list[dict]:
+        if self.adapter:  # one name for every input (GenerateReqInput._normalize_lora_paths, io_struct.py:635-643)
+            body = {**body, "lora_path": self.adapter}
         answers = self.client.generate(body, expect)
         answers = answers if isinstance(answers, list) else [answers]
         if not all(isinstance(a, dict) and isinstance(a.get("meta_info"), dict) for a in answers):
@@ -333,6 +342,27 @@ class SGLangBackend:
                 raise MrtkError(f"SGLang could not load {model_path}: {message}; check the saved model")
         self.weight_version = version
 
+    def use_adapter(self, name: str, path: Path) -> float:
+        """Requests from now on name the adapter `name` at `path`, loaded on every worker first
+        (`/load_lora_adapter` {lora_name, lora_path}: http_server.py:1652-1660, LoadLoRAAdapterReqInput in
+        io_struct.py:2516; an adapter loaded before is not loaded again). The name holds a hash of the
+        adapter's weights, so a name the servers already know (a resumed run) is the same adapter, and
+        "already loaded" on a retried call is success (lora_manager.py:354-359). Returns the seconds the load took (0: loaded before)."""
+        t0 = time.monotonic()
+        if name not in self.loaded:
+            body = {"lora_name": name, "lora_path": _absolute(str(path))}
+            for url, a in self.client.each_worker("/load_lora_adapter", body):
+                message = str(a.get("error_message") or "") if isinstance(a, dict) else str(a)
+                if not (isinstance(a, dict) and a.get("success")) and "already loaded" not in message:
+                    raise MrtkError(
+                        f"SGLang at {url} could not load the LoRA adapter {path}: {message[:200]}; sglang.weight_sync: "
+                        "lora needs servers started with --enable-lora, --max-lora-rank and --lora-target-modules "
+                        "(mrtk adds them to a server it launches), or use weight_sync: full"
+                    )
+            self.loaded.add(name)
+        self.adapter = name
+        return time.monotonic() - t0
+
 
 def _absolute(model_path: str) -> str:
     """A local model directory as an absolute path; a hub id as it is."""
@@ -354,9 +384,18 @@ class SGLangPolicy:
     """A run's SGLang serving (see `mrtk.backends.open_policy`): launched on the first model it
     is asked for (and stopped by `close()`), or attached to `cfg.urls` (never stopped). At attach
     the servers' versions are checked; `serving` holds what the run records (versions, whether
-    seeds are honoured). A new model is loaded in place with a weight update."""
+    seeds are honoured). A new model is loaded in place with a weight update, or (sglang.weight_sync:
+    lora) the servers keep M1 and requests name the adapter M1 -> M_t, loaded once."""
 
-    def __init__(self, cfg, run_dir: Path, tokenizer_for, info=lambda text: None, on_serving=lambda serving: None):
+    def __init__(
+        self,
+        cfg,
+        run_dir: Path,
+        tokenizer_for,
+        info=lambda text: None,
+        on_serving=lambda serving: None,
+        lora: tuple[int, list[str]] | None = None,
+    ):
         self.cfg, self.run_dir, self.tokenizer_for, self.info, self.on_serving = (
             cfg,
             Path(run_dir),
@@ -364,6 +403,9 @@ class SGLangPolicy:
             info,
             on_serving,
         )
+        self.lora = lora  # sglang.weight_sync: lora: (the largest stacked rank, the target modules)
+        self.names: dict[str, str] = {}  # model dir -> the name its adapter is loaded under
+        self.adapters: dict[str, Path | None] = {}  # model dir -> its adapter (with self.lora), or None
         self.backend: SGLangBackend | None = None
         self.model_dir: str | None = None
         self.server: Server | None = None
@@ -371,17 +413,27 @@ class SGLangPolicy:
 
     def use(self, model_dir: str) -> SGLangBackend:
         from mrtk.backends import model_version
+        from mrtk.training.adapters import LORA_DIR, base_of
 
-        s, version = self.cfg, model_version(model_dir)
+        if model_dir not in self.adapters:  # read once per model, not per call
+            path = Path(model_dir) / LORA_DIR
+            self.adapters[model_dir] = path if self.lora and path.is_dir() else None
+        adapter = self.adapters[model_dir]
+        s = self.cfg
         if self.backend is None:
+            served = base_of(adapter) if adapter else model_dir  # with adapters, the servers hold M1 throughout
+            version = model_version(served)
             urls = s.urls
             if s.launch:
                 url = f"http://{s.host}:{s.port}"
                 self.server = Server(
-                    launch_command(model_dir, s, version), url, self.run_dir / "sglang.log", s.startup_timeout_s
+                    launch_command(served, s, version, self.lora),
+                    url,
+                    self.run_dir / "sglang.log",
+                    s.startup_timeout_s,
                 )
                 self.server.__enter__()
-                urls, self.model_dir = [url], model_dir
+                urls, self.model_dir = [url], served
             client = SGLangClient(
                 urls,
                 worker_urls=None if s.launch else s.worker_urls,
@@ -404,10 +456,36 @@ class SGLangPolicy:
                 weight_version=version if s.launch else None,
                 max_batch_rows=s.max_batch_rows,
             )
-        if self.model_dir != model_dir:
-            self.backend.update_weights(model_dir, version)  # flushes the radix cache too
+        if self.lora:
+            self._adapter(model_dir, adapter)
+        elif self.model_dir != model_dir:
+            self.backend.update_weights(model_dir, model_version(model_dir))  # flushes the radix cache too
             self.model_dir = model_dir
         return self.backend
+
+    def _adapter(self, model_dir: str, adapter: Path | None) -> None:
+        """Requests name `model_dir`'s adapter (none: the base, M1, which the servers hold)."""
+        from mrtk.backends import model_version
+        from mrtk.training.adapters import adapter_name
+
+        if adapter is None:
+            if self.model_dir is not None and _absolute(model_dir) != _absolute(self.model_dir):
+                raise MrtkError(
+                    f"sglang.weight_sync: lora: {model_dir} has no adapter (lora/) and is not the model the server holds "
+                    f"({self.model_dir}); it was trained without weight_sync: lora: use weight_sync: full"
+                )
+            self.backend.adapter = None
+            return
+        if model_dir not in self.names:  # hashed once per model, not per call
+            self.names[model_dir] = adapter_name(model_version(model_dir), adapter)
+        name = self.names[model_dir]
+        first = name not in self.backend.loaded
+        seconds = self.backend.use_adapter(name, adapter)
+        if first:
+            size = sum(f.stat().st_size for f in adapter.iterdir()) / 2**20
+            self.info(
+                f"{model_version(model_dir)} on the servers as LoRA adapter {name} ({size:.1f} MiB, {seconds:.2f} s)"
+            )
 
     def release(self) -> None:
         """The server's GPU memory goes to training (it keeps its weights)."""

@@ -169,6 +169,18 @@ class SGLangClient:
             return answers
         return self._retrying(self.urls[0], path, body, method)
 
+    def each_worker(self, path: str, body: dict) -> list[tuple[str, object]]:
+        """`path` to every live worker once (transient errors retried): (worker, its answer, or the text
+        of its refusal). For control calls whose refusals the caller reads (an adapter already loaded);
+        nothing is dropped here."""
+        out = []
+        for u in self._live_workers():
+            try:
+                out.append((u, self._retrying(u, path, body, None)))
+            except MrtkError as e:
+                out.append((u, str(e)))
+        return out
+
     def _drop(self, failed: list[tuple[str, Exception]], others_answered: bool) -> None:
         """Workers that did not answer a control call after every retry: where they are servers of
         their own (no router) and another answered, they are dropped as generation drops a dead

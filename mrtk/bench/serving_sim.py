@@ -22,6 +22,14 @@ model of the scheduler:
   with 503 here), `/resume_memory_occupation`, `/update_weights_from_disk` (HTTP 400 with
   success false when the path does not exist; the weight version changes the texts),
   `/flush_cache` (PLAIN TEXT, http_server.py:1025-1040).
+- LoRA adapters (`enable_lora`, --enable-lora): `POST /load_lora_adapter` {lora_name, lora_path}
+  (http_server.py:1652-1660, LoadLoRAAdapterReqInput io_struct.py:2516) answers LoRAUpdateOutput
+  {success, error_message, loaded_adapters} (io_struct.py:2572), HTTP 400 with success false when
+  LoRA is not enabled (tokenizer_control_mixin.py:667-670) or the name is already loaded
+  (lora_manager.py:354-359); `/generate`'s `lora_path` names a loaded adapter for every input
+  (io_struct.py:635-643), an unknown one is HTTP 400 (tokenizer_manager.py:3765-3770), and without
+  --enable-lora any is (tokenizer_manager.py:3729-3740); the adapter changes the texts, and the
+  radix cache keeps each adapter's prefixes apart.
 
 The latency model: `slots` sequences decode together, one token each per step of `step_s`
 (the whole batch, as continuous batching does); a step also pays `prefill_s_per_token` for every
@@ -277,6 +285,7 @@ class SimServer(Served):
         version: str = "0.5.23",
         dp_size: int = 1,
         model_path: str = "sim",
+        enable_lora: bool = False,
     ):
         self.model, self.weight_version, self.deterministic, self.version = (
             model,
@@ -285,6 +294,8 @@ class SimServer(Served):
             version,
         )
         self.dp_size, self.model_path = dp_size, model_path
+        self.enable_lora, self.adapters = enable_lora, {}  # adapter name -> its path
+        self.lora_samples: dict[str | None, int] = {}  # samples generated per adapter named (None: the base)
         self.released = False
         self.cond = threading.Condition()
         self.waiting: deque[_Entry] = deque()
@@ -345,9 +356,10 @@ class SimServer(Served):
             time.sleep(max(0.0, t0 + step - time.monotonic()))
             self.busy_s += time.monotonic() - t0
 
-    def _blocks(self, ids: list[int]) -> list[tuple[int, int]]:
-        """(chained hash, tokens) per radix-cache block of a prompt; a partial last block has hash 0 (never cached)."""
-        b, h, out = self.model.block, 0, []
+    def _blocks(self, ids: list[int], lora: str | None = None) -> list[tuple[int, int]]:
+        """(chained hash, tokens) per radix-cache block of a prompt (each adapter's apart); a partial last
+        block has hash 0 (never cached)."""
+        b, h, out = self.model.block, hash(lora), []
         for start in range(0, len(ids), b):
             block = ids[start : start + b]
             h = hash((h, tuple(block)))
@@ -395,8 +407,10 @@ class SimServer(Served):
         }
 
     def handle(self, path: str, body):
-        if path in MEMORY or path == "/update_weights_from_disk":
+        if path in MEMORY or path in ("/update_weights_from_disk", "/load_lora_adapter"):
             self.log.append((path, body))  # the control calls, as the other stand-ins record them
+        if path == "/load_lora_adapter":
+            return self.load_lora_adapter(body)
         if path in COMMON:
             return common_call(self, path)
         if path in ("/server_info", "/get_server_info"):
@@ -435,8 +449,26 @@ class SimServer(Served):
                 "cpu_s": time.process_time(),
             }
 
+    def load_lora_adapter(self, body: dict) -> tuple[int, dict]:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not self.enable_lora:
+            error = "LoRA is not enabled. Please set `--enable-lora` to enable LoRA."
+        elif name in self.adapters:
+            error = f"Failed to load LoRA adapter {name} because it is already loaded"
+        elif not Path(str(path)).exists():
+            error = f"LoRA adapter path {path} not found"
+        else:
+            self.adapters[name] = path
+            return 200, {"success": True, "error_message": None, "loaded_adapters": dict(self.adapters)}
+        return 400, {"success": False, "error_message": error, "loaded_adapters": None}
+
     # -- /generate -------------------------------------------------------------------------
     def generate(self, body):
+        lora = body.get("lora_path") if isinstance(body, dict) else None
+        if lora is not None and not self.enable_lora:
+            raise BadRequest(f"LoRA adapter '{lora}' was requested, but LoRA is not enabled.")
+        if lora is not None and lora not in self.adapters:
+            raise BadRequest(f"Got LoRA adapter that has never been loaded: {lora}")
         inputs, sps, single = generate_inputs(body, lambda t: [ord(c) % 50000 for c in t])
         rngs, entries, answers = [], [], []
         for i, (ids, sp) in enumerate(zip(inputs, sps)):
@@ -448,11 +480,13 @@ class SimServer(Served):
                 else:  # sampling_seed ignored without --enable-deterministic-inference
                     seed = random.randrange(2**31)
                 digest = hashlib.blake2b(
-                    json.dumps([ids, seed, self.weight_version, sp.get("regex")]).encode(), digest_size=8
+                    json.dumps([ids, seed, self.weight_version, lora, sp.get("regex")]).encode(), digest_size=8
                 ).digest()
                 rngs.append((i, j, random.Random(int.from_bytes(digest, "big"))))
         batch = _Batch(len(rngs))
-        blocks = [self._blocks(ids) for ids in inputs]
+        with self.cond:
+            self.lora_samples[lora] = self.lora_samples.get(lora, 0) + len(rngs)
+        blocks = [self._blocks(ids, lora) for ids in inputs]
         for i, j, rng in rngs:
             sp = sps[i]
             length = 1 if sp.get("regex") else self.model.length(rng, int(sp.get("max_new_tokens", 128)))

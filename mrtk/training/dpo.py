@@ -18,6 +18,7 @@ from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template, judge_prompt
+from mrtk.training import adapters
 from mrtk.training.recipe import (
     accumulation,
     fit_and_merge,
@@ -140,11 +141,13 @@ def train_dpo(
     run_name: str | None = None,
     tracker_dir: Path | None = None,
     sharded_save_to: Path | None = None,
+    lora_to: Path | None = None,
     tag: str = "",
 ):
     """examples ({pair_id, prompt, chosen, rejected} in chat format) -> (merged model, tokenizer, metric rows, stats).
     `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there.
-    `tag` names a second DPO of the same iteration in the trackers (`-F<t+1>`, the temporary next model)."""
+    `tag` names a second DPO of the same iteration in the trackers (`-F<t+1>`, the temporary next model).
+    `lora_to`: where the adapter M1 -> M_{t+1} is saved before the merge (sglang.weight_sync: lora)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     if cfg.report_to and tracker_dir is not None:  # TensorBoardCallback reads its directory from here
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tracker_dir) / f"dpo_it{iteration}{tag}")
@@ -198,7 +201,7 @@ def train_dpo(
         raise MrtkError(
             f"train: TRL kept {len(trainer.train_dataset)} of {len(examples)} pairs; refusing to train on a silently shrunk set"
         )
-    merged, seconds = fit_and_merge(trainer)
+    merged, seconds = fit_and_merge(trainer, None if lora_to is None else lambda m: _save_stack(m, model_dir, lora_to))
     if sharded_save_to is not None:  # gathers ZeRO-3 / FSDP shards into one directory (collective: every rank calls it)
         trainer.save_model(str(sharded_save_to))
         if trainer.accelerator.is_main_process:
@@ -214,3 +217,10 @@ def train_dpo(
         "pairs_reversed": reverse,  # TRL's reward metrics are then the reversed pairs'
     }
     return merged, tokenizer, metrics, stats
+
+
+def _save_stack(peft_model, model_dir: str, path: Path) -> None:
+    """This iteration's adapter stacked on M_t's (M1 -> M_{t+1}; see adapters.py), saved at `path`."""
+    previous = adapters.previous_stack(model_dir)
+    new = adapters.trained(peft_model, model_dir if previous is None else previous.base)
+    adapters.stacked(previous, new).save(path)

@@ -70,14 +70,17 @@ def quiet(trainer_cls):
     return trainer_cls
 
 
-def fit_and_merge(trainer):
+def fit_and_merge(trainer, before_merge=None):
     """Train, then fold a LoRA adapter into the weights: the next model is a plain model (a full
-    fine-tune already is one)."""
+    fine-tune already is one). `before_merge(model)` sees the trained model while its adapter is
+    still apart (the stacked adapter for servers that load adapters is read there)."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     t0 = time.time()
     trainer.train()
+    if before_merge is not None:
+        before_merge(trainer.model)
     merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
     faults.point("train.merge")
     merged.eval()

@@ -57,10 +57,12 @@ def train_iteration(
     run_dir: Path,
     out: Path,
     ui,
+    lora_stack: bool = False,
 ) -> tuple[list[dict], dict]:
     """DPO for one iteration, M_t -> M_{t+1} saved at `out`: in this process, or under
     `accelerate launch` when `train.num_processes` > 1 or `train.accelerate_config` names a
-    config (the workers save the model). Returns (per-step metrics, stats)."""
+    config (the workers save the model). `lora_stack`: the adapter M1 -> M_{t+1} is saved in the
+    model directory too (`<out>/lora`, sglang.weight_sync: lora). Returns (per-step metrics, stats)."""
     from mrtk.hardware import release_memory
     from mrtk.models import save_model
     from mrtk.training import dpo as train
@@ -88,6 +90,7 @@ def train_iteration(
                 "tag": tag,
                 "tracker_dir": str(tracker_dir),
                 "result_path": str(work / "result.json"),
+                "lora_stack": lora_stack,
             },
             work,
             cmd,
@@ -109,8 +112,9 @@ def train_iteration(
             run_name=run_dir.name,
             tracker_dir=tracker_dir,
             tag=tag,
+            lora_to=work / "lora" if lora_stack else None,
         )
-    save_model(model, tok, out)
+    save_model(model, tok, out, extra={"lora": work / "lora"} if lora_stack else None)
     del model
     release_memory()  # before a server takes its GPU memory back
     return metrics, stats
@@ -134,10 +138,12 @@ def main(spec_path: str) -> None:
         tag=spec.get("tag", ""),
         tracker_dir=Path(spec["tracker_dir"]) if spec.get("tracker_dir") else None,
         sharded_save_to=Path(spec["out"]) if sharded() else None,
+        lora_to=Path(spec["work_dir"]) / "lora" if spec.get("lora_stack") else None,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         if not sharded():  # a sharded run saved the consolidated model inside train_dpo, every rank taking part
-            save_model(model, tok, Path(spec["out"]))
+            lora = {"lora": Path(spec["work_dir"]) / "lora"} if spec.get("lora_stack") else None
+            save_model(model, tok, Path(spec["out"]), extra=lora)
         Path(spec["result_path"]).write_text(json.dumps({"metrics": metrics, "stats": stats}))
 
 
