@@ -304,6 +304,7 @@ class SimServer(Served):
         self.tokens = self.steps = self.prefilled = 0
         self.busy_s = 0.0
         self.requests: list[list] = []  # [path, samples, arrived, answered] per /generate, in arrival order
+        self.open_requests = 0  # /generate requests arrived and not yet answered
         self.log: list[tuple[str, dict | None]] = []  # control calls (weights, memory), as the other stand-ins
         self.stopped = False
         self.die_after: int | None = None  # stop (as a killed server) when this many /generate requests have arrived
@@ -445,6 +446,8 @@ class SimServer(Served):
                 "capacity": self.model.capacity,
                 "model": asdict(self.model),
                 "requests": len(self.requests),
+                "open_requests": self.open_requests,
+                "open_entries": len(self.waiting) + len(self.running),
                 "now": time.monotonic(),
                 "cpu_s": time.process_time(),
             }
@@ -499,11 +502,14 @@ class SimServer(Served):
             ):  # dying: no new work
                 return None, None
             self.requests.append(record)
+            self.open_requests += 1
             self.waiting.extend(entries)
             self.cond.notify_all()
             if self.die_after is not None and len(self.requests) >= self.die_after:
                 threading.Thread(target=self.stop, daemon=True).start()
         batch.done.wait()
+        with self.cond:
+            self.open_requests -= 1
         if batch.error:
             return None, None
         record[3] = time.monotonic()
