@@ -404,7 +404,7 @@ class SGLangPolicy:
             on_serving,
         )
         self.lora = lora  # sglang.weight_sync: lora: (the largest stacked rank, the target modules)
-        self.names: dict[str, str] = {}  # model dir -> the name its adapter is loaded under
+        self.names: dict[str, str | None] = {}  # model dir -> the name its adapter is loaded under (None: the base)
         self.adapters: dict[str, Path | None] = {}  # model dir -> its adapter (with self.lora), or None
         self.backend: SGLangBackend | None = None
         self.model_dir: str | None = None
@@ -468,16 +468,16 @@ class SGLangPolicy:
         from mrtk.backends import model_version
         from mrtk.training.adapters import adapter_name
 
-        if adapter is None:
-            if self.model_dir is not None and _absolute(model_dir) != _absolute(self.model_dir):
+        if model_dir not in self.names:  # checked and hashed once per model, not per call
+            if adapter is None and self.model_dir is not None and _absolute(model_dir) != _absolute(self.model_dir):
                 raise MrtkError(
                     f"sglang.weight_sync: lora: {model_dir} has no adapter (lora/) and is not the model the server holds "
                     f"({self.model_dir}); it was trained without weight_sync: lora: use weight_sync: full"
                 )
+            self.names[model_dir] = adapter and adapter_name(model_version(model_dir), adapter)
+        if self.names[model_dir] is None:
             self.backend.adapter = None
             return
-        if model_dir not in self.names:  # hashed once per model, not per call
-            self.names[model_dir] = adapter_name(model_version(model_dir), adapter)
         name = self.names[model_dir]
         first = name not in self.backend.loaded
         seconds = self.backend.use_adapter(name, adapter)

@@ -39,6 +39,7 @@ class EvalJudging:
     n: int | None = None
     verdict: str | None = None  # pairwise templates: hard or soft, else the run's judge.verdict
     job: judge_stage.Judging = field(init=False)
+    questions: dict[str, str] = field(init=False)  # example id -> question, read by every chunk
 
     def __post_init__(self) -> None:
         cfg = with_template_sampling(self.judge_cfg, self.template)
@@ -47,15 +48,13 @@ class EvalJudging:
         if self.verdict is not None:
             cfg = cfg.model_copy(update={"verdict": self.verdict})
         self.job = judge_stage.Judging(self.template, cfg, source="eval", model_version=self.version)
+        self.questions = {p["example_id"]: p["question"] for p in self.pairs} | {
+            x["example_id"]: x["question"] for x in self.lists
+        }
 
     @property
     def label(self) -> str:
         return f"{self.template.name}:{self.job.cfg.score_mode}:{self.version}"
-
-    def questions(self) -> dict[str, str]:
-        return {p["example_id"]: p["question"] for p in self.pairs} | {
-            x["example_id"]: x["question"] for x in self.lists
-        }
 
     def answers(self) -> list[dict]:
         """Both answers of every pair; every reply of every ranked list when the judge scores (ranked
@@ -82,7 +81,7 @@ class EvalJudging:
     def judge(self, backend, units: list, run_seed: int, on_progress=None) -> list[dict]:
         """`units` judged by `backend`: eval_items rows, each with its raw text."""
         out = self.job.run(
-            backend, units, self.questions(), iteration=self.iteration, run_seed=run_seed, on_progress=on_progress
+            backend, units, self.questions, iteration=self.iteration, run_seed=run_seed, on_progress=on_progress
         )
         return [_item(self.job, r, self.name, self.iteration, self.label) for r in out]
 
