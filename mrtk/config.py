@@ -219,6 +219,12 @@ class TrainCfg(_Section):
         description="LoRA adapter trained and merged each iteration; null: full fine-tuning "
         "(the paper's; the DPO reference is then a frozen copy of M_t, or precomputed log-probs).",
     )
+    trainer: Literal["auto", "mrtk", "trl"] = Field(
+        "auto",
+        description="Who runs DPO: mrtk (its own step: each pair one packed sequence, logits only on completion tokens, "
+        "reference log-probs in one pass; LoRA, sigmoid loss, one process, no trackers), trl (TRL's DPOTrainer: every "
+        "loss type, full fine-tuning, accelerate launches, trackers), auto (mrtk where it applies, else trl).",
+    )
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
     precompute_ref_log_probs: bool | None = Field(
         None,
@@ -291,6 +297,32 @@ class TrainCfg(_Section):
     def launched(self) -> bool:
         """DPO runs under `accelerate launch` (several processes, or an accelerate config), not in this process."""
         return self.num_processes > 1 or bool(self.accelerate_config)
+
+    def own_step_blocked(self) -> str | None:
+        """None when mrtk's own DPO step (training/packed_dpo.py) can train this section, else why not."""
+        if self.lora is None:
+            return "it trains a LoRA adapter (train.lora is null: full fine-tuning)"
+        if list(self.loss_type) != ["sigmoid"]:
+            return f"it trains the sigmoid loss alone (train.loss_type is {list(self.loss_type)})"
+        if self.launched:
+            return "it runs in one process (train.num_processes or accelerate_config launches several)"
+        if self.report_to:
+            return "it sends no curves to trackers (train.report_to is set)"
+        if self.precompute_ref_log_probs is False:
+            return "it computes the reference log-probs once, before training (train.precompute_ref_log_probs is false)"
+        return None
+
+    @property
+    def own_step(self) -> bool:
+        """DPO runs mrtk's own step: `trainer: mrtk`, or `auto` where it applies."""
+        return self.trainer == "mrtk" or (self.trainer == "auto" and self.own_step_blocked() is None)
+
+    @model_validator(mode="after")
+    def _trainer_applies(self):
+        why = self.own_step_blocked() if self.trainer == "mrtk" else None
+        if why:
+            raise ValueError(f"train.trainer mrtk cannot train this: {why}; set train.trainer: trl (or auto)")
+        return self
 
 
 class SftCfg(_Section):

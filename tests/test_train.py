@@ -55,7 +55,7 @@ def test_distributed_dpo_worker_trains_saves_and_reports(model_dir, tmp_path):
         "iteration": 1,
         "seed": 0,
         "device": "cpu",
-        "train": TrainCfg(epochs=[1], batch_size=2, micro_batch_size=2).model_dump(mode="json"),
+        "train": TrainCfg(epochs=[1], batch_size=2, micro_batch_size=2, trainer="trl").model_dump(mode="json"),
         "work_dir": str(tmp_path / "w"),
         "out": str(tmp_path / "M2"),
         "result_path": str(tmp_path / "result.json"),
@@ -109,10 +109,13 @@ def test_batch_size_the_processes_cannot_reach_is_refused():
         validate_config({"train": {"batch_size": 32, "micro_batch_size": 2, "num_processes": 3}})
 
 
-def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "trainer", [{"trainer": "trl", "precompute_ref_log_probs": False}, {"trainer": "mrtk"}], ids=["trl", "mrtk"]
+)
+def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path, trainer):
     """The paper's schedule: a 10-epoch cosine, the checkpoint taken at epoch 6 (here 3 of 5, the
     same rule in fewer real DPO steps). The learning rates logged in train_metrics are the first
-    60% of the longer cosine, not a 3-epoch one decaying to 0."""
+    60% of the longer cosine, not a 3-epoch one decaying to 0: through TRL and through mrtk's own step."""
     import math
 
     from mrtk.training.dpo import train_dpo
@@ -124,7 +127,7 @@ def test_schedule_spans_more_epochs_than_trained(model_dir, tmp_path):
         micro_batch_size=2,
         lr=1e-4,
         gradient_checkpointing=False,
-        precompute_ref_log_probs=False,
+        **trainer,
     )
     _, _, metrics, stats = train_dpo(
         model_dir, [example("a", 3), example("b", 4)], cfg, iteration=1, seed=0, device="cpu", work_dir=tmp_path
@@ -147,7 +150,14 @@ def test_two_process_launch_takes_the_same_optimizer_steps(model_dir, tmp_path):
     (tmp_path / "ex.json").write_text(json.dumps([example(f"p{i}", 3 + i) for i in range(8)]))
     steps = {}
     for procs in (1, 2):
-        cfg = TrainCfg(epochs=[1], batch_size=4, micro_batch_size=1, num_processes=procs, gradient_checkpointing=False)
+        cfg = TrainCfg(
+            epochs=[1],
+            batch_size=4,
+            micro_batch_size=1,
+            num_processes=procs,
+            gradient_checkpointing=False,
+            trainer="trl",
+        )
         w = tmp_path / f"p{procs}"
         spec = {
             "model_dir": model_dir,

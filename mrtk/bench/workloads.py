@@ -353,8 +353,9 @@ def llama_cpp_batch1(prompt: str, new_tokens: int) -> dict:
 
 
 def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: bool, cfg) -> Result:
-    """One epoch on 32 pairs (8 in --quick): mrtk's DPO set-up (`cfg`, a train section) vs TRL's
-    DPOConfig defaults, same LoRA."""
+    """One epoch on 32 pairs (8 in --quick): mrtk's DPO set-up (`cfg`, a train section: its own step
+    where `train.trainer` picks it) vs TRL's DPOConfig defaults, same LoRA. The loss is the same on both
+    sides (tests/test_packed_dpo.py)."""
     import tempfile
 
     from datasets import Dataset
@@ -413,8 +414,9 @@ def _bench_dpo(model_dir: str, pool: list[str], responses: list[str], quick: boo
         None,
         mb,
         mb_b,
-        f"{'bf16 autocast' if training.use_bf16(cfg.bf16, 'cpu') else 'fp32'}, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
-        "reference per step (1 epoch) vs TRL defaults (fp32, 8 pairs per pass)",
+        f"{'mrtk step (packed pairs)' if cfg.own_step else 'TRL'}, "
+        f"{'bf16 autocast' if training.use_bf16(cfg.bf16, 'cpu') else 'fp32'}, {cfg.micro_batch_size} pair(s) per pass, checkpointing {'on' if cfg.gradient_checkpointing else 'off'} "
+        "vs TRL's DPOConfig defaults (fp32, 8 pairs per pass, checkpointing on)",
     )
 
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from mrtk.config import TrainCfg, at
 from mrtk.errors import MrtkError
 from mrtk.models import chat_token_ids, load_for_training
 from mrtk.prompts import Template, judge_prompt
-from mrtk.training import adapters
+from mrtk.training import adapters, packed_dpo
 from mrtk.training.recipe import (
     accumulation,
     fit_and_merge,
     lora_config,
+    merge,
     metrics_callback,
     quiet,
     stop_after_epochs,
@@ -148,6 +150,10 @@ def train_dpo(
     `sharded_save_to`: under DeepSpeed ZeRO-3 / FSDP, every rank saves the consolidated model there.
     `tag` names a second DPO of the same iteration in the trackers (`-F<t+1>`, the temporary next model).
     `lora_to`: where the adapter M1 -> M_{t+1} is saved before the merge (sglang.weight_sync: lora)."""
+    if cfg.own_step:
+        return _train_packed(
+            model_dir, examples, cfg, iteration=iteration, seed=seed, device=device, on_step=on_step, lora_to=lora_to
+        )
     os.environ.setdefault("TQDM_DISABLE", "1")
     if cfg.report_to and tracker_dir is not None:  # TensorBoardCallback reads its directory from here
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tracker_dir) / f"dpo_it{iteration}{tag}")
@@ -215,6 +221,35 @@ def train_dpo(
         "label_smoothing": cfg.label_smoothing,
         "label_smoothing_applied": 1.0 - smoothing if reverse else smoothing,
         "pairs_reversed": reverse,  # TRL's reward metrics are then the reversed pairs'
+        "trainer": "trl",
+    }
+    return merged, tokenizer, metrics, stats
+
+
+def _train_packed(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration, seed, device, on_step, lora_to):
+    """train_dpo through mrtk's own step (packed_dpo.py): the same LoRA, seed, schedule and merge."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    model, tokenizer = load_for_training(model_dir, device)
+    set_seed(seed % (2**31))
+    peft_model = get_peft_model(model, lora_config(cfg.lora))
+    bf16 = use_bf16(cfg.bf16, device)
+    t0 = time.time()
+    metrics, stats = packed_dpo.fit(
+        peft_model, tokenizer, examples, cfg, iteration=iteration, seed=seed, device=device, bf16=bf16, on_step=on_step
+    )
+    merged = merge(peft_model, None if lora_to is None else lambda m: _save_stack(m, model_dir, lora_to))
+    stats = {
+        "pairs_trained": len(examples),
+        "epochs": at(cfg.epochs, iteration),
+        "steps": stats["steps"],
+        "train_seconds": time.time() - t0,
+        "bf16": bf16,
+        "label_smoothing": cfg.label_smoothing,
+        "label_smoothing_applied": cfg.label_smoothing,
+        "pairs_reversed": False,  # (1 - e) A + e B is trained as it is, for any e
+        "trainer": "mrtk",
     }
     return merged, tokenizer, metrics, stats
 

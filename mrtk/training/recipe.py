@@ -79,12 +79,18 @@ def fit_and_merge(trainer, before_merge=None):
     trainer.remove_callback(PrinterCallback)
     t0 = time.time()
     trainer.train()
+    return merge(trainer.model, before_merge), time.time() - t0
+
+
+def merge(model, before_merge=None):
+    """The trained model as a plain model: a LoRA adapter folded into its weights (`before_merge(model)`
+    first sees it with the adapter apart); a full fine-tune already is one."""
     if before_merge is not None:
-        before_merge(trainer.model)
-    merged = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        before_merge(model)
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     faults.point("train.merge")
     merged.eval()
-    return merged, time.time() - t0
+    return merged
 
 
 def lora_config(lora):
