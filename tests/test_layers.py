@@ -30,7 +30,19 @@ LAYERS: list[tuple[str, list[str]]] = [
             "verify",
         ],
     ),
-    ("inputs", ["config", "prompts", "models", "data", "hardware", "training.recipe", "training.adapters"]),
+    (
+        "inputs",
+        [
+            "config",
+            "prompts",
+            "models",
+            "data",
+            "hardware",
+            "training.recipe",
+            "training.adapters",
+            "training.packed_dpo",
+        ],
+    ),
     ("backends", ["backends", "programs"]),
     ("stages", ["stages", "training.dpo", "training.sft"]),
     ("store", ["store", "inputs", "training.worker"]),
@@ -103,7 +115,7 @@ def test_stages_touch_neither_the_store_nor_the_evals():
     bad = [
         (a, b)
         for a, b in edges()
-        if a.startswith(("mrtk.stages", "mrtk.training.dpo", "mrtk.training.sft"))
+        if a.startswith(("mrtk.stages", "mrtk.training.dpo", "mrtk.training.packed_dpo", "mrtk.training.sft"))
         and b.startswith(("mrtk.store", "mrtk.evals"))
     ]
     assert not bad, bad
