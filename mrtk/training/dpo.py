@@ -212,18 +212,24 @@ def train_dpo(
         trainer.save_model(str(sharded_save_to))
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(sharded_save_to))
-    stats = {
+    applied = 1.0 - smoothing if reverse else smoothing
+    stats = _stats("trl", examples, cfg, epochs, trainer.state.global_step, seconds, args.bf16, applied, reverse)
+    return merged, tokenizer, metrics, stats
+
+
+def _stats(trainer, examples, cfg: TrainCfg, epochs, steps, seconds, bf16, applied, reversed_) -> dict:
+    """What a DPO step records in lineage.stats, whichever trainer ran it."""
+    return {
         "pairs_trained": len(examples),
         "epochs": epochs,
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "train_seconds": seconds,
-        "bf16": args.bf16,
+        "bf16": bf16,
         "label_smoothing": cfg.label_smoothing,
-        "label_smoothing_applied": 1.0 - smoothing if reverse else smoothing,
-        "pairs_reversed": reverse,  # TRL's reward metrics are then the reversed pairs'
-        "trainer": "trl",
+        "label_smoothing_applied": applied,
+        "pairs_reversed": reversed_,  # TRL's reward metrics are then the reversed pairs'
+        "trainer": trainer,
     }
-    return merged, tokenizer, metrics, stats
 
 
 def _train_packed(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iteration, seed, device, on_step, lora_to):
@@ -236,21 +242,13 @@ def _train_packed(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iterat
     peft_model = get_peft_model(model, lora_config(cfg.lora))
     bf16 = use_bf16(cfg.bf16, device)
     t0 = time.time()
-    metrics, stats = packed_dpo.fit(
+    metrics = packed_dpo.fit(
         peft_model, tokenizer, examples, cfg, iteration=iteration, seed=seed, device=device, bf16=bf16, on_step=on_step
     )
     merged = merge(peft_model, None if lora_to is None else lambda m: _save_stack(m, model_dir, lora_to))
-    stats = {
-        "pairs_trained": len(examples),
-        "epochs": at(cfg.epochs, iteration),
-        "steps": stats["steps"],
-        "train_seconds": time.time() - t0,
-        "bf16": bf16,
-        "label_smoothing": cfg.label_smoothing,
-        "label_smoothing_applied": cfg.label_smoothing,
-        "pairs_reversed": False,  # (1 - e) A + e B is trained as it is, for any e
-        "trainer": "mrtk",
-    }
+    epochs, seconds = at(cfg.epochs, iteration), time.time() - t0
+    # (1 - e) A + e B is trained as it is, for any e: nothing capped, nothing reversed
+    stats = _stats("mrtk", examples, cfg, epochs, len(metrics), seconds, bf16, cfg.label_smoothing, False)
     return merged, tokenizer, metrics, stats
 
 

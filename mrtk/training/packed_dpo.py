@@ -12,8 +12,8 @@ What it does differently from TRL 1.16's DPOTrainer, and why it is faster on the
 - The reference log-probabilities in one inference pass before training (adapter disabled; with
   B = 0 at the start that is M_t exactly), not a second forward in every step.
 
-What it keeps equal to TRL (tests/test_packed_dpo.py checks the loss and one optimizer step against
-TRL's on the same pairs): the prompt/completion split of the chat-templated pair (TRL's
+What it keeps equal to TRL (tests/test_packed_dpo.py checks three optimizer steps' losses, metrics
+and the adapter after them against TRL's on the same pairs): the prompt/completion split of the chat-templated pair (TRL's
 `common_prefix_length` rule, dpo_trainer.py:1075-1125), log-probs summed over completion tokens,
 -logsigmoid(beta x margin) averaged over the pairs, fused AdamW with HF's defaults (betas 0.9 /
 0.999, eps 1e-8, no decay), gradient clipping at 1.0, HF's scheduler over `schedule_epochs`, loss
@@ -29,9 +29,8 @@ refused by the config.
 from __future__ import annotations
 
 import math
-import time
+import os
 
-from mrtk import faults
 from mrtk.models import chat_token_ids
 
 # the segments of a packed row: which keys a query may see
@@ -46,17 +45,8 @@ def split_pair(tokenizer, example: dict) -> tuple[list[int], list[int], list[int
     prompt = chat_token_ids(tokenizer, example["prompt"], add_generation_prompt=True)
     chosen = chat_token_ids(tokenizer, example["prompt"] + example["chosen"])
     rejected = chat_token_ids(tokenizer, example["prompt"] + example["rejected"])
-    n = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
+    n = len(os.path.commonprefix([prompt, chosen, rejected]))
     return prompt[:n], chosen[n:], rejected[n:]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def packed_batch(triples: list[tuple[list[int], list[int], list[int]]], pad_id: int):
@@ -162,10 +152,10 @@ def fit(
     device: str,
     bf16: bool,
     on_step=None,
-) -> tuple[list[dict], dict]:
+) -> list[dict]:
     """Train the PEFT model's adapter in place on `examples` (chat-format pairs) for the iteration's
-    epochs, the schedule spanning `cfg.horizon(iteration)`. Returns (a row per optimizer step with
-    TRL's metric names, stats). The pairs are shuffled each epoch from `seed`."""
+    epochs, the schedule spanning `cfg.horizon(iteration)`. Returns a train_metrics row per optimizer
+    step (`recipe.record_step`, as TRL's steps are recorded). The pairs are shuffled each epoch from `seed`."""
     import contextlib
 
     import torch
@@ -178,7 +168,7 @@ def fit(
 
     base = peft_model.get_base_model()
     attention = base.config._attn_implementation
-    if dev_type == "cpu":  # torch 2.13's CPU sdpa with a mask runs bf16 at half eager's speed, fp32 at eager's
+    if dev_type == "cpu":  # torch 2.13's CPU sdpa with a mask: bf16 at a third of eager's speed, fp32 at eager's
         base.set_attn_implementation("eager")
     try:
         return _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast, on_step)
@@ -191,12 +181,12 @@ def _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast,
     from transformers import get_scheduler
 
     from mrtk.config import at
-    from mrtk.training.recipe import accumulation
+    from mrtk.training.recipe import accumulation, record_step
 
     micro, accum = cfg.micro_batch_size, accumulation(cfg.batch_size, cfg.micro_batch_size, 1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))  # like lengths share a pass
-    ref_batches = [order[i : i + REF_PAIRS] for i in range(0, len(order), REF_PAIRS)]
+    by_length = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))  # like lengths share a pass
+    ref_batches = [by_length[i : i + REF_PAIRS] for i in range(0, len(by_length), REF_PAIRS)]
     ref = reference_logps(
         peft_model, [packed_batch([triples[i] for i in b], pad) for b in ref_batches], device, autocast
     )
@@ -218,14 +208,12 @@ def _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast,
     peft_model.train()
     gen = torch.Generator().manual_seed(seed % (2**31))
     rows: list[dict] = []
-    step, t0 = 0, time.time()
     for epoch in range(epochs):
         order = torch.randperm(len(triples), generator=gen).tolist()
         micros = [order[i : i + micro] for i in range(0, len(order), micro)]
         for g in range(groups_per_epoch):
             group = micros[g * accum : (g + 1) * accum]
-            sums: dict[str, float] = {}
-            loss_sum = 0.0
+            logs = {"loss": 0.0, "epoch": epoch + (g + 1) / groups_per_epoch}
             for idx in group:
                 with autocast():
                     chosen, rejected = pair_logps(peft_model, packed_batch([triples[i] for i in idx], pad), device)
@@ -233,35 +221,15 @@ def _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast,
                     chosen.float(), rejected.float(), ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing
                 )
                 (loss.mean() / len(group)).backward()
-                loss_sum += loss.mean().item() / len(group)
+                metrics["loss"] = loss.detach()
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v.mean().item() / len(group)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-            lr = opt.param_groups[0]["lr"]
+                    logs[k] = logs.get(k, 0.0) + v.mean().item() / len(group)
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+            logs["learning_rate"] = opt.param_groups[0]["lr"]  # the rate this step used, as TRL logs it
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
-            rows.append(
-                {
-                    "iteration": iteration,
-                    "step": step,
-                    "epoch": epoch + (g + 1) / groups_per_epoch,
-                    "loss": loss_sum,
-                    "reward_margin": sums["rewards/margins"],
-                    "reward_accuracy": sums["rewards/accuracies"],
-                    "reward_chosen": sums["rewards/chosen"],
-                    "reward_rejected": sums["rewards/rejected"],
-                    "logp_chosen": sums["logps/chosen"],
-                    "logp_rejected": sums["logps/rejected"],
-                    "learning_rate": lr,
-                    "grad_norm": grad_norm,
-                    "logged_at": time.time(),
-                }
-            )
-            faults.point("train.step")
-            if on_step:
-                on_step()
+            record_step(rows, iteration, len(rows) + 1, logs, on_step)
     if cfg.gradient_checkpointing:
         peft_model.get_base_model().gradient_checkpointing_disable()
-    return rows, {"steps": step, "train_seconds": time.time() - t0}
+    return rows

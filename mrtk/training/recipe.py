@@ -116,28 +116,34 @@ def metrics_callback(sink: list[dict], iteration: int, on_step=None):
     class Record(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                sink.append(
-                    {
-                        "iteration": iteration,
-                        "step": state.global_step,
-                        "epoch": logs.get("epoch"),
-                        "loss": logs.get("loss"),
-                        "reward_margin": logs.get("rewards/margins"),
-                        "reward_accuracy": logs.get("rewards/accuracies"),
-                        "reward_chosen": logs.get("rewards/chosen"),
-                        "reward_rejected": logs.get("rewards/rejected"),
-                        "logp_chosen": logs.get("logps/chosen"),
-                        "logp_rejected": logs.get("logps/rejected"),
-                        "learning_rate": logs.get("learning_rate"),
-                        "grad_norm": logs.get("grad_norm"),
-                        "logged_at": time.time(),
-                    }
-                )
-                faults.point("train.step")
-                if on_step:
-                    on_step()
+                record_step(sink, iteration, state.global_step, logs, on_step)
 
     return Record()
+
+
+def record_step(sink: list[dict], iteration: int, step: int, logs: dict, on_step=None) -> None:
+    """Append one train_metrics row, from a step's logs under TRL's names (`rewards/margins`, ...),
+    to `sink`; then the step's fault point and `on_step`. Both DPO trainers record through it."""
+    sink.append(
+        {
+            "iteration": iteration,
+            "step": step,
+            "epoch": logs.get("epoch"),
+            "loss": logs.get("loss"),
+            "reward_margin": logs.get("rewards/margins"),
+            "reward_accuracy": logs.get("rewards/accuracies"),
+            "reward_chosen": logs.get("rewards/chosen"),
+            "reward_rejected": logs.get("rewards/rejected"),
+            "logp_chosen": logs.get("logps/chosen"),
+            "logp_rejected": logs.get("logps/rejected"),
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "logged_at": time.time(),
+        }
+    )
+    faults.point("train.step")
+    if on_step:
+        on_step()
 
 
 def stop_after_epochs(epochs: int):
