@@ -450,6 +450,12 @@ class SGLangCfg(_Section):
         "lora: launched servers get --enable-lora; attached ones must run with --enable-lora, --max-lora-rank "
         "at least train.lora.r x iterations and --lora-target-modules covering train.lora.targets.",
     )
+    stream_stages: bool = Field(
+        True,
+        description="Stream an iteration's actor, judge and meta-judge into each other: a prompt's samples are "
+        "judged as soon as they return, its picked response's battles start once its judgements are in, and "
+        "the three share the servers' window (same rows as false, which runs them one after another).",
+    )
 
 
 class ProbeCfg(_Section):
@@ -555,6 +561,11 @@ class RunConfig(_Section):
                     "sglang.weight_sync: lora loads adapters on each server, which SGLang refuses with dp_size > 1 and "
                     "mrtk does not send through a gateway (smg); use weight_sync: full"
                 )
+        if not self.sglang.stream_stages and self.backend != "sglang":
+            raise ValueError(
+                "sglang.stream_stages applies to backend sglang (an in-process backend runs its stages one by one); "
+                "drop it or set backend: sglang"
+            )
         for it in self.pairs.judge_iterations:
             if not 1 <= it <= self.iterations:
                 raise ValueError(f"pairs.judge_iterations: {it} is not an iteration of this run (1..{self.iterations})")

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrtk import evaluate
+from mrtk import evaluate, stream
 from mrtk.evals import truth
 from mrtk.backends import open_policy
 from mrtk.data import prompts_for_iteration
@@ -122,6 +122,69 @@ class Loop:
         return Iteration(it, model, prompts, questions, self.cfg.train.label_smoothing)
 
     # -- the steps of an iteration (STEPS, at the end of the class, gives their order) ------------
+    def _step_stream(self, s: Iteration) -> None:
+        """sglang.stream_stages, on a served backend: steps 1-3's rows made as one stream (stream.py), a
+        prompt judged as soon as its samples return, its battles once its judgements are in. The steps
+        below find the rows in place and do the rest (the Elo). The verifier's and the pairwise judge's
+        iterations run staged."""
+        job = self._judging(s.prompts)
+        if not (
+            self.cfg.backend == "sglang"
+            and self.cfg.sglang.stream_stages
+            and isinstance(job, judge.Judging)
+            and job.scores
+            and self.policy.use(s.model).window() > 0
+        ):
+            return
+        it, cfg, use = s.it, self.cfg, lambda: self.policy.use(s.model)
+        kw = {"iteration": it, "run_seed": cfg.seed, "model_version": f"M{it}"}
+
+        def pick(responses: list[dict], judgements: list[dict]) -> str | None:
+            picks = meta_judge.pick_responses(
+                responses, judgements, run_seed=cfg.seed, iteration=it, require_variance=cfg.meta_judge.require_variance
+            )
+            return picks[responses[0]["prompt_id"]][0]
+
+        meta = it in cfg.pairs.judge_iterations
+        st = stream.IterationStream(
+            job,
+            pick,
+            meta,
+            judged=self.store.judged_ids(job.table, it, job.key),
+            fought=self.store.meta_judged(it, self.t.meta_judge.hash),
+        )
+        flows = [
+            stream.Flow(
+                "actor",
+                "responses",
+                cfg.actor.k,
+                lambda items, go: actor.run_actor(use(), items, cfg.actor, self.t.actor, on_progress=go, **kw),
+                lambda p: p["prompt_id"],
+                st.after_actor,
+            ),
+            stream.Flow(
+                "judge",
+                job.table,
+                job.n,
+                lambda units, go: job.run(use(), units, s.questions, on_progress=go, **kw),
+                lambda u: u["prompt_id"],
+                st.after_judge,
+            ),
+            stream.Flow(
+                "meta_judge",
+                "meta_judgements",
+                1,
+                lambda fights, go: meta_judge.run_meta_judge(
+                    use(), fights, s.questions, st.texts, cfg.meta_judge, self.t.meta_judge, on_progress=go, **kw
+                ),
+                lambda f: f[0]["prompt_id"],
+                group=meta_judge.battle_group,
+            ),
+        ][: 3 if meta else 2]
+        start = st.start(s.prompts, self.store.responses(it), self.store.loop_judgements(it, job.key))
+        label = f"it{it} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
+        stream.run_flows(self.store, self.ui, it, label, flows, start[: len(flows)], use().window())
+
     def _step_actor(self, s: Iteration) -> None:
         """1. actor: K responses to each prompt."""
         with self.store.stage(s.it, "actor", release_memory):
@@ -682,6 +745,7 @@ class Loop:
     # paper, each gated inside its own step (one that does not act returns at once, leaving the
     # Iteration's neutral values). A new switch is its step and a line here; _run does not change.
     STEPS = (
+        _step_stream,  # served backends: 1-3 below as one stream, each prompt through them as soon as it can
         _step_actor,  # 1. K responses to each prompt
         _step_anchors,  # pairs.rejected_from: initial -- M1's samples, judged by M_t
         _step_judge,  # 2. N judgements of each distinct response

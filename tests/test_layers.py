@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("backends", ["backends", "programs"]),
     ("stages", ["stages", "training.dpo", "training.sft"]),
     ("store", ["store", "inputs", "training.worker"]),
-    ("runs", ["runs", "lanes", "present.summary", "plan"]),
+    ("runs", ["runs", "lanes", "stream", "present.summary", "plan"]),
     ("read side", ["evals", "present.compare", "present.report", "rejudge", "eft"]),
     ("composers", ["evaluate", "loop", "present.study", "bench", "cli"]),
 ]

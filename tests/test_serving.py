@@ -45,6 +45,7 @@ def served(urls: list[str], **sglang) -> dict:
 
 
 def run_loop(tmp_path, raw: dict):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     inputs = check_inputs(validate_config(raw), tmp_path)
@@ -125,6 +126,34 @@ def test_two_iteration_run_keeps_both_servers_busy(two, tmp_path):
     assert rows(db, "SELECT serving->>'windows' IS NOT NULL FROM runs") == [(True,)]
 
 
+def test_streamed_stages_equal_the_staged_run_and_overlap(two, tmp_path):
+    """issue 33 item 1: with the stages streaming into each other (the default), a run's rows equal
+    those of the same run with its stages one after another (sglang.stream_stages: false), table by
+    table; the judge stage starts before the actor stage ends and the meta-judge before the judge's end,
+    and each stage row is done with its own start and end."""
+    from conftest import snapshot
+
+    a, b = two
+    streamed = run_loop(tmp_path / "streamed", served([a.url, b.url]))
+    staged = run_loop(tmp_path / "staged", served([a.url, b.url], stream_stages=False))
+    one, other = (x.run_dir / "mrtk.duckdb" for x in (streamed, staged))
+    check_complete(one, SERVED)
+    assert snapshot(one) == snapshot(other)
+    assert rows(one, "SELECT count(*) FROM meta_judgements")[0][0] > 0
+
+    def spans(db):
+        got = rows(db, "SELECT iteration, stage, status, started_at, finished_at FROM stages")
+        return {(it, st): (status, start, end) for it, st, status, start, end in got}
+
+    for db, overlapping in ((one, True), (other, False)):
+        s = spans(db)
+        for it in (1, 2):
+            assert all(s[it, st][0] == "done" for st in ("actor", "judge", "meta_judge"))
+            assert (s[it, "judge"][1] < s[it, "actor"][2]) is overlapping
+            assert (s[it, "meta_judge"][1] < s[it, "judge"][2]) is overlapping
+            assert s[it, "actor"][1] <= s[it, "judge"][1] <= s[it, "meta_judge"][1]
+
+
 def test_a_server_killed_mid_stage_leaves_the_stage_to_the_other(two, tmp_path):
     a, b = two
     a.die_after = 3  # gone during the actor stage, requests in flight unanswered
@@ -147,7 +176,11 @@ def test_the_last_server_gone_is_one_line_and_finished_rows_stay(tmp_path):
     assert (
         0 < kept < SERVED["prompts"]["per_iteration"] * SERVED["actor"]["k"]
     )  # answered requests written, in-flight ones not
-    assert rows(db, "SELECT stage, status FROM stages WHERE status != 'done'") == [("actor", "error")]
+    # the stages stream into each other: the judge began on the answered prompts, and both end `error`
+    assert rows(db, "SELECT stage, status FROM stages WHERE status != 'done' ORDER BY stage") == [
+        ("actor", "error"),
+        ("judge", "error"),
+    ]
 
 
 def test_gateway_control_plane_reaches_every_worker(two, model_dir):

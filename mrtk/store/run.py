@@ -85,21 +85,29 @@ class RunStore(Database):
             yield
             return
         t0 = time.time()
+        self.begin_stage(it, name)
+        try:
+            yield
+            on_end()
+        except BaseException as e:
+            self.end_stage(it, name, time.time() - t0, e)
+            raise
+        self.end_stage(it, name, time.time() - t0)
+
+    def begin_stage(self, it: int, name: str) -> None:
+        """A fresh `running` row for the stage, started now (an earlier row of it is replaced)."""
         with self.tx() as con:
             con.execute("DELETE FROM stages WHERE iteration = ? AND stage = ?", [it, name]).fetchall()
             self.insert(
                 con, "stages", [{"iteration": it, "stage": name, "status": "running", "started_at": datetime.now()}]
             )
-        try:
-            yield
-            on_end()
-        except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-            self._end_stage(it, name, status, time.time() - t0, f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
-            raise
-        self._end_stage(it, name, "done", time.time() - t0, None)
 
-    def _end_stage(self, it: int, name: str, status: str, seconds: float, error: str | None) -> None:
+    def end_stage(self, it: int, name: str, seconds: float, error: BaseException | None = None) -> None:
+        """The stage's row ends now, after `seconds`: done, or stopped by `error` (Ctrl-C: `interrupted`,
+        anything else `error`, with the reason in one line)."""
+        status = "done" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
+        if error is not None:
+            error = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
         try:
             with self.tx() as con:
                 con.execute(
