@@ -136,54 +136,17 @@ class Loop:
             and self.policy.use(s.model).window() > 0
         ):
             return
-        it, cfg, use = s.it, self.cfg, lambda: self.policy.use(s.model)
-        kw = {"iteration": it, "run_seed": cfg.seed, "model_version": f"M{it}"}
-
-        def pick(responses: list[dict], judgements: list[dict]) -> str | None:
-            picks = meta_judge.pick_responses(
-                responses, judgements, run_seed=cfg.seed, iteration=it, require_variance=cfg.meta_judge.require_variance
-            )
-            return picks[responses[0]["prompt_id"]][0]
-
-        meta = it in cfg.pairs.judge_iterations
-        st = stream.IterationStream(
+        stream.stream_iteration(
+            self.store,
+            self.ui,
+            self.cfg,
+            self.t,
             job,
-            pick,
-            meta,
-            judged=self.store.judged_ids(job.table, it, job.key),
-            fought=self.store.meta_judged(it, self.t.meta_judge.hash),
+            s.it,
+            s.prompts,
+            lambda: self.policy.use(s.model),
+            meta=s.it in self.cfg.pairs.judge_iterations,
         )
-        flows = [
-            stream.Flow(
-                "actor",
-                "responses",
-                cfg.actor.k,
-                lambda items, go: actor.run_actor(use(), items, cfg.actor, self.t.actor, on_progress=go, **kw),
-                lambda p: p["prompt_id"],
-                st.after_actor,
-            ),
-            stream.Flow(
-                "judge",
-                job.table,
-                job.n,
-                lambda units, go: job.run(use(), units, s.questions, on_progress=go, **kw),
-                lambda u: u["prompt_id"],
-                st.after_judge,
-            ),
-            stream.Flow(
-                "meta_judge",
-                "meta_judgements",
-                1,
-                lambda fights, go: meta_judge.run_meta_judge(
-                    use(), fights, s.questions, st.texts, cfg.meta_judge, self.t.meta_judge, on_progress=go, **kw
-                ),
-                lambda f: f[0]["prompt_id"],
-                group=meta_judge.battle_group,
-            ),
-        ][: 3 if meta else 2]
-        start = st.start(s.prompts, self.store.responses(it), self.store.loop_judgements(it, job.key))
-        label = f"it{it} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
-        stream.run_flows(self.store, self.ui, it, label, flows, start[: len(flows)], use().window())
 
     def _step_actor(self, s: Iteration) -> None:
         """1. actor: K responses to each prompt."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mrtk.lanes import FLUSH_ROWS, FLUSH_S, MAX_LANES, _calls
-from mrtk.stages import meta_judge
+from mrtk.stages import actor, meta_judge
 from mrtk.store import RunStore
 
 
@@ -272,3 +272,59 @@ class IterationStream:
             if not self.units_left[pid]:
                 out += self.battles(pid)
         return out
+
+
+def stream_iteration(
+    store: RunStore, ui, cfg, templates, job, it: int, prompts: list[dict], use, *, meta: bool
+) -> None:
+    """Iteration `it`'s actor, judge (`job`, a scoring stages.judge.Judging) and, with `meta`, meta-judge
+    rows, made as one stream on the backend `use()` opens (model M<it>), from what the store lacks. `cfg`
+    is the run's config, `templates` its actor and meta-judge templates. Writes rows and stage rows; the
+    Elo and everything after it stay with the loop's steps."""
+    kw = {"iteration": it, "run_seed": cfg.seed, "model_version": f"M{it}"}
+    questions = {p["prompt_id"]: p["text"] for p in prompts}
+
+    def pick(responses: list[dict], judgements: list[dict]) -> str | None:
+        picks = meta_judge.pick_responses(
+            responses, judgements, run_seed=cfg.seed, iteration=it, require_variance=cfg.meta_judge.require_variance
+        )
+        return picks[responses[0]["prompt_id"]][0]
+
+    st = IterationStream(
+        job,
+        pick,
+        meta,
+        judged=store.judged_ids(job.table, it, job.key),
+        fought=store.meta_judged(it, templates.meta_judge.hash),
+    )
+    flows = [
+        Flow(
+            "actor",
+            "responses",
+            cfg.actor.k,
+            lambda items, go: actor.run_actor(use(), items, cfg.actor, templates.actor, on_progress=go, **kw),
+            lambda p: p["prompt_id"],
+            st.after_actor,
+        ),
+        Flow(
+            "judge",
+            job.table,
+            job.n,
+            lambda units, go: job.run(use(), units, questions, on_progress=go, **kw),
+            lambda u: u["prompt_id"],
+            st.after_judge,
+        ),
+        Flow(
+            "meta_judge",
+            "meta_judgements",
+            1,
+            lambda fights, go: meta_judge.run_meta_judge(
+                use(), fights, questions, st.texts, cfg.meta_judge, templates.meta_judge, on_progress=go, **kw
+            ),
+            lambda f: f[0]["prompt_id"],
+            group=meta_judge.battle_group,
+        ),
+    ][: 3 if meta else 2]
+    start = st.start(prompts, store.responses(it), store.loop_judgements(it, job.key))
+    label = f"it{it} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
+    run_flows(store, ui, it, label, flows, start[: len(flows)], use().window())

@@ -154,6 +154,31 @@ def test_streamed_stages_equal_the_staged_run_and_overlap(two, tmp_path):
             assert s[it, "actor"][1] <= s[it, "judge"][1] <= s[it, "meta_judge"][1]
 
 
+def test_a_streamed_iteration_cut_mid_stream_resumes_to_the_uninterrupted_run(two, tmp_path):
+    """The server dies while actor, judge and meta-judge calls are in flight together; the run is
+    resumed on another server and ends with the uninterrupted run's rows (the texts are seeded by
+    request and weight version, so which server answers does not matter)."""
+    from conftest import snapshot
+
+    from mrtk.store import RunStore
+
+    a, b = two
+    whole = run_loop(tmp_path / "whole", served([a.url]))
+    with SimServer(FAST) as dying:
+        dying.die_after = 40  # 8 actor requests, then judge (two per unit: the structured program) and meta-judge ones
+        with pytest.raises(MrtkError):
+            run_loop(tmp_path / "cut", served([dying.url]))
+    db = db_of(tmp_path / "cut" / "runs")
+    cut = {t: rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("responses", "judgements")}
+    assert cut["responses"] > 0 and 0 < cut["judgements"] < cut["responses"] * 3, cut  # cut mid-judge
+    raw = served([b.url])
+    Loop(
+        RunStore(db.parent), check_inputs(validate_config(raw), tmp_path), open_policy=open_policy, train=scripted_train
+    ).run()
+    check_complete(db, SERVED)
+    assert snapshot(db) == snapshot(whole.run_dir / "mrtk.duckdb")
+
+
 def test_a_server_killed_mid_stage_leaves_the_stage_to_the_other(two, tmp_path):
     a, b = two
     a.die_after = 3  # gone during the actor stage, requests in flight unanswered
