@@ -44,8 +44,11 @@ class Flow:
 
 def run_flows(store: RunStore, ui, it: int, label: str, flows: list[Flow], start: list[list], window: int) -> None:
     """Run `flows` (upstream first) from the items in `start` (one list per flow: what is missing),
-    with at most `window` samples in flight over all of them; downstream calls go first, so a
-    prompt that has begun is finished before new ones start. Rows are written in batches (FLUSH_ROWS
+    with at most `window` samples in flight over all of them. Upstream calls go first, the work with
+    the longest chain still behind it (a prompt's samples, then its judgements, then its battles):
+    downstream work fills what upstream leaves free, and what runs last is the shortest, so the
+    servers drain once, over the last battles (serving bench, 4 servers: 85-86% of capacity this way,
+    79-82% downstream first). Rows are written in batches (FLUSH_ROWS
     or FLUSH_S), upstream tables first, so a judgement is never on disk before its response. A failed
     call stops new calls; what the others finish is written, the begun stages end `error`, and the
     first error is raised (Ctrl-C: `interrupted`)."""
@@ -170,9 +173,9 @@ class _Stream:
 
     # -- the lanes ---------------------------------------------------------------------------------
     def take(self) -> tuple[int, list, int] | None:
-        """The most downstream queued call, if it fits in the window (or nothing is in flight);
-        nothing upstream jumps a downstream call that waits for room. Under `cond`."""
-        for i in reversed(range(len(self.flows))):
+        """The most upstream queued call, if it fits in the window (or nothing is in flight); nothing
+        downstream jumps an upstream call that waits for room. Under `cond`."""
+        for i in range(len(self.flows)):
             if self.queued[i]:
                 cost = self.flows[i].per_item * len(self.queued[i][0])
                 if self.inflight and self.inflight + cost > self.window:
@@ -246,12 +249,14 @@ class IterationStream:
         return todo
 
     def battles(self, pid: str) -> list:
+        """The prompt's battles not yet fought (once, when its last unit is judged); its rows are let go."""
+        responses, judgements = self.responses.pop(pid), self.judgements.pop(pid, [])
         if not self.meta:
             return []
-        rid = self.pick(self.responses[pid], self.judgements.get(pid, []))
+        rid = self.pick(responses, judgements)
         if rid is None:
             return []
-        fights = meta_judge.battles([j for j in self.judgements[pid] if j["response_id"] == rid])
+        fights = meta_judge.battles([j for j in judgements if j["response_id"] == rid])
         return [f for f in fights if (f[0]["judgement_id"], f[1]["judgement_id"]) not in self.fought]
 
     def after_actor(self, items: list[dict], rows: list[dict]) -> list:

@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from mrtk.bench.serving_sim import LatencyModel
@@ -301,6 +302,185 @@ def run_serving_bench(
                     by_layout[same]["tokens_per_s"] / by_layout[name]["tokens_per_s"], 2
                 )
     return report
+
+
+# The whole window of an iteration's generation (issue 33, item 1): actor, judge and meta-judge of
+# 512 prompts x K=4, N=2 structured judgements, on servers of 64 slots, staged (one stage after
+# another, as sglang.stream_stages: false runs them) and streamed (the loop's default). 40 ms steps:
+# 4 such servers and the client share this machine's 2 cores without the stand-ins' own CPU deciding.
+WINDOW_MODEL = LatencyModel(slots=64, step_s=0.04)
+WINDOW_SIZES = Sizes(prompts=512, k=4, n=2, judged=0, meta_responses=0)
+WINDOW_QUICK = Sizes(prompts=48, k=4, n=2, judged=0, meta_responses=0)
+WINDOW_LAYOUTS = (1, 4)  # servers
+
+
+def iteration_window(quick: bool = False, model: LatencyModel = WINDOW_MODEL, servers=WINDOW_LAYOUTS) -> dict:
+    """{servers: {mode: {tokens, seconds, of_capacity, samples, stages}}, speed-ups}: one iteration's
+    actor, judge and meta-judge against `servers` simulated servers, run the loop's two ways: staged
+    (each stage over all prompts before the next) and streamed (`stream.stream_iteration`). The share
+    is decoded tokens over the window, from the first request to the last row written, of the
+    servers' capacity; `stages` gives each stage's share of the window it spans (they overlap when
+    streamed)."""
+    from types import SimpleNamespace
+
+    from mrtk.backends.sglang import SGLangBackend
+    from mrtk.backends.sglang_client import SGLangClient
+    from mrtk.config import load_config
+    from mrtk.lanes import run_chunks
+    from mrtk.models import embedded_model_dir, tokenizer_for
+    from mrtk.prompts import bind_meta_judge, load_template
+    from mrtk.stages import actor, judge, meta_judge
+    from mrtk.store import RunStore
+    from mrtk.stream import stream_iteration
+    from mrtk.ui import QuietUI
+
+    sz = WINDOW_QUICK if quick else WINDOW_SIZES
+    cfg = load_config(
+        None,
+        [
+            f"actor.k={sz.k}",
+            f"judge.n={sz.n}",
+            "judge.score_mode=structured",
+            f"actor.max_new_tokens={sz.actor_tokens}",
+            f"judge.max_new_tokens={sz.judge_tokens}",
+            f"meta_judge.max_new_tokens={sz.meta_tokens}",
+        ],
+    )
+    tok = tokenizer_for(str(embedded_model_dir()))
+    t_judge = load_template(cfg.judge.template, role="judge")
+    t = SimpleNamespace(
+        actor=load_template(cfg.actor.template, role="actor"),
+        meta_judge=bind_meta_judge(load_template(cfg.meta_judge.template, role="meta-judge"), t_judge),
+    )
+    job = judge.Judging(t_judge, cfg.judge)
+    prompts = [
+        {"prompt_id": f"p{i:05d}", "text": f"Question {i}: {TOPICS[i % len(TOPICS)]}"} for i in range(sz.prompts)
+    ]
+    questions = {p["prompt_id"]: p["text"] for p in prompts}
+    kw = {"iteration": 1, "run_seed": cfg.seed, "model_version": "M1"}
+
+    def staged(store: RunStore, backend) -> None:
+        """The loop's steps 1-3 one after another (Loop._step_actor, _step_judge, _step_meta_judge)."""
+
+        def run(todo, per_item, fn, table, group=None):
+            run_chunks(store, QuietUI(), table, todo, per_item, fn, table, 256, lambda: backend, group)
+
+        for name, body in (
+            (
+                "actor",
+                lambda: run(
+                    prompts,
+                    sz.k,
+                    lambda r, go: actor.run_actor(backend, r, cfg.actor, t.actor, on_progress=go, **kw),
+                    "responses",
+                ),
+            ),
+            (
+                "judge",
+                lambda: run(
+                    job.units(store.responses(1)),
+                    sz.n,
+                    lambda r, go: job.run(backend, r, questions, on_progress=go, **kw),
+                    job.table,
+                ),
+            ),
+            ("meta_judge", lambda: meta(store, backend, run)),
+        ):
+            with store.stage(1, name):
+                body()
+
+    def meta(store: RunStore, backend, run) -> None:
+        responses, judgements = store.responses(1), store.loop_judgements(1, job.key)
+        picks = meta_judge.pick_responses(responses, judgements, run_seed=cfg.seed, iteration=1)
+        texts = {r["response_id"]: r["text"] for r in responses}
+        fights = [
+            f
+            for rid, _ in picks.values()
+            if rid
+            for f in meta_judge.battles([j for j in judgements if j["response_id"] == rid])
+        ]
+        run(
+            fights,
+            1,
+            lambda r, go: meta_judge.run_meta_judge(
+                backend, r, questions, texts, cfg.meta_judge, t.meta_judge, on_progress=go, **kw
+            ),
+            "meta_judgements",
+            meta_judge.battle_group,
+        )
+
+    report: dict = {
+        "model": {"slots": model.slots, "step_ms": model.step_s * 1000, "capacity_tokens_per_s": model.capacity},
+        "sizes": {"prompts": sz.prompts, "k": sz.k, "n": sz.n, "judge": "structured"},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        for n in servers:
+            with simulated(n, False, model) as (urls, workers):
+                client = SGLangClient(urls, retries=2, backoff_s=0.05)
+                client.check_servers()
+                backend = SGLangBackend(client, tok, weight_version="M1")
+                by = report.setdefault(f"{n} server" + ("s" if n > 1 else ""), {})
+                for mode in ("staged", "streamed"):
+                    store = RunStore(Path(d) / f"{n}_{mode}")
+                    store.migrate()
+                    store.write("prompts", [dict(p, iteration=1) for p in prompts])
+                    before = sum(sim_stats(w)["tokens"] for w in workers)
+                    t0, wall0 = time.monotonic(), datetime.now()
+                    if mode == "staged":
+                        staged(store, backend)
+                    else:
+                        stream_iteration(store, QuietUI(), cfg, t, job, 1, prompts, lambda: backend, meta=True)
+                    seconds = time.monotonic() - t0
+                    tokens = sum(sim_stats(w)["tokens"] for w in workers) - before
+                    by[mode] = {
+                        "tokens": tokens,
+                        "seconds": round(seconds, 2),
+                        "of_capacity": round(tokens / seconds / (model.capacity * n), 3),
+                        "samples": {
+                            t: store.fetch(f"SELECT count(*) AS c FROM {t}")[0]["c"]
+                            for t in ("responses", "judgements", "meta_judgements")
+                        },
+                        "stages": _spans(store, wall0, seconds),
+                    }
+                by["streamed over staged"] = round(by["streamed"]["of_capacity"] / by["staged"]["of_capacity"], 2)
+    return report
+
+
+TOPICS = (
+    "explain, with an example, how a lever works.",
+    "write a short letter declining a job offer politely.",
+    "compare two ways to sort a list and when each is faster.",
+    "summarise why the sky looks blue.",
+    "give three tips for a first marathon.",
+    "describe how a vaccine trains the immune system.",
+)
+
+
+def _spans(store, t0: datetime, seconds: float) -> dict:
+    """Each stage's (start, end) as shares of the window, from its stages row (0: the window's start,
+    1: its end, when the call returned)."""
+    rows = store.fetch("SELECT stage, started_at, finished_at FROM stages WHERE iteration = 1")
+    at = lambda t: round((t - t0).total_seconds() / seconds, 3)  # noqa: E731
+    return {r["stage"]: [at(r["started_at"]), at(r["finished_at"])] for r in rows}
+
+
+def fmt_window(report: dict) -> str:
+    m, sz = report["model"], report["sizes"]
+    lines = [
+        f"one iteration's actor + judge + meta-judge window: {sz['prompts']} prompts x K={sz['k']}, N={sz['n']} "
+        f"{sz['judge']} judgements and the meta-judge, on servers of {m['slots']} slots at {m['step_ms']:g} ms/step "
+        f"({m['capacity_tokens_per_s']:.0f} tokens/s each)"
+    ]
+    for layout, by in report.items():
+        if layout in ("model", "sizes"):
+            continue
+        parts = []
+        for mode in ("staged", "streamed"):
+            v = by[mode]
+            spans = ", ".join(f"{k} {a:.2f}-{b:.2f}" for k, (a, b) in v["stages"].items())
+            parts.append(f"{mode} {v['of_capacity']:.0%} of capacity ({v['seconds']:.1f}s; {spans})")
+        lines.append(f"{layout:9s} " + "; ".join(parts) + f"; streamed/staged {by['streamed over staged']:.2f}x")
+    return "\n".join(lines)
 
 
 def fmt_client(cost: dict) -> str:
