@@ -930,7 +930,8 @@ def bench(
         [],
         "--only",
         help="Only workloads starting with this (actor, judge, meta, dpo, duckdb, serving); "
-        "repeatable. serving: the SGLang path against simulated servers (1, 4, a router), never run unasked.",
+        "repeatable. serving: the SGLang path against simulated servers (1, 4, a router; one iteration staged and "
+        "streamed on 64-slot servers; the client's CPU per sample), never run unasked.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     set_: List[str] = typer.Option(
@@ -949,12 +950,15 @@ def bench(
     if only and all("serving".startswith(o) for o in only):
         import json
 
-        from mrtk.bench.serving import client_cost, fmt, fmt_client, run_serving_bench
+        from mrtk.bench.serving import client_cost, fmt, fmt_client, fmt_window, iteration_window, run_serving_bench
 
         report = run_serving_bench(quick=quick)
+        report["window"] = iteration_window(quick=quick)
         report["client"] = client_cost(quick=quick)
         sys.stdout.write(
-            json.dumps(report, indent=1) + "\n" if as_json else fmt(report) + "\n" + fmt_client(report["client"]) + "\n"
+            json.dumps(report, indent=1) + "\n"
+            if as_json
+            else "\n".join((fmt(report), fmt_window(report["window"]), fmt_client(report["client"]))) + "\n"
         )
         return
     report = run_bench(

@@ -313,6 +313,41 @@ def test_benchmark_meets_the_servers_capacity():
     raise AssertionError(misses)
 
 
+def test_iteration_window_is_measured_staged_and_streamed():
+    """issue 33 item 1, structure only (the shares are the benchmark's): the bench's iteration runs
+    the loop's steps 1-3 both ways on the same servers, to the same rows; streamed, the judge starts
+    before the actor ends and the meta-judge before the judge ends; staged, each after the one before."""
+    from mrtk.bench.serving import fmt_window, iteration_window
+
+    report = iteration_window(quick=True, model=LatencyModel(slots=16, step_s=0.004), servers=(1,))
+    by = report["1 server"]
+    assert by["staged"]["samples"] == by["streamed"]["samples"] and by["staged"]["tokens"] == by["streamed"]["tokens"]
+    assert by["streamed"]["samples"]["meta_judgements"] > 0
+    for mode, overlapping in (("staged", False), ("streamed", True)):
+        s = by[mode]["stages"]
+        assert (s["judge"][0] < s["actor"][1]) is overlapping and (s["meta_judge"][0] < s["judge"][1]) is overlapping
+        assert all(0 <= a <= b <= 1 for a, b in s.values()) and 0 < by[mode]["of_capacity"] <= 1.05
+    assert "streamed/staged" in fmt_window(report)
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+def test_streamed_iteration_keeps_the_servers_full():
+    """issue 33's done-when: one iteration's actor + judge + meta-judge window, 512 prompts x K=4 on
+    64-slot servers at 40 ms steps, streamed: >= 90% of capacity on one server, >= 85% on four. One more
+    measurement when the first misses (the bench test's rule above)."""
+    from mrtk.bench.serving import fmt_window, iteration_window
+
+    for attempt in (1, 2):
+        report = iteration_window()
+        print("\n" + fmt_window(report))
+        got = {k: report[k]["streamed"]["of_capacity"] for k in ("1 server", "4 servers")}
+        if got["1 server"] >= 0.9 and got["4 servers"] >= 0.85:
+            return
+        print(f"attempt {attempt}: below the thresholds: {got}")
+    raise AssertionError(got)
+
+
 @pytest.mark.slow
 def test_memory_stays_flat_over_a_20k_sample_stage(tmp_path, model_dir):
     """A 20k-sample actor stage against a fast simulated server, in a fresh process: peak
