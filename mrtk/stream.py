@@ -83,7 +83,7 @@ class _Stream:
             alive, error, last = lanes, None, time.monotonic()
             try:
                 self.close_stages()
-                while alive:
+                while alive and not self.closing:  # closing: every stage ended, its rows written; the lanes go alone
                     try:
                         got = self.done.get(timeout=FLUSH_S)
                     except queue.Empty:
@@ -148,7 +148,10 @@ class _Stream:
 
     def close_stages(self) -> None:
         """End each stage that has nothing queued or running and can get nothing more (every stage
-        upstream of it ended), its rows written first; once all have ended, the lanes go."""
+        upstream of it ended), its rows written first; once all have ended, the lanes go. Not after a
+        failed call (`stop`): its items never finish, so no stage it touched is done."""
+        if self.stop.is_set():
+            return
         for i in range(len(self.flows)):
             if i not in self.ended and self.pending[i] == 0 and all(j in self.ended for j in range(i)):
                 self.ended.add(i)
