@@ -14,7 +14,7 @@ DuckDB store, pairs and resume. What differs from a real run, and why:
   bookkeeping and pairs are the subject).
 
 One kill -9 of the run's process in the middle of the judge stage (`--kill-at`, a share of the
-stage's judgements), then `--resume`: the report checks that every response has its N judgements,
+most judgements the iteration can have, prompts x K x N), then `--resume`: the report checks that every response has its N judgements,
 once each, and every picked response its battles.
 
 Run: python scripts/paper_iteration.py --out /tmp/paper_sim   (about 25 minutes here; --prompts 500
@@ -67,7 +67,7 @@ def config(out: Path, urls: list[str], a) -> Path:
         "judge_iterations": [1],
     }
     raw["train"] = {**raw["train"], "epochs": [1], "num_processes": 1, "accelerate_config": None}
-    raw["sglang"] = {"urls": urls, "retries": 4}
+    raw["sglang"] = {"urls": urls, "retries": 4, "stream_stages": not a.staged}
     path = out / "paper_sim.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -118,7 +118,8 @@ def proc(pid: int) -> tuple[float, int]:
 
 
 def db_state(db: Path) -> tuple[str | None, int]:
-    """(the running stage, judgements written), read between the writer's transactions."""
+    """(the running stages, joined by "+" in the order they began: the actor, judge and meta-judge
+    stream into each other and overlap; judgements written), read between the writer's transactions."""
     from mrtk.store.db import open_readonly
 
     try:
@@ -126,11 +127,11 @@ def db_state(db: Path) -> tuple[str | None, int]:
     except Exception:  # noqa: BLE001 - the writer holds it this instant; the next poll reads it
         return None, -1
     try:
-        running = con.execute("SELECT stage FROM stages WHERE status = 'running' ORDER BY started_at DESC").fetchall()
+        running = con.execute("SELECT stage FROM stages WHERE status = 'running' ORDER BY started_at").fetchall()
         judged = con.execute("SELECT count(*) FROM judgements WHERE iteration = 1").fetchall()[0][0]
     finally:
         con.close()
-    return (running[0][0] if running else None), judged
+    return ("+".join(r[0] for r in running) or None), judged
 
 
 def main() -> None:
@@ -142,7 +143,8 @@ def main() -> None:
     p.add_argument("--servers", type=int, default=8)
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--step-ms", type=float, default=8.0)
-    p.add_argument("--kill-at", type=float, default=0.5, help="share of the judge stage's judgements; 0: no kill")
+    p.add_argument("--kill-at", type=float, default=0.5, help="share of prompts x K x N judgements; 0: no kill")
+    p.add_argument("--staged", action="store_true", help="sglang.stream_stages: false (one stage after another)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     prompts(a.out / "prompts.jsonl", a.prompts)
@@ -162,7 +164,7 @@ def main() -> None:
     run = subprocess.Popen([*me, str(cfg_path), str(runs)], stdout=subprocess.PIPE, text=True)
     run_dir = Path(run.stdout.readline().strip())
     db = run_dir / "mrtk.duckdb"
-    expected = None
+    expected = a.prompts * a.k * a.n  # judgements at most: duplicates are not judged
     try:
         while True:
             time.sleep(1.0)
@@ -182,9 +184,7 @@ def main() -> None:
                     "run": len(events),
                 }
             )
-            if stage == "judge" and expected is None:
-                expected = _expected_judgements(db, a.n)
-            if not killed and a.kill_at and stage == "judge" and expected and judged >= a.kill_at * expected:
+            if not killed and a.kill_at and "judge" in (stage or "").split("+") and judged >= a.kill_at * expected:
                 os.kill(run.pid, signal.SIGKILL)
                 run.wait()
                 killed = True
@@ -204,26 +204,9 @@ def main() -> None:
     print(table(report))
 
 
-def _expected_judgements(db: Path, n: int) -> int | None:
-    from mrtk.store.db import open_readonly
-
-    try:
-        con = open_readonly(db, wait_s=2.0)
-        try:
-            return (
-                n
-                * con.execute("SELECT count(*) FROM responses WHERE iteration = 1 AND NOT is_duplicate").fetchall()[0][
-                    0
-                ]
-            )
-        finally:
-            con.close()
-    except Exception:  # noqa: BLE001 - read at the next poll
-        return None
-
-
 def summarize(a, samples: list[dict], events: list[dict], db: Path) -> dict:
-    """Per stage (by the running stage each poll saw; the judge stage before and after the kill apart):
+    """Per stage (by the running stages each poll saw, overlapping ones together, e.g. actor+judge; after
+    the kill apart):
     the servers' decoded tokens over their capacity for the stage's wall time, peak open requests and
     samples, the run process's CPU seconds and peak RSS; then the checks and the database's size."""
     import duckdb
@@ -232,7 +215,7 @@ def summarize(a, samples: list[dict], events: list[dict], db: Path) -> dict:
     for prev, s in zip(samples, samples[1:]):
         if s["stage"] is None or prev["run"] != s["run"]:
             continue
-        name = s["stage"] + (" (after kill -9)" if s["run"] and s["stage"] == "judge" else "")
+        name = s["stage"] + (" (after kill -9)" if s["run"] else "")
         stages.setdefault(name, []).append((prev, s))
     per_stage = {}
     for name, steps in stages.items():
@@ -276,6 +259,7 @@ def summarize(a, samples: list[dict], events: list[dict], db: Path) -> dict:
             "servers": a.servers,
             "slots": a.slots,
             "step_ms": a.step_ms,
+            "stages": "staged" if a.staged else "streamed",
         },
         "events": events,
         "stages": per_stage,
