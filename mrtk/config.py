@@ -226,6 +226,15 @@ class TrainCfg(_Section):
         "loss type, full fine-tuning, accelerate launches, trackers), auto (mrtk where it applies, else trl).",
     )
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast for training.")
+    sync_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Semi-online (beyond the paper; Lanchantin et al. 2025): an iteration's prompts go in segments of "
+        "S x batch_size; each is generated, judged and paired by the policy as it stands, then trained on (one step "
+        "per batch_size of its kept pairs: S when every prompt gives one pair), the adapter and its AdamW state "
+        "carrying over, and the policy is synced before the next. The reference stays M_t. null: off (the paper: "
+        "one policy generates the whole iteration). Needs mrtk's own DPO step, one epoch and no schedule_epochs.",
+    )
     precompute_ref_log_probs: bool | None = Field(
         None,
         description="Reference log-probs once per iteration instead of every step; "
@@ -322,6 +331,18 @@ class TrainCfg(_Section):
         why = self.own_step_blocked() if self.trainer == "mrtk" else None
         if why:
             raise ValueError(f"train.trainer mrtk cannot train this: {why}; set train.trainer: trl (or auto)")
+        if self.sync_every_steps is not None:
+            why = self.own_step_blocked() or ("train.trainer is trl" if self.trainer == "trl" else None)
+            if why:
+                raise ValueError(
+                    f"train.sync_every_steps carries the adapter and its optimizer state across syncs, which mrtk's own "
+                    f"DPO step does and {why} rules out; drop train.sync_every_steps or train with mrtk's step"
+                )
+            if any(e != 1 for e in self.epochs) or self.schedule_epochs is not None:
+                raise ValueError(
+                    "train.sync_every_steps trains each segment's pairs once; set train.epochs: [1] and drop "
+                    "train.schedule_epochs (or drop train.sync_every_steps)"
+                )
         return self
 
 
@@ -560,6 +581,22 @@ class RunConfig(_Section):
                 raise ValueError(
                     "sglang.weight_sync: lora loads adapters on each server, which SGLang refuses with dp_size > 1 and "
                     "mrtk does not send through a gateway (smg); use weight_sync: full"
+                )
+        if self.train.sync_every_steps is not None:
+            clash = [
+                name
+                for name, on in (
+                    ("pairs.chosen_from: future", self.pairs.chosen_from == "future"),
+                    ("pairs.rejected_from: initial", self.pairs.rejected_from == "initial"),
+                    ("train.consistency: avg", self.train.consistency != "off"),
+                    ("sglang.weight_sync: lora", self.sglang.weight_sync == "lora"),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    f"train.sync_every_steps trains within the iteration, before {clash[0]} has what it needs (the "
+                    f"whole iteration's samples, or adapters stacked once per iteration); drop one of the two"
                 )
         if not self.sglang.stream_stages and self.backend != "sglang":
             raise ValueError(

@@ -11,14 +11,22 @@ from __future__ import annotations
 import hashlib
 import re
 
-_VERSION = re.compile(r"([MF])(\d+)")
+_VERSION = re.compile(r"([MF])(\d+)(?:\.(\d+))?")
 
 
 def parse_version(text: str) -> tuple[str, int] | None:
     """("M", t) for a run's model version M<t>; ("F", t) for F<t>, the temporary next model of iteration
-    t-1 (pairs.chosen_from: future); None for anything else (a path, a hub id). The one reader of them."""
+    t-1 (pairs.chosen_from: future); ("S", t) for M<t>.<j>, the policy of iteration t after its j-th sync
+    (train.sync_every_steps); None for anything else (a path, a hub id). The one reader of them."""
     m = _VERSION.fullmatch(text)
-    return (m.group(1), int(m.group(2))) if m else None
+    if not m or (m.group(3) is not None and m.group(1) != "M"):
+        return None
+    return ("S" if m.group(3) is not None else m.group(1)), int(m.group(2))
+
+
+def sync_version(it: int, j: int) -> str:
+    """The policy that generates segment j of iteration t: M<t> before any sync, M<t>.<j> after j."""
+    return f"M{it}" if j == 0 else f"M{it}.{j}"
 
 
 def derive_seed(*parts: object) -> int:

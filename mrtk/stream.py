@@ -283,13 +283,14 @@ class IterationStream:
 
 
 def stream_iteration(
-    store: RunStore, ui, cfg, templates, job, it: int, prompts: list[dict], use, *, meta: bool
+    store: RunStore, ui, cfg, templates, job, it: int, prompts: list[dict], use, *, meta: bool, version=None, tag=""
 ) -> None:
     """Iteration `it`'s actor, judge (`job`, a scoring stages.judge.Judging) and, with `meta`, meta-judge
-    rows, made as one stream on the backend `use()` opens (model M<it>), from what the store lacks. `cfg`
-    is the run's config, `templates` its actor and meta-judge templates. Writes rows and stage rows; the
-    Elo and everything after it stay with the loop's steps."""
-    kw = {"iteration": it, "run_seed": cfg.seed, "model_version": f"M{it}"}
+    rows for `prompts`, made as one stream on the backend `use()` opens (model `version`, default M<it>),
+    from what the store lacks. `cfg` is the run's config, `templates` its actor and meta-judge templates.
+    Writes rows and stage rows (named actor, judge, meta_judge, each + `tag`); the Elo and everything
+    after it stay with the loop's steps."""
+    kw = {"iteration": it, "run_seed": cfg.seed, "model_version": version or f"M{it}"}
     questions = {p["prompt_id"]: p["text"] for p in prompts}
 
     def pick(responses: list[dict], judgements: list[dict]) -> str | None:
@@ -307,7 +308,7 @@ def stream_iteration(
     )
     flows = [
         Flow(
-            "actor",
+            "actor" + tag,
             "responses",
             cfg.actor.k,
             lambda items, go: actor.run_actor(use(), items, cfg.actor, templates.actor, on_progress=go, **kw),
@@ -315,7 +316,7 @@ def stream_iteration(
             st.after_actor,
         ),
         Flow(
-            "judge",
+            "judge" + tag,
             job.table,
             job.n,
             lambda units, go: job.run(use(), units, questions, on_progress=go, **kw),
@@ -323,7 +324,7 @@ def stream_iteration(
             st.after_judge,
         ),
         Flow(
-            "meta_judge",
+            "meta_judge" + tag,
             "meta_judgements",
             1,
             lambda fights, go: meta_judge.run_meta_judge(
@@ -333,6 +334,11 @@ def stream_iteration(
             group=meta_judge.battle_group,
         ),
     ][: 3 if meta else 2]
-    start = st.start(prompts, store.responses(it), store.loop_judgements(it, job.key))
-    label = f"it{it} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
+    ids = {p["prompt_id"] for p in prompts}
+    start = st.start(
+        prompts,
+        [r for r in store.responses(it) if r["prompt_id"] in ids],
+        [j for j in store.loop_judgements(it, job.key) if j["prompt_id"] in ids],
+    )
+    label = f"it{it}{tag} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
     run_flows(store, ui, it, label, flows, start[: len(flows)], use().window())

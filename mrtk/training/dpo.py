@@ -257,3 +257,64 @@ def _save_stack(peft_model, model_dir: str, path: Path) -> None:
     previous = adapters.previous_stack(model_dir)
     new = adapters.trained(peft_model, model_dir if previous is None else previous.base)
     adapters.stacked(previous, new).save(path)
+
+
+class SemiOnline:
+    """train.sync_every_steps: one iteration's DPO over its segments (packed_dpo.Segments) from M_t at
+    `model_dir`, or from the state a sync saved (`resume_from`, a synced policy's directory). `sync(out)`
+    saves the policy as it stands, merged for generation, with the state a resume goes on from;
+    `finish(out)` saves M_{t+1}. Each `train` is one pass over a segment's pairs."""
+
+    STATE = "segments_state"  # the folder inside a synced policy's directory
+
+    def __init__(self, model_dir: str, cfg: TrainCfg, *, iteration, seed, device, total: int, resume_from=None):
+        import torch
+        from peft import get_peft_model
+        from transformers import set_seed
+
+        model, self.tok = load_for_training(model_dir, device)
+        set_seed(seed % (2**31))
+        self.cfg, self.bf16, self.t0, self.pairs = cfg, use_bf16(cfg.bf16, device), time.time(), 0
+        self.seg = packed_dpo.Segments(
+            get_peft_model(model, lora_config(cfg.lora)),
+            self.tok,
+            cfg,
+            iteration=iteration,
+            seed=seed,
+            device=device,
+            bf16=self.bf16,
+            total=total,
+        )
+        if resume_from is not None:
+            state = torch.load(Path(resume_from) / self.STATE / "state.pt", weights_only=False)
+            self.seg.restore(state)
+            self.pairs = state["pairs"]
+
+    def train(self, examples: list[dict], segment: int, on_step=None) -> list[dict]:
+        self.pairs += len(examples)
+        return self.seg.train(examples, segment, on_step)
+
+    def sync(self, out: Path) -> None:
+        """The policy as it stands, merged (a copy: training goes on with the adapter), at `out`."""
+        import copy
+        import tempfile
+
+        import torch
+
+        from mrtk.models import save_model
+
+        merged = copy.deepcopy(self.seg.model).merge_and_unload()
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "state").mkdir()
+            torch.save(self.seg.state() | {"pairs": self.pairs}, Path(d) / "state" / "state.pt")
+            save_model(merged, self.tok, out, extra={self.STATE: Path(d) / "state"})
+        del merged
+
+    def finish(self, out: Path) -> tuple[list[dict], dict]:
+        """M_{t+1} at `out`; (every step's train_metrics row, lineage stats)."""
+        from mrtk.models import save_model
+
+        save_model(merge(self.seg.model), self.tok, out)
+        rows = self.seg.rows
+        stats = _stats("mrtk", range(self.pairs), self.cfg, 1, len(rows), time.time() - self.t0, self.bf16, 0.0, False)
+        return rows, stats | {"label_smoothing_applied": self.cfg.label_smoothing}

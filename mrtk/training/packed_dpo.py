@@ -177,14 +177,39 @@ def fit(
 
 
 def _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast, on_step):
-    import torch
-    from transformers import get_scheduler
-
     from mrtk.config import at
     from mrtk.training.recipe import accumulation, record_step
 
     micro, accum = cfg.micro_batch_size, accumulation(cfg.batch_size, cfg.micro_batch_size, 1)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
+    ref_c, ref_r = _references(peft_model, triples, pad, device, autocast)
+    groups_per_epoch = math.ceil(math.ceil(len(triples) / micro) / accum)
+    epochs, horizon = at(cfg.epochs, iteration), cfg.horizon(iteration)
+    params, opt, sched = _optimizer(peft_model, cfg, groups_per_epoch * horizon)
+    _checkpointing(peft_model, cfg, True)
+    peft_model.train()
+    gen = _generator(seed)
+    rows: list[dict] = []
+    for epoch in range(epochs):
+        order = _shuffled(len(triples), gen)
+        micros = [order[i : i + micro] for i in range(0, len(order), micro)]
+        for g in range(groups_per_epoch):
+            group = micros[g * accum : (g + 1) * accum]
+            logs = _step(peft_model, triples, group, (ref_c, ref_r), cfg, pad, device, autocast, (params, opt, sched))
+            logs["epoch"] = epoch + (g + 1) / groups_per_epoch
+            record_step(rows, iteration, len(rows) + 1, logs, on_step)
+    _checkpointing(peft_model, cfg, False)
+    return rows
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _references(peft_model, triples, pad: int, device: str, autocast):
+    """The reference's (adapter disabled) summed log-probs of each pair's chosen and rejected sides."""
+    import torch
+
     by_length = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))  # like lengths share a pass
     ref_batches = [by_length[i : i + REF_PAIRS] for i in range(0, len(by_length), REF_PAIRS)]
     ref = reference_logps(
@@ -193,43 +218,152 @@ def _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast,
     ref_c, ref_r = torch.zeros(len(triples), device=device), torch.zeros(len(triples), device=device)
     for b, (c, r) in zip(ref_batches, ref):
         ref_c[b], ref_r[b] = c.to(device), r.to(device)
+    return ref_c, ref_r
 
-    groups_per_epoch = math.ceil(math.ceil(len(triples) / micro) / accum)
-    epochs, horizon = at(cfg.epochs, iteration), cfg.horizon(iteration)
+
+def _optimizer(peft_model, cfg, total: int):
+    """(trainable params, fused AdamW with HF's defaults, HF's scheduler over `total` steps)."""
+    import torch
+    from transformers import get_scheduler
+
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
-    total = groups_per_epoch * horizon
     warmup = int(cfg.warmup_ratio) if cfg.warmup_ratio >= 1 else math.ceil(total * cfg.warmup_ratio)
-    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=warmup, num_training_steps=total)
-    if cfg.gradient_checkpointing:
+    return params, opt, get_scheduler(cfg.scheduler, opt, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def _checkpointing(peft_model, cfg, on: bool) -> None:
+    if cfg.gradient_checkpointing and on:
         peft_model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-    peft_model.train()
-    gen = torch.Generator().manual_seed(seed % (2**31))
-    rows: list[dict] = []
-    for epoch in range(epochs):
-        order = torch.randperm(len(triples), generator=gen).tolist()
-        micros = [order[i : i + micro] for i in range(0, len(order), micro)]
-        for g in range(groups_per_epoch):
-            group = micros[g * accum : (g + 1) * accum]
-            logs = {"loss": 0.0, "epoch": epoch + (g + 1) / groups_per_epoch}
-            for idx in group:
-                with autocast():
-                    chosen, rejected = pair_logps(peft_model, packed_batch([triples[i] for i in idx], pad), device)
-                loss, metrics = dpo_loss(
-                    chosen.float(), rejected.float(), ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing
-                )
-                (loss.mean() / len(group)).backward()
-                metrics["loss"] = loss.detach()
-                for k, v in metrics.items():
-                    logs[k] = logs.get(k, 0.0) + v.mean().item() / len(group)
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-            logs["learning_rate"] = opt.param_groups[0]["lr"]  # the rate this step used, as TRL logs it
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            record_step(rows, iteration, len(rows) + 1, logs, on_step)
-    if cfg.gradient_checkpointing:
+    elif cfg.gradient_checkpointing:
         peft_model.get_base_model().gradient_checkpointing_disable()
-    return rows
+
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed % (2**31))
+
+
+def _shuffled(n: int, gen) -> list[int]:
+    import torch
+
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _step(peft_model, triples, group, refs, cfg, pad, device, autocast, optim) -> dict:
+    """One optimizer step over `group` (micro-batches of pair indices): the loss divided by the
+    micro-batches, clipped at 1.0; returns the step's logs (loss, metrics, grad_norm, learning_rate)."""
+    import torch
+
+    (ref_c, ref_r), (params, opt, sched) = refs, optim
+    logs = {"loss": 0.0}
+    for idx in group:
+        with autocast():
+            chosen, rejected = pair_logps(peft_model, packed_batch([triples[i] for i in idx], pad), device)
+        loss, metrics = dpo_loss(
+            chosen.float(), rejected.float(), ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing
+        )
+        (loss.mean() / len(group)).backward()
+        metrics["loss"] = loss.detach()
+        for k, v in metrics.items():
+            logs[k] = logs.get(k, 0.0) + v.mean().item() / len(group)
+    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+    logs["learning_rate"] = opt.param_groups[0]["lr"]  # the rate this step used, as TRL logs it
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return logs
+
+
+class Segments:
+    """mrtk's step held open over an iteration's segments (train.sync_every_steps): the adapter, AdamW's
+    state and the schedule (over `total` steps) carry over from one segment to the next, and the
+    reference is the model the adapter sits on (M_t), for every segment. `state()` / `restore()` are
+    what a resume needs to go on from a sync: the adapter's weights, the optimizer, the schedule and the
+    rows so far."""
+
+    def __init__(self, peft_model, tokenizer, cfg, *, iteration: int, seed: int, device: str, bf16: bool, total: int):
+        import contextlib
+
+        import torch
+
+        self.model, self.tok, self.cfg, self.it, self.seed, self.device = (
+            peft_model,
+            tokenizer,
+            cfg,
+            iteration,
+            seed,
+            device,
+        )
+        dev_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.autocast = (
+            (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if bf16 else (lambda: contextlib.nullcontext())
+        )
+        self.dev_type = dev_type
+        self.optim = _optimizer(peft_model, cfg, total)
+        self.rows: list[dict] = []
+
+    def train(self, examples: list[dict], segment: int, on_step=None) -> list[dict]:
+        """One pass over `examples` (the segment's pairs, shuffled by seed and segment), in steps of
+        batch_size; returns the new train_metrics rows (numbered on from the segment before)."""
+        from mrtk.rows import derive_seed
+        from mrtk.training.recipe import accumulation, record_step
+
+        if not examples:
+            return []
+        triples = [split_pair(self.tok, ex) for ex in examples]
+        micro, accum = self.cfg.micro_batch_size, accumulation(self.cfg.batch_size, self.cfg.micro_batch_size, 1)
+        pad = _pad_id(self.tok)
+        base = self.model.get_base_model()
+        attention = base.config._attn_implementation
+        if self.dev_type == "cpu":  # as fit(): eager attention with the packed mask on CPU
+            base.set_attn_implementation("eager")
+        try:
+            refs = _references(self.model, triples, pad, self.device, self.autocast)
+            _checkpointing(self.model, self.cfg, True)
+            self.model.train()
+            order = _shuffled(len(triples), _generator(derive_seed(self.seed, self.it, "segment", segment)))
+            micros = [order[i : i + micro] for i in range(0, len(order), micro)]
+            new: list[dict] = []
+            for g in range(0, len(micros), accum):
+                logs = _step(
+                    self.model,
+                    triples,
+                    micros[g : g + accum],
+                    refs,
+                    self.cfg,
+                    pad,
+                    self.device,
+                    self.autocast,
+                    self.optim,
+                )
+                logs["epoch"] = float(segment)
+                record_step(self.rows, self.it, len(self.rows) + 1, logs, on_step)
+                new.append(self.rows[-1])
+            _checkpointing(self.model, self.cfg, False)
+            return new
+        finally:
+            base.set_attn_implementation(attention)
+
+    def state(self) -> dict:
+        from peft import get_peft_model_state_dict
+
+        _, opt, sched = self.optim
+        return {
+            "adapter": get_peft_model_state_dict(self.model),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rows": self.rows,
+        }
+
+    def restore(self, state: dict) -> None:
+        from peft import set_peft_model_state_dict
+
+        _, opt, sched = self.optim
+        set_peft_model_state_dict(self.model, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        self.rows = list(state["rows"])
