@@ -589,14 +589,13 @@ class RunConfig(_Section):
                     ("pairs.chosen_from: future", self.pairs.chosen_from == "future"),
                     ("pairs.rejected_from: initial", self.pairs.rejected_from == "initial"),
                     ("train.consistency: avg", self.train.consistency != "off"),
-                    ("sglang.weight_sync: lora", self.sglang.weight_sync == "lora"),
                 )
                 if on
             ]
             if clash:
                 raise ValueError(
                     f"train.sync_every_steps trains within the iteration, before {clash[0]} has what it needs (the "
-                    f"whole iteration's samples, or adapters stacked once per iteration); drop one of the two"
+                    f"whole iteration's samples); drop one of the two"
                 )
         if not self.sglang.stream_stages and self.backend != "sglang":
             raise ValueError(

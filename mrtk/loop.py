@@ -304,6 +304,7 @@ class Loop:
             device=self.device,
             total=total,
             resume_from=models / sync_version(it, start) if start else None,
+            lora_stack=cfg.backend == "sglang" and cfg.sglang.weight_sync == "lora",
         )
         self.policy.resume()
         rows, elo, too_long, n_examples = [], [], {}, 0

@@ -182,3 +182,24 @@ def test_consistency_options_apply_to_consistency_only():
         "default", ["train.consistency=avg", "train.loss_type=[sigmoid, sft]", "train.consistency_clamp=on"]
     )
     assert cfg.train.consistency_clamp is True and cfg.train.consistency_ties == "ordinal"
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (
+            ["train.sync_every_steps=2", "train.trainer=trl"],
+            "carries the adapter and its optimizer state.*trainer is trl",
+        ),
+        (["train.sync_every_steps=2", "train.lora=null"], "carries the adapter.*full fine-tuning"),
+        (["train.sync_every_steps=2", "train.epochs=[2, 1]"], r"set train\.epochs: \[1\]"),
+        (["train.sync_every_steps=2", "train.epochs=[1]", "train.consistency=avg"], "before train.consistency: avg"),
+        (["train.sync_every_steps=2", "train.epochs=[1]", "pairs.rejected_from=initial"], "pairs.rejected_from"),
+        (["train.sync_every_steps=0"], "train.sync_every_steps"),
+        (["sglang.stream_stages=false"], "applies to backend sglang"),
+    ],
+)
+def test_semi_online_and_streaming_are_refused_where_they_cannot_apply(items, message):
+    with pytest.raises(MrtkError, match=message):
+        load_config("default", items)
+    assert load_config("default", ["train.sync_every_steps=2", "train.epochs=[1]"]).train.sync_every_steps == 2

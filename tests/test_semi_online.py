@@ -92,6 +92,15 @@ def test_rows_made_after_each_sync_carry_the_new_version(tmp_path, tiny_model_di
     assert not (models / "M1.1").exists() and not (models / "M1.2").exists()  # syncs go once M2 is saved
 
 
+def test_end_to_end_on_the_embedded_backend(tmp_path, tiny_model_dir):
+    """The embedded backend generates each segment with the synced policy it loads from models/M1.<j>."""
+    store = run(tmp_path, semi_online(tiny_model_dir))
+    db = store.run_dir / "mrtk.duckdb"
+    check_versions(db)
+    assert rows(db, "SELECT status FROM runs") == [("success",)]
+    assert rows(db, "SELECT count(*) > 0 FROM train_metrics WHERE loss IS NOT NULL") == [(True,)]
+
+
 def test_a_crash_in_a_later_segment_resumes_to_the_uninterrupted_run(tmp_path, tiny_model_dir):
     """Killed while the third segment generates (after two trained segments and two syncs), then resumed:
     the training state comes back from the last sync, and every table equals the uninterrupted run's,
@@ -122,3 +131,26 @@ def test_the_sglang_path_syncs_each_segment_and_rows_name_it(tmp_path, tiny_mode
         updates = [body["weight_version"] for path, body in sim.log if path == "/update_weights_from_disk"]
     check_versions(store.run_dir / "mrtk.duckdb")
     assert updates == ["M1", "M1.1", "M1.2"]  # M1 first: the simulated server starts on another model ("sim")
+
+
+def test_with_lora_weight_sync_each_sync_is_an_adapter_not_a_model(tmp_path, tiny_model_dir):
+    """sglang.weight_sync: lora: the servers keep M1 and each sync loads the adapter M1 -> M1.<j> saved in
+    the sync's directory; no model is loaded from disk, and each segment's requests name its adapter."""
+    from pathlib import Path
+
+    from mrtk.bench.serving_sim import LatencyModel, SimServer
+
+    with SimServer(LatencyModel(slots=4, step_s=0.002), enable_lora=True, model_path=tiny_model_dir) as sim:
+        raw = semi_online(
+            tiny_model_dir, backend="sglang", sglang={"urls": [sim.url], "retries": 1, "weight_sync": "lora"}
+        )
+        store = run(tmp_path, raw)
+        loads = [(b["lora_name"], Path(b["lora_path"])) for p, b in sim.log if p == "/load_lora_adapter"]
+        refits = [p for p, _ in sim.log if p == "/update_weights_from_disk"]
+        named = set(sim.lora_samples)
+    check_versions(store.run_dir / "mrtk.duckdb")
+    assert refits == []
+    assert [name.split("-")[0] for name, _ in loads] == ["M1.1", "M1.2"], loads
+    assert [path.parent.name for _, path in loads] == ["M1.1", "M1.2"]
+    assert named == {None, *(name for name, _ in loads)}
+    assert (store.run_dir / "models" / "M2" / "lora").is_dir()  # M2's adapter, for the next iteration's servers

@@ -267,7 +267,9 @@ class SemiOnline:
 
     STATE = "segments_state"  # the folder inside a synced policy's directory
 
-    def __init__(self, model_dir: str, cfg: TrainCfg, *, iteration, seed, device, total: int, resume_from=None):
+    def __init__(
+        self, model_dir: str, cfg: TrainCfg, *, iteration, seed, device, total: int, resume_from=None, lora_stack=False
+    ):
         import torch
         from peft import get_peft_model
         from transformers import set_seed
@@ -275,6 +277,7 @@ class SemiOnline:
         model, self.tok = load_for_training(model_dir, device)
         set_seed(seed % (2**31))
         self.cfg, self.bf16, self.t0, self.pairs = cfg, use_bf16(cfg.bf16, device), time.time(), 0
+        self.model_dir, self.lora_stack = model_dir, lora_stack
         self.seg = packed_dpo.Segments(
             get_peft_model(model, lora_config(cfg.lora)),
             self.tok,
@@ -295,7 +298,8 @@ class SemiOnline:
         return self.seg.train(examples, segment, on_step)
 
     def sync(self, out: Path) -> None:
-        """The policy as it stands, merged (a copy: training goes on with the adapter), at `out`."""
+        """The policy as it stands, merged (a copy: training goes on with the adapter), at `out`, with the
+        training state; with `lora_stack`, also the adapter M1 -> this policy (weight_sync: lora)."""
         import copy
         import tempfile
 
@@ -303,18 +307,29 @@ class SemiOnline:
 
         from mrtk.models import save_model
 
-        merged = copy.deepcopy(self.seg.model).merge_and_unload()
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "state").mkdir()
-            torch.save(self.seg.state() | {"pairs": self.pairs}, Path(d) / "state" / "state.pt")
-            save_model(merged, self.tok, out, extra={self.STATE: Path(d) / "state"})
-        del merged
+            extra = {self.STATE: Path(d) / "state"} | self._stack(Path(d))
+            extra[self.STATE].mkdir()
+            torch.save(self.seg.state() | {"pairs": self.pairs}, extra[self.STATE] / "state.pt")
+            save_model(copy.deepcopy(self.seg.model).merge_and_unload(), self.tok, out, extra=extra)
 
     def finish(self, out: Path) -> tuple[list[dict], dict]:
-        """M_{t+1} at `out`; (every step's train_metrics row, lineage stats)."""
+        """M_{t+1} at `out` (with its stacked adapter, as `sync`); (every step's train_metrics row, lineage stats)."""
+        import tempfile
+
         from mrtk.models import save_model
 
-        save_model(merge(self.seg.model), self.tok, out)
+        with tempfile.TemporaryDirectory() as d:
+            extra = self._stack(Path(d))
+            save_model(merge(self.seg.model), self.tok, out, extra=extra or None)
         rows = self.seg.rows
         stats = _stats("mrtk", range(self.pairs), self.cfg, 1, len(rows), time.time() - self.t0, self.bf16, 0.0, False)
         return rows, stats | {"label_smoothing_applied": self.cfg.label_smoothing}
+
+    def _stack(self, where: Path) -> dict:
+        """{adapters.LORA_DIR: the adapter M1 -> the policy as it stands, saved under `where`} with
+        `lora_stack`, else {}."""
+        if not self.lora_stack:
+            return {}
+        _save_stack(self.seg.model, self.model_dir, where / adapters.LORA_DIR)
+        return {adapters.LORA_DIR: where / adapters.LORA_DIR}
