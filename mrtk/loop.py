@@ -389,7 +389,7 @@ class Loop:
         judgements = [x for x in self.store.loop_judgements(it, job.key) if x["prompt_id"] in ids]
         picks = self._picks(it, responses, judgements)
         with self.store.stage(it, "meta_judge" + tag, release_memory):
-            self._battles(it, model, picks, questions, responses, judgements, version)
+            self._battles(it, model, picks, questions, responses, judgements, version, "meta-judge" + tag)
 
     def _segment_pairs(self, s: Iteration, new: set[str], seen: set[str], meta: bool) -> tuple[list[dict], list[dict]]:
         """(pairs, Elo rows) of the prompts in `new`, from their rows; the Elo is fitted over the battles of
@@ -524,7 +524,15 @@ class Loop:
         return elo
 
     def _battles(
-        self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict], version
+        self,
+        it: int,
+        model: str,
+        picks: dict,
+        questions: dict,
+        responses: list[dict],
+        judgements: list[dict],
+        version,
+        label: str = "meta-judge",
     ) -> None:
         fights = [
             f
@@ -538,7 +546,7 @@ class Loop:
         self._generate(
             it,
             model,
-            "meta-judge",
+            label,
             todo,
             1,
             "meta_judgements",

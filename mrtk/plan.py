@@ -159,6 +159,12 @@ def switch_lines(cfg) -> list[str]:
         on.append(
             "pairs.chosen_from: future (future-guided chosen, Temporal Self-Rewarding arXiv 2508.06026; mrtk's reading)"
         )
+    if cfg.train.sync_every_steps:
+        s = cfg.train.sync_every_steps
+        on.append(
+            f"train.sync_every_steps: {s} (semi-online DPO, Lanchantin et al. arXiv 2506.21495: the policy synced after "
+            f"each segment of {s * cfg.train.batch_size} prompts, reference M_t)"
+        )
     return on or ["none (the paper's loop)"]
 
 

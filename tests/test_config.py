@@ -203,3 +203,14 @@ def test_semi_online_and_streaming_are_refused_where_they_cannot_apply(items, me
     with pytest.raises(MrtkError, match=message):
         load_config("default", items)
     assert load_config("default", ["train.sync_every_steps=2", "train.epochs=[1]"]).train.sync_every_steps == 2
+
+
+def test_semi_online_preset_is_the_default_with_the_switch_on():
+    """experiments/semi_online.yaml: default.yaml with train.sync_every_steps on (and batch_size 2: 3
+    segments of 2 prompts an iteration), nothing else changed."""
+    on, off = load_config("semi_online"), load_config("default")
+    assert (on.train.sync_every_steps, on.train.batch_size, off.train.sync_every_steps) == (1, 2, None)
+    assert on.model_dump(exclude={"name", "train"}) == off.model_dump(exclude={"name", "train"})
+    assert on.train.model_dump(exclude={"sync_every_steps", "batch_size"}) == off.train.model_dump(
+        exclude={"sync_every_steps", "batch_size"}
+    )
