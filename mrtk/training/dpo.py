@@ -213,14 +213,14 @@ def train_dpo(
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(str(sharded_save_to))
     applied = 1.0 - smoothing if reverse else smoothing
-    stats = _stats("trl", examples, cfg, epochs, trainer.state.global_step, seconds, args.bf16, applied, reverse)
+    stats = _stats("trl", len(examples), cfg, epochs, trainer.state.global_step, seconds, args.bf16, applied, reverse)
     return merged, tokenizer, metrics, stats
 
 
-def _stats(trainer, examples, cfg: TrainCfg, epochs, steps, seconds, bf16, applied, reversed_) -> dict:
+def _stats(trainer, pairs: int, cfg: TrainCfg, epochs, steps, seconds, bf16, applied, reversed_) -> dict:
     """What a DPO step records in lineage.stats, whichever trainer ran it."""
     return {
-        "pairs_trained": len(examples),
+        "pairs_trained": pairs,
         "epochs": epochs,
         "steps": steps,
         "train_seconds": seconds,
@@ -248,7 +248,7 @@ def _train_packed(model_dir: str, examples: list[dict], cfg: TrainCfg, *, iterat
     merged = merge(peft_model, None if lora_to is None else lambda m: _save_stack(m, model_dir, lora_to))
     epochs, seconds = at(cfg.epochs, iteration), time.time() - t0
     # (1 - e) A + e B is trained as it is, for any e: nothing capped, nothing reversed
-    stats = _stats("mrtk", examples, cfg, epochs, len(metrics), seconds, bf16, cfg.label_smoothing, False)
+    stats = _stats("mrtk", len(examples), cfg, epochs, len(metrics), seconds, bf16, cfg.label_smoothing, False)
     return merged, tokenizer, metrics, stats
 
 
@@ -323,8 +323,8 @@ class SemiOnline:
             extra = self._stack(Path(d))
             save_model(merge(self.seg.model), self.tok, out, extra=extra or None)
         rows = self.seg.rows
-        stats = _stats("mrtk", range(self.pairs), self.cfg, 1, len(rows), time.time() - self.t0, self.bf16, 0.0, False)
-        return rows, stats | {"label_smoothing_applied": self.cfg.label_smoothing}
+        seconds, smoothing = time.time() - self.t0, self.cfg.label_smoothing
+        return rows, _stats("mrtk", self.pairs, self.cfg, 1, len(rows), seconds, self.bf16, smoothing, False)
 
     def _stack(self, where: Path) -> dict:
         """{adapters.LORA_DIR: the adapter M1 -> the policy as it stands, saved under `where`} with

@@ -290,19 +290,13 @@ class Segments:
 
         import torch
 
-        self.model, self.tok, self.cfg, self.it, self.seed, self.device = (
-            peft_model,
-            tokenizer,
-            cfg,
-            iteration,
-            seed,
-            device,
-        )
-        dev_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.model, self.tok, self.cfg = peft_model, tokenizer, cfg
+        self.it, self.seed, self.device = iteration, seed, device
+        self.dev_type = "cuda" if device.startswith("cuda") else "cpu"
+        dtype = torch.bfloat16
         self.autocast = (
-            (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if bf16 else (lambda: contextlib.nullcontext())
+            (lambda: torch.autocast(self.dev_type, dtype=dtype)) if bf16 else (lambda: contextlib.nullcontext())
         )
-        self.dev_type = dev_type
         self.optim = _optimizer(peft_model, cfg, total)
         self.rows: list[dict] = []
 
