@@ -25,7 +25,8 @@ from mrtk.hardware import apply_threads, release_memory
 from mrtk.inputs import Inputs, prompt_tokens
 from mrtk.models import pick_device, save_model, tokenizer_for
 from mrtk.plan import switch_costs, switch_lines
-from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind, sync_version
+from mrtk.rows import TRAINED_PAIR_KINDS, derive_seed, response_kind
+from mrtk.semi_online import SemiOnlineSteps
 from mrtk.lanes import run_chunks
 from mrtk.runs import lifecycle, model_for
 from mrtk.present import summary, trackers
@@ -55,7 +56,7 @@ class Iteration:
     beside: list[dict] = field(default_factory=list)  # M_t's judgements of the anchors and future samples
 
 
-class Loop:
+class Loop(SemiOnlineSteps):
     """One run's loop over its iterations, on `store` with the checked `inputs`. The two seams it is
     handed: `open_policy`, which opens the policy that generates (the backends' opener by default),
     and `train`, the DPO step (model dir, pairs -> the model saved at `out`; in process or under
@@ -281,156 +282,6 @@ class Loop:
                 s.it, s.model, out, metrics, stats, n_examples, stats["pairs_trained"], len(too_long)
             )
 
-    def _step_semi_online(self, s: Iteration) -> None:
-        """train.sync_every_steps (beyond the paper; METHOD section 8): the iteration's prompts in segments
-        of S x batch_size, each generated, judged, battled and paired by the policy as it stands (rows of
-        version M<t>, then M<t>.<j> after j syncs), then trained on; the adapter and its AdamW state carry
-        over (dpo.SemiOnline) and the policy is synced before the next segment. A resume goes on from the
-        last sync saved (models/M<t>.<j>, with the training state); earlier segments' pairs are recomputed
-        from their rows, as they were. Stage rows: actor/judge/meta_judge/pairs/train + " s<j>", then train."""
-        cfg, it = self.cfg, s.it
-        size = cfg.train.sync_every_steps * cfg.train.batch_size
-        segments = [s.prompts[i : i + size] for i in range(0, len(s.prompts), size)]
-        models = self.store.run_dir / "models"
-        start = max((j for j in range(1, len(segments)) if (models / sync_version(it, j)).is_dir()), default=0)
-        meta = it in cfg.pairs.judge_iterations
-        total = len(segments) * cfg.train.sync_every_steps * (2 if meta else 1)  # at most a pair of each kind a prompt
-        self.policy.release()
-        session = dpo.SemiOnline(
-            s.model,
-            cfg.train,
-            iteration=it,
-            seed=cfg.seed,
-            device=self.device,
-            total=total,
-            resume_from=models / sync_version(it, start) if start else None,
-            lora_stack=cfg.backend == "sglang" and cfg.sglang.weight_sync == "lora",
-        )
-        self.policy.resume()
-        rows, elo, too_long, n_examples = [], [], {}, 0
-        for j, segment in enumerate(segments):
-            version = sync_version(it, j)
-            model = s.model if j == 0 else str(models / version)
-            new = {p["prompt_id"] for p in segment}
-            if j >= start:
-                self._segment_generate(s, j, segment, model, version, meta)
-            with self.store.stage(it, f"pairs s{j}"):
-                seen = {p["prompt_id"] for p in s.prompts[: (j + 1) * size]}  # the segments so far
-                got, got_elo = self._segment_pairs(s, new, seen, meta)
-                rows, elo = rows + got, elo + got_elo
-                self.store.replace_iteration("elo", it, elo)
-                self.store.replace_iteration("pairs", it, rows, kinds=TRAINED_PAIR_KINDS)
-                examples = self._examples([r for r in self.store.kept_pairs(it) if r["prompt_id"] in new], s)
-                fitted, dropped = dpo.fit_examples(examples, tokenizer_for(s.model), cfg.train.max_length)
-                self.store.drop_pairs(dropped)
-                too_long, n_examples = too_long | dropped, n_examples + len(examples)
-            if j < start:  # trained before the sync a resume goes on from
-                continue
-            with self.store.stage(it, f"train s{j}"):
-                self.policy.release()
-                session.train(fitted, j)
-                if j + 1 < len(segments):
-                    session.sync(models / sync_version(it, j + 1))
-                self.policy.resume()
-        with self.store.stage(it, "train"):
-            out = models / f"M{it + 1}"
-            metrics, stats = session.finish(out)
-            self.store.record_training(
-                it, s.model, out, metrics, stats, n_examples, stats["pairs_trained"], len(too_long)
-            )
-        for j in range(1, len(segments)):
-            shutil.rmtree(models / sync_version(it, j), ignore_errors=True)  # M<t+1> is all a later step needs
-        s.responses = self.store.responses(it)
-        s.judgements = self.store.loop_judgements(it, self._judging(s.prompts).key)
-
-    def _segment_generate(
-        self, s: Iteration, j: int, segment: list[dict], model: str, version: str, meta: bool
-    ) -> None:
-        """Segment j's actor, judge and (judge iterations) meta-judge rows, by `model` as `version`: streamed on
-        a served backend (stream.py), else one stage after another."""
-        it, cfg, tag = s.it, self.cfg, f" s{j}"
-        job = self._judging(s.prompts)
-        questions = {p["prompt_id"]: p["text"] for p in segment}
-        if self._streams(job, model):
-            stream.stream_iteration(
-                self.store,
-                self.ui,
-                cfg,
-                self.t,
-                job,
-                it,
-                segment,
-                lambda: self.policy.use(model),
-                meta=meta,
-                version=version,
-                tag=tag,
-            )
-        with self.store.stage(it, "actor" + tag, release_memory):
-            answered = self.store.answered_prompts(it)
-            todo = [p for p in segment if p["prompt_id"] not in answered]
-            self._generate(
-                it,
-                model,
-                "actor" + tag,
-                todo,
-                cfg.actor.k,
-                "responses",
-                actor.run_actor,
-                cfg.actor,
-                self.t.actor,
-                version=version,
-            )
-        ids = {p["prompt_id"] for p in segment}
-        responses = [r for r in self.store.responses(it) if r["prompt_id"] in ids]
-        with self.store.stage(it, "judge" + tag, release_memory):
-            self._judge(it, model, "judge" + tag, job, responses, questions, version=version)
-        if not meta:
-            return
-        judgements = [x for x in self.store.loop_judgements(it, job.key) if x["prompt_id"] in ids]
-        picks = self._picks(it, responses, judgements)
-        with self.store.stage(it, "meta_judge" + tag, release_memory):
-            self._battles(it, model, picks, questions, responses, judgements, version, "meta-judge" + tag)
-
-    def _segment_pairs(self, s: Iteration, new: set[str], seen: set[str], meta: bool) -> tuple[list[dict], list[dict]]:
-        """(pairs, Elo rows) of the prompts in `new`, from their rows; the Elo is fitted over the battles of
-        every prompt in `seen` (the segments so far: position weights count what had been fought)."""
-        cfg, it = self.cfg, s.it
-        job = self._judging(s.prompts)
-        responses = [r for r in self.store.responses(it) if r["prompt_id"] in new]
-        judged = [x for x in self.store.loop_judgements(it, job.key) if x["prompt_id"] in seen]
-        judgements = [x for x in judged if x["prompt_id"] in new]
-        rows = pairs.actor_pairs(responses, judgements, cfg.pairs, iteration=it, run_seed=cfg.seed)
-        if not meta:
-            return rows, []
-        fought = [m for m in self.store.meta_judgements(it, self.t.meta_judge.hash) if m["prompt_id"] in seen]
-        elo = [e for e in self._elo(fought, judged) if e["prompt_id"] in new]
-        picks = self._picks(it, responses, judgements)
-        judge_rows = pairs.judge_pairs(
-            picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=cfg.seed
-        )
-        return rows + pairs.apply_share_cap(
-            rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=cfg.seed
-        ), elo
-
-    def _picks(self, it: int, responses: list[dict], judgements: list[dict]) -> dict:
-        return meta_judge.pick_responses(
-            responses,
-            judgements,
-            run_seed=self.cfg.seed,
-            iteration=it,
-            require_variance=self.cfg.meta_judge.require_variance,
-        )
-
-    def _examples(self, kept: list[dict], s: Iteration) -> list[dict]:
-        ids = {r["prompt_id"] for r in kept}
-        responses = {r["response_id"]: r for r in self.store.responses(s.it) if r["prompt_id"] in ids}
-        judgements = {
-            j["judgement_id"]: j
-            for j in self.store.loop_judgements(s.it, self._judging(s.prompts).key)
-            if j["prompt_id"] in ids
-        }
-        return dpo.examples_from_pairs(kept, s.questions, responses, judgements, self.t.judge)
-
     # -- the stages' bodies -------------------------------------------------------------------
     def _generate(
         self,
@@ -507,18 +358,11 @@ class Loop:
         )
 
     def _meta_judge(
-        self,
-        it: int,
-        model: str,
-        picks: dict,
-        questions: dict,
-        responses: list[dict],
-        judgements: list[dict],
-        version: str | None = None,
+        self, it: int, model: str, picks: dict, questions: dict, responses: list[dict], judgements: list[dict]
     ) -> list[dict]:
-        """The battles of the picks' judgements not yet fought (rows of model `version`, default M_t), then
-        the Elo over every meta-judgement of the iteration, written."""
-        self._battles(it, model, picks, questions, responses, judgements, version)
+        """The battles of the picks' judgements not yet fought (by M_t), then the Elo over every
+        meta-judgement of the iteration, written."""
+        self._battles(it, model, picks, questions, responses, judgements, None)
         elo = self._elo(self.store.meta_judgements(it, self.t.meta_judge.hash), judgements)
         self.store.replace_iteration("elo", it, elo)
         return elo
@@ -534,6 +378,7 @@ class Loop:
         version,
         label: str = "meta-judge",
     ) -> None:
+        """The battles among the judgements of each pick not yet fought, as rows of model `version` (None: M_t)."""
         fights = [
             f
             for rid, _ in picks.values()
@@ -904,7 +749,7 @@ class Loop:
         _step_train,  # 5. DPO on the kept pairs: M_t -> M_{t+1}
     )
     # train.sync_every_steps: 1-5 in segments, the policy synced between them; then what reads the whole iteration
-    SEMI_ONLINE = (_step_semi_online, _step_probe, _step_truth)
+    SEMI_ONLINE = (SemiOnlineSteps._step_semi_online, _step_probe, _step_truth)
 
 
 def run_locked(store: RunStore, inputs: Inputs, ui=None, say: str = "", **loop_kw) -> None:

@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["store", "inputs", "training.worker"]),
     ("runs", ["runs", "lanes", "stream", "present.summary", "plan"]),
     ("read side", ["evals", "present.compare", "present.report", "rejudge", "eft"]),
-    ("composers", ["evaluate", "loop", "present.study", "bench", "cli"]),
+    ("composers", ["evaluate", "semi_online", "loop", "present.study", "bench", "cli"]),
 ]
 
 
