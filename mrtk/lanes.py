@@ -41,10 +41,11 @@ def run_chunks(
             for i in range(0, len(todo), size):
                 store.write(table, fn(todo[i : i + size], go))
             return
-        _stream(store, _calls(todo, group), per_item, fn, table, window, go)
+        _stream(store, group_calls(todo, group), per_item, fn, table, window, go)
 
 
-def _calls(todo: list, group) -> list[list]:
+def group_calls(todo: list, group) -> list[list]:
+    """`todo` as calls: one item each, or (with `group`) runs of consecutive items with one key."""
     if group is None:
         return [[item] for item in todo]
     calls: list[list] = []

@@ -218,13 +218,7 @@ class Loop(SemiOnlineSteps):
     def _step_meta_judge(self, s: Iteration) -> None:
         """3. meta-judge (iterations in pairs.judge_iterations): battles among the judgements of each
         prompt's most disputed response -> Elo."""
-        s.picks = meta_judge.pick_responses(
-            s.responses,
-            s.judgements,
-            run_seed=self.cfg.seed,
-            iteration=s.it,
-            require_variance=self.cfg.meta_judge.require_variance,
-        )
+        s.picks = self._picks(s.it, s.responses, s.judgements)
         if s.it not in self.cfg.pairs.judge_iterations:
             return
         with self.store.stage(s.it, "meta_judge", release_memory):
@@ -402,6 +396,16 @@ class Loop(SemiOnlineSteps):
             self.t.meta_judge,
             group=meta_judge.battle_group,
             version=version,
+        )
+
+    def _picks(self, it: int, responses: list[dict], judgements: list[dict]) -> dict:
+        """Per prompt, the response whose judgements the meta-judge battles (section 4's rule 1)."""
+        return meta_judge.pick_responses(
+            responses,
+            judgements,
+            run_seed=self.cfg.seed,
+            iteration=it,
+            require_variance=self.cfg.meta_judge.require_variance,
         )
 
     def _elo(self, meta_rows: list[dict], judgements: list[dict]) -> list[dict]:

@@ -1,7 +1,7 @@
 """train.sync_every_steps, the loop's semi-online steps (beyond the paper; docs/METHOD.md section 8): an
 iteration in segments, each generated, judged, battled and paired by the policy as it stands and then
 trained on by mrtk's own DPO step held open (training/dpo.SemiOnline), the policy synced before the next
-segment. A mixin of `loop.Loop`, whose helpers (_generate, _judge, _battles, _elo, _streams) it calls:
+segment. A mixin of `loop.Loop`, whose helpers (_generate, _judge, _battles, _elo, _picks, _streams) it calls:
 its own room, so loop.py still reads the paper's iteration top to bottom.
 """
 
@@ -13,7 +13,7 @@ from mrtk import stream
 from mrtk.hardware import release_memory
 from mrtk.models import tokenizer_for
 from mrtk.rows import TRAINED_PAIR_KINDS, sync_version
-from mrtk.stages import actor, meta_judge, pairs
+from mrtk.stages import actor, pairs
 from mrtk.training import dpo
 
 
@@ -53,11 +53,18 @@ class SemiOnlineSteps:
                 self._segment_generate(s, j, segment, model, version, meta)
             with self.store.stage(it, f"pairs s{j}"):
                 seen = {p["prompt_id"] for p in s.prompts[: (j + 1) * size]}  # the segments so far
-                got, got_elo = self._segment_pairs(s, new, seen, meta)
+                got, got_elo, responses, judgements = self._segment_pairs(s, new, seen, meta)
                 rows, elo = rows + got, elo + got_elo
                 self.store.replace_iteration("elo", it, elo)
                 self.store.replace_iteration("pairs", it, rows, kinds=TRAINED_PAIR_KINDS)
-                examples = self._examples([r for r in self.store.kept_pairs(it) if r["prompt_id"] in new], s)
+                kept = [r for r in self.store.kept_pairs(it) if r["prompt_id"] in new]
+                examples = dpo.examples_from_pairs(
+                    kept,
+                    s.questions,
+                    {r["response_id"]: r for r in responses},
+                    {x["judgement_id"]: x for x in judgements},
+                    self.t.judge,
+                )
                 fitted, dropped = dpo.fit_examples(examples, tokenizer_for(s.model), cfg.train.max_length)
                 self.store.drop_pairs(dropped)
                 too_long, n_examples = too_long | dropped, n_examples + len(examples)
@@ -116,52 +123,33 @@ class SemiOnlineSteps:
                 version=version,
             )
         ids = {p["prompt_id"] for p in segment}
-        responses = [r for r in self.store.responses(it) if r["prompt_id"] in ids]
+        responses = self.store.responses(it, ids)
         with self.store.stage(it, "judge" + tag, release_memory):
             self._judge(it, model, "judge" + tag, job, responses, questions, version=version)
         if not meta:
             return
-        judgements = [x for x in self.store.loop_judgements(it, job.key) if x["prompt_id"] in ids]
+        judgements = self.store.loop_judgements(it, job.key, ids)
         picks = self._picks(it, responses, judgements)
         with self.store.stage(it, "meta_judge" + tag, release_memory):
             self._battles(it, model, picks, questions, responses, judgements, version, "meta-judge" + tag)
 
-    def _segment_pairs(self, s, new: set[str], seen: set[str], meta: bool) -> tuple[list[dict], list[dict]]:
-        """(pairs, Elo rows) of the prompts in `new`, from their rows; the Elo is fitted over the battles of
-        every prompt in `seen` (the segments so far: position weights count what had been fought)."""
+    def _segment_pairs(self, s, new: set[str], seen: set[str], meta: bool) -> tuple[list, list, list, list]:
+        """(pairs, Elo rows, responses, judgements) of the prompts in `new`, from their rows; the Elo is
+        fitted over the battles of every prompt in `seen` (the segments so far: position weights count
+        what had been fought)."""
         cfg, it = self.cfg, s.it
         job = self._judging(s.prompts)
-        responses = [r for r in self.store.responses(it) if r["prompt_id"] in new]
-        judged = [x for x in self.store.loop_judgements(it, job.key) if x["prompt_id"] in seen]
+        responses = self.store.responses(it, new)
+        judged = self.store.loop_judgements(it, job.key, seen if meta else new)
         judgements = [x for x in judged if x["prompt_id"] in new]
         rows = pairs.actor_pairs(responses, judgements, cfg.pairs, iteration=it, run_seed=cfg.seed)
         if not meta:
-            return rows, []
-        fought = [m for m in self.store.meta_judgements(it, self.t.meta_judge.hash) if m["prompt_id"] in seen]
+            return rows, [], responses, judgements
+        fought = self.store.meta_judgements(it, self.t.meta_judge.hash, seen)
         elo = [e for e in self._elo(fought, judged) if e["prompt_id"] in new]
         picks = self._picks(it, responses, judgements)
         judge_rows = pairs.judge_pairs(
             picks, elo, judgements, cfg.pairs, cfg.meta_judge, iteration=it, run_seed=cfg.seed
         )
-        return rows + pairs.apply_share_cap(
-            rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=cfg.seed
-        ), elo
-
-    def _picks(self, it: int, responses: list[dict], judgements: list[dict]) -> dict:
-        return meta_judge.pick_responses(
-            responses,
-            judgements,
-            run_seed=self.cfg.seed,
-            iteration=it,
-            require_variance=self.cfg.meta_judge.require_variance,
-        )
-
-    def _examples(self, kept: list[dict], s) -> list[dict]:
-        ids = {r["prompt_id"] for r in kept}
-        responses = {r["response_id"]: r for r in self.store.responses(s.it) if r["prompt_id"] in ids}
-        judgements = {
-            j["judgement_id"]: j
-            for j in self.store.loop_judgements(s.it, self._judging(s.prompts).key)
-            if j["prompt_id"] in ids
-        }
-        return dpo.examples_from_pairs(kept, s.questions, responses, judgements, self.t.judge)
+        cap = pairs.apply_share_cap(rows, judge_rows, cfg.pairs.judge_share_cap, iteration=it, run_seed=cfg.seed)
+        return rows + cap, elo, responses, judgements

@@ -21,7 +21,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mrtk.lanes import FLUSH_ROWS, FLUSH_S, MAX_LANES, _calls
+from mrtk.lanes import FLUSH_ROWS, FLUSH_S, MAX_LANES, group_calls
 from mrtk.stages import actor, meta_judge
 from mrtk.store import RunStore
 
@@ -47,9 +47,10 @@ def run_flows(store: RunStore, ui, it: int, label: str, flows: list[Flow], start
     with at most `window` samples in flight over all of them. Upstream calls go first, the work with
     the longest chain still behind it (a prompt's samples, then its judgements, then its battles):
     downstream work fills what upstream leaves free, and what runs last is the shortest, so the
-    servers drain once, over the last battles (serving bench, 4 servers, one run each: 84-86% of capacity
-    this way, 79-82% downstream first; 87-88% once the writer stopped waiting for idle lanes). Rows are written in batches (FLUSH_ROWS
-    or FLUSH_S), upstream tables first, so a judgement is never on disk before its response. A failed
+    servers drain once, over the last battles (serving bench, 4 servers, one run each: 84-86% of
+    capacity this way, 79-82% downstream first; 87-88% once the writer stopped waiting for idle
+    lanes). Rows are written in batches (FLUSH_ROWS or FLUSH_S), upstream tables first, so a
+    judgement is never on disk before its response. A failed
     call stops new calls; what the others finish is written, the begun stages end `error`, and the
     first error is raised (Ctrl-C: `interrupted`)."""
     _Stream(store, it, flows, window).run(ui, label, start)
@@ -117,7 +118,7 @@ class _Stream:
         if not items:
             return
         f = self.flows[i]
-        calls, merged = _calls(items, f.group), []
+        calls, merged = group_calls(items, f.group), []
         for c in calls:
             if merged and f.per_item * len(merged[-1]) < self.min_samples:
                 merged[-1] += c
@@ -252,11 +253,13 @@ class IterationStream:
         return todo
 
     def battles(self, pid: str) -> list:
-        """The prompt's battles not yet fought (once, when its last unit is judged); its rows are let go."""
+        """The prompt's battles not yet fought (once, when its last unit is judged); its rows are let go,
+        and the texts of all but its pick (the meta-judge shows that one)."""
         responses, judgements = self.responses.pop(pid), self.judgements.pop(pid, [])
-        if not self.meta:
-            return []
-        rid = self.pick(responses, judgements)
+        rid = self.pick(responses, judgements) if self.meta else None
+        for r in responses:
+            if r["response_id"] != rid:
+                self.texts.pop(r["response_id"], None)
         if rid is None:
             return []
         fights = meta_judge.battles([j for j in judgements if j["response_id"] == rid])
@@ -335,10 +338,6 @@ def stream_iteration(
         ),
     ][: 3 if meta else 2]
     ids = {p["prompt_id"] for p in prompts}
-    start = st.start(
-        prompts,
-        [r for r in store.responses(it) if r["prompt_id"] in ids],
-        [j for j in store.loop_judgements(it, job.key) if j["prompt_id"] in ids],
-    )
+    start = st.start(prompts, store.responses(it, ids), store.loop_judgements(it, job.key, ids))
     label = f"it{it}{tag} actor, judge" + (", meta-judge" if meta else "") + " (prompts)"
     run_flows(store, ui, it, label, flows, start[: len(flows)], use().window())

@@ -106,13 +106,12 @@ class RunStore(Database):
         """The stage's row ends now, after `seconds`: done, or stopped by `error` (Ctrl-C: `interrupted`,
         anything else `error`, with the reason in one line)."""
         status = "done" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt) else "error"
-        if error is not None:
-            error = f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
+        reason = None if error is None else f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
         try:
             with self.tx() as con:
                 con.execute(
                     "UPDATE stages SET status = ?, finished_at = ?, seconds = ?, error = ? WHERE iteration = ? AND stage = ?",
-                    [status, datetime.now(), seconds, error, it, name],
+                    [status, datetime.now(), seconds, reason, it, name],
                 ).fetchall()
         except (
             MrtkError
@@ -133,8 +132,10 @@ class RunStore(Database):
             for r in self.fetch("SELECT iteration, prompt_id, text FROM prompts")
         }
 
-    def responses(self, it: int) -> list[dict]:
-        return self.fetch("SELECT * FROM responses WHERE iteration = ? ORDER BY response_id", [it])
+    def responses(self, it: int, prompts: set[str] | None = None) -> list[dict]:
+        """Iteration `it`'s responses (of the `prompts` ids only, when given), in id order."""
+        where, params = _of_prompts(prompts)
+        return self.fetch(f"SELECT * FROM responses WHERE iteration = ?{where} ORDER BY response_id", [it, *params])
 
     def anchor_responses(self, it: int) -> list[dict]:
         return self.fetch("SELECT * FROM anchor_responses WHERE iteration = ? ORDER BY response_id", [it])
@@ -171,10 +172,13 @@ class RunStore(Database):
             r["prompt_id"] for r in self.fetch("SELECT DISTINCT prompt_id FROM responses WHERE iteration = ?", [it])
         }
 
-    def loop_judgements(self, it: int, template_hash: str) -> list[dict]:
+    def loop_judgements(self, it: int, template_hash: str, prompts: set[str] | None = None) -> list[dict]:
+        """The loop's judgements of iteration `it` under one template (of the `prompts` ids only, when given)."""
+        where, params = _of_prompts(prompts)
         return self.fetch(
-            "SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop' ORDER BY judgement_id",
-            [it, template_hash],
+            "SELECT * FROM judgements WHERE iteration = ? AND template_hash = ? AND source = 'loop'"
+            f"{where} ORDER BY judgement_id",
+            [it, template_hash, *params],
         )
 
     def keyed_judgements(self, it: int, key: str) -> list[dict]:
@@ -226,13 +230,12 @@ class RunStore(Database):
             )
         }
 
-    def meta_judgements(self, it: int, template_hash: str | None = None) -> list[dict]:
-        """Iteration `it`'s meta-judgements (of one template when given)."""
-        if template_hash is None:
-            return self.fetch("SELECT * FROM meta_judgements WHERE iteration = ?", [it])
-        return self.fetch(
-            "SELECT * FROM meta_judgements WHERE iteration = ? AND template_hash = ?", [it, template_hash]
-        )
+    def meta_judgements(self, it: int, template_hash: str | None = None, prompts: set[str] | None = None) -> list[dict]:
+        """Iteration `it`'s meta-judgements (of one template, of the `prompts` ids only, when given)."""
+        where, params = _of_prompts(prompts)
+        if template_hash is not None:
+            where, params = " AND template_hash = ?" + where, [template_hash, *params]
+        return self.fetch(f"SELECT * FROM meta_judgements WHERE iteration = ?{where}", [it, *params])
 
     def run_row(self) -> dict:
         """The run's own row: status, stored config, when it was created and last updated."""
@@ -465,3 +468,8 @@ class RunStore(Database):
         with self.tx() as con:
             con.execute("DELETE FROM eval_calls WHERE call_key = ? AND status = 'failed'", [row["call_key"]]).fetchall()
             self.insert(con, "eval_calls", [row])
+
+
+def _of_prompts(prompts: set[str] | None) -> tuple[str, list]:
+    """(an SQL condition, its parameters) keeping the rows of `prompts` ids; none for None."""
+    return ("", []) if prompts is None else (" AND list_contains(?, prompt_id)", [sorted(prompts)])

@@ -28,6 +28,7 @@ refused by the config.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -156,22 +157,31 @@ def fit(
     """Train the PEFT model's adapter in place on `examples` (chat-format pairs) for the iteration's
     epochs, the schedule spanning `cfg.horizon(iteration)`. Returns a train_metrics row per optimizer
     step (`recipe.record_step`, as TRL's steps are recorded). The pairs are shuffled each epoch from `seed`."""
+    triples = [split_pair(tokenizer, ex) for ex in examples]
+    with _eager_on_cpu(peft_model, device):
+        return _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, _autocast(device, bf16), on_step)
+
+
+def _autocast(device: str, bf16: bool):
+    """A factory of the training passes' autocast context: bf16 where asked, else none."""
     import contextlib
 
     import torch
 
-    triples = [split_pair(tokenizer, ex) for ex in examples]
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    return (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
-    def autocast():
-        return torch.autocast(dev_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
+@contextlib.contextmanager
+def _eager_on_cpu(peft_model, device: str):
+    """Eager attention while training on CPU (torch 2.13's CPU sdpa with a mask: bf16 at a third of
+    eager's speed, fp32 at eager's), the model's own attention restored after."""
     base = peft_model.get_base_model()
     attention = base.config._attn_implementation
-    if dev_type == "cpu":  # torch 2.13's CPU sdpa with a mask: bf16 at a third of eager's speed, fp32 at eager's
+    if not device.startswith("cuda"):
         base.set_attn_implementation("eager")
     try:
-        return _fit(peft_model, tokenizer, triples, cfg, iteration, seed, device, autocast, on_step)
+        yield
     finally:
         base.set_attn_implementation(attention)
 
@@ -286,17 +296,8 @@ class Segments:
     rows so far."""
 
     def __init__(self, peft_model, tokenizer, cfg, *, iteration: int, seed: int, device: str, bf16: bool, total: int):
-        import contextlib
-
-        import torch
-
         self.model, self.tok, self.cfg = peft_model, tokenizer, cfg
-        self.it, self.seed, self.device = iteration, seed, device
-        self.dev_type = "cuda" if device.startswith("cuda") else "cpu"
-        dtype = torch.bfloat16
-        self.autocast = (
-            (lambda: torch.autocast(self.dev_type, dtype=dtype)) if bf16 else (lambda: contextlib.nullcontext())
-        )
+        self.it, self.seed, self.device, self.autocast = iteration, seed, device, _autocast(device, bf16)
         self.optim = _optimizer(peft_model, cfg, total)
         self.rows: list[dict] = []
 
@@ -311,36 +312,25 @@ class Segments:
         triples = [split_pair(self.tok, ex) for ex in examples]
         micro, accum = self.cfg.micro_batch_size, accumulation(self.cfg.batch_size, self.cfg.micro_batch_size, 1)
         pad = _pad_id(self.tok)
-        base = self.model.get_base_model()
-        attention = base.config._attn_implementation
-        if self.dev_type == "cpu":  # as fit(): eager attention with the packed mask on CPU
-            base.set_attn_implementation("eager")
-        try:
+        order = _shuffled(len(triples), _generator(derive_seed(self.seed, self.it, "segment", segment)))
+        micros = [order[i : i + micro] for i in range(0, len(order), micro)]
+        new: list[dict] = []
+        with _eager_on_cpu(self.model, self.device):
             refs = _references(self.model, triples, pad, self.device, self.autocast)
             _checkpointing(self.model, self.cfg, True)
             self.model.train()
-            order = _shuffled(len(triples), _generator(derive_seed(self.seed, self.it, "segment", segment)))
-            micros = [order[i : i + micro] for i in range(0, len(order), micro)]
-            new: list[dict] = []
-            for g in range(0, len(micros), accum):
-                logs = _step(
-                    self.model,
-                    triples,
-                    micros[g : g + accum],
-                    refs,
-                    self.cfg,
-                    pad,
-                    self.device,
-                    self.autocast,
-                    self.optim,
-                )
-                logs["epoch"] = float(segment)
-                record_step(self.rows, self.it, len(self.rows) + 1, logs, on_step)
-                new.append(self.rows[-1])
-            _checkpointing(self.model, self.cfg, False)
-            return new
-        finally:
-            base.set_attn_implementation(attention)
+            try:
+                for g in range(0, len(micros), accum):
+                    group = micros[g : g + accum]
+                    logs = _step(
+                        self.model, triples, group, refs, self.cfg, pad, self.device, self.autocast, self.optim
+                    )
+                    logs["epoch"] = float(segment)
+                    record_step(self.rows, self.it, len(self.rows) + 1, logs, on_step)
+                    new.append(self.rows[-1])
+            finally:
+                _checkpointing(self.model, self.cfg, False)
+        return new
 
     def state(self) -> dict:
         from peft import get_peft_model_state_dict
